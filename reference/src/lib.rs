@@ -1,4 +1,20 @@
-//! Pure-ndarray CPU reference of DiT and the ResCa caching methods (work in progress).
+//! Pure-ndarray CPU reference of DiT and of the ResCa caching methods: the oracle the GPU kernels
+//! are checked against, and the engine of CPU runs. See SPEC.md for the exact algorithms.
 
 // Links OpenBLAS, which ndarray's `blas` feature calls for every large matrix product.
 extern crate blas_src;
+
+pub mod config;
+pub mod ddim;
+pub mod error;
+pub mod flow;
+pub mod model;
+pub mod ops;
+pub mod safetensors_file;
+pub mod sampler;
+pub mod weights;
+
+pub use config::DitConfig;
+pub use error::{Error, Result};
+pub use model::{Branch, BranchHook, BranchInput, Dit, FullCompute};
+pub use sampler::{Sampler, StepHook, StepInfo, Trajectory, sample};

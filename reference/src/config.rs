@@ -1,0 +1,310 @@
+//! DiT model configuration: the official presets, JSON configs, and inference from a weights file.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::safetensors_file::SafetensorsFile;
+
+/// The hyper-parameters of facebookresearch/DiT's `DiT(...)` constructor that shape the network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DitConfig {
+    /// Side of the (latent) input image.
+    pub input_size: usize,
+    pub patch_size: usize,
+    pub in_channels: usize,
+    pub hidden_size: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+    pub num_classes: usize,
+    /// Output channels are `2 * in_channels` (eps and variance) when true, else `in_channels`.
+    pub learn_sigma: bool,
+}
+
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+
+/// Preset names accepted by [`DitConfig::preset`] (`/2`, `/4` or `/8` selects the patch size).
+pub const PRESET_NAMES: &[&str] = &["DiT-XL", "DiT-L", "DiT-B", "DiT-S", "tiny", "small"];
+
+impl DitConfig {
+    /// The official presets `DiT-{XL,L,B,S}/{2,4,8}` (256x256 images, 32x32x4 latents, ImageNet),
+    /// `tiny` (the model of `vectors/tiny`) and `small` (a seeded stand-in for quick runs).
+    /// Names are case-insensitive and `-` may replace `/`.
+    pub fn preset(name: &str) -> Result<Self> {
+        let normal = name.trim().to_ascii_lowercase().replace('-', "/");
+        let imagenet = |patch, hidden, depth, heads| DitConfig {
+            input_size: 32,
+            patch_size: patch,
+            in_channels: 4,
+            hidden_size: hidden,
+            depth,
+            num_heads: heads,
+            mlp_ratio: 4.0,
+            num_classes: 1000,
+            learn_sigma: true,
+        };
+        let (family, patch) = match normal.rsplit_once('/') {
+            Some((family, patch)) if family.starts_with("dit") => {
+                let patch = patch
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|p| [2, 4, 8].contains(p))
+                    .ok_or_else(|| unknown_preset(name))?;
+                (family.to_string(), patch)
+            }
+            _ => (normal.clone(), 0),
+        };
+        let config = match family.as_str() {
+            "dit/xl" => imagenet(patch, 1152, 28, 16),
+            "dit/l" => imagenet(patch, 1024, 24, 16),
+            "dit/b" => imagenet(patch, 768, 12, 12),
+            "dit/s" => imagenet(patch, 384, 12, 6),
+            "tiny" => DitConfig {
+                input_size: 8,
+                patch_size: 2,
+                in_channels: 4,
+                hidden_size: 64,
+                depth: 2,
+                num_heads: 4,
+                mlp_ratio: 4.0,
+                num_classes: 10,
+                learn_sigma: true,
+            },
+            "small" => DitConfig {
+                input_size: 32,
+                patch_size: 2,
+                in_channels: 1,
+                hidden_size: 64,
+                depth: 4,
+                num_heads: 4,
+                mlp_ratio: 4.0,
+                num_classes: 10,
+                learn_sigma: false,
+            },
+            _ => return Err(unknown_preset(name)),
+        };
+        Ok(config)
+    }
+
+    /// Parses a JSON config (the fields of this struct; unknown fields such as
+    /// `class_dropout_prob` are ignored) and validates it.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: DitConfig =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("bad JSON config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a JSON config file.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Infers the config from the tensor shapes of an official DiT state dict. The head count is
+    /// not visible in the shapes: it comes from `heads`, else from a `config` JSON in the file's
+    /// metadata; without either this fails with a message asking for `--heads`.
+    pub fn infer(file: &SafetensorsFile, heads: Option<usize>) -> Result<Self> {
+        let shape = |name: &str| {
+            file.shape(name).ok_or_else(|| Error::MissingTensor {
+                path: file.path().to_path_buf(),
+                name: name.to_string(),
+            })
+        };
+        let embed = shape("x_embedder.proj.weight")?;
+        let [hidden_size, in_channels, patch_size, patch_w] = embed[..] else {
+            return Err(Error::Config(format!(
+                "x_embedder.proj.weight must be 4-D, found {embed:?}"
+            )));
+        };
+        if patch_size != patch_w || patch_size == 0 {
+            return Err(Error::Config(format!(
+                "x_embedder.proj.weight has a non-square patch {embed:?}"
+            )));
+        }
+        let pos = shape("pos_embed")?;
+        let tokens = match pos[..] {
+            [1, n, d] if d == hidden_size => n,
+            _ => {
+                return Err(Error::Config(format!(
+                    "pos_embed must be [1, N, {hidden_size}], found {pos:?}"
+                )));
+            }
+        };
+        let grid = (tokens as f64).sqrt().round() as usize;
+        if grid * grid != tokens {
+            return Err(Error::Config(format!(
+                "pos_embed has {tokens} tokens, not a square grid"
+            )));
+        }
+        let depth = (0..)
+            .take_while(|l| file.shape(&format!("blocks.{l}.attn.qkv.weight")).is_some())
+            .count();
+        let mlp_hidden = shape("blocks.0.mlp.fc1.weight")?[0];
+        let table = shape("y_embedder.embedding_table.weight")?;
+        let out_features = shape("final_layer.linear.weight")?[0];
+        let out_channels = out_features / (patch_size * patch_size);
+        let learn_sigma = match out_channels {
+            c if c == 2 * in_channels => true,
+            c if c == in_channels => false,
+            c => {
+                return Err(Error::Config(format!(
+                    "final_layer.linear gives {c} output channels per pixel; expected {in_channels} or {}",
+                    2 * in_channels
+                )));
+            }
+        };
+        let from_metadata = file
+            .metadata("config")
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .and_then(|v| v.get("num_heads").and_then(|h| h.as_u64()))
+            .map(|h| h as usize);
+        let num_heads = heads.or(from_metadata).ok_or_else(|| {
+            Error::Config(format!(
+                "{}: the head count cannot be inferred from tensor shapes; pass --heads or --config",
+                file.path().display()
+            ))
+        })?;
+        let config = DitConfig {
+            input_size: grid * patch_size,
+            patch_size,
+            in_channels,
+            hidden_size,
+            depth,
+            num_heads,
+            mlp_ratio: mlp_hidden as f64 / hidden_size as f64,
+            num_classes: table[0].saturating_sub(1),
+            learn_sigma,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the internal consistency of the config.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::Config(msg));
+        if self.patch_size == 0 || self.input_size == 0 || self.input_size % self.patch_size != 0 {
+            return fail(format!(
+                "input_size {} must be a positive multiple of patch_size {}",
+                self.input_size, self.patch_size
+            ));
+        }
+        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+            return fail(format!(
+                "num_heads {} does not divide hidden_size {}",
+                self.num_heads, self.hidden_size
+            ));
+        }
+        if self.hidden_size % 4 != 0 {
+            return fail(format!(
+                "hidden_size {} must be a multiple of 4 (2-D sin-cos embedding)",
+                self.hidden_size
+            ));
+        }
+        if self.depth == 0 || self.in_channels == 0 || self.num_classes == 0 {
+            return fail("depth, in_channels and num_classes must be positive".to_string());
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_hidden() > 0) {
+            return fail(format!("mlp_ratio {} gives an empty MLP", self.mlp_ratio));
+        }
+        Ok(())
+    }
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.input_size / self.patch_size
+    }
+
+    /// Tokens per image, N.
+    pub fn tokens(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma {
+            2 * self.in_channels
+        } else {
+            self.in_channels
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// Width of the MLP's hidden layer, `int(hidden_size * mlp_ratio)` as upstream.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden_size as f64 * self.mlp_ratio) as usize
+    }
+
+    /// The null (unconditional) label used by classifier-free guidance.
+    pub fn null_label(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Number of parameters, pos_embed included (675M for DiT-XL/2).
+    pub fn parameter_count(&self) -> usize {
+        let (d, c, p) = (self.hidden_size, self.in_channels, self.patch_size);
+        let m = self.mlp_hidden();
+        let embed = d * c * p * p + d + self.tokens() * d;
+        let t_embed = 256 * d + d + d * d + d;
+        let y_embed = (self.num_classes + 1) * d;
+        let block = (6 * d * d + 6 * d) + (3 * d * d + 3 * d) + (d * d + d) + (m * d + m) + (d * m + d);
+        let out = p * p * self.out_channels();
+        let final_layer = (2 * d * d + 2 * d) + (out * d + out);
+        embed + t_embed + y_embed + self.depth * block + final_layer
+    }
+}
+
+fn unknown_preset(name: &str) -> Error {
+    Error::Config(format!(
+        "unknown model preset `{name}`; expected one of DiT-XL/2, DiT-L/2, DiT-B/2, DiT-S/2 (or /4, /8), tiny, small"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_paper() {
+        let xl = DitConfig::preset("DiT-XL/2").unwrap();
+        assert_eq!(
+            (xl.hidden_size, xl.depth, xl.num_heads, xl.tokens(), xl.head_dim()),
+            (1152, 28, 16, 256, 72)
+        );
+        // facebookresearch/DiT reports 675M parameters for DiT-XL/2.
+        assert_eq!(xl.parameter_count() / 1_000_000, 675);
+        assert_eq!(DitConfig::preset("dit-b-4").unwrap().tokens(), 64);
+        assert_eq!(DitConfig::preset("DiT-S/8").unwrap().hidden_size, 384);
+    }
+
+    #[test]
+    fn unknown_presets_and_bad_patches_are_rejected() {
+        assert!(
+            DitConfig::preset("DiT-XL/3")
+                .unwrap_err()
+                .to_string()
+                .contains("DiT-XL/3")
+        );
+        assert!(DitConfig::preset("GPT-2").is_err());
+    }
+
+    #[test]
+    fn json_config_ignores_unknown_fields_and_validates_heads() {
+        let text = r#"{"input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 64, "depth": 2,
+            "num_heads": 4, "mlp_ratio": 4.0, "class_dropout_prob": 0.1, "num_classes": 10, "learn_sigma": true}"#;
+        assert_eq!(DitConfig::from_json(text).unwrap(), DitConfig::preset("tiny").unwrap());
+        let bad = text.replace("\"num_heads\": 4", "\"num_heads\": 5");
+        let err = DitConfig::from_json(&bad).unwrap_err().to_string();
+        assert!(err.contains("num_heads 5 does not divide hidden_size 64"), "{err}");
+    }
+}
