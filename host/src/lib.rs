@@ -1,1 +1,9 @@
+//! The `resca` runtime: model selection, inputs, sampling jobs on a backend, reports and images.
+//! The binary (`src/main.rs`) is a thin command-line layer over these modules.
 
+pub mod embedded;
+pub mod image_grid;
+pub mod inputs;
+pub mod model_source;
+pub mod report;
+pub mod run;
