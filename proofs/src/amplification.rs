@@ -100,6 +100,12 @@ fn divide(a: Complex, b: Complex) -> Complex {
     a * (b.conj() / modulus) / modulus
 }
 
+/// `2 + s` with `s = sqrt(1 + 2z)` on the principal branch (`Re s >= 0`), computed as
+/// `sqrt(2) sqrt(z + 1/2)` so that `2z` cannot overflow.
+fn bdf2_two_plus_s(z: Complex) -> Complex {
+    (z + 0.5).sqrt() * std::f64::consts::SQRT_2 + 2.0
+}
+
 /// The two roots of BDF2's characteristic polynomial `(1 - 2z/3) r^2 - 4/3 r + 1/3 = 0`,
 /// i.e. `(3 - 2z) r^2 - 4 r + 1 = 0`, in the order `[principal, spurious]`.
 ///
@@ -107,11 +113,9 @@ fn divide(a: Complex, b: Complex) -> Complex {
 /// `r = (2 ± s)/(3 - 2z)`, and since `(2 - s)(2 + s) = 3 - 2z` the two roots are
 /// `(2 + s)/(3 - 2z)` and `1/(2 + s)`. Both forms are free of cancellation: `Re(2 + s) >= 2`.
 /// At `z = 0` they are `1` (the principal root, which follows `e^z`) and `1/3`. At `z = 3/2`
-/// the leading coefficient vanishes and the first root is infinite. `s` is computed as
-/// `sqrt(2) sqrt(z + 1/2)` so that `2z` cannot overflow.
+/// the leading coefficient vanishes and the first root is infinite.
 pub fn bdf2_roots(z: Complex) -> [Complex; 2] {
-    let s = (z + 0.5).sqrt() * std::f64::consts::SQRT_2;
-    let two_plus_s = s + 2.0;
+    let two_plus_s = bdf2_two_plus_s(z);
     let principal = divide(two_plus_s, (Complex::new(1.5, 0.0) - z) * 2.0);
     let spurious = divide(Complex::new(1.0, 0.0), two_plus_s);
     [principal, spurious]
@@ -121,10 +125,10 @@ pub fn bdf2_roots(z: Complex) -> [Complex; 2] {
 /// recurrence grows per step.
 ///
 /// The moduli are taken directly (`|2 + s| / (2 |3/2 - z|)` and `1 / |2 + s|`), which stays
-/// accurate for `|z|` up to `f64::MAX / 2`.
+/// accurate for `|z|` up to `f64::MAX / 2` (beyond, the leading coefficient overflows and
+/// the result is 0 rather than NaN).
 pub fn bdf2_spectral_radius(z: Complex) -> f64 {
-    let s = (z + 0.5).sqrt() * std::f64::consts::SQRT_2;
-    let two_plus_s = (s + 2.0).norm();
+    let two_plus_s = bdf2_two_plus_s(z).norm();
     let leading = 2.0 * (Complex::new(1.5, 0.0) - z).norm();
     (two_plus_s / leading).max(1.0 / two_plus_s)
 }

@@ -141,14 +141,14 @@ pub fn render_stability_image(
     let window = PlotWindow::DEFAULT;
     let is_stable = |z: Complex| gain(scheme, order, z) <= 1.0 + GAIN_TOLERANCE;
 
-    let points: Vec<Complex> = (0..height)
-        .flat_map(|y| (0..width).map(move |x| window.point_at(width, height, x, y)))
-        .collect();
-    let stable: Vec<bool> = points.iter().map(|&z| is_stable(z)).collect();
-    let pixels = points
-        .iter()
-        .zip(&stable)
-        .map(|(z, &stable)| match (stable, z.re <= 0.0) {
+    let count = width as usize * height as usize;
+    let point = |i: usize| {
+        let (x, y) = (i % width as usize, i / width as usize);
+        window.point_at(width, height, x as u32, y as u32)
+    };
+    let stable: Vec<bool> = (0..count).map(|i| is_stable(point(i))).collect();
+    let pixels = (0..count)
+        .map(|i| match (stable[i], point(i).re <= 0.0) {
             (true, _) => STABLE,
             (false, true) => UNSTABLE_LEFT,
             (false, false) => UNSTABLE,
@@ -162,7 +162,7 @@ pub fn render_stability_image(
 
     let stable_at = |x: i64, y: i64| {
         let inside = (0..i64::from(width)).contains(&x) && (0..i64::from(height)).contains(&y);
-        // Outside the image counts as "same as the pixel", so the frame is not a boundary.
+        // Outside the image counts as stable, so the image's frame is never drawn as a boundary.
         !inside || stable[y as usize * width as usize + x as usize]
     };
     for y in 0..i64::from(height) {
