@@ -4,6 +4,8 @@
 pub mod embedded;
 pub mod image_grid;
 pub mod inputs;
+pub mod method_args;
 pub mod model_source;
+pub mod plan;
 pub mod report;
 pub mod run;

@@ -11,8 +11,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ndarray::Ix4;
 use resca_host::image_grid::Grid;
 use resca_host::inputs::{check_labels, load_noise, seeded_noise};
+use resca_host::method_args::{MethodArgs, positive};
 use resca_host::model_source::ModelArgs;
-use resca_host::run::{SampleJob, SampleResult, final_samples, full_compute, run_reference};
+use resca_host::plan::Plan;
+use resca_host::run::{SampleJob, SampleResult, final_samples, run_reference};
+use resca_reference::cache::{CachingHook, build_hook, read_clusterings};
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::flow::FlowSchedule;
 use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors};
@@ -35,6 +38,10 @@ enum Command {
     Sample(SampleArgs),
     /// One forward pass: reads `x`, `t`, `y` from --input, writes `out` to --out.
     Forward(ForwardArgs),
+    /// Print a method's step schedule and FLOPs without running the model.
+    Plan(PlanArgs),
+    /// Stability of the explicit/implicit Taylor and BDF2 updates on y' = lambda y.
+    Stability(StabilityArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,12 +56,6 @@ enum Backend {
     Reference,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Method {
-    /// Every step computes every block for every token.
-    Full,
-}
-
 #[derive(clap::Args)]
 struct SampleArgs {
     #[command(flatten)]
@@ -66,26 +67,26 @@ struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Number of samples (default: one per label).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     batch: Option<usize>,
     /// Class labels, one per sample, comma separated (default: 0, 1, 2, ... cycling).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     labels: Option<Vec<i64>>,
     /// Classifier-free guidance scale (used when above 1; the papers use 1.5).
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true)]
     cfg_scale: f32,
     /// Sampling steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
     steps: usize,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     sampler: SamplerKind,
     /// Time shift of the flow sampler's grid (1 = uniform).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     flow_shift: f64,
     #[arg(long, value_enum, default_value_t = Backend::Reference)]
     backend: Backend,
-    #[arg(long, value_enum, default_value_t = Method::Full)]
-    method: Method,
+    #[command(flatten)]
+    method: MethodArgs,
     /// Write the trajectory `x` (steps+1, B, C, H, W) and `model_out` (steps, B, ..) here.
     #[arg(long, value_name = "OUT.safetensors")]
     out: Option<PathBuf>,
@@ -112,11 +113,46 @@ struct ForwardArgs {
     cfg_scale: Option<f32>,
 }
 
+#[derive(clap::Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
+    steps: usize,
+    /// Guidance doubles the model rows per sample when above 1.
+    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true)]
+    cfg_scale: f32,
+    #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
+    sampler: SamplerKind,
+    #[command(flatten)]
+    method: MethodArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StabilityArgs {
+    /// explicit-taylor, implicit-taylor or bdf2.
+    #[arg(long)]
+    scheme: resca_proofs::Scheme,
+    /// Order M (1-4 for the Taylor schemes, 2 for BDF2).
+    #[arg(long, default_value_t = 1)]
+    order: u32,
+    /// Draw the stability region (|G| <= 1) into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    png: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample(args),
         Command::Forward(args) => forward(args),
+        Command::Plan(args) => plan(args),
+        Command::Stability(args) => stability(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,10 +190,9 @@ fn sample(args: SampleArgs) -> Result<()> {
     if !args.cfg_scale.is_finite() || args.cfg_scale < 0.0 {
         bail!("--cfg-scale {} must be a finite number >= 0", args.cfg_scale);
     }
-    let (sampler, sampler_name) = match args.sampler {
-        SamplerKind::Ddim => (Sampler::Ddim(DdimSchedule::new(args.steps)?), "ddim"),
-        SamplerKind::Flow => (Sampler::Flow(FlowSchedule::new(args.steps, args.flow_shift)?), "flow"),
-    };
+    let (sampler, sampler_name) = build_sampler(args.sampler, args.steps, args.flow_shift)?;
+    let method = args.method.to_config(default_first_enhance(args.sampler))?;
+    method.validate(config.tokens())?;
     let job = SampleJob {
         noise,
         labels,
@@ -165,10 +200,19 @@ fn sample(args: SampleArgs) -> Result<()> {
         sampler,
         sampler_name: sampler_name.to_string(),
     };
+    let rows = if job.guided() { 2 * batch } else { batch };
+    let mut hook = build_hook(&method, config, rows, job.sampler.orientation())?;
+    if let Some(path) = &args.method.replay_clusters {
+        let file = SafetensorsFile::open(path)?;
+        let records = read_clusterings(&file, rows, config.tokens(), method.clusters)
+            .with_context(|| format!("--replay-clusters {}", path.display()))?;
+        let mut caching = CachingHook::new(method.clone(), config, rows, job.sampler.orientation())?;
+        caching.replay_clusterings(records);
+        hook = Box::new(caching);
+    }
     let Backend::Reference = args.backend;
-    let Method::Full = args.method;
     let bar = progress_bar(args.steps as u64, "sampling");
-    let result = run_reference(&model, &job, "full", &mut full_compute(), &mut |done, _| {
+    let result = run_reference(&model, &job, &method.name(), hook.as_mut(), &mut |done, _| {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();
@@ -223,6 +267,61 @@ fn write_outputs(args: &SampleArgs, model: &Dit, job: &SampleJob, result: &Sampl
         }
         grid.write_png(path)
             .with_context(|| format!("writing --png {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// DiT uses 2 dense steps at the start, FLUX-style flow 3.
+fn default_first_enhance(sampler: SamplerKind) -> usize {
+    match sampler {
+        SamplerKind::Ddim => 2,
+        SamplerKind::Flow => 3,
+    }
+}
+
+fn build_sampler(kind: SamplerKind, steps: usize, flow_shift: f64) -> Result<(Sampler, &'static str)> {
+    Ok(match kind {
+        SamplerKind::Ddim => (Sampler::Ddim(DdimSchedule::new(steps)?), "ddim"),
+        SamplerKind::Flow => (Sampler::Flow(FlowSchedule::new(steps, flow_shift)?), "flow"),
+    })
+}
+
+fn plan(args: PlanArgs) -> Result<()> {
+    let config = args.model.config_only()?;
+    let method = args.method.to_config(default_first_enhance(args.sampler))?;
+    method.validate(config.tokens())?;
+    let plan = Plan::new(&config, &method, args.steps, args.cfg_scale > 1.0);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        println!("{}", plan.table());
+    }
+    Ok(())
+}
+
+fn stability(args: StabilityArgs) -> Result<()> {
+    let report = resca_proofs::analyse(args.scheme, args.order)?;
+    if let Some(path) = &args.png {
+        resca_proofs::render_stability_png(args.scheme, args.order, path, 500, 400)
+            .with_context(|| format!("writing --png {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} order {}: A-stable: {}; max |G| on the imaginary axis: {}",
+            args.scheme,
+            args.order,
+            report.a_stable,
+            if report.max_gain_on_imaginary_axis.is_finite() {
+                format!("{:.6}", report.max_gain_on_imaginary_axis)
+            } else {
+                "unbounded".to_string()
+            }
+        );
+        if let Some(c) = report.counterexample {
+            println!("counterexample: z = {:.6} {:+.6}i, |G| = {:.6}", c.re, c.im, c.gain);
+        }
     }
     Ok(())
 }

@@ -111,11 +111,7 @@ pub struct LineMaximum {
 /// which the gain is provably `< 1` (module docs), by a dense grid plus golden-section
 /// refinement. For explicit Taylor the supremum is `+inf` (a polynomial along a line), returned
 /// without scanning.
-pub fn max_gain_on_vertical_line(
-    scheme: Scheme,
-    order: u32,
-    re: f64,
-) -> Result<LineMaximum, StabilityError> {
+pub fn max_gain_on_vertical_line(scheme: Scheme, order: u32, re: f64) -> Result<LineMaximum, StabilityError> {
     scheme.check_order(order)?;
     if scheme == Scheme::ExplicitTaylor {
         return Ok(LineMaximum {
@@ -130,10 +126,7 @@ pub fn max_gain_on_vertical_line(
     let best = (0..=samples)
         .map(|k| (k, on_line(grid(k))))
         .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
-    let (lo, hi) = (
-        grid(best.0.saturating_sub(1)),
-        grid((best.0 + 1).min(samples)),
-    );
+    let (lo, hi) = (grid(best.0.saturating_sub(1)), grid((best.0 + 1).min(samples)));
     let (im, refined) = golden_section_max(on_line, lo, hi);
     // Keep the grid sample when refinement does not beat it (e.g. a maximum at the end y = 0).
     Ok(if refined >= best.1 {

@@ -28,9 +28,9 @@ const HORNER_LIMIT: f64 = 1e8;
 /// Exact formula, no overflow protection: use [`taylor_polynomial_abs`] for the modulus at
 /// large `|w|`.
 pub fn taylor_polynomial(order: u32, w: Complex) -> Complex {
-    (1..=order).rev().fold(Complex::new(1.0, 0.0), |acc, m| {
-        acc * w / f64::from(m) + 1.0
-    })
+    (1..=order)
+        .rev()
+        .fold(Complex::new(1.0, 0.0), |acc, m| acc * w / f64::from(m) + 1.0)
 }
 
 /// `|P_M(w)|` for any finite `w`, `+inf` when the true value exceeds `f64::MAX`.
@@ -45,9 +45,7 @@ pub fn taylor_polynomial_abs(order: u32, w: Complex) -> f64 {
     }
     // 1/w = conj(w)/|w|^2, divided twice by |w| so that |w|^2 is never formed.
     let u = w.conj() / r / r;
-    let q = (1..=order).fold(Complex::new(1.0, 0.0), |acc, j| {
-        acc * u * f64::from(j) + 1.0
-    });
+    let q = (1..=order).fold(Complex::new(1.0, 0.0), |acc, j| acc * u * f64::from(j) + 1.0);
     let ln_factorial: f64 = (1..=order).map(|m| f64::from(m).ln()).sum();
     (f64::from(order) * r.ln() - ln_factorial + q.norm().ln()).exp()
 }

@@ -34,8 +34,8 @@ pub type Complex = num_complex::Complex64;
 pub use num_complex;
 
 pub use a_stability::{
-    Counterexample, GAIN_TOLERANCE, LineMaximum, StabilityReport, analyse,
-    max_gain_on_vertical_line, stable_half_plane_shift,
+    Counterexample, GAIN_TOLERANCE, LineMaximum, StabilityReport, analyse, max_gain_on_vertical_line,
+    stable_half_plane_shift,
 };
 pub use amplification::gain;
 pub use region_png::{PlotWindow, RenderError, render_stability_image, render_stability_png};

@@ -63,10 +63,8 @@ impl PlotWindow {
 
     /// The point at the centre of pixel `(x, y)` (`x` to the right, `y` down).
     pub fn point_at(&self, width: u32, height: u32, x: u32, y: u32) -> Complex {
-        let re =
-            self.re_min + (f64::from(x) + 0.5) / f64::from(width) * (self.re_max - self.re_min);
-        let im =
-            self.im_max - (f64::from(y) + 0.5) / f64::from(height) * (self.im_max - self.im_min);
+        let re = self.re_min + (f64::from(x) + 0.5) / f64::from(width) * (self.re_max - self.re_min);
+        let im = self.im_max - (f64::from(y) + 0.5) / f64::from(height) * (self.im_max - self.im_min);
         Complex::new(re, im)
     }
 
@@ -94,10 +92,7 @@ impl RgbImage {
 
     /// The colour of pixel `(x, y)`. Panics outside the image.
     pub fn get(&self, x: u32, y: u32) -> Rgb {
-        assert!(
-            x < self.width && y < self.height,
-            "pixel ({x}, {y}) outside the image"
-        );
+        assert!(x < self.width && y < self.height, "pixel ({x}, {y}) outside the image");
         self.pixels[self.index(x, y)]
     }
 
@@ -118,22 +113,14 @@ pub enum RenderError {
     #[error("image size {width}x{height} is not supported: each side must be 1..={MAX_SIDE}")]
     BadSize { width: u32, height: u32 },
     #[error("cannot write {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot encode the PNG: {0}")]
     Png(#[from] png::EncodingError),
 }
 
 /// Draws the stability region of `scheme` of `order` over [`PlotWindow::DEFAULT`] (layers in
 /// the module docs).
-pub fn render_stability_image(
-    scheme: Scheme,
-    order: u32,
-    width: u32,
-    height: u32,
-) -> Result<RgbImage, RenderError> {
+pub fn render_stability_image(scheme: Scheme, order: u32, width: u32, height: u32) -> Result<RgbImage, RenderError> {
     let report = analyse(scheme, order)?;
     if !(1..=MAX_SIDE).contains(&width) || !(1..=MAX_SIDE).contains(&height) {
         return Err(RenderError::BadSize { width, height });
@@ -154,11 +141,7 @@ pub fn render_stability_image(
             (false, false) => UNSTABLE,
         })
         .collect();
-    let mut image = RgbImage {
-        width,
-        height,
-        pixels,
-    };
+    let mut image = RgbImage { width, height, pixels };
 
     let stable_at = |x: i64, y: i64| {
         let inside = (0..i64::from(width)).contains(&x) && (0..i64::from(height)).contains(&y);

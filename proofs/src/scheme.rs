@@ -75,9 +75,7 @@ impl FromStr for Scheme {
         Scheme::ALL
             .into_iter()
             .find(|scheme| scheme.as_str() == s)
-            .ok_or_else(|| ParseSchemeError {
-                given: s.to_owned(),
-            })
+            .ok_or_else(|| ParseSchemeError { given: s.to_owned() })
     }
 }
 

@@ -10,8 +10,7 @@ use ndarray::array;
 use ndarray_linalg::EigVals;
 use proptest::prelude::*;
 use resca_proofs::amplification::{
-    bdf2_roots, bdf2_spectral_radius, implicit_taylor_poles, taylor_polynomial,
-    taylor_polynomial_abs,
+    bdf2_roots, bdf2_spectral_radius, implicit_taylor_poles, taylor_polynomial, taylor_polynomial_abs,
 };
 use resca_proofs::{Complex, Scheme, gain};
 
@@ -152,10 +151,7 @@ fn implicit_taylor_poles_lie_in_the_right_half_plane() {
         let poles = implicit_taylor_poles(order);
         assert_eq!(poles.len(), order as usize);
         for z in &poles {
-            assert!(
-                taylor_polynomial(order, -z).norm() < 1e-12,
-                "M = {order}: {z}"
-            );
+            assert!(taylor_polynomial(order, -z).norm() < 1e-12, "M = {order}: {z}");
             assert!(z.re > 0.27, "M = {order}: pole {z} is not in Re z > 0.27");
         }
     }
@@ -178,10 +174,7 @@ fn gains_at_huge_modulus() {
         Complex::new(-7e299, 7e299),
     ] {
         for order in 1..=4 {
-            assert!(
-                gain(Scheme::ImplicitTaylor, order, z) < 1e-299,
-                "M = {order}, z = {z}"
-            );
+            assert!(gain(Scheme::ImplicitTaylor, order, z) < 1e-299, "M = {order}, z = {z}");
             // |P_M(z)| ~ |z|^M/M!: 1e300 for M = 1, beyond f64::MAX (so +inf) for M >= 2.
             let explicit = gain(Scheme::ExplicitTaylor, order, z);
             if order == 1 {

@@ -5,9 +5,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use resca_proofs::region_png::{AXIS_UNSTABLE, BOUNDARY, MARKER, STABLE, UNSTABLE, UNSTABLE_LEFT};
-use resca_proofs::{
-    Complex, PlotWindow, RenderError, Scheme, analyse, render_stability_image, render_stability_png,
-};
+use resca_proofs::{Complex, PlotWindow, RenderError, Scheme, analyse, render_stability_image, render_stability_png};
 
 const WIDTH: u32 = 500;
 const HEIGHT: u32 = 400;
@@ -51,8 +49,7 @@ fn png_has_the_requested_size_and_is_not_blank() {
         assert_eq!((width, height), (WIDTH, HEIGHT));
         assert_eq!(pixels.len(), (WIDTH * HEIGHT) as usize);
         // Both stable and unstable regions take a sizeable share of the window (>= 5% each).
-        let share =
-            |colour| pixels.iter().filter(|&&p| p == colour).count() as f64 / pixels.len() as f64;
+        let share = |colour| pixels.iter().filter(|&&p| p == colour).count() as f64 / pixels.len() as f64;
         let unstable = share(UNSTABLE) + share(UNSTABLE_LEFT);
         assert!(share(STABLE) > 0.05 && unstable > 0.05, "{scheme} {order}");
         assert!(share(BOUNDARY) > 0.0, "{scheme} {order}: no boundary drawn");
@@ -85,30 +82,14 @@ fn known_stable_points_are_shaded_and_known_unstable_points_are_not() {
             UNSTABLE,
             "|1 + z| = 2.9",
         ),
-        (
-            Scheme::ImplicitTaylor,
-            3,
-            Complex::new(-3.0, 3.0),
-            STABLE,
-            "gain 0.03",
-        ),
-        (
-            Scheme::ImplicitTaylor,
-            3,
-            Complex::new(1.0, 0.5),
-            UNSTABLE,
-            "gain 2.0",
-        ),
+        (Scheme::ImplicitTaylor, 3, Complex::new(-3.0, 3.0), STABLE, "gain 0.03"),
+        (Scheme::ImplicitTaylor, 3, Complex::new(1.0, 0.5), UNSTABLE, "gain 2.0"),
         (Scheme::Bdf2, 2, Complex::new(-2.0, 2.0), STABLE, "rho 0.35"),
         (Scheme::Bdf2, 2, Complex::new(2.0, 0.5), UNSTABLE, "rho 2.7"),
     ];
     for (scheme, order, z, expected, reason) in cases {
         let (_, _, pixels) = render_and_decode(scheme, order);
-        assert_eq!(
-            colour_at(&pixels, z),
-            expected,
-            "{scheme} {order} at {z} ({reason})"
-        );
+        assert_eq!(colour_at(&pixels, z), expected, "{scheme} {order} at {z} ({reason})");
     }
 }
 
@@ -121,18 +102,10 @@ fn the_counterexample_pixel_is_marked() {
     ] {
         let c = analyse(scheme, order).unwrap().counterexample.unwrap();
         let (_, _, pixels) = render_and_decode(scheme, order);
-        assert_eq!(
-            colour_at(&pixels, Complex::new(c.re, c.im)),
-            MARKER,
-            "{scheme} {order}"
-        );
+        assert_eq!(colour_at(&pixels, Complex::new(c.re, c.im)), MARKER, "{scheme} {order}");
         // The ring: 7 pixels (0.14 in z) to the right of the centre is red too.
         let ring = Complex::new(c.re + 7.0 * 10.0 / f64::from(WIDTH), c.im);
-        assert_eq!(
-            colour_at(&pixels, ring),
-            MARKER,
-            "{scheme} {order}: no ring"
-        );
+        assert_eq!(colour_at(&pixels, ring), MARKER, "{scheme} {order}: no ring");
     }
 }
 

@@ -22,10 +22,7 @@ fn an_unknown_scheme_is_rejected_with_the_accepted_values() {
         message,
         "unknown scheme `implicit_taylor`: accepted values are explicit-taylor, implicit-taylor, bdf2"
     );
-    assert!(
-        "BDF2".parse::<Scheme>().is_err(),
-        "spellings are case-sensitive"
-    );
+    assert!("BDF2".parse::<Scheme>().is_err(), "spellings are case-sensitive");
 }
 
 #[test]
@@ -38,10 +35,7 @@ fn unsupported_orders_are_rejected_naming_the_value() {
     ] {
         let error = analyse(scheme, order).unwrap_err();
         assert!(matches!(error, StabilityError::UnsupportedOrder { order: o, .. } if o == order));
-        assert!(
-            error.to_string().contains(&format!("order {order} ")),
-            "{error}"
-        );
+        assert!(error.to_string().contains(&format!("order {order} ")), "{error}");
     }
     assert_eq!(
         analyse(Scheme::ImplicitTaylor, 5).unwrap_err().to_string(),
@@ -105,8 +99,5 @@ fn json_report_for_explicit_taylor_writes_the_infinite_maximum_as_null() {
     let value = serde_json::to_value(analyse(Scheme::ExplicitTaylor, 1).unwrap()).unwrap();
     assert_eq!(value["max_gain_on_imaginary_axis"], Value::Null);
     assert_eq!(value["a_stable"], false);
-    assert_eq!(
-        value["counterexample"],
-        json!({"re": -3.0, "im": 0.0, "gain": 2.0})
-    );
+    assert_eq!(value["counterexample"], json!({"re": -3.0, "im": 0.0, "gain": 2.0}));
 }

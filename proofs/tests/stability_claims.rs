@@ -7,9 +7,7 @@ use approx::assert_abs_diff_eq;
 use common::{ROUNDING, closed_left_half_plane, hugging_axis_left, near_origin_left, polar_left};
 use proptest::prelude::*;
 use resca_proofs::a_stability::EXPLICIT_TAYLOR_COUNTEREXAMPLE;
-use resca_proofs::{
-    Complex, Scheme, analyse, gain, max_gain_on_vertical_line, stable_half_plane_shift,
-};
+use resca_proofs::{Complex, Scheme, analyse, gain, max_gain_on_vertical_line, stable_half_plane_shift};
 use std::sync::LazyLock;
 
 const EXPLICIT: Scheme = Scheme::ExplicitTaylor;
@@ -58,9 +56,7 @@ fn explicit_taylor_is_not_a_stable_at_any_order() {
         let report = analyse(EXPLICIT, order).unwrap();
         assert!(!report.a_stable, "order {order}");
         assert_eq!(report.max_gain_on_imaginary_axis, f64::INFINITY);
-        let c = report
-            .counterexample
-            .expect("explicit Taylor has a counterexample");
+        let c = report.counterexample.expect("explicit Taylor has a counterexample");
         assert_eq!(Complex::new(c.re, c.im), EXPLICIT_TAYLOR_COUNTEREXAMPLE);
         assert_abs_diff_eq!(c.gain, expected, epsilon = 1e-14);
         assert_eq!(stable_half_plane_shift(EXPLICIT, order).unwrap(), None);
@@ -72,28 +68,19 @@ fn explicit_taylor_is_not_a_stable_at_any_order() {
 #[test]
 fn explicit_taylor_gain_is_unbounded_on_the_imaginary_axis() {
     for order in 1..=4 {
-        assert!(
-            gain(EXPLICIT, order, Complex::new(0.0, 1e7)) >= 1e6,
-            "order {order}"
-        );
+        assert!(gain(EXPLICIT, order, Complex::new(0.0, 1e7)) >= 1e6, "order {order}");
     }
 }
 
 /// `(scheme, order, max gain on the imaginary axis)` of the implicit schemes, computed once.
 static AXIS_MAXIMA: LazyLock<Vec<(Scheme, u32, f64)>> = LazyLock::new(|| {
-    [
-        (IMPLICIT, 1),
-        (IMPLICIT, 2),
-        (IMPLICIT, 3),
-        (IMPLICIT, 4),
-        (BDF2, 2),
-    ]
-    .into_iter()
-    .map(|(scheme, order)| {
-        let report = analyse(scheme, order).unwrap();
-        (scheme, order, report.max_gain_on_imaginary_axis)
-    })
-    .collect()
+    [(IMPLICIT, 1), (IMPLICIT, 2), (IMPLICIT, 3), (IMPLICIT, 4), (BDF2, 2)]
+        .into_iter()
+        .map(|(scheme, order)| {
+            let report = analyse(scheme, order).unwrap();
+            (scheme, order, report.max_gain_on_imaginary_axis)
+        })
+        .collect()
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -165,11 +152,7 @@ fn implicit_taylor_orders_1_2_and_bdf2_are_reported_a_stable() {
 fn bdf2_touches_gain_1_only_at_the_origin() {
     assert_eq!(gain(BDF2, 2, Complex::new(0.0, 0.0)), 1.0);
     let margin = |y: f64| 1.0 - gain(BDF2, 2, Complex::new(0.0, y));
-    assert!(
-        margin(0.01) > 2.4e-9 && margin(0.01) < 2.6e-9,
-        "{}",
-        margin(0.01)
-    );
+    assert!(margin(0.01) > 2.4e-9 && margin(0.01) < 2.6e-9, "{}", margin(0.01));
     assert!(margin(1.0) > 0.066, "{}", margin(1.0));
 }
 
@@ -235,18 +218,8 @@ fn implicit_taylor_orders_3_and_4_are_stable_left_of_a_thin_strip() {
     assert_abs_diff_eq!(shift3, 0.040452, epsilon = 1e-5);
     assert_abs_diff_eq!(shift4, 0.237425, epsilon = 1e-5);
     // Just inside the strip there are unstable points (the line maximum exceeds 1).
-    assert!(
-        max_gain_on_vertical_line(IMPLICIT, 3, -(shift3 - 1e-4))
-            .unwrap()
-            .gain
-            > 1.0
-    );
-    assert!(
-        max_gain_on_vertical_line(IMPLICIT, 4, -(shift4 - 1e-4))
-            .unwrap()
-            .gain
-            > 1.0
-    );
+    assert!(max_gain_on_vertical_line(IMPLICIT, 3, -(shift3 - 1e-4)).unwrap().gain > 1.0);
+    assert!(max_gain_on_vertical_line(IMPLICIT, 4, -(shift4 - 1e-4)).unwrap().gain > 1.0);
 }
 
 proptest! {

@@ -191,19 +191,19 @@ impl DitConfig {
     /// Checks the internal consistency of the config.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Config(msg));
-        if self.patch_size == 0 || self.input_size == 0 || self.input_size % self.patch_size != 0 {
+        if self.patch_size == 0 || self.input_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
             return fail(format!(
                 "input_size {} must be a positive multiple of patch_size {}",
                 self.input_size, self.patch_size
             ));
         }
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return fail(format!(
                 "num_heads {} does not divide hidden_size {}",
                 self.num_heads, self.hidden_size
             ));
         }
-        if self.hidden_size % 4 != 0 {
+        if !self.hidden_size.is_multiple_of(4) {
             return fail(format!(
                 "hidden_size {} must be a multiple of 4 (2-D sin-cos embedding)",
                 self.hidden_size

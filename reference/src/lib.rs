@@ -4,6 +4,7 @@
 // Links OpenBLAS, which ndarray's `blas` feature calls for every large matrix product.
 extern crate blas_src;
 
+pub mod cache;
 pub mod config;
 pub mod ddim;
 pub mod error;

@@ -188,7 +188,7 @@ impl Dit {
                 labels.len()
             )));
         }
-        if let Some(&t) = timesteps.iter().find(|&&t| !(t >= 0.0)) {
+        if let Some(&t) = timesteps.iter().find(|&&t| t.is_nan() || t < 0.0) {
             return Err(Error::Input(format!("timestep {t} is negative or NaN")));
         }
         if let Some(&y) = labels.iter().find(|&&y| y > c.null_label()) {
@@ -326,7 +326,7 @@ impl Dit {
         hook: &mut dyn BranchHook,
     ) -> Result<Array4<f32>> {
         let b = x.dim().0;
-        if b % 2 != 0 {
+        if !b.is_multiple_of(2) {
             return Err(Error::Input(format!(
                 "a guided batch needs an even size ([x; x]), got {b}"
             )));

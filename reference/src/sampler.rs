@@ -135,10 +135,10 @@ pub fn sample(
     let steps = sampler.steps();
     let b = noise.dim().0;
     model.validate_inputs(noise, &vec![0.0; b], labels)?;
-    if let Some(scale) = cfg_scale {
-        if !scale.is_finite() {
-            return Err(Error::Input(format!("--cfg-scale {scale} is not finite")));
-        }
+    if let Some(scale) = cfg_scale
+        && !scale.is_finite()
+    {
+        return Err(Error::Input(format!("--cfg-scale {scale} is not finite")));
     }
     let c = &model.config;
     let (side, out_ch) = (c.input_size, c.out_channels());

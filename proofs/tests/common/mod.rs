@@ -48,10 +48,5 @@ pub fn hugging_axis_left() -> impl Strategy<Value = Complex> {
 
 /// The closed left half-plane, all of the above mixed.
 pub fn closed_left_half_plane() -> impl Strategy<Value = Complex> {
-    prop_oneof![
-        polar_left(),
-        imaginary_axis(),
-        near_origin_left(),
-        hugging_axis_left()
-    ]
+    prop_oneof![polar_left(), imaginary_axis(), near_origin_left(), hugging_axis_left()]
 }

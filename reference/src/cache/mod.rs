@@ -1,0 +1,561 @@
+//! The caching methods behind one interface: a [`CachingHook`] is consulted by the sampler at every
+//! step ([`StepHook::begin_step`]) and by the DiT forward for every block and branch
+//! ([`BranchHook::branch`]). Methods: `full`, `fora`, `taylorseer`, `clusca` and `resca`
+//! (SPEC.md sections 4-6).
+
+pub mod clusca;
+pub mod pdds;
+pub mod schedule;
+pub mod taylor;
+pub mod tetc;
+
+use std::time::Instant;
+
+use ndarray::{Array2, Array3, ArrayView3, Axis};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::DitConfig;
+use crate::error::{Error, Result};
+use crate::flops::StepWork;
+use crate::model::{Branch, BranchHook, BranchInput, FullCompute};
+use crate::safetensors_file::SafetensorsFile;
+use crate::sampler::{MethodTimings, Orientation, StepHook, StepInfo};
+use pdds::Solver;
+use schedule::{Schedule, ScheduleState};
+use taylor::TaylorFactors;
+use tetc::ProxyChoice;
+
+/// The caching method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodKind {
+    /// Every block of every step.
+    Full,
+    /// Reuse the last full step's branch outputs (Taylor order 0).
+    Fora,
+    /// Taylor-predict every branch from finite-difference derivatives of full steps.
+    TaylorSeer,
+    /// TaylorSeer attention; MLP: one random member per K-means (L1) cluster recomputed and
+    /// propagated to its cluster.
+    ClusCa,
+    /// TaylorSeer attention (order <= 1); MLP: K proxies recomputed, the driven tokens simulated
+    /// by PDDS; clusters by TETC.
+    ResCa,
+}
+
+/// How ResCa's cached residuals are scaled (SPEC.md 5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResidualScaling {
+    /// One-step residuals, as the paper's equations imply.
+    Paper,
+    /// The released code: every cached derivative divided by the gap between the last two FULL
+    /// steps, sparse-step updates included.
+    Official,
+}
+
+/// What TETC clusters on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusteringSource {
+    /// The EMA of the similarity over full steps (the paper's TETC).
+    Trajectory,
+    /// The current similarity only (the supplement's feature-based ablation).
+    Feature,
+}
+
+/// Every setting of a caching method.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MethodConfig {
+    pub kind: MethodKind,
+    /// N: a full step every `interval` steps after the first ones.
+    pub interval: usize,
+    /// Full steps at the start (DiT 2, FLUX 3).
+    pub first_enhance: usize,
+    /// Taylor order (TaylorSeer 0-4, ClusCa); for ResCa the order M of the `it` solver.
+    pub order: usize,
+    /// K clusters (ClusCa, ResCa).
+    pub clusters: usize,
+    /// TETC's EMA weight of the current similarity, in [0, 1].
+    pub alpha: f32,
+    pub solver: Solver,
+    pub proxy: ProxyChoice,
+    pub residuals: ResidualScaling,
+    pub clustering: ClusteringSource,
+    /// ClusCa's propagation ratio gamma, in [0, 1].
+    pub propagation: f32,
+    /// K-medoids iterations at most.
+    pub kmedoids_iters: usize,
+    /// Seed of the per-row random choices (center-random proxies, ClusCa's members).
+    pub seed: u64,
+}
+
+impl MethodConfig {
+    /// Uncached sampling.
+    pub fn full() -> Self {
+        Self {
+            kind: MethodKind::Full,
+            interval: 1,
+            first_enhance: 2,
+            order: 0,
+            clusters: 16,
+            alpha: 0.5,
+            solver: Solver::ImplicitEuler,
+            proxy: ProxyChoice::Medoid,
+            residuals: ResidualScaling::Paper,
+            clustering: ClusteringSource::Trajectory,
+            propagation: 0.005,
+            kmedoids_iters: 8,
+            seed: 0,
+        }
+    }
+
+    /// A method with the paper's defaults (`interval` N, `order`, K = 16, alpha 0.5, IE).
+    pub fn new(kind: MethodKind, interval: usize, order: usize) -> Self {
+        Self {
+            kind,
+            interval,
+            order,
+            ..Self::full()
+        }
+    }
+
+    /// Checks the settings against a model with `tokens` tokens per image.
+    pub fn validate(&self, tokens: usize) -> Result<()> {
+        let fail = |msg: String| Err(Error::Cache(msg));
+        if self.interval == 0 {
+            return fail("--interval must be at least 1".into());
+        }
+        match self.kind {
+            MethodKind::TaylorSeer | MethodKind::ClusCa if self.order > 4 => {
+                return fail(format!(
+                    "--order {} is out of range: Taylor orders 0..=4 are supported",
+                    self.order
+                ));
+            }
+            MethodKind::ResCa => {
+                if let Solver::ImplicitTaylor(m) = self.solver
+                    && !(1..=4).contains(&m)
+                {
+                    return fail(format!(
+                        "--order {m} is out of range: the `it` solver supports orders 1..=4"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if matches!(self.kind, MethodKind::ClusCa | MethodKind::ResCa) {
+            if self.clusters == 0 || self.clusters > tokens {
+                return fail(format!(
+                    "--clusters {} must be between 1 and the token count N = {tokens}",
+                    self.clusters
+                ));
+            }
+            if !(0.0..=1.0).contains(&self.alpha) {
+                return fail(format!("--alpha {} must be in [0, 1]", self.alpha));
+            }
+            if !(0.0..=1.0).contains(&self.propagation) {
+                return fail(format!("--gamma {} must be in [0, 1]", self.propagation));
+            }
+        }
+        Ok(())
+    }
+
+    /// A short name such as `resca-ie (N=5, K=16)`.
+    pub fn name(&self) -> String {
+        match self.kind {
+            MethodKind::Full => "full".to_string(),
+            MethodKind::Fora => format!("fora (N={})", self.interval),
+            MethodKind::TaylorSeer => format!("taylorseer (N={}, O={})", self.interval, self.order),
+            MethodKind::ClusCa => format!(
+                "clusca (N={}, K={}, gamma={})",
+                self.interval, self.clusters, self.propagation
+            ),
+            MethodKind::ResCa => {
+                let solver = match self.solver {
+                    Solver::ImplicitEuler => "ie".to_string(),
+                    Solver::ImplicitTaylor(m) => format!("it{m}"),
+                    Solver::Bdf2 => "ib".to_string(),
+                };
+                format!("resca-{solver} (N={}, K={})", self.interval, self.clusters)
+            }
+        }
+    }
+
+    /// The dense-step schedule (every step is full for `full`).
+    pub fn schedule(&self) -> Schedule {
+        match self.kind {
+            MethodKind::Full => Schedule {
+                first_enhance: usize::MAX,
+                interval: 1,
+            },
+            _ => Schedule {
+                first_enhance: self.first_enhance,
+                interval: self.interval,
+            },
+        }
+    }
+
+    /// What a step computes per image.
+    pub fn step_work(&self, full: bool, config: &DitConfig) -> StepWork {
+        if full {
+            return StepWork::full(config);
+        }
+        let mlp_tokens = match self.kind {
+            MethodKind::ClusCa | MethodKind::ResCa => self.clusters.min(config.tokens()),
+            _ => 0,
+        };
+        StepWork {
+            attention_tokens: 0,
+            mlp_tokens,
+        }
+    }
+
+    /// Taylor order cached for `branch` (ResCa caps every order at 1 but its `it` MLP cache).
+    fn cached_order(&self, branch: Branch) -> usize {
+        match self.kind {
+            MethodKind::Full | MethodKind::Fora => 0,
+            MethodKind::TaylorSeer | MethodKind::ClusCa => self.order,
+            MethodKind::ResCa => match (branch, self.solver) {
+                (Branch::Mlp, Solver::ImplicitTaylor(m)) => m,
+                _ => 1,
+            },
+        }
+    }
+}
+
+/// The clusters of one batch row at the last full step.
+#[derive(Clone, Debug, Default)]
+pub struct RowClusters {
+    pub labels: Vec<usize>,
+    /// ResCa: the proxy of each cluster.
+    pub proxies: Vec<usize>,
+}
+
+/// The clustering made at one full step, for every batch row (kept for inspection and tests).
+#[derive(Clone, Debug)]
+pub struct ClusteringRecord {
+    pub step_index: i64,
+    pub rows: Vec<RowClusters>,
+    /// ResCa: the (smoothed) similarity each row was clustered on.
+    pub similarity: Vec<Array2<f32>>,
+}
+
+/// The per-run state of a caching method.
+pub struct CachingHook {
+    method: MethodConfig,
+    depth: usize,
+    sign: f32,
+    schedule: ScheduleState,
+    step: Option<StepInfo>,
+    previous_index: Option<i64>,
+    full: bool,
+    /// Taylor caches per block: [attention, mlp].
+    caches: Vec<[TaylorFactors; 2]>,
+    /// TETC's smoothed similarity per row.
+    similarity: Vec<Option<Array2<f32>>>,
+    /// ClusCa's centroids per row (warm start).
+    centroids: Vec<Option<Array2<f32>>>,
+    clusters: Vec<RowClusters>,
+    rngs: Vec<ChaCha8Rng>,
+    history: Vec<ClusteringRecord>,
+    /// Clusterings to use instead of computing them, by full-step index (exact replay of a
+    /// recorded run).
+    replay: Vec<ClusteringRecord>,
+    timings: MethodTimings,
+    last_full: bool,
+}
+
+impl CachingHook {
+    /// A fresh hook for `rows` model rows (the guided batch counts both halves).
+    pub fn new(method: MethodConfig, config: &DitConfig, rows: usize, orientation: Orientation) -> Result<Self> {
+        method.validate(config.tokens())?;
+        let schedule = ScheduleState::new(method.schedule());
+        let rngs = (0..rows)
+            .map(|row| {
+                ChaCha8Rng::seed_from_u64(method.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(row as u64))
+            })
+            .collect();
+        Ok(Self {
+            depth: config.depth,
+            sign: match orientation {
+                Orientation::CountingDown => -1.0,
+                Orientation::CountingUp => 1.0,
+            },
+            schedule,
+            step: None,
+            previous_index: None,
+            full: true,
+            caches: (0..config.depth).map(|_| Default::default()).collect(),
+            similarity: vec![None; rows],
+            centroids: vec![None; rows],
+            clusters: vec![RowClusters::default(); rows],
+            rngs,
+            history: Vec::new(),
+            replay: Vec::new(),
+            timings: MethodTimings::default(),
+            last_full: true,
+            method,
+        })
+    }
+
+    /// The clusterings computed so far, one record per full step.
+    pub fn clustering_history(&self) -> &[ClusteringRecord] {
+        &self.history
+    }
+
+    /// Uses `records` (by full-step index) instead of the computed clusterings: TETC still runs
+    /// and is recorded, but the sparse steps follow the replayed clusters and proxies. This
+    /// reproduces a recorded run exactly where float rounding decides K-medoids ties (two
+    /// tokens of a cluster whose similarity sums differ only by the rounding of `S_ii`).
+    pub fn replay_clusterings(&mut self, records: Vec<ClusteringRecord>) {
+        self.replay = records;
+    }
+
+    fn step(&self) -> StepInfo {
+        self.step.expect("begin_step precedes every forward")
+    }
+
+    /// Divisor of a cache update of `branch` at the current step: the gap between the last two
+    /// full steps, except ResCa's MLP cache in paper scaling, which holds one-step residuals.
+    fn update_gap(&self, branch: Branch) -> f32 {
+        let one_step = self.method.kind == MethodKind::ResCa
+            && branch == Branch::Mlp
+            && self.method.residuals == ResidualScaling::Paper;
+        let gap = if one_step {
+            self.previous_index.map(|p| self.step().index - p)
+        } else {
+            self.schedule.full_step_gap()
+        };
+        gap.unwrap_or(0) as f32
+    }
+
+    fn branch_slot(branch: Branch) -> usize {
+        match branch {
+            Branch::Attention => 0,
+            Branch::Mlp => 1,
+        }
+    }
+
+    fn update_cache(&mut self, block: usize, branch: Branch, output: Array3<f32>) {
+        let gap = self.update_gap(branch);
+        let order = self.method.cached_order(branch);
+        self.caches[block][Self::branch_slot(branch)].update(output, gap, order);
+    }
+
+    fn predict(&self, block: usize, branch: Branch) -> Array3<f32> {
+        let distance = (self.step().index - self.schedule.last_full().expect("a full step came first")) as f32;
+        self.caches[block][Self::branch_slot(branch)].predict(distance)
+    }
+
+    /// ClusCa's sparse MLP: one random member per cluster computed, propagated into the order-0
+    /// cache, then the Taylor prediction with the updated order-0 term.
+    fn clusca_mlp(&mut self, input: &BranchInput<'_>) -> Array3<f32> {
+        let k = self.method.clusters;
+        let picks: Vec<Vec<(usize, usize)>> = self
+            .clusters
+            .iter()
+            .zip(self.rngs.iter_mut())
+            .map(|(row, rng)| clusca::random_members(&row.labels, k, rng))
+            .collect();
+        let tokens: Vec<Vec<usize>> = picks.iter().map(|p| p.iter().map(|&(_, t)| t).collect()).collect();
+        let fresh = input.compute_tokens(&tokens);
+        let started = Instant::now();
+        let cache0 = &mut self.caches[input.block][1].orders[0];
+        for (row, (picks, outputs)) in picks.iter().zip(&fresh).enumerate() {
+            let labels = &self.clusters[row].labels;
+            clusca::propagate(
+                cache0.index_axis_mut(Axis(0), row),
+                labels,
+                k,
+                picks,
+                outputs.view(),
+                self.method.propagation,
+            );
+        }
+        let out = self.predict(input.block, Branch::Mlp);
+        self.timings.simulated_s += started.elapsed().as_secs_f64();
+        out
+    }
+
+    /// ResCa's sparse MLP: the proxies computed, every other token simulated by PDDS, the cache
+    /// updated from the simulated outputs as at a full step.
+    fn resca_mlp(&mut self, input: &BranchInput<'_>) -> Array3<f32> {
+        let proxies: Vec<Vec<usize>> = self.clusters.iter().map(|row| row.proxies.clone()).collect();
+        let fresh = input.compute_tokens(&proxies);
+        let started = Instant::now();
+        let solver = self.method.solver;
+        let cache = &self.caches[input.block][1];
+        let shape = cache.orders[0].raw_dim();
+        let zeros = Array3::<f32>::zeros(shape);
+        let orders: Vec<&Array3<f32>> = (0..=solver.order())
+            .map(|m| cache.orders.get(m).unwrap_or(&zeros))
+            .collect();
+        let mut out = Array3::<f32>::zeros(shape);
+        for (row, fresh_row) in fresh.iter().enumerate() {
+            let views: Vec<_> = orders.iter().map(|o| o.index_axis(Axis(0), row)).collect();
+            let clusters = &self.clusters[row];
+            let simulated = pdds::simulate(
+                &views,
+                &clusters.proxies,
+                &clusters.labels,
+                fresh_row.view(),
+                solver,
+                self.sign,
+            );
+            out.index_axis_mut(Axis(0), row).assign(&simulated);
+        }
+        self.update_cache(input.block, Branch::Mlp, out.clone());
+        self.timings.simulated_s += started.elapsed().as_secs_f64();
+        out
+    }
+
+    /// Clusters every row's final-block tokens (TETC for ResCa, K-means for ClusCa).
+    fn cluster(&mut self, x: ArrayView3<f32>) {
+        let started = Instant::now();
+        let k = self.method.clusters;
+        let mut similarities = Vec::new();
+        for row in 0..x.dim().0 {
+            let tokens = x.index_axis(Axis(0), row);
+            self.clusters[row] = match self.method.kind {
+                MethodKind::ResCa => {
+                    let current = tetc::cosine_similarity_matrix(tokens);
+                    let smoothed = match self.method.clustering {
+                        ClusteringSource::Trajectory => {
+                            tetc::temporal_smoothing(current, self.similarity[row].as_ref(), self.method.alpha)
+                        }
+                        ClusteringSource::Feature => current,
+                    };
+                    let clustering = tetc::k_medoids(smoothed.view(), k, self.method.kmedoids_iters);
+                    let proxies =
+                        tetc::choose_proxies(smoothed.view(), &clustering, self.method.proxy, &mut self.rngs[row]);
+                    similarities.push(smoothed.clone());
+                    self.similarity[row] = Some(smoothed);
+                    RowClusters {
+                        labels: clustering.labels,
+                        proxies,
+                    }
+                }
+                _ => {
+                    let init = match self.centroids[row].take() {
+                        Some(c) => c,
+                        None => clusca::random_centroids(tokens, k, &mut self.rngs[row]),
+                    };
+                    let result = clusca::kmeans_l1(tokens, init);
+                    self.centroids[row] = Some(result.centroids);
+                    RowClusters {
+                        labels: result.labels,
+                        proxies: Vec::new(),
+                    }
+                }
+            };
+        }
+        let index = self.step().index;
+        self.history.push(ClusteringRecord {
+            step_index: index,
+            rows: self.clusters.clone(),
+            similarity: similarities,
+        });
+        if let Some(recorded) = self.replay.iter().find(|r| r.step_index == index) {
+            self.clusters = recorded.rows.clone();
+        }
+        self.timings.clustering_s += started.elapsed().as_secs_f64();
+    }
+}
+
+impl BranchHook for CachingHook {
+    fn branch(&mut self, input: &BranchInput<'_>) -> Array3<f32> {
+        if self.full {
+            let out = input.compute();
+            self.update_cache(input.block, input.branch, out.clone());
+            return out;
+        }
+        match (self.method.kind, input.branch) {
+            (MethodKind::ClusCa, Branch::Mlp) => self.clusca_mlp(input),
+            (MethodKind::ResCa, Branch::Mlp) => self.resca_mlp(input),
+            _ => self.predict(input.block, input.branch),
+        }
+    }
+
+    fn after_block(&mut self, block: usize, x: ArrayView3<f32>) {
+        let clusters = matches!(self.method.kind, MethodKind::ClusCa | MethodKind::ResCa);
+        if self.full && clusters && block + 1 == self.depth {
+            self.cluster(x);
+        }
+    }
+}
+
+impl StepHook for CachingHook {
+    fn begin_step(&mut self, step: &StepInfo) -> Result<()> {
+        if let Some(current) = self.step {
+            self.previous_index = Some(current.index);
+        }
+        self.step = Some(*step);
+        self.full = self.schedule.next(step.position, step.index);
+        self.last_full = self.full;
+        Ok(())
+    }
+
+    fn timings(&self) -> MethodTimings {
+        self.timings
+    }
+
+    fn last_step_work(&self, config: &DitConfig) -> StepWork {
+        self.method.step_work(self.last_full, config)
+    }
+}
+
+/// Reads recorded clusterings from `file`: `clus.cluster_step` (S), `clus.cluster_indices`
+/// (S, rows, N) and `clus.proxy_indices` (S, rows, K), as the reference vectors hold them, checked
+/// against the run's rows, tokens and clusters.
+pub fn read_clusterings(
+    file: &SafetensorsFile,
+    rows: usize,
+    tokens: usize,
+    clusters: usize,
+) -> Result<Vec<ClusteringRecord>> {
+    let steps = file.read_i64("clus.cluster_step")?;
+    let count = steps.len();
+    file.check_shape("clus.cluster_indices", &[count, rows, tokens])?;
+    file.check_shape("clus.proxy_indices", &[count, rows, clusters])?;
+    let labels = file.read_i64("clus.cluster_indices")?;
+    let proxies = file.read_i64("clus.proxy_indices")?;
+    let path = file.path().display();
+    if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= clusters) {
+        return Err(Error::Input(format!(
+            "{path}: `clus.cluster_indices` holds cluster {bad}, outside 0..{clusters}"
+        )));
+    }
+    if let Some(bad) = proxies.iter().find(|&&p| p < 0 || p as usize >= tokens) {
+        return Err(Error::Input(format!(
+            "{path}: `clus.proxy_indices` holds token {bad}, outside 0..{tokens}"
+        )));
+    }
+    let labels: Vec<usize> = labels.iter().map(|&v| v as usize).collect();
+    let proxies: Vec<usize> = proxies.iter().map(|&v| v as usize).collect();
+    Ok(steps
+        .iter()
+        .enumerate()
+        .map(|(k, &step_index)| ClusteringRecord {
+            step_index,
+            rows: (0..rows)
+                .map(|row| RowClusters {
+                    labels: labels[(k * rows + row) * tokens..][..tokens].to_vec(),
+                    proxies: proxies[(k * rows + row) * clusters..][..clusters].to_vec(),
+                })
+                .collect(),
+            similarity: Vec::new(),
+        })
+        .collect())
+}
+
+/// The step hook of `method`: the plain forward for `full`, else a [`CachingHook`].
+pub fn build_hook(
+    method: &MethodConfig,
+    config: &DitConfig,
+    rows: usize,
+    orientation: Orientation,
+) -> Result<Box<dyn StepHook>> {
+    match method.kind {
+        MethodKind::Full => Ok(Box::new(FullCompute)),
+        _ => Ok(Box::new(CachingHook::new(method.clone(), config, rows, orientation)?)),
+    }
+}

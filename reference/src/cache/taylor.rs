@@ -1,0 +1,101 @@
+//! Taylor caches of branch outputs (TaylorSeer, SPEC.md section 4): order-0 is the last output,
+//! order i+1 the finite difference of order i between two updates divided by their step gap.
+
+use ndarray::Array3;
+
+/// `F_0 .. F_k` of one branch of one block, batched over rows (B, N, D).
+#[derive(Clone, Debug, Default)]
+pub struct TaylorFactors {
+    pub orders: Vec<Array3<f32>>,
+}
+
+/// `1/i!` as f32.
+fn inverse_factorial(i: usize) -> f32 {
+    (1..=i).fold(1.0f64, |acc, k| acc / k as f64) as f32
+}
+
+impl TaylorFactors {
+    /// Replaces the factors by those of a new output: `F_0 = new`, and for i < `max_order` while
+    /// the old `F_i` exists, `F_{i+1} = (F_i(new) - F_i(old)) / gap`, one order more per update.
+    pub fn update(&mut self, new: Array3<f32>, gap: f32, max_order: usize) {
+        let mut orders = vec![new];
+        for (i, old) in self.orders.iter().enumerate().take(max_order) {
+            let mut next = &orders[i] - old;
+            next /= gap;
+            orders.push(next);
+        }
+        self.orders = orders;
+    }
+
+    /// The Taylor prediction `sum_i F_i d^i / i!` at distance `d = s - s_a` from the last update,
+    /// accumulated in upstream's order (`(F_i / i!) d^i`, lowest order first).
+    pub fn predict(&self, distance: f32) -> Array3<f32> {
+        let mut out = self.orders[0].clone();
+        for (i, factor) in self.orders.iter().enumerate().skip(1) {
+            let coefficient = distance.powi(i as i32);
+            let scale = inverse_factorial(i);
+            out.zip_mut_with(factor, |o, &f| *o += f * scale * coefficient);
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+    }
+
+    /// Highest order stored (0 for a bare output).
+    pub fn order(&self) -> usize {
+        self.orders.len().saturating_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(v: f32) -> Array3<f32> {
+        Array3::from_elem((1, 1, 1), v)
+    }
+
+    #[test]
+    fn linear_function_is_extrapolated_exactly_with_order_one() {
+        // f(s) = 3 - 2s sampled at s = 49, 48, 44 (DDIM counts down: gaps -1 then -4).
+        let f = |s: f32| 3.0 - 2.0 * s;
+        let mut cache = TaylorFactors::default();
+        cache.update(scalar(f(49.0)), 0.0, 1);
+        cache.update(scalar(f(48.0)), -1.0, 1);
+        cache.update(scalar(f(44.0)), -4.0, 1);
+        assert_eq!(cache.orders[1][[0, 0, 0]], -2.0);
+        assert_eq!(cache.predict(41.0 - 44.0)[[0, 0, 0]], f(41.0));
+    }
+
+    #[test]
+    fn second_order_factor_is_the_second_difference_on_uniform_gaps() {
+        // f(s) = 3 + 2s + s^2 at s = 11, 9, 7: F_1 = 18 (the slope at the midpoint s = 8), F_2 = 2.
+        let f = |s: f32| 3.0 + 2.0 * s + s * s;
+        let mut cache = TaylorFactors::default();
+        for s in [11.0, 9.0, 7.0] {
+            cache.update(scalar(f(s)), -2.0, 2);
+        }
+        assert_eq!((cache.orders[1][[0, 0, 0]], cache.orders[2][[0, 0, 0]]), (18.0, 2.0));
+        // The Taylor (not Newton) form: 66 + 18 d + d^2 at d = -2 gives 34, f(5) = 38.
+        assert_eq!(cache.predict(-2.0)[[0, 0, 0]], 34.0);
+    }
+
+    #[test]
+    fn order_grows_by_one_per_update_up_to_the_cap() {
+        let mut cache = TaylorFactors::default();
+        for step in 0..5 {
+            cache.update(scalar(step as f32), -1.0, 3);
+            assert_eq!(cache.order(), step.min(3));
+        }
+    }
+
+    #[test]
+    fn order_zero_prediction_reuses_the_output() {
+        let mut cache = TaylorFactors::default();
+        cache.update(scalar(5.0), 0.0, 0);
+        cache.update(scalar(7.0), -1.0, 0);
+        assert_eq!(cache.predict(-3.0)[[0, 0, 0]], 7.0);
+    }
+}
