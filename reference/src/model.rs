@@ -227,7 +227,7 @@ impl Dit {
     pub fn mlp(&self, block: usize, h: ArrayView2<f32>) -> Array2<f32> {
         let weights = &self.weights.blocks[block];
         let mut hidden = weights.fc1.forward(h);
-        hidden.mapv_inplace(ops::gelu_tanh);
+        ops::gelu_tanh_in_place(&mut hidden);
         weights.fc2.forward(hidden.view())
     }
 
