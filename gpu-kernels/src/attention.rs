@@ -122,7 +122,11 @@ pub fn attention<C: ThreadCtx>(
                 f32::NEG_INFINITY
             };
             let new_max = running_max[j].max(warp_max(ctx, score));
-            let p = if lane < keys_here { math::exp(score - new_max) } else { 0.0 };
+            let p = if lane < keys_here {
+                math::exp(score - new_max)
+            } else {
+                0.0
+            };
             let correction = math::exp(running_max[j] - new_max);
             running_sum[j] = running_sum[j] * correction + warp_sum(ctx, p);
             for a in acc[j].iter_mut() {

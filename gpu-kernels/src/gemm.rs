@@ -163,7 +163,10 @@ pub fn gemm_bias_gated_residual<C: ThreadCtx>(
 ) {
     let x_read = x.as_global();
     gemm_tile(ctx, a, w, m, n, k, |row, col, dot| {
-        let g = ctx.load(gate, (row / tokens as usize) * gate_stride as usize + gate_offset as usize + col);
+        let g = ctx.load(
+            gate,
+            (row / tokens as usize) * gate_stride as usize + gate_offset as usize + col,
+        );
         let i = row * n as usize + col;
         ctx.store(x, i, ctx.load(x_read, i) + g * (dot + ctx.load(bias, col)));
     });

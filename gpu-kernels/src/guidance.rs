@@ -23,14 +23,7 @@ pub fn cfg_mix_dims(pairs: u32, out_channels: u32, pixels: u32) -> LaunchDims {
 /// In place on the model output (2 pairs, C_out, pixels): thread i mixes one pixel of one guided
 /// channel of pair `row` and writes it to row `row` and row `row + pairs`. Consecutive threads
 /// handle consecutive pixels (coalesced); each element is touched by exactly one thread.
-pub fn cfg_mix<C: ThreadCtx>(
-    ctx: &C,
-    out: GlobalMut<'_, f32>,
-    pairs: u32,
-    out_channels: u32,
-    pixels: u32,
-    scale: f32,
-) {
+pub fn cfg_mix<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, pairs: u32, out_channels: u32, pixels: u32, scale: f32) {
     let guided = GUIDED_CHANNELS.min(out_channels) as usize;
     let (pairs, oc, hw) = (pairs as usize, out_channels as usize, pixels as usize);
     let i = ctx.index_1d() as usize;

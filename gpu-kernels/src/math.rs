@@ -119,8 +119,7 @@ pub fn exp(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     if n > 127 {
         p * pow2_f32(127) * pow2_f32(n - 127)
     } else if n < -126 {
@@ -133,8 +132,9 @@ pub fn exp(x: f32) -> f32 {
 /// `e^x` in f64 (relative error ~1e-16) for |x| < 700: Taylor polynomial of degree 13 after the
 /// same reduction as [`exp`].
 pub fn exp_f64(x: f64) -> f64 {
-    const LN2_HI_D: f64 = 6.931_471_803_691_238_2e-1;
-    const LN2_LO_D: f64 = 1.908_214_929_270_587_7e-10;
+    // fdlibm's split of ln 2: a 32-bit head (exact multiples) and the rest.
+    const LN2_HI_D: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO_D: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     if x.is_nan() {
         return x;
     }
@@ -160,8 +160,9 @@ pub fn exp_f64(x: f64) -> f64 {
 /// |x| < 2^28 pi/2 (the reduction uses a 25-bit head of pi/2, exact for such multiples).
 pub fn sin_cos(x: f32) -> (f32, f32) {
     const FRAC_2_PI: f64 = core::f64::consts::FRAC_2_PI;
-    const PIO2_1: f64 = 1.570_796_310_901_641_8;
-    const PIO2_1T: f64 = 1.589_325_477_352_819_7e-8;
+    // musl's split of pi/2: the first 25 bits and the rest.
+    const PIO2_1: f64 = f64::from_bits(0x3ff9_21fb_5000_0000);
+    const PIO2_1T: f64 = f64::from_bits(0x3e51_10b4_611a_6263);
     if !x.is_finite() {
         return (f32::NAN, f32::NAN);
     }

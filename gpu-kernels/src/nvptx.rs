@@ -334,7 +334,13 @@ pub unsafe extern "ptx-kernel" fn unpatchify(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn cfg_mix(out: GlobalMut<'_, f32>, pairs: u32, out_channels: u32, pixels: u32, scale: f32) {
+pub unsafe extern "ptx-kernel" fn cfg_mix(
+    out: GlobalMut<'_, f32>,
+    pairs: u32,
+    out_channels: u32,
+    pixels: u32,
+    scale: f32,
+) {
     guidance::cfg_mix(&no_shared(), out, pairs, out_channels, pixels, scale);
 }
 
@@ -349,7 +355,17 @@ pub unsafe extern "ptx-kernel" fn ddim_step(
     pixels: u32,
     coef: DdimCoefficients,
 ) {
-    ddim::ddim_step(&no_shared(), x, model_out, out, total, channels, out_channels, pixels, coef);
+    ddim::ddim_step(
+        &no_shared(),
+        x,
+        model_out,
+        out,
+        total,
+        channels,
+        out_channels,
+        pixels,
+        coef,
+    );
 }
 
 #[unsafe(no_mangle)]
@@ -363,5 +379,15 @@ pub unsafe extern "ptx-kernel" fn gated_add(
     gate_stride: u32,
     gate_offset: u32,
 ) {
-    residual::gated_add(&no_shared(), x, branch, gate, rows, hidden, tokens, gate_stride, gate_offset);
+    residual::gated_add(
+        &no_shared(),
+        x,
+        branch,
+        gate,
+        rows,
+        hidden,
+        tokens,
+        gate_stride,
+        gate_offset,
+    );
 }

@@ -37,6 +37,9 @@ pub fn gated_add<C: ThreadCtx>(
         return;
     }
     let (r, d) = (i / d_len, i % d_len);
-    let g = ctx.load(gate, (r / tokens as usize) * gate_stride as usize + gate_offset as usize + d);
+    let g = ctx.load(
+        gate,
+        (r / tokens as usize) * gate_stride as usize + gate_offset as usize + d,
+    );
     ctx.store(x, i, ctx.load(x.as_global(), i) + g * ctx.load(branch, i));
 }

@@ -46,7 +46,10 @@ fn out_of_bounds_global_write_is_reported_with_block_thread_and_index() {
             assert_eq!(kernel, "scale_unguarded");
             // Thread 36 of block 1 is global index 100, the first past the end.
             assert_eq!((*block, *thread), (at(1), at(36)));
-            assert_eq!((*space, *access, *index, *len), (Space::Global, Access::Store, 100, 100));
+            assert_eq!(
+                (*space, *access, *index, *len),
+                (Space::Global, Access::Store, 100, 100)
+            );
             assert!(site.contains("sim_checks.rs"), "{site}");
         }
         other => panic!("expected an out-of-bounds store, got {other}"),
@@ -96,7 +99,10 @@ fn neighbour_sum_racy<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, with_barri
 fn shared_memory_race_between_barriers_is_reported() {
     let mut out = vec![0.0f32; 64];
     let go = GlobalMut::new(&mut out);
-    let err = launch("neighbour_sum_racy", dims(1, 64, 256), |ctx| neighbour_sum_racy(ctx, go, false)).unwrap_err();
+    let err = launch("neighbour_sum_racy", dims(1, 64, 256), |ctx| {
+        neighbour_sum_racy(ctx, go, false)
+    })
+    .unwrap_err();
     match &err {
         SimError::SharedRace {
             kernel,
@@ -116,7 +122,10 @@ fn shared_memory_race_between_barriers_is_reported() {
     }
     // The same kernel with the barrier is correct.
     let go = GlobalMut::new(&mut out);
-    launch("neighbour_sum", dims(1, 64, 256), |ctx| neighbour_sum_racy(ctx, go, true)).unwrap();
+    launch("neighbour_sum", dims(1, 64, 256), |ctx| {
+        neighbour_sum_racy(ctx, go, true)
+    })
+    .unwrap();
     assert_eq!(out[5], 5.0 + 6.0);
     assert_eq!(out[63], 63.0);
 }
@@ -147,7 +156,10 @@ fn half_block_barrier<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>) {
 fn barrier_in_a_divergent_branch_is_reported() {
     let mut out = vec![0.0f32; 64];
     let go = GlobalMut::new(&mut out);
-    let err = launch("half_block_barrier", dims(1, 64, 256), |ctx| half_block_barrier(ctx, go)).unwrap_err();
+    let err = launch("half_block_barrier", dims(1, 64, 256), |ctx| {
+        half_block_barrier(ctx, go)
+    })
+    .unwrap_err();
     match &err {
         SimError::DivergentBarrier {
             kernel,
@@ -167,6 +179,8 @@ fn barrier_in_a_divergent_branch_is_reported() {
 }
 
 #[test]
+// Two barriers that look alike but are different instructions, the point of the test.
+#[allow(clippy::if_same_then_else)]
 fn two_different_barriers_are_reported() {
     let err = launch("if_else_barriers", dims(1, 64, 0), |ctx| {
         if ctx.thread_idx_x() % 2 == 0 {

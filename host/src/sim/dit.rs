@@ -198,11 +198,10 @@ impl<'m> SimDit<'m> {
         cfg_scale: f32,
     ) -> Result<Array4<f32>, SimDitError> {
         let b = x.dim().0;
-        if b % 2 != 0 {
-            return Err(resca_reference::Error::Input(format!(
-                "a guided batch needs an even size ([x; x]), got {b}"
-            ))
-            .into());
+        if !b.is_multiple_of(2) {
+            return Err(
+                resca_reference::Error::Input(format!("a guided batch needs an even size ([x; x]), got {b}")).into(),
+            );
         }
         let half = x.slice(s![..b / 2, .., .., ..]);
         let combined = ndarray::concatenate(Axis(0), &[half, half]).expect("same shapes");
@@ -267,10 +266,10 @@ impl<'m> SimDit<'m> {
         let steps = schedule.steps();
         let b = noise.dim().0;
         self.model.validate_inputs(noise, &vec![0.0; b], labels)?;
-        if let Some(scale) = cfg_scale {
-            if !scale.is_finite() {
-                return Err(resca_reference::Error::Input(format!("--cfg-scale {scale} is not finite")).into());
-            }
+        if let Some(scale) = cfg_scale
+            && !scale.is_finite()
+        {
+            return Err(resca_reference::Error::Input(format!("--cfg-scale {scale} is not finite")).into());
         }
         let c = self.config();
         let (side, oc) = (c.input_size, c.out_channels());
@@ -368,6 +367,6 @@ pub fn ddim_coefficients(schedule: &DdimSchedule, s: usize) -> DdimCoefficients 
         recip: (1.0 / abar).sqrt() as f32,
         recip_m1: (1.0 / abar - 1.0).sqrt() as f32,
         sqrt_prev: abar_prev.sqrt(),
-        sqrt_one_minus_prev: (1.0 - abar_prev - 0.0).sqrt(),
+        sqrt_one_minus_prev: (1.0 - abar_prev).sqrt(),
     }
 }

@@ -3,6 +3,9 @@
 //! simulator's device memory; a wrong length shows up as an out-of-bounds error of the kernel,
 //! exactly as on a GPU under compute-sanitizer.
 
+// One parameter per kernel parameter, as the kernels take them.
+#![allow(clippy::too_many_arguments)]
+
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::{Global, GlobalMut, attention, ddim, embed, final_layer, gemm, guidance, norm, residual};
 
@@ -23,13 +26,14 @@ pub fn timestep_features(t: &[f32], out: &mut [f32]) -> Result<(), SimError> {
         return Ok(());
     }
     let (t, out) = (Global::new(t), GlobalMut::new(out));
-    launch(NAME, embed::timestep_features_dims(dim(NAME, "batch", t.len())?), |ctx| {
-        embed::timestep_features(ctx, t, out)
-    })
+    launch(
+        NAME,
+        embed::timestep_features_dims(dim(NAME, "batch", t.len())?),
+        |ctx| embed::timestep_features(ctx, t, out),
+    )
 }
 
 /// `out (rows, out_f) = x W^T + b`, SiLU'd when `silu_out`: the GEMV of the t-embedder and adaLN.
-#[allow(clippy::too_many_arguments)]
 pub fn linear_rows(
     x: &[f32],
     w: &[f32],
@@ -88,7 +92,6 @@ pub fn label_embed_silu(
 }
 
 /// Patch embedding + bias + pos_embed: images (B, C, S, S) to tokens (B N, D).
-#[allow(clippy::too_many_arguments)]
 pub fn patch_embed(
     x: &[f32],
     w: &[f32],
@@ -130,12 +133,13 @@ pub fn patch_embed(
         Global::new(pos),
         GlobalMut::new(out),
     );
-    launch(NAME, dims, |ctx| embed::patch_embed(ctx, x, w, bias, pos, out, c, s, p, d))
+    launch(NAME, dims, |ctx| {
+        embed::patch_embed(ctx, x, w, bias, pos, out, c, s, p, d)
+    })
 }
 
 /// `out = LN(x) (1 + scale) + shift` for token rows (rows, D); row r uses sample `r / tokens`'s
 /// shift and scale at `modulation[b mod_stride + shift_offset ..]` / `[.. + scale_offset ..]`.
-#[allow(clippy::too_many_arguments)]
 pub fn layer_norm_modulate(
     x: &[f32],
     modulation: &[f32],
@@ -176,7 +180,6 @@ pub enum Epilogue {
 }
 
 /// `out (M, N) = A (M, K) W^T (W: N x K) + b`, with the chosen epilogue.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     a: &[f32],
     w: &[f32],
@@ -204,7 +207,6 @@ pub fn gemm(
 }
 
 /// `x (M, N) += gate * (A W^T + b)`, row r gated by `gate[(r / tokens) gate_stride + gate_offset ..]`.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_gated_residual(
     a: &[f32],
     w: &[f32],
@@ -253,10 +255,7 @@ pub fn attention(
     if head_dim > attention::ATTN_MAX_HEAD_DIM as usize || head_dim == 0 {
         return Err(SimError::InvalidLaunch {
             kernel: NAME.to_string(),
-            reason: format!(
-                "head_dim {head_dim} outside 1..={}",
-                attention::ATTN_MAX_HEAD_DIM
-            ),
+            reason: format!("head_dim {head_dim} outside 1..={}", attention::ATTN_MAX_HEAD_DIM),
         });
     }
     if batch == 0 || tokens == 0 || heads == 0 {
@@ -344,7 +343,6 @@ pub fn ddim_step(
 }
 
 /// `x (rows, D) += gate * branch`, row r gated by `gate[(r / tokens) gate_stride + gate_offset ..]`.
-#[allow(clippy::too_many_arguments)]
 pub fn gated_add(
     x: &mut [f32],
     branch: &[f32],

@@ -486,7 +486,7 @@ fn check_dims(kernel: &str, dims: &LaunchDims) -> Result<(), SimError> {
     if grid.y > 65535 || grid.z > 65535 {
         return invalid(format!("grid {grid:?} exceeds 65535 blocks in y or z"));
     }
-    if dims.shared_bytes > MAX_SHARED_BYTES || dims.shared_bytes % 4 != 0 {
+    if dims.shared_bytes > MAX_SHARED_BYTES || !dims.shared_bytes.is_multiple_of(4) {
         return invalid(format!(
             "{} bytes of shared memory (at most {MAX_SHARED_BYTES}, a multiple of 4)",
             dims.shared_bytes
