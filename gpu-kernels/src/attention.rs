@@ -39,6 +39,72 @@ const KV_WORDS: usize = (ATTN_KEY_TILE * (ATTN_MAX_HEAD_DIM + 1)) as usize;
 /// Shared memory: the query tile and one key and one value tile (41,216 bytes).
 pub const ATTN_SHARED_BYTES: u32 = ((Q_WORDS + 2 * KV_WORDS) * 4) as u32;
 
+const _: () = assert!(ATTN_QUERIES_PER_WARP == 4, "the kernel names its four query states");
+
+/// Where the staged key/value tile lives in shared memory.
+struct KeyTile {
+    k_base: usize,
+    v_base: usize,
+    stride: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// One query's online-softmax state, held by a warp: the running maximum and sum (the same on
+/// every lane) and the lane's output features `lane + 32 i`.
+#[derive(Clone, Copy)]
+struct QueryState {
+    max: f32,
+    sum: f32,
+    acc: [f32; DIMS_PER_LANE],
+}
+
+impl QueryState {
+    fn new() -> Self {
+        Self {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+            acc: [0.0; DIMS_PER_LANE],
+        }
+    }
+
+    /// Folds the staged key tile (`keys_here` keys) into the state of the query whose row starts
+    /// at shared word `q_row`.
+    #[inline(always)]
+    fn attend<C: ThreadCtx>(&mut self, ctx: &C, tile: &KeyTile, q_row: usize, keys_here: usize, lane: usize) {
+        let score = if lane < keys_here {
+            let mut dot = 0.0f32;
+            for d in 0..tile.hd {
+                dot += ctx.shared_load::<f32>(q_row + d) * ctx.shared_load::<f32>(tile.k_base + lane * tile.stride + d);
+            }
+            dot * tile.scale
+        } else {
+            f32::NEG_INFINITY
+        };
+        let new_max = self.max.max(warp_max(ctx, score));
+        let p = if lane < keys_here {
+            math::exp(score - new_max)
+        } else {
+            0.0
+        };
+        let correction = math::exp(self.max - new_max);
+        self.sum = self.sum * correction + warp_sum(ctx, p);
+        for a in self.acc.iter_mut() {
+            *a *= correction;
+        }
+        for kj in 0..keys_here {
+            let pj = ctx.shfl_idx_f32(p, kj as u32);
+            for (i, a) in self.acc.iter_mut().enumerate() {
+                let d = lane + WARP_SIZE as usize * i;
+                if d < tile.hd {
+                    *a += pj * ctx.shared_load::<f32>(tile.v_base + kj * tile.stride + d);
+                }
+            }
+        }
+        self.max = new_max;
+    }
+}
+
 /// Grid (ceil(N / 16), heads, B) of 128 threads.
 pub fn attention_dims(batch: u32, tokens: u32, heads: u32) -> LaunchDims {
     LaunchDims {
@@ -84,10 +150,15 @@ pub fn attention<C: ThreadCtx>(
         e += threads;
     }
 
-    const QPW: usize = ATTN_QUERIES_PER_WARP as usize;
-    let mut running_max = [f32::NEG_INFINITY; QPW];
-    let mut running_sum = [0.0f32; QPW];
-    let mut acc = [[0.0f32; DIMS_PER_LANE]; QPW];
+    // Four named states (not an indexed array) so that they stay in registers on the GPU.
+    let mut states = [QueryState::new(); 4];
+    let tile = KeyTile {
+        k_base,
+        v_base,
+        stride,
+        hd,
+        scale,
+    };
 
     let mut kt = 0;
     while kt < n {
@@ -110,49 +181,21 @@ pub fn attention<C: ThreadCtx>(
         ctx.sync_threads();
 
         let keys_here = key_tile.min(n - kt);
-        for j in 0..QPW {
-            let q_row = (first_query + j) * hd;
-            let score = if lane < keys_here {
-                let mut dot = 0.0f32;
-                for d in 0..hd {
-                    dot += ctx.shared_load::<f32>(q_row + d) * ctx.shared_load::<f32>(k_base + lane * stride + d);
-                }
-                dot * scale
-            } else {
-                f32::NEG_INFINITY
-            };
-            let new_max = running_max[j].max(warp_max(ctx, score));
-            let p = if lane < keys_here {
-                math::exp(score - new_max)
-            } else {
-                0.0
-            };
-            let correction = math::exp(running_max[j] - new_max);
-            running_sum[j] = running_sum[j] * correction + warp_sum(ctx, p);
-            for a in acc[j].iter_mut() {
-                *a *= correction;
-            }
-            for kj in 0..keys_here {
-                let pj = ctx.shfl_idx_f32(p, kj as u32);
-                for (i, a) in acc[j].iter_mut().enumerate() {
-                    let d = lane + WARP_SIZE as usize * i;
-                    if d < hd {
-                        *a += pj * ctx.shared_load::<f32>(v_base + kj * stride + d);
-                    }
-                }
-            }
-            running_max[j] = new_max;
-        }
+        let [s0, s1, s2, s3] = &mut states;
+        s0.attend(ctx, &tile, first_query * hd, keys_here, lane);
+        s1.attend(ctx, &tile, (first_query + 1) * hd, keys_here, lane);
+        s2.attend(ctx, &tile, (first_query + 2) * hd, keys_here, lane);
+        s3.attend(ctx, &tile, (first_query + 3) * hd, keys_here, lane);
         kt += key_tile;
     }
 
-    for j in 0..QPW {
+    for (j, state) in states.iter().enumerate() {
         let q = q0 + first_query + j;
         if q >= n {
             continue;
         }
-        let inv = 1.0 / running_sum[j];
-        for (i, a) in acc[j].iter().enumerate() {
+        let inv = 1.0 / state.sum;
+        for (i, a) in state.acc.iter().enumerate() {
             let d = lane + WARP_SIZE as usize * i;
             if d < hd {
                 ctx.store(out, (b * n + q) * d_model + head + d, *a * inv);

@@ -23,6 +23,7 @@ pub const GEMM_TILE_N: u32 = 64;
 pub const GEMM_TILE_K: u32 = 16;
 /// Threads per block side (16 x 16).
 pub const GEMM_THREADS_SIDE: u32 = 16;
+/// Outputs per thread along each side (the epilogue below is written out for 4).
 const MICRO: usize = 4;
 const STRIDE: usize = GEMM_TILE_M as usize + 1;
 const W_BASE: usize = GEMM_TILE_K as usize * STRIDE;
@@ -98,18 +99,28 @@ fn gemm_tile<C: ThreadCtx, E: FnMut(usize, usize, f32)>(
         k0 += tile_k;
     }
 
-    for (i, acc_row) in acc.iter().enumerate() {
-        let row = row0 + ty + side * i;
-        if row >= m {
-            continue;
-        }
-        for (j, &dot) in acc_row.iter().enumerate() {
-            let col = col0 + tx + side * j;
-            if col < n {
-                epilogue(row, col, dot);
+    // Written out 16 times (not a loop) so that `acc` is only ever indexed by constants and
+    // stays in registers on the GPU, whatever the size of the epilogue.
+    macro_rules! store {
+        ($i:literal, $j:literal) => {{
+            let (row, col) = (row0 + ty + side * $i, col0 + tx + side * $j);
+            if row < m && col < n {
+                epilogue(row, col, acc[$i][$j]);
             }
-        }
+        }};
     }
+    macro_rules! store_row {
+        ($i:literal) => {{
+            store!($i, 0);
+            store!($i, 1);
+            store!($i, 2);
+            store!($i, 3);
+        }};
+    }
+    store_row!(0);
+    store_row!(1);
+    store_row!(2);
+    store_row!(3);
 }
 
 /// `out (M, N) = A W^T + b`. Launch with [`gemm_dims`].
