@@ -34,4 +34,23 @@ pub mod thread;
 pub mod nvptx;
 
 pub use global::{Global, GlobalMut};
+
+/// The name of every PTX entry point (`nvptx` module), as a driver looks them up in the module
+/// that `scripts/build-ptx.sh` writes to `gpu-kernels/ptx/resca_kernels.sm_80.ptx`.
+pub const KERNELS: &[&str] = &[
+    "timestep_features",
+    "linear_rows",
+    "linear_rows_silu",
+    "label_embed_silu",
+    "patch_embed",
+    "layer_norm_modulate",
+    "gemm_bias",
+    "gemm_bias_gelu",
+    "gemm_bias_gated_residual",
+    "attention",
+    "unpatchify",
+    "cfg_mix",
+    "ddim_step",
+    "gated_add",
+];
 pub use thread::{Dim3, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};

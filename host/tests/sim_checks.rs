@@ -31,6 +31,7 @@ fn out_of_bounds_global_write_is_reported_with_block_thread_and_index() {
     let mut out = vec![0.0f32; 100];
     let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
     let err = launch("scale_unguarded", dims(2, 64, 0), |ctx| scale_unguarded(ctx, gx, go)).unwrap_err();
+    eprintln!("{err}");
     match &err {
         SimError::OutOfBounds {
             kernel,
@@ -103,6 +104,7 @@ fn shared_memory_race_between_barriers_is_reported() {
         neighbour_sum_racy(ctx, go, false)
     })
     .unwrap_err();
+    eprintln!("{err}");
     match &err {
         SimError::SharedRace {
             kernel,
@@ -160,6 +162,7 @@ fn barrier_in_a_divergent_branch_is_reported() {
         half_block_barrier(ctx, go)
     })
     .unwrap_err();
+    eprintln!("{err}");
     match &err {
         SimError::DivergentBarrier {
             kernel,
