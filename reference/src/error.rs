@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Everything that can go wrong while loading a model or running it on user input.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -7,6 +7,7 @@ extern crate blas_src;
 pub mod config;
 pub mod ddim;
 pub mod error;
+pub mod flops;
 pub mod flow;
 pub mod model;
 pub mod ops;

@@ -3,8 +3,10 @@
 
 use ndarray::{Array4, Array5, ArrayView4, Axis, s};
 
+use crate::config::DitConfig;
 use crate::ddim::DdimSchedule;
 use crate::error::{Error, Result};
+use crate::flops::StepWork;
 use crate::flow::FlowSchedule;
 use crate::model::{BranchHook, Dit, FullCompute};
 
@@ -50,6 +52,10 @@ pub trait StepHook: BranchHook {
     fn timings(&self) -> MethodTimings {
         MethodTimings::default()
     }
+    /// What the step that just ran computed, per image (for FLOPs accounting).
+    fn last_step_work(&self, config: &DitConfig) -> StepWork {
+        StepWork::full(config)
+    }
 }
 
 impl StepHook for FullCompute {
@@ -65,6 +71,8 @@ pub struct Trajectory {
     pub x: Array5<f32>,
     /// (steps, B, out_channels, H, W): the (guided) model output of each step.
     pub model_out: Array5<f32>,
+    /// What each step computed, per image.
+    pub work: Vec<StepWork>,
 }
 
 impl Sampler {
@@ -138,6 +146,7 @@ pub fn sample(
     let mut outs = Array5::<f32>::zeros((steps, b, out_ch, side, side));
     xs.index_axis_mut(Axis(0), 0).assign(&noise);
     let mut x = noise.to_owned();
+    let mut work = Vec::with_capacity(steps);
     for position in 0..steps {
         let info = sampler.step_info(position);
         hook.begin_step(&info)?;
@@ -149,7 +158,12 @@ pub fn sample(
         x = sampler.advance(&info, x.view(), out.view());
         xs.index_axis_mut(Axis(0), position + 1).assign(&x);
         outs.index_axis_mut(Axis(0), position).assign(&out);
+        work.push(hook.last_step_work(c));
         progress(position + 1, steps);
     }
-    Ok(Trajectory { x: xs, model_out: outs })
+    Ok(Trajectory {
+        x: xs,
+        model_out: outs,
+        work,
+    })
 }

@@ -9,6 +9,7 @@ use resca_gpu_kernels::attention::ATTN_MAX_HEAD_DIM;
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::embed::{MAX_PATCH_FEATURES, TIMESTEP_FEATURES};
 use resca_reference::ddim::DdimSchedule;
+use resca_reference::flops::StepWork;
 use resca_reference::weights::Linear;
 use resca_reference::{Dit, DitConfig, Trajectory};
 
@@ -289,7 +290,11 @@ impl<'m> SimDit<'m> {
             outs.index_axis_mut(Axis(0), position).assign(&out);
             progress(position + 1, steps);
         }
-        Ok(Trajectory { x: xs, model_out: outs })
+        Ok(Trajectory {
+            x: xs,
+            model_out: outs,
+            work: vec![StepWork::full(c); steps],
+        })
     }
 
     fn linear_rows(

@@ -1,0 +1,71 @@
+//! Where the model comes from: a safetensors checkpoint (config given or inferred), a named preset
+//! with seeded random weights, or the embedded default.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use resca_reference::{Dit, DitConfig};
+
+/// The model-selection flags shared by every subcommand that runs the network.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// DiT checkpoint in safetensors with the official key names (f32, f16 or bf16).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: Option<PathBuf>,
+    /// JSON model config (`input_size`, `patch_size`, ..., `num_heads`); default: inferred from
+    /// the weights' tensor shapes.
+    #[arg(long, value_name = "C.json", conflicts_with = "heads")]
+    pub config: Option<PathBuf>,
+    /// Attention heads, the one hyper-parameter the weights' shapes cannot tell.
+    #[arg(long, value_name = "H")]
+    pub heads: Option<usize>,
+    /// A preset (DiT-XL/2, DiT-L/2, DiT-B/2, DiT-S/2 and /4, /8 variants, tiny, small) with seeded
+    /// random weights, for benchmarks and smoke runs.
+    #[arg(long, value_name = "PRESET", conflicts_with = "weights")]
+    pub model: Option<String>,
+    /// Seed of the random weights of `--model`.
+    #[arg(long, default_value_t = 0, requires = "model")]
+    pub weights_seed: u64,
+}
+
+impl ModelArgs {
+    /// Loads (or builds) the model these flags select.
+    pub fn load(&self) -> Result<Dit> {
+        let config = match &self.config {
+            Some(path) => Some(DitConfig::from_json_file(path)?),
+            None => None,
+        };
+        if let Some(preset) = &self.model {
+            let mut config = match config {
+                Some(c) => c,
+                None => DitConfig::preset(preset)?,
+            };
+            if let Some(heads) = self.heads {
+                config.num_heads = heads;
+            }
+            return Ok(Dit::random(config, self.weights_seed)?);
+        }
+        match &self.weights {
+            Some(path) => {
+                Dit::load(path, config, self.heads).with_context(|| format!("loading --weights {}", path.display()))
+            }
+            None => crate::embedded::default_model(),
+        }
+    }
+
+    /// A config without loading weights (for `resca plan`): from `--config`, `--model`, the
+    /// weights file's shapes, or the embedded default.
+    pub fn config_only(&self) -> Result<DitConfig> {
+        if let Some(path) = &self.config {
+            return Ok(DitConfig::from_json_file(path)?);
+        }
+        if let Some(preset) = &self.model {
+            return Ok(DitConfig::preset(preset)?);
+        }
+        if let Some(path) = &self.weights {
+            let file = resca_reference::safetensors_file::SafetensorsFile::open(path)?;
+            return Ok(DitConfig::infer(&file, self.heads)?);
+        }
+        Ok(crate::embedded::default_config())
+    }
+}

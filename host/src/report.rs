@@ -1,0 +1,65 @@
+//! The statistics every run prints: steps, FLOPs and the wall-time split of the supplement's
+//! Fig. S2 (true denoising, clustering, simulated denoising).
+
+use serde::Serialize;
+
+/// What a sampling run did and how long it took.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunStats {
+    pub backend: String,
+    pub method: String,
+    pub sampler: String,
+    pub steps: usize,
+    pub full_steps: usize,
+    pub sparse_steps: usize,
+    /// Samples produced (the guided batch evaluates twice as many model rows).
+    pub samples: usize,
+    pub model_rows: usize,
+    /// FLOPs per sample (its guidance pair included), as the papers count them.
+    pub tflops: f64,
+    pub full_tflops: f64,
+    /// Full-compute FLOPs over this run's FLOPs.
+    pub flops_speedup: f64,
+    pub wall_s: f64,
+    /// Wall time in the network proper (everything but clustering and simulated denoising).
+    pub true_denoising_s: f64,
+    pub clustering_s: f64,
+    pub simulated_denoising_s: f64,
+}
+
+impl RunStats {
+    /// A short human-readable table.
+    pub fn table(&self) -> String {
+        let pct = |part: f64| {
+            if self.wall_s > 0.0 {
+                100.0 * part / self.wall_s
+            } else {
+                0.0
+            }
+        };
+        format!(
+            "method {} ({} backend, {} sampler), {} samples ({} model rows)\n\
+             steps: {} ({} full, {} sparse)\n\
+             FLOPs per sample: {:.4} T of {:.4} T full compute -> {:.2}x fewer\n\
+             wall: {:.3} s = true denoising {:.3} s ({:.1}%) + clustering {:.3} s ({:.1}%) + simulated denoising {:.3} s ({:.1}%)",
+            self.method,
+            self.backend,
+            self.sampler,
+            self.samples,
+            self.model_rows,
+            self.steps,
+            self.full_steps,
+            self.sparse_steps,
+            self.tflops,
+            self.full_tflops,
+            self.flops_speedup,
+            self.wall_s,
+            self.true_denoising_s,
+            pct(self.true_denoising_s),
+            self.clustering_s,
+            pct(self.clustering_s),
+            self.simulated_denoising_s,
+            pct(self.simulated_denoising_s),
+        )
+    }
+}
