@@ -17,6 +17,7 @@
 //! memory, so a kernel that reads before writing produces NaNs instead of plausible numbers.
 
 pub mod dit;
+pub mod job;
 pub mod kernels;
 
 use std::cell::RefCell;
