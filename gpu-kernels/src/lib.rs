@@ -1,1 +1,56 @@
+//! GPU kernels of the ResCa pipeline, written once in `#![no_std]` Rust and compiled three ways:
+//! to PTX with rustc's `nvptx64-nvidia-cuda` target (see `scripts/build-ptx.sh`), later through
+//! Rust-CUDA's `cuda_builder`, and for the host, where `resca-host`'s simulator runs every thread
+//! of a block with real barrier semantics and checks every memory access.
+//!
+//! Every kernel body is a generic function over a [`ThreadCtx`] (thread and block indices,
+//! `sync_threads`, shared memory, warp shuffles: cuda_std's names) that takes its buffers as
+//! [`Global`] / [`GlobalMut`] (pointer + length). Under `target_arch = "nvptx64"` the [`nvptx`]
+//! module adds one `#[no_mangle] unsafe extern "ptx-kernel"` entry point per kernel that builds
+//! the hardware context and calls the body. Each kernel module exports its launch geometry
+//! ([`LaunchDims`]) so that every backend launches it the same way.
+//!
+//! No allocation, no `std`, no panics on the GPU path: math functions live in [`math`].
+
 #![no_std]
+// Kernels take each buffer and size as its own parameter, as CUDA entry points do.
+#![allow(clippy::too_many_arguments)]
+#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch))]
+
+pub mod attention;
+pub mod ddim;
+pub mod embed;
+pub mod final_layer;
+pub mod gemm;
+pub mod global;
+pub mod guidance;
+pub mod math;
+pub mod norm;
+pub mod reduce;
+pub mod residual;
+pub mod thread;
+
+#[cfg(target_arch = "nvptx64")]
+pub mod nvptx;
+
+pub use global::{Global, GlobalMut};
+
+/// The name of every PTX entry point (`nvptx` module), as a driver looks them up in the module
+/// that `scripts/build-ptx.sh` writes to `gpu-kernels/ptx/resca_kernels.sm_80.ptx`.
+pub const KERNELS: &[&str] = &[
+    "timestep_features",
+    "linear_rows",
+    "linear_rows_silu",
+    "label_embed_silu",
+    "patch_embed",
+    "layer_norm_modulate",
+    "gemm_bias",
+    "gemm_bias_gelu",
+    "gemm_bias_gated_residual",
+    "attention",
+    "unpatchify",
+    "cfg_mix",
+    "ddim_step",
+    "gated_add",
+];
+pub use thread::{Dim3, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};

@@ -1,5 +1,8 @@
 //! The `resca` runtime: model selection, inputs, sampling jobs on a backend, reports and images.
 //! The binary (`src/main.rs`) is a thin command-line layer over these modules.
+//!
+//! * [`sim`]: the GPU-semantics simulator that runs the `resca-gpu-kernels` bodies on the CPU,
+//!   the host-side launch of every kernel, and the DiT forward / DDIM sampling on kernels alone.
 
 pub mod embedded;
 pub mod image_grid;
@@ -9,3 +12,4 @@ pub mod model_source;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod sim;

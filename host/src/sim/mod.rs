@@ -1,0 +1,706 @@
+//! A GPU-semantics simulator for the kernel bodies of `resca-gpu-kernels`, in the spirit of
+//! compute-sanitizer: [`launch`] runs a grid block by block, with every thread of a block live at
+//! once as a stackful coroutine (corosensei) on one OS thread. A thread runs until it reaches a
+//! barrier (`sync_threads`), a warp shuffle or its end; the scheduler then completes the
+//! shuffles of warps whose lanes all arrived, and releases a barrier once every thread of the
+//! block waits at it. Threads are resumed in a fixed order, so results are deterministic.
+//!
+//! Reported as a typed [`SimError`] naming kernel, block, thread, index and source line:
+//! * out-of-bounds global and shared loads and stores,
+//! * shared-memory races: two different threads touching the same word between two barriers,
+//!   at least one of them writing,
+//! * barriers not reached by every thread of the block (a thread exited, or waits at another
+//!   barrier), and shuffles not executed by every lane of the warp,
+//! * panics of a kernel body (e.g. arithmetic overflow in a debug build).
+//!
+//! Shared memory starts every block filled with a NaN pattern, like the garbage of real shared
+//! memory, so a kernel that reads before writing produces NaNs instead of plausible numbers.
+
+pub mod dit;
+pub mod job;
+pub mod kernels;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, Location, catch_unwind};
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};
+
+pub use dit::{SimDit, SimDitError};
+
+/// Largest block CUDA allows.
+pub const MAX_THREADS_PER_BLOCK: u64 = 1024;
+/// Largest static shared memory per block (`.shared` declarations): 48 KiB.
+pub const MAX_SHARED_BYTES: u32 = 48 * 1024;
+/// Stack of each simulated thread.
+const STACK_BYTES: usize = 256 * 1024;
+/// What fresh shared memory holds: a quiet NaN with a recognisable payload.
+const SHARED_POISON: u32 = 0x7fc0_dead;
+
+/// A thread or block coordinate, printed as `(x, y, z)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Coord {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+}
+
+impl fmt::Display for Coord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({}, {}, {})", self.x, self.y, self.z)
+    }
+}
+
+impl Coord {
+    /// The coordinate of linear index `rank` in an extent (x fastest).
+    fn of_rank(rank: u64, extent: Dim3) -> Self {
+        let (ex, ey) = (extent.x as u64, extent.y as u64);
+        Self {
+            x: (rank % ex) as u32,
+            y: (rank / ex % ey) as u32,
+            z: (rank / (ex * ey)) as u32,
+        }
+    }
+}
+
+/// Which memory an access went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    Global,
+    Shared,
+}
+
+impl fmt::Display for Space {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Space::Global => "global",
+            Space::Shared => "shared",
+        })
+    }
+}
+
+/// Whether an access read or wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Load,
+    Store,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Load => "load",
+            Access::Store => "store",
+        })
+    }
+}
+
+/// What the simulator found wrong with a launch.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SimError {
+    #[error("kernel `{kernel}`: invalid launch: {reason}")]
+    InvalidLaunch { kernel: String, reason: String },
+    #[error(
+        "kernel `{kernel}` block {block} thread {thread}: {space} {access} out of bounds: index {index} of \
+         {len} elements (address {address:#x}) at {site}"
+    )]
+    OutOfBounds {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        space: Space,
+        access: Access,
+        index: usize,
+        len: usize,
+        address: usize,
+        site: String,
+    },
+    #[error(
+        "kernel `{kernel}` block {block}: shared-memory race on word {index} (byte address {address:#x}): \
+         thread {first} did a {first_access} and thread {second} a {second_access} with no barrier in \
+         between (the second at {site})"
+    )]
+    SharedRace {
+        kernel: String,
+        block: Coord,
+        index: usize,
+        address: usize,
+        first: Coord,
+        first_access: Access,
+        second: Coord,
+        second_access: Access,
+        site: String,
+    },
+    #[error(
+        "kernel `{kernel}` block {block}: barrier at {site} not reached by every thread: thread {waiting} \
+         waits there, thread {other} {other_state}"
+    )]
+    DivergentBarrier {
+        kernel: String,
+        block: Coord,
+        site: String,
+        waiting: Coord,
+        other: Coord,
+        other_state: String,
+    },
+    #[error(
+        "kernel `{kernel}` block {block}: warp shuffle at {site} not executed by every lane of warp {warp}: \
+         thread {waiting} waits there, thread {other} {other_state}"
+    )]
+    DivergentShuffle {
+        kernel: String,
+        block: Coord,
+        warp: u32,
+        site: String,
+        waiting: Coord,
+        other: Coord,
+        other_state: String,
+    },
+    #[error(
+        "kernel `{kernel}` block {block} thread {thread}: warp shuffle at {site} reads lane {lane}, which is \
+         not a thread of this block"
+    )]
+    ShuffleLane {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        lane: u32,
+        site: String,
+    },
+    #[error("kernel `{kernel}` block {block} thread {thread} panicked: {message}")]
+    Panic {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        message: String,
+    },
+}
+
+/// The kinds of warp shuffle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShuffleKind {
+    Xor,
+    Down,
+    Idx,
+}
+
+type Site = &'static Location<'static>;
+
+/// What a simulated thread hands the scheduler when it suspends.
+enum Event {
+    Barrier(Site),
+    Shuffle {
+        site: Site,
+        kind: ShuffleKind,
+        value: u32,
+        arg: u32,
+    },
+    Fault(Box<SimError>),
+}
+
+/// Where a thread stands between scheduler rounds.
+#[derive(Clone, Copy)]
+enum State {
+    /// Runnable, with the value its pending shuffle returns (0 after a barrier).
+    Ready(u32),
+    Barrier(Site),
+    Shuffle {
+        site: Site,
+        kind: ShuffleKind,
+        value: u32,
+        arg: u32,
+    },
+    Done,
+}
+
+impl State {
+    fn describe(&self) -> String {
+        match self {
+            State::Ready(_) => "is running".to_string(),
+            State::Barrier(site) => format!("waits at the barrier at {site}"),
+            State::Shuffle { site, .. } => format!("waits at the warp shuffle at {site}"),
+            State::Done => "has exited".to_string(),
+        }
+    }
+}
+
+/// Shadow state of one shared word since the last barrier (epoch): who wrote and read it.
+/// Thread ids are `rank + 1`; 0 means nobody.
+#[derive(Clone, Copy, Default)]
+struct Shadow {
+    epoch: u32,
+    writer: u32,
+    first_reader: u32,
+    /// The latest reader other than `first_reader`, if any.
+    other_reader: u32,
+}
+
+/// The shared memory of the block being simulated.
+struct BlockShared {
+    words: Vec<u32>,
+    shadow: Vec<Shadow>,
+    epoch: u32,
+}
+
+/// Identity of a launch and block, for error messages.
+struct LaunchInfo<'a> {
+    kernel: &'a str,
+    grid: Dim3,
+    block_dim: Dim3,
+    block: Coord,
+}
+
+/// One simulated GPU thread: what a kernel body gets as its [`ThreadCtx`] in the simulator.
+pub struct SimThread<'a> {
+    info: &'a LaunchInfo<'a>,
+    thread: Coord,
+    rank: u32,
+    shared: &'a RefCell<BlockShared>,
+    yielder: &'a Yielder<u32, Event>,
+}
+
+impl SimThread<'_> {
+    /// Stops this thread with an error; the launch fails with it. Never returns: the scheduler
+    /// never resumes a faulted thread (it is unwound when the launch ends).
+    fn fault(&self, error: SimError) -> ! {
+        self.yielder.suspend(Event::Fault(Box::new(error)));
+        unreachable!("a faulted simulated thread is never resumed")
+    }
+
+    fn out_of_bounds(&self, space: Space, access: Access, index: usize, len: usize, address: usize, site: Site) -> ! {
+        self.fault(SimError::OutOfBounds {
+            kernel: self.info.kernel.to_string(),
+            block: self.info.block,
+            thread: self.thread,
+            space,
+            access,
+            index,
+            len,
+            address,
+            site: site.to_string(),
+        })
+    }
+
+    fn coord_of(&self, id: u32) -> Coord {
+        Coord::of_rank(id as u64 - 1, self.info.block_dim)
+    }
+
+    /// Records a shared access in the shadow and checks it against the other threads' accesses
+    /// since the last barrier.
+    fn shared_access(&self, index: usize, access: Access, site: Site) {
+        let mut shared = self.shared.borrow_mut();
+        let len = shared.words.len();
+        if index >= len {
+            drop(shared);
+            self.out_of_bounds(Space::Shared, access, index, len, index * 4, site);
+        }
+        let epoch = shared.epoch;
+        let me = self.rank + 1;
+        let s = &mut shared.shadow[index];
+        if s.epoch != epoch {
+            *s = Shadow {
+                epoch,
+                ..Shadow::default()
+            };
+        }
+        let conflict = match access {
+            Access::Load => (s.writer != 0 && s.writer != me).then_some((s.writer, Access::Store)),
+            Access::Store => {
+                if s.writer != 0 && s.writer != me {
+                    Some((s.writer, Access::Store))
+                } else if s.first_reader != 0 && s.first_reader != me {
+                    Some((s.first_reader, Access::Load))
+                } else if s.other_reader != 0 && s.other_reader != me {
+                    Some((s.other_reader, Access::Load))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some((other, other_access)) = conflict {
+            drop(shared);
+            self.fault(SimError::SharedRace {
+                kernel: self.info.kernel.to_string(),
+                block: self.info.block,
+                index,
+                address: index * 4,
+                first: self.coord_of(other),
+                first_access: other_access,
+                second: self.thread,
+                second_access: access,
+                site: site.to_string(),
+            });
+        }
+        match access {
+            Access::Load if s.first_reader == 0 => s.first_reader = me,
+            Access::Load if s.first_reader != me => s.other_reader = me,
+            Access::Load => {}
+            Access::Store => s.writer = me,
+        }
+    }
+
+    fn shuffle(&self, kind: ShuffleKind, value: f32, arg: u32, site: Site) -> f32 {
+        f32::from_bits(self.yielder.suspend(Event::Shuffle {
+            site,
+            kind,
+            value: value.to_bits(),
+            arg,
+        }))
+    }
+}
+
+impl ThreadCtx for SimThread<'_> {
+    fn thread_idx_x(&self) -> u32 {
+        self.thread.x
+    }
+    fn thread_idx_y(&self) -> u32 {
+        self.thread.y
+    }
+    fn thread_idx_z(&self) -> u32 {
+        self.thread.z
+    }
+    fn block_idx_x(&self) -> u32 {
+        self.info.block.x
+    }
+    fn block_idx_y(&self) -> u32 {
+        self.info.block.y
+    }
+    fn block_idx_z(&self) -> u32 {
+        self.info.block.z
+    }
+    fn block_dim_x(&self) -> u32 {
+        self.info.block_dim.x
+    }
+    fn block_dim_y(&self) -> u32 {
+        self.info.block_dim.y
+    }
+    fn block_dim_z(&self) -> u32 {
+        self.info.block_dim.z
+    }
+    fn grid_dim_x(&self) -> u32 {
+        self.info.grid.x
+    }
+    fn grid_dim_y(&self) -> u32 {
+        self.info.grid.y
+    }
+    fn grid_dim_z(&self) -> u32 {
+        self.info.grid.z
+    }
+
+    fn sync_threads(&self) {
+        self.yielder.suspend(Event::Barrier(Location::caller()));
+    }
+
+    fn shfl_xor_f32(&self, value: f32, lane_mask: u32) -> f32 {
+        self.shuffle(ShuffleKind::Xor, value, lane_mask, Location::caller())
+    }
+
+    fn shfl_down_f32(&self, value: f32, delta: u32) -> f32 {
+        self.shuffle(ShuffleKind::Down, value, delta, Location::caller())
+    }
+
+    fn shfl_idx_f32(&self, value: f32, src_lane: u32) -> f32 {
+        self.shuffle(ShuffleKind::Idx, value, src_lane, Location::caller())
+    }
+
+    fn shared_load<T: SharedWord>(&self, index: usize) -> T {
+        self.shared_access(index, Access::Load, Location::caller());
+        T::from_word(self.shared.borrow().words[index])
+    }
+
+    fn shared_store<T: SharedWord>(&self, index: usize, value: T) {
+        self.shared_access(index, Access::Store, Location::caller());
+        self.shared.borrow_mut().words[index] = value.to_word();
+    }
+
+    fn load<T: Copy>(&self, buffer: Global<'_, T>, index: usize) -> T {
+        if index >= buffer.len() {
+            let address = buffer.as_ptr() as usize + index * size_of::<T>();
+            self.out_of_bounds(
+                Space::Global,
+                Access::Load,
+                index,
+                buffer.len(),
+                address,
+                Location::caller(),
+            );
+        }
+        // SAFETY: in bounds of a buffer made from a live slice (`Global::new`) or a valid raw
+        // pointer (`Global::from_raw`'s contract); simulated threads run on one OS thread.
+        unsafe { *buffer.as_ptr().add(index) }
+    }
+
+    fn store<T: Copy>(&self, buffer: GlobalMut<'_, T>, index: usize, value: T) {
+        if index >= buffer.len() {
+            let address = buffer.as_mut_ptr() as usize + index * size_of::<T>();
+            self.out_of_bounds(
+                Space::Global,
+                Access::Store,
+                index,
+                buffer.len(),
+                address,
+                Location::caller(),
+            );
+        }
+        // SAFETY: as for `load`; writes through the pointer of an exclusively borrowed slice.
+        unsafe { *buffer.as_mut_ptr().add(index) = value }
+    }
+}
+
+thread_local! {
+    /// Coroutine stacks kept between launches (mapping a stack is the expensive part).
+    static STACKS: RefCell<Vec<DefaultStack>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_stacks(n: usize) -> Vec<DefaultStack> {
+    let mut stacks = STACKS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let keep = pool.len().saturating_sub(n);
+        pool.split_off(keep)
+    });
+    while stacks.len() < n {
+        stacks.push(DefaultStack::new(STACK_BYTES).expect("mapping a coroutine stack"));
+    }
+    stacks
+}
+
+fn return_stacks(stacks: Vec<DefaultStack>) {
+    STACKS.with(|pool| pool.borrow_mut().extend(stacks));
+}
+
+fn check_dims(kernel: &str, dims: &LaunchDims) -> Result<(), SimError> {
+    let invalid = |reason: String| {
+        Err(SimError::InvalidLaunch {
+            kernel: kernel.to_string(),
+            reason,
+        })
+    };
+    let (grid, block) = (dims.grid, dims.block);
+    if grid.count() == 0 || block.count() == 0 {
+        return invalid(format!("empty grid {grid:?} or block {block:?}"));
+    }
+    if block.count() > MAX_THREADS_PER_BLOCK || block.z > 64 {
+        return invalid(format!("block {block:?} exceeds 1024 threads (z <= 64)"));
+    }
+    if grid.y > 65535 || grid.z > 65535 {
+        return invalid(format!("grid {grid:?} exceeds 65535 blocks in y or z"));
+    }
+    if dims.shared_bytes > MAX_SHARED_BYTES || !dims.shared_bytes.is_multiple_of(4) {
+        return invalid(format!(
+            "{} bytes of shared memory (at most {MAX_SHARED_BYTES}, a multiple of 4)",
+            dims.shared_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `body` as kernel `kernel` over the grid, block by block in order (x fastest), every
+/// thread of a block live at once. The first error found stops the launch; what the kernel
+/// wrote before it stays written.
+pub fn launch<F>(kernel: &str, dims: LaunchDims, body: F) -> Result<(), SimError>
+where
+    F: Fn(&SimThread<'_>),
+{
+    check_dims(kernel, &dims)?;
+    let threads = dims.block.count() as usize;
+    let shared = RefCell::new(BlockShared {
+        words: vec![SHARED_POISON; dims.shared_bytes as usize / 4],
+        shadow: vec![Shadow::default(); dims.shared_bytes as usize / 4],
+        epoch: 0,
+    });
+    let mut stacks = take_stacks(threads);
+    let mut result = Ok(());
+    for rank in 0..dims.grid.count() {
+        let info = LaunchInfo {
+            kernel,
+            grid: dims.grid,
+            block_dim: dims.block,
+            block: Coord::of_rank(rank, dims.grid),
+        };
+        {
+            let mut s = shared.borrow_mut();
+            s.epoch += 1;
+            s.words.fill(SHARED_POISON);
+        }
+        let (outcome, reclaimed) = run_block(&info, threads, &shared, &body, stacks);
+        stacks = reclaimed;
+        if let Err(e) = outcome {
+            result = Err(e);
+            break;
+        }
+    }
+    return_stacks(stacks);
+    result
+}
+
+type ThreadCoroutine = Coroutine<u32, Event, (), DefaultStack>;
+
+/// Simulates one block: creates a coroutine per thread and schedules them round by round.
+/// Returns the outcome and the stacks for reuse.
+fn run_block<F>(
+    info: &LaunchInfo<'_>,
+    threads: usize,
+    shared: &RefCell<BlockShared>,
+    body: &F,
+    mut stacks: Vec<DefaultStack>,
+) -> (Result<(), SimError>, Vec<DefaultStack>)
+where
+    F: Fn(&SimThread<'_>),
+{
+    let mut coroutines: Vec<ThreadCoroutine> = Vec::with_capacity(threads);
+    for rank in 0..threads {
+        let stack = stacks.pop().expect("one stack per thread");
+        let thread = Coord::of_rank(rank as u64, info.block_dim);
+        let func = move |yielder: &Yielder<u32, Event>, _first: u32| {
+            let ctx = SimThread {
+                info,
+                thread,
+                rank: rank as u32,
+                shared,
+                yielder,
+            };
+            body(&ctx);
+        };
+        // SAFETY: the closure borrows `info`, `shared` and `body`, which outlive every coroutine:
+        // all of them are driven to completion or unwound below, before this function returns.
+        coroutines.push(unsafe { Coroutine::with_stack_unchecked(stack, func) });
+    }
+    let outcome = schedule(info, shared, &mut coroutines);
+    for mut coroutine in coroutines {
+        coroutine.force_unwind();
+        stacks.push(coroutine.into_stack());
+    }
+    (outcome, stacks)
+}
+
+fn schedule(
+    info: &LaunchInfo<'_>,
+    shared: &RefCell<BlockShared>,
+    coroutines: &mut [ThreadCoroutine],
+) -> Result<(), SimError> {
+    let n = coroutines.len();
+    let coord = |rank: usize| Coord::of_rank(rank as u64, info.block_dim);
+    let kernel = || info.kernel.to_string();
+    let mut states = vec![State::Ready(0); n];
+    loop {
+        for (rank, coroutine) in coroutines.iter_mut().enumerate() {
+            let State::Ready(input) = states[rank] else { continue };
+            let resumed = catch_unwind(AssertUnwindSafe(|| coroutine.resume(input)));
+            states[rank] = match resumed {
+                Ok(CoroutineResult::Yield(Event::Barrier(site))) => State::Barrier(site),
+                Ok(CoroutineResult::Yield(Event::Shuffle { site, kind, value, arg })) => {
+                    State::Shuffle { site, kind, value, arg }
+                }
+                Ok(CoroutineResult::Yield(Event::Fault(error))) => return Err(*error),
+                Ok(CoroutineResult::Return(())) => State::Done,
+                Err(payload) => {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a non-string panic payload".to_string());
+                    return Err(SimError::Panic {
+                        kernel: kernel(),
+                        block: info.block,
+                        thread: coord(rank),
+                        message,
+                    });
+                }
+            };
+        }
+
+        // Warp shuffles: a warp proceeds once all of its lanes wait at the same shuffle.
+        let mut progressed = false;
+        for warp_start in (0..n).step_by(WARP_SIZE as usize) {
+            let lanes = warp_start..n.min(warp_start + WARP_SIZE as usize);
+            let Some(first) = lanes.clone().find(|&r| matches!(states[r], State::Shuffle { .. })) else {
+                continue;
+            };
+            let State::Shuffle {
+                site: first_site,
+                kind: first_kind,
+                ..
+            } = states[first]
+            else {
+                unreachable!()
+            };
+            let mut values = [0u32; WARP_SIZE as usize];
+            for rank in lanes.clone() {
+                match states[rank] {
+                    State::Shuffle { site, kind, value, .. } if site == first_site && kind == first_kind => {
+                        values[rank - warp_start] = value;
+                    }
+                    other => {
+                        return Err(SimError::DivergentShuffle {
+                            kernel: kernel(),
+                            block: info.block,
+                            warp: (warp_start / WARP_SIZE as usize) as u32,
+                            site: first_site.to_string(),
+                            waiting: coord(first),
+                            other: coord(rank),
+                            other_state: other.describe(),
+                        });
+                    }
+                }
+            }
+            let width = lanes.len() as u32;
+            for rank in lanes {
+                let State::Shuffle { kind, arg, .. } = states[rank] else {
+                    unreachable!()
+                };
+                let lane = (rank - warp_start) as u32;
+                let source = match kind {
+                    ShuffleKind::Xor => lane ^ (arg & (WARP_SIZE - 1)),
+                    ShuffleKind::Down => {
+                        if lane + arg < WARP_SIZE {
+                            lane + arg
+                        } else {
+                            lane
+                        }
+                    }
+                    ShuffleKind::Idx => arg & (WARP_SIZE - 1),
+                };
+                if source >= width {
+                    return Err(SimError::ShuffleLane {
+                        kernel: kernel(),
+                        block: info.block,
+                        thread: coord(rank),
+                        lane: source,
+                        site: first_site.to_string(),
+                    });
+                }
+                states[rank] = State::Ready(values[source as usize]);
+            }
+            progressed = true;
+        }
+        if progressed {
+            continue;
+        }
+
+        // Barrier: every thread must wait at the same one.
+        let Some(waiting) = states.iter().position(|s| matches!(s, State::Barrier(_))) else {
+            return Ok(()); // every thread has exited
+        };
+        let State::Barrier(site) = states[waiting] else {
+            unreachable!()
+        };
+        for (rank, state) in states.iter().enumerate() {
+            let same = matches!(state, State::Barrier(s) if *s == site);
+            if !same {
+                return Err(SimError::DivergentBarrier {
+                    kernel: kernel(),
+                    block: info.block,
+                    site: site.to_string(),
+                    waiting: coord(waiting),
+                    other: coord(rank),
+                    other_state: state.describe(),
+                });
+            }
+        }
+        states.fill(State::Ready(0));
+        // A barrier orders every shared access before it against every one after it.
+        shared.borrow_mut().epoch += 1;
+    }
+}

@@ -1,0 +1,327 @@
+//! The simulator's checks: deliberately broken kernels (written against `ThreadCtx` like the real
+//! ones, so they would compile for the GPU too) must be caught with the right error kind and
+//! location; correct kernels using barriers, shared memory and shuffles must run clean and
+//! deterministically.
+
+use resca_gpu_kernels::reduce::warp_sum;
+use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, ThreadCtx};
+use resca_host::sim::{Access, Coord, SimError, Space, launch};
+
+fn dims(grid: u32, block: u32, shared_bytes: u32) -> LaunchDims {
+    LaunchDims {
+        grid: Dim3::x(grid),
+        block: Dim3::x(block),
+        shared_bytes,
+    }
+}
+
+const fn at(x: u32) -> Coord {
+    Coord { x, y: 0, z: 0 }
+}
+
+/// BROKEN: no `if i < n` guard, and the grid overshoots the buffer.
+fn scale_unguarded<C: ThreadCtx>(ctx: &C, x: Global<'_, f32>, out: GlobalMut<'_, f32>) {
+    let i = ctx.index_1d() as usize;
+    ctx.store(out, i, 2.0 * ctx.load(x, i.min(x.len() - 1)));
+}
+
+#[test]
+fn out_of_bounds_global_write_is_reported_with_block_thread_and_index() {
+    let x = vec![1.0f32; 100];
+    let mut out = vec![0.0f32; 100];
+    let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
+    let err = launch("scale_unguarded", dims(2, 64, 0), |ctx| scale_unguarded(ctx, gx, go)).unwrap_err();
+    eprintln!("{err}");
+    match &err {
+        SimError::OutOfBounds {
+            kernel,
+            block,
+            thread,
+            space,
+            access,
+            index,
+            len,
+            site,
+            ..
+        } => {
+            assert_eq!(kernel, "scale_unguarded");
+            // Thread 36 of block 1 is global index 100, the first past the end.
+            assert_eq!((*block, *thread), (at(1), at(36)));
+            assert_eq!(
+                (*space, *access, *index, *len),
+                (Space::Global, Access::Store, 100, 100)
+            );
+            assert!(site.contains("sim_checks.rs"), "{site}");
+        }
+        other => panic!("expected an out-of-bounds store, got {other}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains("block (1, 0, 0) thread (36, 0, 0)"), "{message}");
+    // What the threads before the fault wrote stays written, as on a GPU.
+    assert_eq!(out[0], 2.0);
+}
+
+#[test]
+fn out_of_bounds_global_load_and_shared_access_are_reported() {
+    let x = vec![1.0f32; 10];
+    let gx = Global::new(&x);
+    let err = launch("load_past_end", dims(1, 32, 0), |ctx| {
+        let _ = ctx.load(gx, ctx.thread_idx_x() as usize);
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, SimError::OutOfBounds { space: Space::Global, access: Access::Load, index: 10, len: 10, thread, .. } if thread == at(10)),
+        "{err}"
+    );
+    let err = launch("shared_past_end", dims(1, 32, 64), |ctx| {
+        ctx.shared_store(ctx.thread_idx_x() as usize, 1.0f32);
+    })
+    .unwrap_err();
+    // 64 bytes are 16 words: thread 16 is the first outside.
+    assert!(
+        matches!(err, SimError::OutOfBounds { space: Space::Shared, access: Access::Store, index: 16, len: 16, thread, .. } if thread == at(16)),
+        "{err}"
+    );
+}
+
+/// BROKEN: each thread reads its neighbour's shared word without a barrier after the writes.
+fn neighbour_sum_racy<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, with_barrier: bool) {
+    let t = ctx.thread_idx_x() as usize;
+    let n = ctx.block_dim_x() as usize;
+    ctx.shared_store(t, t as f32);
+    if with_barrier {
+        ctx.sync_threads();
+    }
+    let right: f32 = ctx.shared_load((t + 1) % n);
+    ctx.store(out, t, t as f32 + right);
+}
+
+#[test]
+fn shared_memory_race_between_barriers_is_reported() {
+    let mut out = vec![0.0f32; 64];
+    let go = GlobalMut::new(&mut out);
+    let err = launch("neighbour_sum_racy", dims(1, 64, 256), |ctx| {
+        neighbour_sum_racy(ctx, go, false)
+    })
+    .unwrap_err();
+    eprintln!("{err}");
+    match &err {
+        SimError::SharedRace {
+            kernel,
+            index,
+            first,
+            first_access,
+            second,
+            second_access,
+            ..
+        } => {
+            assert_eq!(kernel, "neighbour_sum_racy");
+            // Thread 0 read word 1 before thread 1 wrote it, with no barrier in between.
+            assert_eq!((*index, *first, *first_access), (1, at(0), Access::Load));
+            assert_eq!((*second, *second_access), (at(1), Access::Store));
+        }
+        other => panic!("expected a shared-memory race, got {other}"),
+    }
+    // The same kernel with the barrier is correct.
+    let go = GlobalMut::new(&mut out);
+    launch("neighbour_sum", dims(1, 64, 256), |ctx| {
+        neighbour_sum_racy(ctx, go, true)
+    })
+    .unwrap();
+    assert_eq!(out[5], 5.0 + 6.0);
+    assert_eq!(out[63], 63.0);
+}
+
+#[test]
+fn write_after_write_race_is_reported() {
+    let err = launch("everyone_writes_word_0", dims(1, 32, 4), |ctx| {
+        ctx.shared_store(0, ctx.thread_idx_x());
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, SimError::SharedRace { index: 0, first_access: Access::Store, second_access: Access::Store, first, second, .. } if first == at(0) && second == at(1)),
+        "{err}"
+    );
+}
+
+/// BROKEN: a barrier that only the first half of the block executes.
+fn half_block_barrier<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>) {
+    let t = ctx.thread_idx_x() as usize;
+    if t < 16 {
+        ctx.shared_store(t, 1.0f32);
+        ctx.sync_threads();
+    }
+    ctx.store(out, t, 1.0);
+}
+
+#[test]
+fn barrier_in_a_divergent_branch_is_reported() {
+    let mut out = vec![0.0f32; 64];
+    let go = GlobalMut::new(&mut out);
+    let err = launch("half_block_barrier", dims(1, 64, 256), |ctx| {
+        half_block_barrier(ctx, go)
+    })
+    .unwrap_err();
+    eprintln!("{err}");
+    match &err {
+        SimError::DivergentBarrier {
+            kernel,
+            block,
+            site,
+            waiting,
+            other,
+            other_state,
+        } => {
+            assert_eq!(kernel, "half_block_barrier");
+            assert_eq!((*block, *waiting, *other), (at(0), at(0), at(16)));
+            assert!(site.contains("sim_checks.rs"), "{site}");
+            assert_eq!(other_state, "has exited");
+        }
+        other => panic!("expected a divergent barrier, got {other}"),
+    }
+}
+
+#[test]
+// Two barriers that look alike but are different instructions, the point of the test.
+#[allow(clippy::if_same_then_else)]
+fn two_different_barriers_are_reported() {
+    let err = launch("if_else_barriers", dims(1, 64, 0), |ctx| {
+        if ctx.thread_idx_x() % 2 == 0 {
+            ctx.sync_threads();
+        } else {
+            ctx.sync_threads();
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, SimError::DivergentBarrier { waiting, other, other_state, .. }
+            if *waiting == at(0) && *other == at(1) && other_state.starts_with("waits at the barrier at")),
+        "{err}"
+    );
+}
+
+#[test]
+fn shuffle_in_a_divergent_branch_is_reported() {
+    let mut out = vec![0.0f32; 32];
+    let go = GlobalMut::new(&mut out);
+    let err = launch("half_warp_sum", dims(1, 32, 0), |ctx| {
+        let lane = ctx.lane_id();
+        if lane < 16 {
+            let s = warp_sum(ctx, 1.0);
+            ctx.store(go, lane as usize, s);
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, SimError::DivergentShuffle { warp: 0, waiting, other, other_state, .. }
+            if *waiting == at(0) && *other == at(16) && other_state == "has exited"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kernel_panics_become_errors() {
+    let err = launch("panics", dims(2, 32, 0), |ctx| {
+        if ctx.block_idx_x() == 1 && ctx.thread_idx_x() == 3 {
+            panic!("deliberate");
+        }
+    })
+    .unwrap_err();
+    assert_eq!(
+        err,
+        SimError::Panic {
+            kernel: "panics".to_string(),
+            block: at(1),
+            thread: at(3),
+            message: "deliberate".to_string(),
+        }
+    );
+}
+
+#[test]
+fn invalid_launches_are_rejected() {
+    for bad in [dims(1, 1025, 0), dims(0, 32, 0), dims(1, 32, 49 * 1024), dims(1, 32, 6)] {
+        let err = launch("any", bad, |_| {}).unwrap_err();
+        assert!(matches!(err, SimError::InvalidLaunch { .. }), "{err}");
+    }
+}
+
+#[test]
+fn shuffles_follow_ptx_semantics() {
+    let mut out = vec![0.0f32; 3 * 64];
+    let go = GlobalMut::new(&mut out);
+    launch("shuffles", dims(1, 64, 0), |ctx| {
+        let t = ctx.thread_idx_x() as usize;
+        let v = t as f32;
+        ctx.store(go, t, ctx.shfl_xor_f32(v, 5));
+        ctx.store(go, 64 + t, ctx.shfl_down_f32(v, 3));
+        ctx.store(go, 128 + t, ctx.shfl_idx_f32(v, 7));
+    })
+    .unwrap();
+    for t in 0..64usize {
+        let (warp, lane) = (t / 32 * 32, t % 32);
+        assert_eq!(out[t], (warp + (lane ^ 5)) as f32);
+        // Past lane 31 a lane keeps its own value.
+        let down = if lane + 3 < 32 { t + 3 } else { t };
+        assert_eq!(out[64 + t], down as f32);
+        assert_eq!(out[128 + t], (warp + 7) as f32);
+    }
+}
+
+/// A correct block reduction: warp shuffles, then one partial per warp through shared memory.
+fn block_sum<C: ThreadCtx>(ctx: &C, x: Global<'_, f32>, out: GlobalMut<'_, f32>) {
+    let t = ctx.thread_idx_x() as usize;
+    let n = ctx.block_dim_x() as usize;
+    let mut acc = 0.0f32;
+    let mut i = ctx.block_idx_x() as usize * n + t;
+    while i < x.len() {
+        acc += ctx.load(x, i);
+        i += n * ctx.grid_dim_x() as usize;
+    }
+    let warp_total = warp_sum(ctx, acc);
+    if ctx.lane_id() == 0 {
+        ctx.shared_store(ctx.warp_id() as usize, warp_total);
+    }
+    ctx.sync_threads();
+    if ctx.warp_id() == 0 {
+        let warps = n / 32;
+        let v = if t < warps { ctx.shared_load(t) } else { 0.0 };
+        let total = warp_sum(ctx, v);
+        if t == 0 {
+            ctx.store(out, ctx.block_idx_x() as usize, total);
+        }
+    }
+}
+
+#[test]
+fn a_correct_block_reduction_runs_clean_and_deterministically() {
+    let x: Vec<f32> = (0..5000).map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5).collect();
+    let run = || {
+        let mut out = vec![0.0f32; 3];
+        let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
+        launch("block_sum", dims(3, 256, 32), |ctx| block_sum(ctx, gx, go)).unwrap();
+        out
+    };
+    let first = run();
+    let total: f64 = x.iter().map(|&v| v as f64).sum();
+    let ours: f64 = first.iter().map(|&v| v as f64).sum();
+    assert!((ours - total).abs() < 1e-3, "{ours} vs {total}");
+    for _ in 0..3 {
+        let again = run();
+        assert_eq!(
+            again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            first.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn fresh_shared_memory_reads_as_nan() {
+    let mut out = vec![0.0f32; 1];
+    let go = GlobalMut::new(&mut out);
+    launch("reads_garbage", dims(1, 1, 4), |ctx| {
+        ctx.store(go, 0, ctx.shared_load::<f32>(0));
+    })
+    .unwrap();
+    assert!(out[0].is_nan());
+}
