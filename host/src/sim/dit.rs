@@ -278,7 +278,9 @@ impl<'m> SimDit<'m> {
         let mut outs = Array5::<f32>::zeros((steps, b, oc, side, side));
         xs.index_axis_mut(Axis(0), 0).assign(&noise);
         let mut x = noise.to_owned();
+        let mut step_seconds = Vec::with_capacity(steps);
         for position in 0..steps {
+            let started = std::time::Instant::now();
             let index = steps - 1 - position;
             let timesteps = vec![schedule.timestep_map[index] as f32; b];
             let out = match cfg_scale {
@@ -288,12 +290,14 @@ impl<'m> SimDit<'m> {
             x = self.ddim_step(schedule, index, x.view(), out.view())?;
             xs.index_axis_mut(Axis(0), position + 1).assign(&x);
             outs.index_axis_mut(Axis(0), position).assign(&out);
+            step_seconds.push(started.elapsed().as_secs_f64());
             progress(position + 1, steps);
         }
         Ok(Trajectory {
             x: xs,
             model_out: outs,
             work: vec![StepWork::full(c); steps],
+            step_seconds,
         })
     }
 

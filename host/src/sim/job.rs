@@ -34,7 +34,7 @@ pub fn run_sim(model: &Dit, job: &SampleJob, progress: &mut dyn FnMut(usize, usi
         job,
         "full",
         "sim",
-        &trajectory.work,
+        &trajectory,
         labels.len(),
         samples,
         wall_s,
