@@ -18,7 +18,10 @@ fn main() {
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
     let config = DitConfig::preset(preset).expect("a known preset");
     let model = Dit::random(config.clone(), 0).expect("valid preset");
-    let resca = |solver, interval| MethodConfig { solver, ..MethodConfig::new(MethodKind::ResCa, interval, 1) };
+    let resca = |solver, interval| MethodConfig {
+        solver,
+        ..MethodConfig::new(MethodKind::ResCa, interval, 1)
+    };
     let methods = vec![
         MethodConfig::full(),
         MethodConfig::new(MethodKind::Fora, 5, 0),
@@ -31,7 +34,9 @@ fn main() {
         resca(Solver::Bdf2, 5),
     ];
     println!("{preset}, {steps}-step guided DDIM, 1 sample + CFG pair, random weights\n");
-    println!("| method | full/sparse steps | TFLOPs | FLOPs speedup | wall (s) | wall speedup | wall/FLOPs | clustering % of dense | simulated % of sparse |");
+    println!(
+        "| method | full/sparse steps | TFLOPs | FLOPs speedup | wall (s) | wall speedup | wall/FLOPs | clustering % of dense | simulated % of sparse |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut full_wall = None;
     for method in methods {

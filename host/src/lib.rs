@@ -4,10 +4,13 @@
 //! * [`sim`]: the GPU-semantics simulator that runs the `resca-gpu-kernels` bodies on the CPU,
 //!   the host-side launch of every kernel, and the DiT forward / DDIM sampling on kernels alone.
 
+pub mod canvas;
+pub mod classifier;
 pub mod embedded;
-pub mod image_grid;
+pub mod figures;
 pub mod inputs;
 pub mod method_args;
+pub mod metrics;
 pub mod model_source;
 pub mod plan;
 pub mod report;

@@ -97,7 +97,11 @@ pub fn stats(
     let full_flops = run_flops(config, vec![full; work.len()], images_per_sample);
     let full_steps = work.iter().filter(|w| **w == full).count();
     let seconds_of = |dense: bool| -> f64 {
-        work.iter().zip(&trajectory.step_seconds).filter(|(w, _)| (**w == full) == dense).map(|(_, t)| t).sum()
+        work.iter()
+            .zip(&trajectory.step_seconds)
+            .filter(|(w, _)| (**w == full) == dense)
+            .map(|(_, t)| t)
+            .sum()
     };
     let (dense_s, sparse_s) = (seconds_of(true), seconds_of(false));
     let share = |part: f64, whole: f64| if whole > 0.0 { 100.0 * part / whole } else { 0.0 };

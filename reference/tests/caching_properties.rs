@@ -37,7 +37,12 @@ fn problem() -> impl Strategy<Value = Problem> {
                 for (cluster, &p) in proxies.iter().enumerate() {
                     labels[p] = cluster;
                 }
-                Problem { cache, proxies, labels, fresh }
+                Problem {
+                    cache,
+                    proxies,
+                    labels,
+                    fresh,
+                }
             })
     })
 }
@@ -50,7 +55,13 @@ fn released_ddim(p: &Problem, solver: Solver) -> Array2<f32> {
     for (i, mut x) in out.rows_mut().into_iter().enumerate() {
         let cluster = p.labels[i];
         let proxy = p.proxies[cluster];
-        let ie_est = || blend(c[1].row(i), (&c[0].row(proxy) - &p.fresh.row(cluster)).view(), theta(1, i, proxy));
+        let ie_est = || {
+            blend(
+                c[1].row(i),
+                (&c[0].row(proxy) - &p.fresh.row(cluster)).view(),
+                theta(1, i, proxy),
+            )
+        };
         match solver {
             Solver::ImplicitEuler => x.assign(&(&c[0].row(i) - &ie_est())),
             Solver::Bdf2 => {
