@@ -16,3 +16,4 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod sim;
+pub mod trajectory;
