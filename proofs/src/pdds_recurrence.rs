@@ -60,9 +60,9 @@ fn binomial(m: usize, k: usize) -> f64 {
 /// `nabla^m x_n = sum_k (-1)^k C(m, k) x_{n-k}`: adds `scale` times these weights to
 /// `weights[0..=m]` (weight `k` multiplies `x_{n-k}`).
 fn add_backward_difference(weights: &mut [f64], m: usize, scale: f64) {
-    for k in 0..=m {
+    for (k, weight) in weights.iter_mut().enumerate().take(m + 1) {
         let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
-        weights[k] += scale * sign * binomial(m, k);
+        *weight += scale * sign * binomial(m, k);
     }
 }
 
@@ -127,7 +127,10 @@ pub fn characteristic_roots(coefficients: &[f64]) -> Vec<Complex> {
     for row in 1..l {
         companion[[row, row - 1]] = 1.0;
     }
-    companion.eigvals().expect("LAPACK geev on a small companion matrix").to_vec()
+    companion
+        .eigvals()
+        .expect("LAPACK geev on a small companion matrix")
+        .to_vec()
 }
 
 /// The roots of the driven token's characteristic polynomial for constant confidences: always
