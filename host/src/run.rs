@@ -100,8 +100,7 @@ pub fn stats(
         work.iter()
             .zip(&trajectory.step_seconds)
             .filter(|(w, _)| (**w == full) == dense)
-            .map(|(_, t)| t)
-            .sum()
+            .fold(0.0, |total, (_, t)| total + t)
     };
     let (dense_s, sparse_s) = (seconds_of(true), seconds_of(false));
     let share = |part: f64, whole: f64| if whole > 0.0 { 100.0 * part / whole } else { 0.0 };
