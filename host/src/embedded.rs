@@ -1,18 +1,54 @@
-//! The default model `resca` runs when no `--weights` or `--model` is given.
-//!
-//! Until the trained embedded checkpoint lands this is the `small` preset (32x32x1 images, patch
-//! 2, 256 tokens, hidden 64, depth 4, 10 classes) with weights drawn from seed 0.
+//! The default model `resca` runs when no `--weights` or `--model` is given: a small
+//! class-conditional DiT trained on MNIST digits (32x32x1 pixels, patch 2, 256 tokens, hidden 64,
+//! depth 4, 4 heads, 10 classes; `train/README.md` tells how), and the digit classifier trained
+//! with it, which measures generated samples (accuracy, Frechet distance).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, DitConfig};
 
-/// Seed of the default model's random weights.
-pub const DEFAULT_WEIGHTS_SEED: u64 = 0;
+use crate::classifier::Classifier;
+
+/// The DiT's weights, official key names, with its config in the metadata.
+pub const DIT_WEIGHTS: &[u8] = include_bytes!("../assets/dit-mnist.safetensors");
+/// The classifier's weights and the real test digits' feature statistics.
+pub const CLASSIFIER_WEIGHTS: &[u8] = include_bytes!("../assets/classifier.safetensors");
+
+fn dit_file() -> Result<SafetensorsFile> {
+    Ok(SafetensorsFile::from_static(
+        "<embedded dit-mnist.safetensors>",
+        DIT_WEIGHTS,
+    )?)
+}
 
 pub fn default_config() -> DitConfig {
-    DitConfig::preset("small").expect("the small preset exists")
+    let file = dit_file().expect("the embedded weights are a valid safetensors file");
+    DitConfig::infer(&file, None).expect("the embedded weights carry their config")
 }
 
 pub fn default_model() -> Result<Dit> {
-    Ok(Dit::random(default_config(), DEFAULT_WEIGHTS_SEED)?)
+    Dit::from_file(&dit_file()?, None, None).context("loading the embedded model")
+}
+
+/// The digit classifier shipped with the embedded model.
+pub fn classifier() -> Result<Classifier> {
+    let file = SafetensorsFile::from_static("<embedded classifier.safetensors>", CLASSIFIER_WEIGHTS)?;
+    Classifier::load(&file).context("loading the embedded classifier")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_model_and_classifier_load() {
+        let model = default_model().unwrap();
+        assert_eq!(
+            (model.config.input_size, model.config.in_channels, model.config.tokens()),
+            (32, 1, 256)
+        );
+        assert_eq!(default_config(), model.config);
+        let classifier = classifier().unwrap();
+        assert_eq!(classifier.real_mean.len(), 128);
+    }
 }

@@ -63,3 +63,22 @@ pub fn guided_batch(noise: &Array4<f32>, labels: &[usize], config: &DitConfig) -
     y.extend(std::iter::repeat_n(config.null_label(), labels.len()));
     (x, y)
 }
+
+/// The classes x seeds grid of the default run: for each seed `first_seed + s` one noise image,
+/// shared by every class in that row; labels cycle through all classes. Returns (noise, labels).
+pub fn class_grid(config: &DitConfig, seeds: usize, first_seed: u64) -> (Array4<f32>, Vec<usize>) {
+    let classes = config.num_classes;
+    let side = config.input_size;
+    let mut noise = Array4::<f32>::zeros((seeds * classes, config.in_channels, side, side));
+    let mut labels = Vec::with_capacity(seeds * classes);
+    for s in 0..seeds {
+        let row = seeded_noise(first_seed + s as u64, 1, config);
+        for class in 0..classes {
+            noise
+                .index_axis_mut(Axis(0), s * classes + class)
+                .assign(&row.index_axis(Axis(0), 0));
+            labels.push(class);
+        }
+    }
+    (noise, labels)
+}

@@ -10,12 +10,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ndarray::Ix4;
 use resca_host::figures::{Panel, panels};
-use resca_host::inputs::{check_labels, load_noise, seeded_noise};
-use resca_host::method_args::{MethodArgs, positive};
+use resca_host::inputs::{check_labels, class_grid, load_noise, seeded_noise};
+use resca_host::method_args::{Method, MethodArgs, positive};
+use resca_host::metrics::{psnr, rmse};
 use resca_host::model_source::ModelArgs;
 use resca_host::plan::Plan;
-use resca_host::run::{SampleJob, SampleResult, final_samples, run_reference};
-use resca_reference::cache::{CachingHook, build_hook, read_clusterings};
+use resca_host::run::{SampleJob, SampleResult, final_samples, run_method};
+use resca_reference::cache::MethodKind;
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::flow::FlowSchedule;
 use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors};
@@ -66,6 +67,9 @@ struct SampleArgs {
     /// Seed of the Gaussian noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Seeds of the default classes x seeds grid (used when none of --noise, --batch, --labels).
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = positive)]
+    seeds: usize,
     /// Number of samples (default: one per label).
     #[arg(long, allow_negative_numbers = true, value_parser = positive)]
     batch: Option<usize>,
@@ -90,9 +94,12 @@ struct SampleArgs {
     /// Write the trajectory `x` (steps+1, B, C, H, W) and `model_out` (steps, B, ..) here.
     #[arg(long, value_name = "OUT.safetensors")]
     out: Option<PathBuf>,
-    /// Write a PNG grid of the final samples here.
-    #[arg(long, value_name = "OUT.png")]
+    /// Write a PNG grid of the final samples here (the default grid run writes `sample.png`).
+    #[arg(long, value_name = "OUT.png", conflicts_with = "no_png")]
     png: Option<PathBuf>,
+    /// Write no PNG, not even the default grid run's `sample.png`.
+    #[arg(long)]
+    no_png: bool,
     /// Print the statistics as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -166,33 +173,51 @@ fn main() -> ExitCode {
 fn sample(args: SampleArgs) -> Result<()> {
     let model = args.model.load()?;
     let config = &model.config;
-    let noise = match &args.noise {
-        Some(path) => load_noise(path, config)?,
-        None => {
-            let batch = args
-                .batch
-                .or(args.labels.as_ref().map(Vec::len))
-                .unwrap_or(config.num_classes.min(8));
-            if batch == 0 {
-                bail!("--batch must be at least 1");
-            }
-            seeded_noise(args.seed, batch, config)
-        }
-    };
-    let batch = noise.dim().0;
-    let labels = match &args.labels {
-        Some(labels) if labels.len() != batch => {
-            bail!("--labels gives {} labels for a batch of {batch} samples", labels.len())
-        }
-        Some(labels) => check_labels(labels, config)?,
-        None => (0..batch).map(|i| i % config.num_classes).collect(),
-    };
     if !args.cfg_scale.is_finite() || args.cfg_scale < 0.0 {
         bail!("--cfg-scale {} must be a finite number >= 0", args.cfg_scale);
     }
+    // Without --noise, --batch or --labels: the classes x seeds grid of the default run.
+    let grid = args.noise.is_none() && args.batch.is_none() && args.labels.is_none();
+    let (noise, labels) = if grid {
+        class_grid(config, args.seeds, args.seed)
+    } else {
+        let noise = match &args.noise {
+            Some(path) => load_noise(path, config)?,
+            None => seeded_noise(
+                args.seed,
+                args.batch.or(args.labels.as_ref().map(Vec::len)).unwrap_or(1),
+                config,
+            ),
+        };
+        let batch = noise.dim().0;
+        let labels = match &args.labels {
+            Some(labels) if labels.len() != batch => {
+                bail!("--labels gives {} labels for a batch of {batch} samples", labels.len())
+            }
+            Some(labels) => check_labels(labels, config)?,
+            None => (0..batch).map(|i| i % config.num_classes).collect(),
+        };
+        (noise, labels)
+    };
     let (sampler, sampler_name) = build_sampler(args.sampler, args.steps, args.flow_shift)?;
-    let method = args.method.to_config(default_first_enhance(args.sampler))?;
-    method.validate(config.tokens())?;
+    let first_enhance = default_first_enhance(args.sampler);
+    // Without --method: full compute and ResCa (the defaults) side by side.
+    let methods = match args.method.method {
+        Some(_) => vec![args.method.to_config(first_enhance)?],
+        None => {
+            let resca = MethodArgs {
+                method: Some(Method::Resca),
+                ..args.method.clone()
+            };
+            vec![
+                MethodArgs::default().to_config(first_enhance)?,
+                resca.to_config(first_enhance)?,
+            ]
+        }
+    };
+    for method in &methods {
+        method.validate(config.tokens())?;
+    }
     let job = SampleJob {
         noise,
         labels,
@@ -200,27 +225,45 @@ fn sample(args: SampleArgs) -> Result<()> {
         sampler,
         sampler_name: sampler_name.to_string(),
     };
-    let rows = if job.guided() { 2 * batch } else { batch };
-    let mut hook = build_hook(&method, config, rows, job.sampler.orientation())?;
-    if let Some(path) = &args.method.replay_clusters {
-        let file = SafetensorsFile::open(path)?;
-        let records = read_clusterings(&file, rows, config.tokens(), method.clusters)
-            .with_context(|| format!("--replay-clusters {}", path.display()))?;
-        let mut caching = CachingHook::new(method.clone(), config, rows, job.sampler.orientation())?;
-        caching.replay_clusterings(records);
-        hook = Box::new(caching);
-    }
     let Backend::Reference = args.backend;
-    let bar = progress_bar(args.steps as u64, "sampling");
-    let result = run_reference(&model, &job, &method.name(), hook.as_mut(), &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
-    bar.finish_and_clear();
-    write_outputs(&args, &model, &job, &result)?;
+    let mut results = Vec::new();
+    for method in &methods {
+        let bar = progress_bar(args.steps as u64, &method.name());
+        let replay = args
+            .method
+            .replay_clusters
+            .as_deref()
+            .filter(|_| method.kind == MethodKind::ResCa);
+        let result = run_method(&model, &job, method, replay, &mut |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        results.push(result);
+    }
+    write_outputs(&args, &model, &job, &results, grid)?;
+    let stats: Vec<_> = results.iter().map(|r| &r.stats).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result.stats)?);
+        let json = if stats.len() == 1 {
+            serde_json::to_value(stats[0])?
+        } else {
+            serde_json::to_value(&stats)?
+        };
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        println!("{}", result.stats.table());
+        for s in &stats {
+            println!("{}\n", s.table());
+        }
+        if let [full, cached] = &results[..] {
+            let (a, b) = (final_samples(full), final_samples(cached));
+            println!(
+                "{} vs full compute: {:.2}x fewer FLOPs, {:.2}x faster, final samples RMSE {:.4}, PSNR {:.1} dB",
+                cached.stats.method,
+                cached.stats.flops_speedup,
+                full.stats.wall_s / cached.stats.wall_s,
+                rmse(a.view(), b.view()),
+                psnr(a.view(), b.view(), 2.0)
+            );
+        }
     }
     Ok(())
 }
@@ -240,32 +283,48 @@ fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-fn write_outputs(args: &SampleArgs, model: &Dit, job: &SampleJob, result: &SampleResult) -> Result<()> {
+/// `--out`: the last run's trajectory (with the full-compute one as `x_full` when two ran);
+/// `--png`: one panel per run, laid out classes x seeds in grid mode.
+fn write_outputs(args: &SampleArgs, model: &Dit, job: &SampleJob, results: &[SampleResult], grid: bool) -> Result<()> {
+    let last = results.last().expect("at least one run");
     if let Some(path) = &args.out {
         let mut metadata = HashMap::new();
         metadata.insert("config".to_string(), serde_json::to_string(&model.config)?);
-        metadata.insert("stats".to_string(), serde_json::to_string(&result.stats)?);
+        metadata.insert("stats".to_string(), serde_json::to_string(&last.stats)?);
         metadata.insert("cfg_scale".to_string(), job.cfg_scale.to_string());
         let labels = ndarray::Array1::from_iter(job.labels.iter().map(|&y| y as i64)).into_dyn();
-        let tensors = vec![
-            ("x".to_string(), OutTensor::F32(result.x.clone().into_dyn())),
+        let mut tensors = vec![
+            ("x".to_string(), OutTensor::F32(last.x.clone().into_dyn())),
             (
                 "model_out".to_string(),
-                OutTensor::F32(result.model_out.clone().into_dyn()),
+                OutTensor::F32(last.model_out.clone().into_dyn()),
             ),
             ("y".to_string(), OutTensor::I64(labels)),
         ];
+        if results.len() > 1 {
+            tensors.push(("x_full".to_string(), OutTensor::F32(results[0].x.clone().into_dyn())));
+        }
         write_safetensors(path, tensors, metadata).with_context(|| format!("writing --out {}", path.display()))?;
     }
-    if let Some(path) = &args.png {
-        let samples = final_samples(result);
+    let png = if args.no_png {
+        None
+    } else {
+        args.png.clone().or_else(|| grid.then(|| PathBuf::from("sample.png")))
+    };
+    if let Some(path) = &png {
+        let cols = if grid { model.config.num_classes } else { 8 };
+        let samples: Vec<_> = results.iter().map(final_samples).collect();
         let figure = panels(
-            &[Panel {
-                title: result.stats.method.clone(),
-                images: samples.view(),
-                cols: 8,
-            }],
-            4,
+            &results
+                .iter()
+                .zip(&samples)
+                .map(|(r, s)| Panel {
+                    title: r.stats.method.clone(),
+                    images: s.view(),
+                    cols,
+                })
+                .collect::<Vec<_>>(),
+            3,
         );
         figure
             .write_png(path)

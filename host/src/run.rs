@@ -2,11 +2,15 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use ndarray::{Array4, Array5, Axis, s};
+use resca_reference::cache::{CachingHook, MethodConfig, build_hook, read_clusterings};
 use resca_reference::flops::{StepWork, run_flops};
+use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::sampler::StepHook;
-use resca_reference::{Dit, FullCompute, Sampler, Trajectory, sample};
+use resca_reference::{Dit, Sampler, Trajectory, sample};
 
 use crate::inputs::guided_batch;
 use crate::report::RunStats;
@@ -127,9 +131,35 @@ pub fn stats(
     }
 }
 
-/// The uncached method.
-pub fn full_compute() -> FullCompute {
-    FullCompute
+/// Runs `job` with caching `method` on the reference backend, replaying recorded clusterings from
+/// `replay` if given (see `CachingHook::replay_clusterings`).
+pub fn run_method(
+    model: &Dit,
+    job: &SampleJob,
+    method: &MethodConfig,
+    replay: Option<&Path>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SampleResult> {
+    let config = &model.config;
+    method.validate(config.tokens())?;
+    let rows = if job.guided() {
+        2 * job.noise.dim().0
+    } else {
+        job.noise.dim().0
+    };
+    let orientation = job.sampler.orientation();
+    let mut hook: Box<dyn StepHook> = match replay {
+        Some(path) => {
+            let file = SafetensorsFile::open(path)?;
+            let records = read_clusterings(&file, rows, config.tokens(), method.clusters)
+                .with_context(|| format!("--replay-clusters {}", path.display()))?;
+            let mut caching = CachingHook::new(method.clone(), config, rows, orientation)?;
+            caching.replay_clusterings(records);
+            Box::new(caching)
+        }
+        None => build_hook(method, config, rows, orientation)?,
+    };
+    run_reference(model, job, &method.name(), hook.as_mut(), progress)
 }
 
 /// Final samples (B, C, H, W) of a result.

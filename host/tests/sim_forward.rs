@@ -143,8 +143,9 @@ fn guided_ddim_50_run_matches_reference_and_official_trajectory() {
 
 #[test]
 fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
-    use resca_host::run::{SampleJob, full_compute, run_reference};
+    use resca_host::run::{SampleJob, run_reference};
     use resca_host::sim::job::run_sim;
+    use resca_reference::FullCompute;
     let file = vectors("ddim.safetensors");
     let model = tiny_model();
     let noise = tensor(&file, "noise").into_dimensionality::<Ix4>().unwrap();
@@ -156,7 +157,7 @@ fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
         sampler_name: "ddim".to_string(),
     };
     let ours = run_sim(&model, &job, &mut |_, _| {}).unwrap();
-    let reference = run_reference(&model, &job, "full", &mut full_compute(), &mut |_, _| {}).unwrap();
+    let reference = run_reference(&model, &job, "full", &mut FullCompute, &mut |_, _| {}).unwrap();
     assert_eq!(ours.stats.backend, "sim");
     assert_eq!(ours.stats.tflops, reference.stats.tflops);
     let err = max_rel_to_max(&ours.x.into_dyn(), &reference.x.into_dyn());

@@ -84,34 +84,51 @@ pub fn simulate(
         proxy_residuals.push(residual.clone());
         previous = residual;
     }
+    // theta^(m) for every token: the cosine of its order-m cache with its proxy's.
+    let thetas: Vec<Vec<f32>> = (1..=order)
+        .map(|m| {
+            let norm = |row: ArrayView1<f32>| row.dot(&row).sqrt().max(COSINE_EPS);
+            let norms: Vec<f32> = cache[m].rows().into_iter().map(norm).collect();
+            (0..labels.len())
+                .map(|token| {
+                    let proxy = proxies[labels[token]];
+                    let (a, b) = (cache[m].row(token), cache[m].row(proxy));
+                    let (na, nb) = (norms[token], norms[proxy]);
+                    a.iter()
+                        .zip(b.iter())
+                        .map(|(x, y)| (x / na) * (y / nb))
+                        .sum::<f32>()
+                        .max(0.0)
+                })
+                .collect()
+        })
+        .collect();
     let mut out = cache[0].to_owned();
     for (token, mut x) in out.rows_mut().into_iter().enumerate() {
         let cluster = labels[token];
-        let proxy = proxies[cluster];
-        // The blended residual R^(m)hat of order m, in the sampling direction.
-        let blended = |m: usize| {
-            let own = cache[m].row(token);
-            let theta = confidence(own, cache[m].row(proxy));
-            let own_directed = own.to_owned() * sign.powi(m as i32);
-            blend(own_directed.view(), proxy_residuals[m - 1].row(cluster), theta)
+        // x += R^(m)hat * weight, R^(m)hat = (1 - theta) sign^m c[m][token] + theta R^(m)(proxy):
+        // the blended residual of order m in the sampling direction, without a temporary.
+        let mut add_blended = |x: &mut ndarray::ArrayViewMut1<f32>, m: usize, weight: f32| {
+            let theta = thetas[m - 1][token];
+            let own_weight = (1.0 - theta) * sign.powi(m as i32);
+            ndarray::Zip::from(x)
+                .and(cache[m].row(token))
+                .and(proxy_residuals[m - 1].row(cluster))
+                .for_each(|v, &own, &proxy| *v += (own * own_weight + theta * proxy) * weight);
         };
         match solver {
             Solver::ImplicitEuler | Solver::ImplicitTaylor(_) => {
                 for m in 1..=order {
-                    let scale = inverse_factorial(m);
-                    x.zip_mut_with(&blended(m), |v, &r| *v += r * scale);
+                    add_blended(&mut x, m, inverse_factorial(m));
                 }
             }
             Solver::Bdf2 => {
-                // d_{t+1} = d_t - R^(1)(d_t) = c[0] - sign c[1].
-                let blended = blended(1);
-                ndarray::Zip::from(&mut x)
-                    .and(cache[1].row(token))
-                    .and(&blended)
-                    .for_each(|v, &c1, &r| {
-                        let previous_state = *v - sign * c1;
-                        *v = (4.0f32 / 3.0) * *v - (1.0f32 / 3.0) * previous_state + (2.0f32 / 3.0) * r;
-                    });
+                // d_{t+1} = d_t - R^(1)(d_t) = c[0] - sign c[1]; then + 2/3 R^(1)hat.
+                ndarray::Zip::from(&mut x).and(cache[1].row(token)).for_each(|v, &c1| {
+                    let previous_state = *v - sign * c1;
+                    *v = (4.0f32 / 3.0) * *v - (1.0f32 / 3.0) * previous_state;
+                });
+                add_blended(&mut x, 1, 2.0 / 3.0);
             }
         }
     }
