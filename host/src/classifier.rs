@@ -56,10 +56,11 @@ impl Conv3x3 {
         }
         let mut out = columns.dot(&self.weight.t());
         out += &self.bias;
-        out.t()
-            .to_owned()
+        // (H*W, out) -> (out, H, W).
+        let channels_first = out.reversed_axes().as_standard_layout().into_owned();
+        channels_first
             .into_shape_with_order((self.weight.nrows(), h, w))
-            .expect("contiguous")
+            .expect("standard layout")
     }
 }
 
@@ -148,4 +149,49 @@ pub fn feature_statistics(features: &Array2<f32>) -> (Array1<f64>, Array2<f64>) 
     let centred = &x - &mean;
     let covariance = centred.t().dot(&centred) / (n - 1.0).max(1.0);
     (mean, covariance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Ix4;
+
+    /// The Rust port against the PyTorch classifier on ten real test digits
+    /// (`assets/classifier_check.safetensors`, made by `train/classifier.py`).
+    #[test]
+    fn matches_the_pytorch_classifier_on_real_digits() {
+        let file = SafetensorsFile::open(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/classifier_check.safetensors"
+        ))
+        .unwrap();
+        let classifier = crate::embedded::classifier().unwrap();
+        let x = file.read_f32("x").unwrap().into_dimensionality::<Ix4>().unwrap();
+        let output = classifier.forward(x.view()).unwrap();
+        let max_diff = |a: &Array2<f32>, name: &str| {
+            let b = file.read_f32(name).unwrap();
+            a.iter()
+                .zip(b.iter())
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let (features, logits) = (
+            max_diff(&output.features, "features"),
+            max_diff(&output.logits, "logits"),
+        );
+        eprintln!("classifier vs PyTorch: features {features:.1e}, logits {logits:.1e}");
+        // float32 with another summation order; budget 1e-4.
+        assert!(features < 1e-4 && logits < 1e-4);
+        let labels: Vec<usize> = file.read_i64("y").unwrap().iter().map(|&v| v as usize).collect();
+        assert_eq!(Classifier::predict(&output), labels);
+    }
+
+    #[test]
+    fn feature_statistics_are_mean_and_unbiased_covariance() {
+        let features = ndarray::array![[1.0f32, 2.0], [3.0, 2.0], [5.0, 8.0]];
+        let (mean, covariance) = feature_statistics(&features);
+        assert_eq!(mean, ndarray::array![3.0, 4.0]);
+        // Deviations (-2, -2), (0, -2), (2, 4): sums of products / (3 - 1).
+        assert_eq!(covariance, ndarray::array![[4.0, 6.0], [6.0, 12.0]]);
+    }
 }

@@ -47,6 +47,34 @@ pub fn panels(panels: &[Panel<'_>], scale: usize) -> Canvas {
     canvas
 }
 
+/// Panels stacked top to bottom, each a title line over its grid (for many methods at once).
+pub fn panel_column(panels: &[Panel<'_>], scale: usize) -> Canvas {
+    let sizes: Vec<(usize, usize)> = panels
+        .iter()
+        .map(|p| {
+            let (b, _, h, w) = p.images.dim();
+            let cols = p.cols.clamp(1, b.max(1));
+            (cols * (w * scale + GAP), b.div_ceil(cols) * (h * scale + GAP))
+        })
+        .collect();
+    let width = 2 * MARGIN + sizes.iter().map(|(w, _)| *w).max().unwrap_or(0);
+    let height = MARGIN + sizes.iter().map(|(_, h)| h + TITLE_HEIGHT + MARGIN).sum::<usize>();
+    let mut canvas = Canvas::new(width, height, DARK);
+    let mut y0 = MARGIN;
+    for (panel, (_, panel_height)) in panels.iter().zip(&sizes) {
+        canvas.text(MARGIN as i64, y0 as i64, &panel.title, WHITE, 1);
+        let (b, _, h, w) = panel.images.dim();
+        let cols = panel.cols.clamp(1, b.max(1));
+        for (i, image) in panel.images.outer_iter().enumerate() {
+            let x = MARGIN + (i % cols) * (w * scale + GAP);
+            let y = y0 + TITLE_HEIGHT + (i / cols) * (h * scale + GAP);
+            canvas.image(x, y, image, scale);
+        }
+        y0 += panel_height + TITLE_HEIGHT + MARGIN;
+    }
+    canvas
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 
 pub mod canvas;
 pub mod classifier;
+pub mod compare;
 pub mod embedded;
 pub mod figures;
 pub mod inputs;

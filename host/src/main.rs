@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ndarray::Ix4;
-use resca_host::figures::{Panel, panels};
+use resca_host::embedded;
+use resca_host::figures::{Panel, panel_column, panels};
 use resca_host::inputs::{check_labels, class_grid, load_noise, seeded_noise};
 use resca_host::method_args::{Method, MethodArgs, positive};
 use resca_host::metrics::{psnr, rmse};
@@ -43,6 +44,8 @@ enum Command {
     Plan(PlanArgs),
     /// Stability of the explicit/implicit Taylor and BDF2 updates on y' = lambda y.
     Stability(StabilityArgs),
+    /// Every caching method at matched FLOPs on the same samples: speed, error, quality.
+    Compare(CompareArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -153,6 +156,31 @@ struct StabilityArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Seeds per class (samples = classes x seeds).
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = positive)]
+    seeds: usize,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
+    steps: usize,
+    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true)]
+    cfg_scale: f32,
+    /// Write the table as JSON here.
+    #[arg(long, value_name = "FILE.json")]
+    json: Option<PathBuf>,
+    /// Write the markdown table here (it is printed either way).
+    #[arg(long, value_name = "FILE.md")]
+    markdown: Option<PathBuf>,
+    /// The same seeds across methods, one row per method.
+    #[arg(long, value_name = "FILE.png", default_value = "compare.png")]
+    png: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -160,6 +188,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward(args),
         Command::Plan(args) => plan(args),
         Command::Stability(args) => stability(args),
+        Command::Compare(args) => compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -358,6 +387,74 @@ fn plan(args: PlanArgs) -> Result<()> {
     } else {
         println!("{}", plan.table());
     }
+    Ok(())
+}
+
+fn compare(args: CompareArgs) -> Result<()> {
+    let model = args.model.load()?;
+    if !args.cfg_scale.is_finite() || args.cfg_scale < 0.0 {
+        bail!("--cfg-scale {} must be a finite number >= 0", args.cfg_scale);
+    }
+    let (noise, labels) = class_grid(&model.config, args.seeds, args.seed);
+    // The digit classifier measures quality only for the model it was trained with.
+    let embedded = args.model.weights.is_none() && args.model.model.is_none();
+    let classifier = if embedded { Some(embedded::classifier()?) } else { None };
+    let bar = progress_bar(resca_host::compare::contenders(args.steps).len() as u64, "compare");
+    let comparison = resca_host::compare::compare(
+        &model,
+        noise,
+        labels,
+        args.cfg_scale,
+        args.steps,
+        classifier.as_ref(),
+        &mut |name, done, total| {
+            if done == total {
+                bar.inc(1);
+            }
+            bar.set_message(name.to_string());
+        },
+    )?;
+    bar.finish_and_clear();
+    let table = resca_host::compare::markdown(&comparison.rows);
+    let columns = model.config.num_classes;
+    let samples = resca_host::compare::samples(&comparison);
+    let shown: Vec<_> = samples
+        .iter()
+        .map(|(name, s)| (name, resca_host::compare::first(s, columns)))
+        .collect();
+    let figure = panel_column(
+        &shown
+            .iter()
+            .map(|(name, s)| Panel {
+                title: name.to_string(),
+                images: s.view(),
+                cols: columns,
+            })
+            .collect::<Vec<_>>(),
+        2,
+    );
+    figure
+        .write_png(&args.png)
+        .with_context(|| format!("writing --png {}", args.png.display()))?;
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({ "note": comparison.real_data_frechet_note, "rows": comparison.rows });
+        write_text(path, &serde_json::to_string_pretty(&json)?)?;
+    }
+    if let Some(path) = &args.markdown {
+        write_text(path, &table)?;
+    }
+    println!("{table}\n{}", comparison.real_data_frechet_note);
+    Ok(())
+}
+
+/// Writes a text file atomically (temporary name, then rename).
+fn write_text(path: &std::path::Path, text: &str) -> Result<()> {
+    let temp = resca_reference::safetensors_file::temporary_sibling(path);
+    let written = std::fs::write(&temp, text).map_err(|source| resca_reference::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    });
+    resca_reference::safetensors_file::finish_atomic_write(path, &temp, written)?;
     Ok(())
 }
 

@@ -108,7 +108,7 @@ pub fn simulate(
         let cluster = labels[token];
         // x += R^(m)hat * weight, R^(m)hat = (1 - theta) sign^m c[m][token] + theta R^(m)(proxy):
         // the blended residual of order m in the sampling direction, without a temporary.
-        let mut add_blended = |x: &mut ndarray::ArrayViewMut1<f32>, m: usize, weight: f32| {
+        let add_blended = |x: &mut ndarray::ArrayViewMut1<f32>, m: usize, weight: f32| {
             let theta = thetas[m - 1][token];
             let own_weight = (1.0 - theta) * sign.powi(m as i32);
             ndarray::Zip::from(x)
