@@ -18,16 +18,23 @@
 #![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch))]
 
 pub mod attention;
+pub mod clusca;
+pub mod clusters;
 pub mod ddim;
 pub mod embed;
 pub mod final_layer;
+pub mod flow;
+pub mod gather;
 pub mod gemm;
 pub mod global;
 pub mod guidance;
 pub mod math;
 pub mod norm;
+pub mod pdds;
 pub mod reduce;
 pub mod residual;
+pub mod taylor;
+pub mod tetc;
 pub mod thread;
 
 #[cfg(target_arch = "nvptx64")]
@@ -52,5 +59,25 @@ pub const KERNELS: &[&str] = &[
     "cfg_mix",
     "ddim_step",
     "gated_add",
+    "flow_euler_step",
+    "taylor_update",
+    "taylor_predict",
+    "taylor_predict_gated_add",
+    "row_normalize",
+    "similarity",
+    "similarity_ema",
+    "kmedoids_assign",
+    "kmedoids_update",
+    "center_random_proxies",
+    "cluster_counts",
+    "cluster_members",
+    "kmeans_assign_l1",
+    "kmeans_update",
+    "commit_rows",
+    "clusca_propagate",
+    "gather_rows",
+    "scatter_rows",
+    "pdds_proxy_residuals",
+    "pdds_update",
 ];
 pub use thread::{Dim3, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};
