@@ -16,6 +16,7 @@
 //! Shared memory starts every block filled with a NaN pattern, like the garbage of real shared
 //! memory, so a kernel that reads before writing produces NaNs instead of plausible numbers.
 
+pub mod device;
 pub mod dit;
 pub mod job;
 pub mod kernels;
@@ -28,6 +29,7 @@ use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};
 
+pub use device::SimDevice;
 pub use dit::{SimDit, SimDitError};
 
 /// Largest block CUDA allows.
