@@ -15,6 +15,7 @@ use resca_host::method_args::{MethodArgs, positive};
 use resca_host::model_source::ModelArgs;
 use resca_host::plan::Plan;
 use resca_host::run::{SampleJob, SampleResult, final_samples, run_reference};
+use resca_host::sim::job::{forward_sim, run_sim};
 use resca_reference::cache::{CachingHook, build_hook, read_clusterings};
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::flow::FlowSchedule;
@@ -54,6 +55,8 @@ enum SamplerKind {
 enum Backend {
     /// The pure-ndarray CPU reference.
     Reference,
+    /// The GPU kernels, run by the CPU simulator (slow; checks every kernel like compute-sanitizer).
+    Sim,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +114,8 @@ struct ForwardArgs {
     /// Run `forward_with_cfg` at this scale (the batch must be [x; x] with labels [y; null]).
     #[arg(long)]
     cfg_scale: Option<f32>,
+    #[arg(long, value_enum, default_value_t = Backend::Reference)]
+    backend: Backend,
 }
 
 #[derive(clap::Args)]
@@ -202,19 +207,22 @@ fn sample(args: SampleArgs) -> Result<()> {
     };
     let rows = if job.guided() { 2 * batch } else { batch };
     let mut hook = build_hook(&method, config, rows, job.sampler.orientation())?;
+    let mut replay = Vec::new();
     if let Some(path) = &args.method.replay_clusters {
         let file = SafetensorsFile::open(path)?;
         let records = read_clusterings(&file, rows, config.tokens(), method.clusters)
             .with_context(|| format!("--replay-clusters {}", path.display()))?;
         let mut caching = CachingHook::new(method.clone(), config, rows, job.sampler.orientation())?;
-        caching.replay_clusterings(records);
+        caching.replay_clusterings(records.clone());
         hook = Box::new(caching);
+        replay = records;
     }
-    let Backend::Reference = args.backend;
     let bar = progress_bar(args.steps as u64, "sampling");
-    let result = run_reference(&model, &job, &method.name(), hook.as_mut(), &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    let mut progress = |done: usize, _: usize| bar.set_position(done as u64);
+    let result = match args.backend {
+        Backend::Reference => run_reference(&model, &job, &method.name(), hook.as_mut(), &mut progress)?,
+        Backend::Sim => run_sim(&model, &job, &method, replay, &mut progress)?,
+    };
     bar.finish_and_clear();
     write_outputs(&args, &model, &job, &result)?;
     if args.json {
@@ -351,9 +359,10 @@ fn forward(args: ForwardArgs) -> Result<()> {
         );
     }
     let y: Vec<usize> = y.iter().map(|&v| v as usize).collect();
-    let out = match args.cfg_scale {
-        Some(scale) => model.forward_with_cfg(x.view(), &t, &y, scale),
-        None => model.forward(x.view(), &t, &y),
+    let out = match (args.backend, args.cfg_scale) {
+        (Backend::Sim, scale) => forward_sim(&model, x.view(), &t, &y, scale),
+        (Backend::Reference, Some(scale)) => Ok(model.forward_with_cfg(x.view(), &t, &y, scale)?),
+        (Backend::Reference, None) => Ok(model.forward(x.view(), &t, &y)?),
     }
     .with_context(|| format!("running the model on {}", args.input.display()))?;
     let mut metadata = HashMap::new();
