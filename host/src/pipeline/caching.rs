@@ -594,32 +594,16 @@ impl Engine {
         launch::similarity_ema(dev, similarity.all(), smoothed.all(), self.method.alpha, has_previous)?;
         self.have_similarity = true;
 
-        let init: Vec<u32> = initial_medoids(n, k.min(n)).iter().map(|&m| m as u32).collect();
-        let mut current: Vec<u32> = init.iter().copied().cycle().take(rows * k).collect();
-        dev.upload(medoids[0].all(), &current)?;
-        let mut at = 0;
-        for _ in 0..self.method.kmedoids_iters {
-            launch::kmedoids_assign(dev, smoothed.all(), medoids[at].all(), labels.all(), rows, n, k)?;
-            launch::kmedoids_update(
-                dev,
-                smoothed.all(),
-                labels.all(),
-                medoids[at].all(),
-                medoids[1 - at].all(),
-                rows,
-                n,
-                k,
-            )?;
-            let next = dev.download_vec(medoids[1 - at].all())?;
-            // A row whose medoids did not change is a fixed point: later iterations leave it as
-            // it is, so the batch stops when every row has stopped, as each row would alone.
-            if next == current {
-                break;
-            }
-            current = next;
-            at = 1 - at;
-        }
-        launch::kmedoids_assign(dev, smoothed.all(), medoids[at].all(), labels.all(), rows, n, k)?;
+        let at = k_medoids(
+            dev,
+            smoothed.all(),
+            labels.all(),
+            [medoids[0].all(), medoids[1].all()],
+            rows,
+            n,
+            k,
+            self.method.kmedoids_iters,
+        )?;
 
         match self.method.proxy {
             ProxyChoice::Medoid => dev.copy(medoids[at].all(), proxies.all())?,
@@ -669,39 +653,111 @@ impl Engine {
             launch::gather_rows(dev, x, picks.all(), centroids.all(), rows, n, k, d)?;
             self.have_centroids = true;
         }
-        let mut active = vec![true; rows];
-        for _ in 0..clusca::MAX_ITERS {
-            launch::kmeans_assign_l1(dev, x, centroids.all(), labels.all(), rows, n, k, d)?;
-            launch::kmeans_update(
-                dev,
-                x,
-                labels.all(),
-                centroids.all(),
-                next.all(),
-                moved.all(),
-                rows,
-                n,
-                k,
-                d,
-            )?;
-            let flags = dev.download_vec(moved.all())?;
-            let mut mask = vec![0u32; rows];
-            for row in 0..rows {
-                let row_moved = flags[row * k..(row + 1) * k].iter().any(|&f| f != 0);
-                if active[row] && row_moved {
-                    mask[row] = 1;
-                } else {
-                    active[row] = false;
-                }
-            }
-            if mask.iter().any(|&m| m != 0) {
-                dev.upload(commit.all(), &mask)?;
-                launch::commit_rows(dev, next.all(), centroids.all(), commit.all(), k * d)?;
-            }
-            if !active.iter().any(|&a| a) {
-                break;
-            }
-        }
+        kmeans_l1(
+            dev,
+            x,
+            KMeansBuffers {
+                centroids: centroids.all(),
+                next: next.all(),
+                moved: moved.all(),
+                commit: commit.all(),
+                labels: labels.all(),
+            },
+            rows,
+            n,
+            k,
+            d,
+        )?;
         Ok(())
     }
+}
+
+/// K-medoids on the similarity matrices `s` (rows, N, N) of every batch row, as
+/// `tetc::k_medoids` runs it per row: medoids from `initial_medoids`, then at most `max_iters`
+/// rounds of assignment and medoid update, stopping when no medoid changes (the host reads the
+/// rows x K medoids back each round; a row that stopped is a fixed point, so the batch stops when
+/// every row has), and a final assignment. `medoids` are two (rows, K) buffers used in turn;
+/// returns which one holds the final medoids. `labels` (rows, N) receives the final labels.
+#[allow(clippy::too_many_arguments)]
+pub fn k_medoids<D: Device>(
+    dev: &mut D,
+    s: Slice<f32>,
+    labels: Slice<u32>,
+    medoids: [Slice<u32>; 2],
+    rows: usize,
+    n: usize,
+    k: usize,
+    max_iters: usize,
+) -> Result<usize, DeviceError> {
+    let init: Vec<u32> = initial_medoids(n, k.min(n)).iter().map(|&m| m as u32).collect();
+    let mut current: Vec<u32> = init.iter().copied().cycle().take(rows * k).collect();
+    dev.upload(medoids[0], &current)?;
+    let mut at = 0;
+    for _ in 0..max_iters {
+        launch::kmedoids_assign(dev, s, medoids[at], labels, rows, n, k)?;
+        launch::kmedoids_update(dev, s, labels, medoids[at], medoids[1 - at], rows, n, k)?;
+        let next = dev.download_vec(medoids[1 - at])?;
+        if next == current {
+            break;
+        }
+        current = next;
+        at = 1 - at;
+    }
+    launch::kmedoids_assign(dev, s, medoids[at], labels, rows, n, k)?;
+    Ok(at)
+}
+
+/// The device buffers of [`kmeans_l1`].
+#[derive(Clone, Copy, Debug)]
+pub struct KMeansBuffers {
+    /// (rows, K, D): the initial centroids in, the final ones out.
+    pub centroids: Slice<f32>,
+    /// (rows, K, D) scratch.
+    pub next: Slice<f32>,
+    /// (rows, K) scratch.
+    pub moved: Slice<u32>,
+    /// (rows) scratch.
+    pub commit: Slice<u32>,
+    /// (rows, N): the final labels.
+    pub labels: Slice<u32>,
+}
+
+/// ClusCa's K-means with L1 distance on the tokens `x` (rows, N, D) of every batch row, as
+/// `clusca::kmeans_l1` runs it per row: at most 100 rounds of assignment and centroid update; a
+/// row stops when its centroids are `allclose` to the update (keeping the old ones, the labels of
+/// that round), otherwise it commits the update. The host reads the (rows, K) "moved" flags back
+/// each round and commits the rows that moved.
+#[allow(clippy::too_many_arguments)]
+pub fn kmeans_l1<D: Device>(
+    dev: &mut D,
+    x: Slice<f32>,
+    b: KMeansBuffers,
+    rows: usize,
+    n: usize,
+    k: usize,
+    d: usize,
+) -> Result<(), DeviceError> {
+    let mut active = vec![true; rows];
+    for _ in 0..clusca::MAX_ITERS {
+        launch::kmeans_assign_l1(dev, x, b.centroids, b.labels, rows, n, k, d)?;
+        launch::kmeans_update(dev, x, b.labels, b.centroids, b.next, b.moved, rows, n, k, d)?;
+        let flags = dev.download_vec(b.moved)?;
+        let mut mask = vec![0u32; rows];
+        for row in 0..rows {
+            let row_moved = flags[row * k..(row + 1) * k].iter().any(|&f| f != 0);
+            if active[row] && row_moved {
+                mask[row] = 1;
+            } else {
+                active[row] = false;
+            }
+        }
+        if mask.iter().any(|&m| m != 0) {
+            dev.upload(b.commit, &mask)?;
+            launch::commit_rows(dev, b.next, b.centroids, b.commit, k * d)?;
+        }
+        if !active.iter().any(|&a| a) {
+            break;
+        }
+    }
+    Ok(())
 }
