@@ -6,13 +6,17 @@
 //! * [`sim`]: the GPU-semantics simulator that runs the `resca-gpu-kernels` bodies on the CPU,
 //!   and [`sim::SimDevice`], the pipeline's device on it.
 
+pub mod canvas;
+pub mod classifier;
 pub mod embedded;
-pub mod image_grid;
+pub mod figures;
 pub mod inputs;
 pub mod method_args;
+pub mod metrics;
 pub mod model_source;
 pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod sim;
+pub mod trajectory;

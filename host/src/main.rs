@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ndarray::Ix4;
-use resca_host::image_grid::Grid;
+use resca_host::figures::{Panel, panels};
 use resca_host::inputs::{check_labels, load_noise, seeded_noise};
 use resca_host::method_args::{MethodArgs, positive};
 use resca_host::model_source::ModelArgs;
@@ -267,13 +267,16 @@ fn write_outputs(args: &SampleArgs, model: &Dit, job: &SampleJob, result: &Sampl
     }
     if let Some(path) = &args.png {
         let samples = final_samples(result);
-        let cols = samples.dim().0.min(8);
-        let rows = samples.dim().0.div_ceil(cols);
-        let mut grid = Grid::new(rows, cols, model.config.input_size, 4);
-        for (i, image) in samples.outer_iter().enumerate() {
-            grid.draw(i / cols, i % cols, image);
-        }
-        grid.write_png(path)
+        let figure = panels(
+            &[Panel {
+                title: result.stats.method.clone(),
+                images: samples.view(),
+                cols: 8,
+            }],
+            4,
+        );
+        figure
+            .write_png(path)
             .with_context(|| format!("writing --png {}", path.display()))?;
     }
     Ok(())

@@ -25,6 +25,13 @@ pub struct RunStats {
     pub true_denoising_s: f64,
     pub clustering_s: f64,
     pub simulated_denoising_s: f64,
+    /// Wall time of the full (dense) steps and of the cached (sparse) steps.
+    pub dense_steps_s: f64,
+    pub sparse_steps_s: f64,
+    /// Clustering as a share of dense-step time (the supplement: ~4.9%).
+    pub clustering_pct_of_dense: f64,
+    /// Simulated denoising as a share of sparse-step time (the supplement: ~27.5%).
+    pub simulated_pct_of_sparse: f64,
 }
 
 impl RunStats {
@@ -41,7 +48,8 @@ impl RunStats {
             "method {} ({} backend, {} sampler), {} samples ({} model rows)\n\
              steps: {} ({} full, {} sparse)\n\
              FLOPs per sample: {:.4} T of {:.4} T full compute -> {:.2}x fewer\n\
-             wall: {:.3} s = true denoising {:.3} s ({:.1}%) + clustering {:.3} s ({:.1}%) + simulated denoising {:.3} s ({:.1}%)",
+             wall: {:.3} s = true denoising {:.3} s ({:.1}%) + clustering {:.3} s ({:.1}%) + simulated denoising {:.3} s ({:.1}%)\n\
+             dense steps {:.3} s (clustering {:.1}% of it), sparse steps {:.3} s (simulated denoising {:.1}% of it)",
             self.method,
             self.backend,
             self.sampler,
@@ -60,6 +68,10 @@ impl RunStats {
             pct(self.clustering_s),
             self.simulated_denoising_s,
             pct(self.simulated_denoising_s),
+            self.dense_steps_s,
+            self.clustering_pct_of_dense,
+            self.sparse_steps_s,
+            self.simulated_pct_of_sparse,
         )
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use ndarray::{Array4, Array5, Axis, s};
 use resca_reference::flops::{StepWork, run_flops};
 use resca_reference::sampler::StepHook;
-use resca_reference::{Dit, FullCompute, Sampler, sample};
+use resca_reference::{Dit, FullCompute, Sampler, Trajectory, sample};
 
 use crate::inputs::guided_batch;
 use crate::report::RunStats;
@@ -63,7 +63,7 @@ pub fn run_reference(
         job,
         method_name,
         "reference",
-        &trajectory.work,
+        &trajectory,
         rows,
         samples,
         wall_s,
@@ -83,18 +83,27 @@ pub fn stats(
     job: &SampleJob,
     method_name: &str,
     backend: &str,
-    work: &[StepWork],
+    trajectory: &Trajectory,
     model_rows: usize,
     samples: usize,
     wall_s: f64,
     timings: resca_reference::sampler::MethodTimings,
 ) -> RunStats {
     let config = &model.config;
+    let work = &trajectory.work;
     let images_per_sample = if job.guided() { 2 } else { 1 };
     let full = StepWork::full(config);
     let flops = run_flops(config, work.iter().copied(), images_per_sample);
     let full_flops = run_flops(config, vec![full; work.len()], images_per_sample);
     let full_steps = work.iter().filter(|w| **w == full).count();
+    let seconds_of = |dense: bool| -> f64 {
+        work.iter()
+            .zip(&trajectory.step_seconds)
+            .filter(|(w, _)| (**w == full) == dense)
+            .fold(0.0, |total, (_, t)| total + t)
+    };
+    let (dense_s, sparse_s) = (seconds_of(true), seconds_of(false));
+    let share = |part: f64, whole: f64| if whole > 0.0 { 100.0 * part / whole } else { 0.0 };
     RunStats {
         backend: backend.to_string(),
         method: method_name.to_string(),
@@ -111,6 +120,10 @@ pub fn stats(
         true_denoising_s: wall_s - timings.clustering_s - timings.simulated_s,
         clustering_s: timings.clustering_s,
         simulated_denoising_s: timings.simulated_s,
+        dense_steps_s: dense_s,
+        sparse_steps_s: sparse_s,
+        clustering_pct_of_dense: share(timings.clustering_s, dense_s),
+        simulated_pct_of_sparse: share(timings.simulated_s, sparse_s),
     }
 }
 

@@ -22,11 +22,16 @@
 //! * [`amplification`]: `G(z)` of each scheme, [`gain`], the implicit Taylor poles, BDF2 roots;
 //! * [`a_stability`]: [`analyse`] (the maximum-modulus argument and the imaginary-axis scan),
 //!   [`stable_half_plane_shift`] (how far from A-stable a scheme is);
-//! * [`region_png`]: [`render_stability_png`], the picture of a stability region.
+//! * [`region_png`]: [`render_stability_png`], the picture of a stability region;
+//! * [`residuals`]: the multi-order residual `Delta^(m)` of ResCa (supplement Eq. S4);
+//! * [`pdds_recurrence`]: the exact linear recurrence PDDS applies to a driven token, and the
+//!   roots of its characteristic polynomial.
 
 pub mod a_stability;
 pub mod amplification;
+pub mod pdds_recurrence;
 pub mod region_png;
+pub mod residuals;
 pub mod scheme;
 
 /// Complex numbers of `f64` (the `num-complex` crate's `Complex64`).

@@ -59,6 +59,10 @@ fn main() {
         );
     }
     if let Some(peak) = peak_rss_bytes() {
-        println!("peak RSS {:.2} GB = {:.2}x the f32 weights", peak as f64 / 1e9, peak as f64 / weights_bytes);
+        println!(
+            "peak RSS {:.2} GB = {:.2}x the f32 weights",
+            peak as f64 / 1e9,
+            peak as f64 / weights_bytes
+        );
     }
 }

@@ -153,12 +153,16 @@ impl Dit {
     /// Loads a safetensors checkpoint with the official key names. The config is `config` if
     /// given, else inferred from the tensor shapes (heads from `heads` or the file's metadata).
     pub fn load(path: &Path, config: Option<DitConfig>, heads: Option<usize>) -> Result<Self> {
-        let file = SafetensorsFile::open(path)?;
+        Self::from_file(&SafetensorsFile::open(path)?, config, heads)
+    }
+
+    /// Loads from an open safetensors file (see [`Dit::load`]).
+    pub fn from_file(file: &SafetensorsFile, config: Option<DitConfig>, heads: Option<usize>) -> Result<Self> {
         let config = match config {
             Some(c) => c,
-            None => DitConfig::infer(&file, heads)?,
+            None => DitConfig::infer(file, heads)?,
         };
-        let weights = DitWeights::load(&file, &config)?;
+        let weights = DitWeights::load(file, &config)?;
         Ok(Self::new(config, weights))
     }
 

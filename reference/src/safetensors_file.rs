@@ -12,11 +12,28 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{Error, Result};
 
-/// An open safetensors file: its parsed header and a read-only map of its bytes.
+/// An open safetensors file: its parsed header and its bytes (a read-only map of a file, or bytes
+/// embedded in the binary).
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: Bytes,
     metadata: HashMap<String, String>,
+}
+
+/// Where a [`SafetensorsFile`]'s bytes live.
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Embedded(&'static [u8]),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Embedded(bytes) => bytes,
+        }
+    }
 }
 
 impl SafetensorsFile {
@@ -34,6 +51,16 @@ impl SafetensorsFile {
             path: path.clone(),
             source,
         })?;
+        Self::parse(path, Bytes::Mapped(map))
+    }
+
+    /// A safetensors file embedded in the binary (`include_bytes!`); `name` stands in for the
+    /// path in messages.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        Self::parse(PathBuf::from(name), Bytes::Embedded(bytes))
+    }
+
+    fn parse(path: PathBuf, map: Bytes) -> Result<Self> {
         let (_, header) = SafeTensors::read_metadata(&map).map_err(|e| Error::NotSafetensors {
             path: path.clone(),
             reason: describe(&e, map.len()),

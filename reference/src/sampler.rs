@@ -73,6 +73,8 @@ pub struct Trajectory {
     pub model_out: Array5<f32>,
     /// What each step computed, per image.
     pub work: Vec<StepWork>,
+    /// Wall time of each step (model and sampler update), seconds.
+    pub step_seconds: Vec<f64>,
 }
 
 impl Sampler {
@@ -147,7 +149,9 @@ pub fn sample(
     xs.index_axis_mut(Axis(0), 0).assign(&noise);
     let mut x = noise.to_owned();
     let mut work = Vec::with_capacity(steps);
+    let mut step_seconds = Vec::with_capacity(steps);
     for position in 0..steps {
+        let started = std::time::Instant::now();
         let info = sampler.step_info(position);
         hook.begin_step(&info)?;
         let timesteps = vec![info.timestep; b];
@@ -159,11 +163,13 @@ pub fn sample(
         xs.index_axis_mut(Axis(0), position + 1).assign(&x);
         outs.index_axis_mut(Axis(0), position).assign(&out);
         work.push(hook.last_step_work(c));
+        step_seconds.push(started.elapsed().as_secs_f64());
         progress(position + 1, steps);
     }
     Ok(Trajectory {
         x: xs,
         model_out: outs,
         work,
+        step_seconds,
     })
 }

@@ -226,8 +226,10 @@ impl<'m, D: Device> Pipeline<'m, D> {
         let mut outs = Array5::<f32>::zeros((steps, b, oc, side, side));
         xs.index_axis_mut(Axis(0), 0).assign(&noise);
         let mut work = Vec::with_capacity(steps);
+        let mut step_seconds = Vec::with_capacity(steps);
         let half = x.len() / 2;
         for position in 0..steps {
+            let started = std::time::Instant::now();
             let info = sampler.step_info(position);
             if let Some(e) = engine.as_mut() {
                 e.begin_step(&info);
@@ -267,6 +269,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
             outs.slice_mut(s![position, .., .., .., ..])
                 .assign(&ndarray::ArrayView4::from_shape((b, oc, side, side), &out).expect("sized"));
             work.push(engine.as_ref().map_or(StepWork::full(&c), Engine::step_work));
+            step_seconds.push(started.elapsed().as_secs_f64());
             progress(position + 1, steps);
         }
         self.activations = Some(act);
@@ -279,6 +282,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
                 x: xs,
                 model_out: outs,
                 work,
+                step_seconds,
             },
             timings,
             history,

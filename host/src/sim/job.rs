@@ -44,7 +44,7 @@ pub fn run_sim(
         job,
         &method.name(),
         "sim",
-        &trajectory.work,
+        &trajectory,
         labels.len(),
         samples,
         wall_s,

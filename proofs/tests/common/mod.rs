@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod pdds_run;
+
 use proptest::prelude::*;
 use resca_proofs::Complex;
 use std::f64::consts::FRAC_PI_2;
