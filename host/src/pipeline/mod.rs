@@ -180,6 +180,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
     /// `resca_reference::sample` with the method's hook: with `cfg_scale` the batch must be the
     /// guided `[x; x]` with labels `[y; null]`, every step evaluates `forward_with_cfg` and all
     /// rows are integrated. `progress(done, total)` after each step.
+    #[allow(clippy::too_many_arguments)] // the arguments of `resca_reference::sample`, plus the method
     pub fn sample(
         &mut self,
         noise: ArrayView4<f32>,

@@ -88,6 +88,7 @@ impl DeviceLinear {
     }
 
     /// `x += gate * (a W^T + b)` with the gate of the sample of each row.
+    #[allow(clippy::too_many_arguments)] // the kernel's parameters
     fn gemm_gated<D: Device>(
         &self,
         dev: &mut D,
@@ -237,6 +238,7 @@ impl Activations {
 /// The MLP branch `fc2(GELU(fc1(modulate(LN(x)))))` of `rows` token rows `x` whose samples hold
 /// `tokens` rows each, into `out` (rows, D); `normed` (rows, D) and `hidden` (rows, 4D) are
 /// scratch.
+#[allow(clippy::too_many_arguments)] // the buffers of three kernels
 pub fn mlp_branch<D: Device>(
     dev: &mut D,
     block: &DeviceBlock,
