@@ -25,8 +25,8 @@ fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("JSON on stdout")
 }
 
-/// `resca sample` on `backend` with `method` flags: the statistics and `x`.
-fn sample(backend: &str, method: &[&str]) -> (serde_json::Value, ArrayD<f32>) {
+/// `resca sample` on `backend` with `method` flags: the statistics, `x` and `model_out`.
+fn sample(backend: &str, method: &[&str]) -> (serde_json::Value, ArrayD<f32>, ArrayD<f32>) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run.safetensors");
     let (weights, noise) = (vectors("weights.safetensors"), vectors("ddim.safetensors"));
@@ -48,8 +48,8 @@ fn sample(backend: &str, method: &[&str]) -> (serde_json::Value, ArrayD<f32>) {
     ];
     args.extend_from_slice(method);
     let stats = json(&resca(&args));
-    let x = SafetensorsFile::open(&out).unwrap().read_f32("x").unwrap();
-    (stats, x)
+    let file = SafetensorsFile::open(&out).unwrap();
+    (stats, file.read_f32("x").unwrap(), file.read_f32("model_out").unwrap())
 }
 
 fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
@@ -90,12 +90,15 @@ fn sampling_on_the_sim_backend_matches_the_reference_backend() {
         ("full", &["--method", "full"][..]),
         ("resca official", &resca_flags[..]),
     ] {
-        let (sim_stats, sim_x) = sample("sim", flags);
-        let (ref_stats, ref_x) = sample("reference", flags);
+        let (sim_stats, sim_x, sim_out) = sample("sim", flags);
+        let (ref_stats, ref_x, ref_out) = sample("reference", flags);
         let err = max_rel_to_max(&sim_x, &ref_x);
-        eprintln!("{what}: sim vs reference {err:.2e} of max|x|");
-        // Budget 1e-4 of max|x| (guided DDIM-50); measured 7.3e-7 for both.
-        assert!(err < 1e-4, "{what}: {err}");
+        let err_out = max_rel_to_max(&sim_out, &ref_out);
+        eprintln!("{what}: sim vs reference {err:.2e} (x), {err_out:.2e} (model_out) of max|.|");
+        // Budget 1e-4 of max|.| (guided DDIM-50); measured x 7.3e-7 (full) and 6.8e-7 (resca
+        // official), model_out 6.7e-7 and 6.9e-7.
+        assert!(err < 1e-4, "{what}: x {err}");
+        assert!(err_out < 1e-4, "{what}: model_out {err_out}");
         assert_eq!(sim_stats["backend"], "sim");
         for key in [
             "method",
