@@ -15,6 +15,10 @@
 //!
 //! Shared memory starts every block filled with a NaN pattern, like the garbage of real shared
 //! memory, so a kernel that reads before writing produces NaNs instead of plausible numbers.
+//!
+//! [`SimDevice`] is the pipeline's `Device` on the simulator (`crate::pipeline`), [`SimDit`] the
+//! pipeline on it with a `&self` interface, [`kernels`] slice-in/slice-out launches for tests,
+//! [`job`] the CLI's `--backend sim` jobs.
 
 pub mod device;
 pub mod dit;
