@@ -328,3 +328,32 @@ fn flow_sampler_runs_cached_methods_like_the_reference() {
     // Paper residuals, sign +1: measured 1.9e-7 (x), 3.8e-6 (model_out).
     check_against_replayed_reference("flow resca", &resca, &flow(20), 1e-4);
 }
+
+#[test]
+fn repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit() {
+    let model = model();
+    let (x, y) = inputs(&model);
+    let method = MethodConfig {
+        clusters: 4,
+        ..MethodConfig::new(MethodKind::ResCa, 2, 1)
+    };
+    let mut pipeline = Pipeline::new(SimDevice::new(), &model).unwrap();
+    let run = |pipeline: &mut Pipeline<SimDevice>| {
+        let out = pipeline
+            .sample(
+                x.view(),
+                &y,
+                Some(1.5),
+                &ddim(5),
+                &method,
+                SampleOptions::default(),
+                &mut |_, _| {},
+            )
+            .unwrap();
+        (out.trajectory.x, pipeline.dev.resident_elements())
+    };
+    let (first, resident) = run(&mut pipeline);
+    let (second, resident_again) = run(&mut pipeline);
+    assert_eq!(resident, resident_again, "a run leaves buffers behind");
+    assert_eq!(first, second);
+}

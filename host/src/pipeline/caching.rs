@@ -34,7 +34,7 @@ use resca_reference::model::Branch;
 use resca_reference::sampler::{MethodTimings, Orientation, StepInfo};
 
 use super::PipelineError;
-use super::device::{Buffer, Device, DeviceError, Slice};
+use super::device::{Buffer, Device, DeviceError, Element, Slice};
 use super::launch;
 use super::model::{DeviceBlock, mlp_branch};
 
@@ -138,6 +138,15 @@ pub struct Engine {
     record: bool,
     history: Vec<ClusteringRecord>,
     replay: Vec<ClusteringRecord>,
+    /// Every buffer the engine allocated (released by [`Engine::release`]).
+    owned: Vec<usize>,
+}
+
+/// Allocates on `dev` and notes the buffer in `owned`.
+fn alloc<D: Device, T: Element>(dev: &mut D, owned: &mut Vec<usize>, len: usize) -> Result<Buffer<T>, DeviceError> {
+    let buffer = dev.alloc(len)?;
+    owned.push(buffer.id());
+    Ok(buffer)
 }
 
 impl Engine {
@@ -152,13 +161,14 @@ impl Engine {
         method.validate(config.tokens())?;
         let (n, d) = (config.tokens(), config.hidden_size);
         let len = rows * n * d;
+        let mut owned = Vec::new();
         let mut caches = Vec::with_capacity(config.depth);
         for _ in 0..config.depth {
             let mut pair = Vec::with_capacity(2);
             for branch in [Branch::Attention, Branch::Mlp] {
                 let slots = cached_order(&method, branch) + 1;
                 pair.push(TaylorCache {
-                    factors: dev.alloc(slots * len)?,
+                    factors: alloc(dev, &mut owned, slots * len)?,
                     len,
                     stored: 0,
                 });
@@ -167,7 +177,9 @@ impl Engine {
             caches.push([attention, mlp]);
         }
         let clusters = match method.kind {
-            MethodKind::ClusCa | MethodKind::ResCa => Some(Self::cluster_buffers(dev, &method, config, rows)?),
+            MethodKind::ClusCa | MethodKind::ResCa => {
+                Some(Self::cluster_buffers(dev, &mut owned, &method, config, rows)?)
+            }
             _ => None,
         };
         Ok(Self {
@@ -191,12 +203,19 @@ impl Engine {
             record: false,
             history: Vec::new(),
             replay: Vec::new(),
+            owned,
             method,
         })
     }
 
+    /// Frees every device buffer of the engine.
+    pub fn release<D: Device>(self, dev: &mut D) -> Result<(), DeviceError> {
+        self.owned.iter().try_for_each(|&id| dev.free(id))
+    }
+
     fn cluster_buffers<D: Device>(
         dev: &mut D,
+        owned: &mut Vec<usize>,
         method: &MethodConfig,
         config: &DitConfig,
         rows: usize,
@@ -204,26 +223,26 @@ impl Engine {
         let (n, d, k) = (config.tokens(), config.hidden_size, method.clusters);
         let order = method.solver.order();
         Ok(ClusterBuffers {
-            labels: dev.alloc(rows * n)?,
-            proxies: dev.alloc(rows * k)?,
-            counts: dev.alloc(rows * k)?,
-            normalized: dev.alloc(rows * n * d)?,
-            similarity: dev.alloc(rows * n * n)?,
-            smoothed: dev.alloc(rows * n * n)?,
-            medoids: [dev.alloc(rows * k)?, dev.alloc(rows * k)?],
-            uniforms: dev.alloc(rows * k)?,
-            centroids: dev.alloc(rows * k * d)?,
-            next_centroids: dev.alloc(rows * k * d)?,
-            moved: dev.alloc(rows * k)?,
-            commit: dev.alloc(rows)?,
-            ranks: dev.alloc(rows * k)?,
-            picks: dev.alloc(rows * k)?,
-            gathered: dev.alloc(rows * k * d)?,
-            normed: dev.alloc(rows * k * d)?,
-            hidden: dev.alloc(rows * k * config.mlp_hidden())?,
-            fresh: dev.alloc(rows * k * d)?,
-            residuals: dev.alloc(order * rows * k * d)?,
-            simulated: dev.alloc(rows * n * d)?,
+            labels: alloc(dev, owned, rows * n)?,
+            proxies: alloc(dev, owned, rows * k)?,
+            counts: alloc(dev, owned, rows * k)?,
+            normalized: alloc(dev, owned, rows * n * d)?,
+            similarity: alloc(dev, owned, rows * n * n)?,
+            smoothed: alloc(dev, owned, rows * n * n)?,
+            medoids: [alloc(dev, owned, rows * k)?, alloc(dev, owned, rows * k)?],
+            uniforms: alloc(dev, owned, rows * k)?,
+            centroids: alloc(dev, owned, rows * k * d)?,
+            next_centroids: alloc(dev, owned, rows * k * d)?,
+            moved: alloc(dev, owned, rows * k)?,
+            commit: alloc(dev, owned, rows)?,
+            ranks: alloc(dev, owned, rows * k)?,
+            picks: alloc(dev, owned, rows * k)?,
+            gathered: alloc(dev, owned, rows * k * d)?,
+            normed: alloc(dev, owned, rows * k * d)?,
+            hidden: alloc(dev, owned, rows * k * config.mlp_hidden())?,
+            fresh: alloc(dev, owned, rows * k * d)?,
+            residuals: alloc(dev, owned, order * rows * k * d)?,
+            simulated: alloc(dev, owned, rows * n * d)?,
         })
     }
 

@@ -241,6 +241,8 @@ pub trait Device {
     fn download<T: Element>(&mut self, src: Slice<T>, out: &mut [T]) -> Result<(), DeviceError>;
     /// Device to device, `src.len == dst.len`, non-overlapping.
     fn copy<T: Element>(&mut self, src: Slice<T>, dst: Slice<T>) -> Result<(), DeviceError>;
+    /// Releases buffer `id` (after the launches using it); a later use is an error.
+    fn free(&mut self, id: usize) -> Result<(), DeviceError>;
     /// Launches a kernel (asynchronously on a real GPU).
     fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError>;
     /// Waits for every launch and copy issued so far (for timings).

@@ -104,7 +104,12 @@ impl<'m, D: Device> Pipeline<'m, D> {
     fn activations(&mut self, rows: usize) -> Result<Activations, PipelineError> {
         match self.activations.take() {
             Some(act) if act.rows == rows => Ok(act),
-            _ => Ok(Activations::new(&mut self.dev, &self.model.config, rows)?),
+            other => {
+                if let Some(old) = other {
+                    old.release(&mut self.dev)?;
+                }
+                Ok(Activations::new(&mut self.dev, &self.model.config, rows)?)
+            }
         }
     }
 
@@ -274,8 +279,13 @@ impl<'m, D: Device> Pipeline<'m, D> {
             progress(position + 1, steps);
         }
         self.activations = Some(act);
+        self.dev.free(x.id())?;
         let (timings, history) = match engine {
-            Some(e) => (e.timings(), e.clustering_history().to_vec()),
+            Some(e) => {
+                let summary = (e.timings(), e.clustering_history().to_vec());
+                e.release(&mut self.dev)?;
+                summary
+            }
             None => (MethodTimings::default(), Vec::new()),
         };
         Ok(SampleOutput {

@@ -205,6 +205,8 @@ pub struct Activations {
     final_tokens: Buffer<f32>,
     /// Model output (rows, C_out, S, S).
     pub out: Buffer<f32>,
+    /// Every buffer above.
+    owned: Vec<usize>,
 }
 
 impl Activations {
@@ -212,26 +214,45 @@ impl Activations {
         let (n, d, side) = (config.tokens(), config.hidden_size, config.input_size);
         let tokens = rows * n;
         let width = config.patch_size * config.patch_size * config.out_channels();
+        let labels: Buffer<u32> = dev.alloc(rows)?;
+        let mut owned = vec![labels.id()];
+        let mut alloc = |len: usize| -> Result<Buffer<f32>, DeviceError> {
+            let buffer = dev.alloc(len)?;
+            owned.push(buffer.id());
+            Ok(buffer)
+        };
         Ok(Self {
             rows,
-            image: dev.alloc(rows * config.in_channels * side * side)?,
-            t: dev.alloc(rows)?,
-            labels: dev.alloc(rows)?,
-            features: dev.alloc(rows * TIMESTEP_FEATURES as usize)?,
-            t_hidden: dev.alloc(rows * d)?,
-            t_emb: dev.alloc(rows * d)?,
-            silu_c: dev.alloc(rows * d)?,
-            tokens: dev.alloc(tokens * d)?,
-            modulation: dev.alloc(rows * 6 * d)?,
-            normed: dev.alloc(tokens * d)?,
-            qkv: dev.alloc(tokens * 3 * d)?,
-            heads: dev.alloc(tokens * d)?,
-            hidden: dev.alloc(tokens * config.mlp_hidden())?,
-            branch: dev.alloc(tokens * d)?,
-            final_mod: dev.alloc(rows * 2 * d)?,
-            final_tokens: dev.alloc(tokens * width)?,
-            out: dev.alloc(rows * config.out_channels() * side * side)?,
-        })
+            image: alloc(rows * config.in_channels * side * side)?,
+            t: alloc(rows)?,
+            labels,
+            features: alloc(rows * TIMESTEP_FEATURES as usize)?,
+            t_hidden: alloc(rows * d)?,
+            t_emb: alloc(rows * d)?,
+            silu_c: alloc(rows * d)?,
+            tokens: alloc(tokens * d)?,
+            modulation: alloc(rows * 6 * d)?,
+            normed: alloc(tokens * d)?,
+            qkv: alloc(tokens * 3 * d)?,
+            heads: alloc(tokens * d)?,
+            hidden: alloc(tokens * config.mlp_hidden())?,
+            branch: alloc(tokens * d)?,
+            final_mod: alloc(rows * 2 * d)?,
+            final_tokens: alloc(tokens * width)?,
+            out: alloc(rows * config.out_channels() * side * side)?,
+            owned: Vec::new(),
+        }
+        .with_owned(owned))
+    }
+
+    fn with_owned(mut self, owned: Vec<usize>) -> Self {
+        self.owned = owned;
+        self
+    }
+
+    /// Frees every buffer.
+    pub fn release<D: Device>(self, dev: &mut D) -> Result<(), DeviceError> {
+        self.owned.iter().try_for_each(|&id| dev.free(id))
     }
 }
 

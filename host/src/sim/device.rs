@@ -71,6 +71,11 @@ impl SimDevice {
         self.launches
     }
 
+    /// Elements held by live buffers (freed ones hold none).
+    pub fn resident_elements(&self) -> usize {
+        self.buffers.iter().map(Storage::len).sum()
+    }
+
     /// Checks `slice` against its buffer and returns a pointer to its first element.
     fn pointer(&mut self, slice: RawSlice, what: &str) -> Result<*mut u8, DeviceError> {
         let storage = self
@@ -154,6 +159,20 @@ impl Device for SimDevice {
         }
         let data = self.slice_mut(src, "copy")?.to_vec();
         self.slice_mut(dst, "copy")?.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn free(&mut self, id: usize) -> Result<(), DeviceError> {
+        let storage = self
+            .buffers
+            .get_mut(id)
+            .ok_or_else(|| DeviceError::Invalid(format!("free: no buffer {id}")))?;
+        // An empty vector: any later slice of it is out of bounds.
+        *storage = match storage.dtype() {
+            DType::F32 => Storage::F32(Vec::new()),
+            DType::U32 => Storage::U32(Vec::new()),
+            DType::F64 => Storage::F64(Vec::new()),
+        };
         Ok(())
     }
 
