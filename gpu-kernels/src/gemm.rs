@@ -39,13 +39,16 @@ pub fn gemm_dims(m: u32, n: u32) -> LaunchDims {
     }
 }
 
-/// The tiled product; calls `epilogue(row, col, dot)` for every in-range output element the
-/// thread owns (`dot` without the bias).
+/// The tiled product of the (M, K) matrix at `a[a_base..]` and the (N, K) matrix at
+/// `w[w_base..]`; calls `epilogue(row, col, dot)` for every in-range output element the thread
+/// owns (`dot` without the bias).
 #[inline(always)]
-fn gemm_tile<C: ThreadCtx, E: FnMut(usize, usize, f32)>(
+pub(crate) fn gemm_tile<C: ThreadCtx, E: FnMut(usize, usize, f32)>(
     ctx: &C,
     a: Global<'_, f32>,
+    a_base: usize,
     w: Global<'_, f32>,
+    w_base: usize,
     m: u32,
     n: u32,
     k: u32,
@@ -68,13 +71,13 @@ fn gemm_tile<C: ThreadCtx, E: FnMut(usize, usize, f32)>(
             let (rr, kk) = (e / tile_k, e % tile_k);
             let gk = k0 + kk;
             let av = if row0 + rr < m && gk < k {
-                ctx.load(a, (row0 + rr) * k + gk)
+                ctx.load(a, a_base + (row0 + rr) * k + gk)
             } else {
                 0.0
             };
             ctx.shared_store(kk * STRIDE + rr, av);
             let wv = if col0 + rr < n && gk < k {
-                ctx.load(w, (col0 + rr) * k + gk)
+                ctx.load(w, w_base + (col0 + rr) * k + gk)
             } else {
                 0.0
             };
@@ -134,7 +137,7 @@ pub fn gemm_bias<C: ThreadCtx>(
     n: u32,
     k: u32,
 ) {
-    gemm_tile(ctx, a, w, m, n, k, |row, col, dot| {
+    gemm_tile(ctx, a, 0, w, 0, m, n, k, |row, col, dot| {
         ctx.store(out, row * n as usize + col, dot + ctx.load(bias, col));
     });
 }
@@ -150,7 +153,7 @@ pub fn gemm_bias_gelu<C: ThreadCtx>(
     n: u32,
     k: u32,
 ) {
-    gemm_tile(ctx, a, w, m, n, k, |row, col, dot| {
+    gemm_tile(ctx, a, 0, w, 0, m, n, k, |row, col, dot| {
         ctx.store(out, row * n as usize + col, math::gelu_tanh(dot + ctx.load(bias, col)));
     });
 }
@@ -173,7 +176,7 @@ pub fn gemm_bias_gated_residual<C: ThreadCtx>(
     gate_offset: u32,
 ) {
     let x_read = x.as_global();
-    gemm_tile(ctx, a, w, m, n, k, |row, col, dot| {
+    gemm_tile(ctx, a, 0, w, 0, m, n, k, |row, col, dot| {
         let g = ctx.load(
             gate,
             (row / tokens as usize) * gate_stride as usize + gate_offset as usize + col,

@@ -5,12 +5,28 @@
 //!
 //! Every kernel body is a generic function over a [`ThreadCtx`] (thread and block indices,
 //! `sync_threads`, shared memory, warp shuffles: cuda_std's names) that takes its buffers as
-//! [`Global`] / [`GlobalMut`] (pointer + length). Under `target_arch = "nvptx64"` the [`nvptx`]
+//! [`Global`] / [`GlobalMut`] (pointer + length). Under `target_arch = "nvptx64"` the `nvptx`
 //! module adds one `#[no_mangle] unsafe extern "ptx-kernel"` entry point per kernel that builds
 //! the hardware context and calls the body. Each kernel module exports its launch geometry
 //! ([`LaunchDims`]) so that every backend launches it the same way.
 //!
 //! No allocation, no `std`, no panics on the GPU path: math functions live in [`math`].
+//!
+//! The kernels, by module (each documents its thread mapping):
+//! * DiT forward: [`embed`] (timestep features, adaLN/t-embedder GEMV, label embedding, patch
+//!   embedding), [`norm`] (LayerNorm + modulate), [`gemm`] (tiled GEMM with bias, GELU and gated
+//!   residual epilogues), [`attention`], [`final_layer`] (unpatchify), [`residual`] (gated add);
+//! * samplers: [`guidance`] (CFG mix), [`ddim`] (DDIM step), [`flow`] (flow Euler step);
+//! * caching: [`taylor`] (Taylor-cache update and prediction, fused with the gated add),
+//!   [`tetc`] (row normalisation, similarity, EMA, K-medoids assignment and medoid update,
+//!   `center-random` proxies), [`pdds`] (proxy residuals and the implicit IE / IT / BDF2 update
+//!   with its confidence), [`gather`] (gather / scatter of token rows), [`clusters`] (cluster
+//!   sizes and ranked members), [`clusca`] (L1 K-means, centroid commit, propagation).
+//!
+//! Kernels that decide a discrete result (labels, medoids, proxies) or that must reproduce the
+//! reference bit for bit (Taylor caches, EMA, ClusCa) run the reference's float operations in
+//! its order, one sequential loop per thread where the reference sums sequentially; the host
+//! drives the iterative algorithms (K-medoids, K-means) and supplies the random numbers.
 
 #![no_std]
 // Kernels take each buffer and size as its own parameter, as CUDA entry points do.
@@ -18,16 +34,23 @@
 #![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch))]
 
 pub mod attention;
+pub mod clusca;
+pub mod clusters;
 pub mod ddim;
 pub mod embed;
 pub mod final_layer;
+pub mod flow;
+pub mod gather;
 pub mod gemm;
 pub mod global;
 pub mod guidance;
 pub mod math;
 pub mod norm;
+pub mod pdds;
 pub mod reduce;
 pub mod residual;
+pub mod taylor;
+pub mod tetc;
 pub mod thread;
 
 #[cfg(target_arch = "nvptx64")]
@@ -52,5 +75,25 @@ pub const KERNELS: &[&str] = &[
     "cfg_mix",
     "ddim_step",
     "gated_add",
+    "flow_euler_step",
+    "taylor_update",
+    "taylor_predict",
+    "taylor_predict_gated_add",
+    "row_normalize",
+    "similarity",
+    "similarity_ema",
+    "kmedoids_assign",
+    "kmedoids_update",
+    "center_random_proxies",
+    "cluster_counts",
+    "cluster_members",
+    "kmeans_assign_l1",
+    "kmeans_update",
+    "commit_rows",
+    "clusca_propagate",
+    "gather_rows",
+    "scatter_rows",
+    "pdds_proxy_residuals",
+    "pdds_update",
 ];
 pub use thread::{Dim3, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};

@@ -12,8 +12,12 @@ use core::arch::nvptx;
 
 use crate::ddim::DdimCoefficients;
 use crate::global::{Global, GlobalMut};
+use crate::taylor::TaylorCoefficients;
 use crate::thread::{SharedWord, ThreadCtx};
-use crate::{attention, ddim, embed, final_layer, gemm, guidance, norm, residual};
+use crate::{
+    attention, clusca, clusters, ddim, embed, final_layer, flow, gather, gemm, guidance, norm, pdds, residual, taylor,
+    tetc,
+};
 
 /// The hardware thread. Built only inside an entry point, with that kernel's shared buffer.
 pub struct NvptxCtx {
@@ -389,5 +393,334 @@ pub unsafe extern "ptx-kernel" fn gated_add(
         tokens,
         gate_stride,
         gate_offset,
+    );
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn flow_euler_step(
+    x: Global<'_, f32>,
+    model_out: Global<'_, f32>,
+    out: GlobalMut<'_, f32>,
+    total: u32,
+    channels: u32,
+    out_channels: u32,
+    pixels: u32,
+    dt: f32,
+) {
+    flow::flow_euler_step(
+        &no_shared(),
+        x,
+        model_out,
+        out,
+        total,
+        channels,
+        out_channels,
+        pixels,
+        dt,
+    );
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn taylor_update(
+    factors: GlobalMut<'_, f32>,
+    new: Global<'_, f32>,
+    len: u32,
+    stored: u32,
+    max_order: u32,
+    gap: f32,
+) {
+    taylor::taylor_update(&no_shared(), factors, new, len, stored, max_order, gap);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn taylor_predict(
+    factors: Global<'_, f32>,
+    out: GlobalMut<'_, f32>,
+    len: u32,
+    stored: u32,
+    coef: TaylorCoefficients,
+) {
+    taylor::taylor_predict(&no_shared(), factors, out, len, stored, coef);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn taylor_predict_gated_add(
+    x: GlobalMut<'_, f32>,
+    factors: Global<'_, f32>,
+    gate: Global<'_, f32>,
+    rows: u32,
+    hidden: u32,
+    tokens: u32,
+    gate_stride: u32,
+    gate_offset: u32,
+    stored: u32,
+    coef: TaylorCoefficients,
+) {
+    taylor::taylor_predict_gated_add(
+        &no_shared(),
+        x,
+        factors,
+        gate,
+        rows,
+        hidden,
+        tokens,
+        gate_stride,
+        gate_offset,
+        stored,
+        coef,
+    );
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn row_normalize(x: Global<'_, f32>, out: GlobalMut<'_, f32>, rows: u32, dim: u32) {
+    tetc::row_normalize(&no_shared(), x, out, rows, dim);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn similarity(xn: Global<'_, f32>, s: GlobalMut<'_, f32>, tokens: u32, dim: u32) {
+    let shared = shared_buffer!("similarity_smem", gemm::GEMM_SHARED_BYTES);
+    let ctx = unsafe { NvptxCtx::new(shared) };
+    tetc::similarity(&ctx, xn, s, tokens, dim);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn similarity_ema(
+    s: Global<'_, f32>,
+    smoothed: GlobalMut<'_, f32>,
+    total: u32,
+    alpha: f32,
+    has_previous: u32,
+) {
+    tetc::similarity_ema(&no_shared(), s, smoothed, total, alpha, has_previous);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn kmedoids_assign(
+    s: Global<'_, f32>,
+    medoids: Global<'_, u32>,
+    labels: GlobalMut<'_, u32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+) {
+    tetc::kmedoids_assign(&no_shared(), s, medoids, labels, batch, tokens, clusters);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn kmedoids_update(
+    s: Global<'_, f32>,
+    labels: Global<'_, u32>,
+    medoids: Global<'_, u32>,
+    next: GlobalMut<'_, u32>,
+    tokens: u32,
+    clusters: u32,
+) {
+    let shared = shared_buffer!("kmedoids_update_smem", tetc::MEDOID_SHARED_BYTES);
+    let ctx = unsafe { NvptxCtx::new(shared) };
+    tetc::kmedoids_update(&ctx, s, labels, medoids, next, tokens, clusters);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn center_random_proxies(
+    s: Global<'_, f32>,
+    labels: Global<'_, u32>,
+    medoids: Global<'_, u32>,
+    uniforms: Global<'_, f64>,
+    proxies: GlobalMut<'_, u32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+) {
+    tetc::center_random_proxies(
+        &no_shared(),
+        s,
+        labels,
+        medoids,
+        uniforms,
+        proxies,
+        batch,
+        tokens,
+        clusters,
+    );
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn cluster_counts(
+    labels: Global<'_, u32>,
+    counts: GlobalMut<'_, u32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+) {
+    clusters::cluster_counts(&no_shared(), labels, counts, batch, tokens, clusters);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn cluster_members(
+    labels: Global<'_, u32>,
+    ranks: Global<'_, u32>,
+    members: GlobalMut<'_, u32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+) {
+    clusters::cluster_members(&no_shared(), labels, ranks, members, batch, tokens, clusters);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn kmeans_assign_l1(
+    x: Global<'_, f32>,
+    centroids: Global<'_, f32>,
+    labels: GlobalMut<'_, u32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+    hidden: u32,
+) {
+    clusca::kmeans_assign_l1(&no_shared(), x, centroids, labels, batch, tokens, clusters, hidden);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn kmeans_update(
+    x: Global<'_, f32>,
+    labels: Global<'_, u32>,
+    centroids: Global<'_, f32>,
+    next: GlobalMut<'_, f32>,
+    moved: GlobalMut<'_, u32>,
+    tokens: u32,
+    clusters: u32,
+    hidden: u32,
+) {
+    let shared = shared_buffer!("kmeans_update_smem", clusca::KMEANS_SHARED_BYTES);
+    let ctx = unsafe { NvptxCtx::new(shared) };
+    clusca::kmeans_update(&ctx, x, labels, centroids, next, moved, tokens, clusters, hidden);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn commit_rows(
+    src: Global<'_, f32>,
+    dst: GlobalMut<'_, f32>,
+    mask: Global<'_, u32>,
+    total: u32,
+    row_len: u32,
+) {
+    clusca::commit_rows(&no_shared(), src, dst, mask, total, row_len);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn clusca_propagate(
+    cache0: GlobalMut<'_, f32>,
+    fresh: Global<'_, f32>,
+    labels: Global<'_, u32>,
+    picks: Global<'_, u32>,
+    ranks: Global<'_, u32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+    hidden: u32,
+    gamma: f32,
+) {
+    clusca::clusca_propagate(
+        &no_shared(),
+        cache0,
+        fresh,
+        labels,
+        picks,
+        ranks,
+        batch,
+        tokens,
+        clusters,
+        hidden,
+        gamma,
+    );
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn gather_rows(
+    src: Global<'_, f32>,
+    indices: Global<'_, u32>,
+    out: GlobalMut<'_, f32>,
+    batch: u32,
+    tokens: u32,
+    per_row: u32,
+    hidden: u32,
+) {
+    gather::gather_rows(&no_shared(), src, indices, out, batch, tokens, per_row, hidden);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn scatter_rows(
+    rows: Global<'_, f32>,
+    indices: Global<'_, u32>,
+    dst: GlobalMut<'_, f32>,
+    batch: u32,
+    tokens: u32,
+    per_row: u32,
+    hidden: u32,
+) {
+    gather::scatter_rows(&no_shared(), rows, indices, dst, batch, tokens, per_row, hidden);
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn pdds_proxy_residuals(
+    fresh: Global<'_, f32>,
+    cache: Global<'_, f32>,
+    proxies: Global<'_, u32>,
+    residuals: GlobalMut<'_, f32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+    hidden: u32,
+    order: u32,
+    stored: u32,
+    sign: f32,
+) {
+    pdds::proxy_residuals(
+        &no_shared(),
+        fresh,
+        cache,
+        proxies,
+        residuals,
+        batch,
+        tokens,
+        clusters,
+        hidden,
+        order,
+        stored,
+        sign,
+    );
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn pdds_update(
+    cache: Global<'_, f32>,
+    labels: Global<'_, u32>,
+    proxies: Global<'_, u32>,
+    residuals: Global<'_, f32>,
+    out: GlobalMut<'_, f32>,
+    batch: u32,
+    tokens: u32,
+    clusters: u32,
+    hidden: u32,
+    order: u32,
+    stored: u32,
+    sign: f32,
+    solver: u32,
+) {
+    pdds::pdds_update(
+        &no_shared(),
+        cache,
+        labels,
+        proxies,
+        residuals,
+        out,
+        batch,
+        tokens,
+        clusters,
+        hidden,
+        order,
+        stored,
+        sign,
+        solver,
     );
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::classifier::{Classifier, feature_statistics};
 use crate::metrics::{accuracy, frechet_distance, psnr, rmse};
-use crate::run::{SampleJob, SampleResult, final_samples, run_method};
+use crate::run::{Backend, SampleJob, SampleResult, final_samples, run_method};
 
 /// One entry of the comparison: a caching method, or plain DDIM with fewer steps.
 #[derive(Clone, Debug)]
@@ -154,9 +154,14 @@ pub fn compare(
             sampler: Sampler::Ddim(DdimSchedule::new(contender.steps)?),
             sampler_name: "ddim".to_string(),
         };
-        let result = run_method(model, &job, &contender.method, None, &mut |done, total| {
-            progress(&name, done, total)
-        })?;
+        let result = run_method(
+            model,
+            &job,
+            &contender.method,
+            Backend::Reference,
+            None,
+            &mut |done, total| progress(&name, done, total),
+        )?;
         let reference = results.first().unwrap_or(&result);
         let (ours, full) = (final_samples(&result), final_samples(reference));
         let step_rmse: Vec<f64> = if contender.steps == steps {

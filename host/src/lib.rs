@@ -1,8 +1,10 @@
 //! The `resca` runtime: model selection, inputs, sampling jobs on a backend, reports and images.
 //! The binary (`src/main.rs`) is a thin command-line layer over these modules.
 //!
+//! * [`pipeline`]: the device-generic pipeline (DiT forward, guidance, DDIM and flow sampling,
+//!   every caching method) as a launch sequence over a [`pipeline::Device`];
 //! * [`sim`]: the GPU-semantics simulator that runs the `resca-gpu-kernels` bodies on the CPU,
-//!   the host-side launch of every kernel, and the DiT forward / DDIM sampling on kernels alone.
+//!   and [`sim::SimDevice`], the pipeline's device on it.
 
 pub mod canvas;
 pub mod classifier;
@@ -13,9 +15,10 @@ pub mod inputs;
 pub mod method_args;
 pub mod metrics;
 pub mod model_source;
+pub mod pipeline;
 pub mod plan;
+pub mod recording;
 pub mod report;
 pub mod run;
 pub mod sim;
 pub mod trajectory;
-pub mod recording;

@@ -16,7 +16,8 @@ use resca_host::method_args::{Method, MethodArgs, positive};
 use resca_host::metrics::{psnr, rmse};
 use resca_host::model_source::ModelArgs;
 use resca_host::plan::Plan;
-use resca_host::run::{SampleJob, SampleResult, final_samples, run_method};
+use resca_host::run::{Backend, SampleJob, SampleResult, final_samples, run_method};
+use resca_host::sim::job::forward_sim;
 use resca_reference::cache::MethodKind;
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::flow::FlowSchedule;
@@ -52,12 +53,6 @@ enum Command {
 enum SamplerKind {
     Ddim,
     Flow,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// The pure-ndarray CPU reference.
-    Reference,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +116,8 @@ struct ForwardArgs {
     /// Run `forward_with_cfg` at this scale (the batch must be [x; x] with labels [y; null]).
     #[arg(long)]
     cfg_scale: Option<f32>,
+    #[arg(long, value_enum, default_value_t = Backend::Reference)]
+    backend: Backend,
 }
 
 #[derive(clap::Args)]
@@ -254,7 +251,6 @@ fn sample(args: SampleArgs) -> Result<()> {
         sampler,
         sampler_name: sampler_name.to_string(),
     };
-    let Backend::Reference = args.backend;
     let mut results = Vec::new();
     for method in &methods {
         let bar = progress_bar(args.steps as u64, &method.name());
@@ -263,7 +259,7 @@ fn sample(args: SampleArgs) -> Result<()> {
             .replay_clusters
             .as_deref()
             .filter(|_| method.kind == MethodKind::ResCa);
-        let result = run_method(&model, &job, method, replay, &mut |done, _| {
+        let result = run_method(&model, &job, method, args.backend, replay, &mut |done, _| {
             bar.set_position(done as u64)
         })?;
         bar.finish_and_clear();
@@ -510,9 +506,10 @@ fn forward(args: ForwardArgs) -> Result<()> {
         );
     }
     let y: Vec<usize> = y.iter().map(|&v| v as usize).collect();
-    let out = match args.cfg_scale {
-        Some(scale) => model.forward_with_cfg(x.view(), &t, &y, scale),
-        None => model.forward(x.view(), &t, &y),
+    let out = match (args.backend, args.cfg_scale) {
+        (Backend::Sim, scale) => forward_sim(&model, x.view(), &t, &y, scale),
+        (Backend::Reference, Some(scale)) => Ok(model.forward_with_cfg(x.view(), &t, &y, scale)?),
+        (Backend::Reference, None) => Ok(model.forward(x.view(), &t, &y)?),
     }
     .with_context(|| format!("running the model on {}", args.input.display()))?;
     let mut metadata = HashMap::new();

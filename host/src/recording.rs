@@ -18,7 +18,12 @@ pub struct Recording<'a> {
 
 impl<'a> Recording<'a> {
     pub fn new(inner: &'a mut dyn StepHook, config: &DitConfig, row: usize) -> Self {
-        Self { inner, last_block: config.depth - 1, row, states: Vec::new() }
+        Self {
+            inner,
+            last_block: config.depth - 1,
+            row,
+            states: Vec::new(),
+        }
     }
 
     /// The recorded states as (steps, N, D).

@@ -131,12 +131,22 @@ pub fn stats(
     }
 }
 
-/// Runs `job` with caching `method` on the reference backend, replaying recorded clusterings from
-/// `replay` if given (see `CachingHook::replay_clusterings`).
+/// Where a run executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The pure-ndarray CPU reference.
+    Reference,
+    /// The GPU kernels, run by the CPU simulator (slow; checks every kernel like compute-sanitizer).
+    Sim,
+}
+
+/// Runs `job` with caching `method` on `backend`, replaying recorded clusterings from `replay` if
+/// given (see `CachingHook::replay_clusterings`).
 pub fn run_method(
     model: &Dit,
     job: &SampleJob,
     method: &MethodConfig,
+    backend: Backend,
     replay: Option<&Path>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleResult> {
@@ -147,19 +157,25 @@ pub fn run_method(
     } else {
         job.noise.dim().0
     };
-    let orientation = job.sampler.orientation();
-    let mut hook: Box<dyn StepHook> = match replay {
-        Some(path) => {
-            let file = SafetensorsFile::open(path)?;
-            let records = read_clusterings(&file, rows, config.tokens(), method.clusters)
-                .with_context(|| format!("--replay-clusters {}", path.display()))?;
-            let mut caching = CachingHook::new(method.clone(), config, rows, orientation)?;
-            caching.replay_clusterings(records);
-            Box::new(caching)
-        }
-        None => build_hook(method, config, rows, orientation)?,
+    let records = match replay {
+        Some(path) => read_clusterings(&SafetensorsFile::open(path)?, rows, config.tokens(), method.clusters)
+            .with_context(|| format!("--replay-clusters {}", path.display()))?,
+        None => Vec::new(),
     };
-    run_reference(model, job, &method.name(), hook.as_mut(), progress)
+    match backend {
+        Backend::Reference => {
+            let orientation = job.sampler.orientation();
+            let mut hook: Box<dyn StepHook> = if records.is_empty() {
+                build_hook(method, config, rows, orientation)?
+            } else {
+                let mut caching = CachingHook::new(method.clone(), config, rows, orientation)?;
+                caching.replay_clusterings(records);
+                Box::new(caching)
+            };
+            run_reference(model, job, &method.name(), hook.as_mut(), progress)
+        }
+        Backend::Sim => crate::sim::job::run_sim(model, job, method, records, progress),
+    }
 }
 
 /// Final samples (B, C, H, W) of a result.

@@ -156,7 +156,8 @@ fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
         sampler: Sampler::Ddim(DdimSchedule::new(10).unwrap()),
         sampler_name: "ddim".to_string(),
     };
-    let ours = run_sim(&model, &job, &mut |_, _| {}).unwrap();
+    let method = resca_reference::cache::MethodConfig::full();
+    let ours = run_sim(&model, &job, &method, Vec::new(), &mut |_, _| {}).unwrap();
     let reference = run_reference(&model, &job, "full", &mut FullCompute, &mut |_, _| {}).unwrap();
     assert_eq!(ours.stats.backend, "sim");
     assert_eq!(ours.stats.tflops, reference.stats.tflops);

@@ -1,24 +1,29 @@
-//! A CLI sampling job ([`SampleJob`]) on the simulator backend: the counterpart of
-//! `run::run_reference` for the uncached method, so that `resca sample --backend sim` is one call.
+//! CLI jobs on the simulator backend: a sampling job ([`SampleJob`], any method and sampler) and
+//! a single forward pass, the counterparts of `run::run_reference` and the reference forward.
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
-use ndarray::s;
-use resca_reference::sampler::MethodTimings;
-use resca_reference::{Dit, Sampler};
+use anyhow::Result;
+use ndarray::{Array4, ArrayView4, s};
+use resca_reference::Dit;
+use resca_reference::cache::{ClusteringRecord, MethodConfig};
 
-use super::SimDit;
+use super::SimDevice;
 use crate::inputs::guided_batch;
+use crate::pipeline::{Pipeline, SampleOptions};
 use crate::run::{SampleJob, SampleResult, stats};
 
-/// Runs `job` with the full (uncached) model on the kernels through the simulator. Only the
-/// DDIM sampler and the `full` method run on kernels so far; anything else is an error.
-pub fn run_sim(model: &Dit, job: &SampleJob, progress: &mut dyn FnMut(usize, usize)) -> Result<SampleResult> {
-    let Sampler::Ddim(schedule) = &job.sampler else {
-        bail!("--backend sim supports --sampler ddim only (so far)");
-    };
-    let sim = SimDit::new(model)?;
+/// Runs `job` with caching `method` on the kernels through the simulator, replaying `replay`
+/// (recorded clusterings by full-step index; empty for none). Statistics as the reference
+/// backend's, with the time split into true denoising, clustering and simulated denoising.
+pub fn run_sim(
+    model: &Dit,
+    job: &SampleJob,
+    method: &MethodConfig,
+    replay: Vec<ClusteringRecord>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SampleResult> {
+    let mut pipeline = Pipeline::new(SimDevice::new(), model)?;
     let samples = job.noise.dim().0;
     let (x, labels) = if job.guided() {
         guided_batch(&job.noise, &job.labels, &model.config)
@@ -26,23 +31,43 @@ pub fn run_sim(model: &Dit, job: &SampleJob, progress: &mut dyn FnMut(usize, usi
         (job.noise.clone(), job.labels.clone())
     };
     let scale = job.guided().then_some(job.cfg_scale);
+    let options = SampleOptions {
+        replay,
+        record_clusterings: false,
+    };
     let start = Instant::now();
-    let trajectory = sim.sample_ddim(x.view(), &labels, scale, schedule, progress)?;
+    let output = pipeline.sample(x.view(), &labels, scale, &job.sampler, method, options, progress)?;
     let wall_s = start.elapsed().as_secs_f64();
+    let trajectory = output.trajectory;
     let stats = stats(
         model,
         job,
-        "full",
+        &method.name(),
         "sim",
         &trajectory,
         labels.len(),
         samples,
         wall_s,
-        MethodTimings::default(),
+        output.timings,
     );
     Ok(SampleResult {
         x: trajectory.x.slice(s![.., ..samples, .., .., ..]).to_owned(),
         model_out: trajectory.model_out.slice(s![.., ..samples, .., .., ..]).to_owned(),
         stats,
+    })
+}
+
+/// `model(x, t, y)` (or `forward_with_cfg` at `cfg_scale`) on the kernels through the simulator.
+pub fn forward_sim(
+    model: &Dit,
+    x: ArrayView4<f32>,
+    timesteps: &[f32],
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+) -> Result<Array4<f32>> {
+    let mut pipeline = Pipeline::new(SimDevice::new(), model)?;
+    Ok(match cfg_scale {
+        Some(scale) => pipeline.forward_with_cfg(x, timesteps, labels, scale)?,
+        None => pipeline.forward(x, timesteps, labels)?,
     })
 }

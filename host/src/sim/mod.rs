@@ -15,7 +15,12 @@
 //!
 //! Shared memory starts every block filled with a NaN pattern, like the garbage of real shared
 //! memory, so a kernel that reads before writing produces NaNs instead of plausible numbers.
+//!
+//! [`SimDevice`] is the pipeline's `Device` on the simulator (`crate::pipeline`), [`SimDit`] the
+//! pipeline on it with a `&self` interface, [`kernels`] slice-in/slice-out launches for tests,
+//! [`job`] the CLI's `--backend sim` jobs.
 
+pub mod device;
 pub mod dit;
 pub mod job;
 pub mod kernels;
@@ -28,6 +33,7 @@ use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};
 
+pub use device::SimDevice;
 pub use dit::{SimDit, SimDitError};
 
 /// Largest block CUDA allows.

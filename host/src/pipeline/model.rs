@@ -1,0 +1,389 @@
+//! The DiT on a [`Device`]: weights uploaded once ([`DeviceDit`]), the activations of a batch
+//! ([`Activations`]) and the forward pass as a launch sequence ([`forward`]), with every block
+//! branch either computed (and, under a caching method, stored in its Taylor cache) or supplied
+//! by the caching [`Engine`] at sparse steps.
+
+use ndarray::Array;
+use resca_gpu_kernels::attention::ATTN_MAX_HEAD_DIM;
+use resca_gpu_kernels::embed::{MAX_PATCH_FEATURES, TIMESTEP_FEATURES};
+use resca_reference::model::Branch;
+use resca_reference::weights::Linear;
+use resca_reference::{Dit, DitConfig};
+
+use super::PipelineError;
+use super::caching::Engine;
+use super::device::{Buffer, Device, DeviceError, Slice};
+use super::launch::{self, Epilogue};
+
+/// An `nn.Linear` in device memory.
+pub struct DeviceLinear {
+    pub weight: Buffer<f32>,
+    pub bias: Buffer<f32>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+fn upload_array<D: Device, Dim: ndarray::Dimension>(
+    dev: &mut D,
+    a: &Array<f32, Dim>,
+) -> Result<Buffer<f32>, DeviceError> {
+    match a.as_slice() {
+        Some(slice) => dev.upload_new(slice),
+        None => dev.upload_new(&a.iter().copied().collect::<Vec<_>>()),
+    }
+}
+
+impl DeviceLinear {
+    fn upload<D: Device>(dev: &mut D, linear: &Linear) -> Result<Self, DeviceError> {
+        Ok(Self {
+            weight: upload_array(dev, &linear.weight)?,
+            bias: upload_array(dev, &linear.bias)?,
+            in_features: linear.in_features(),
+            out_features: linear.out_features(),
+        })
+    }
+
+    /// `out (rows, out_f) = x W^T + b` as a GEMV per output feature (the small layers).
+    fn rows<D: Device>(
+        &self,
+        dev: &mut D,
+        x: Slice<f32>,
+        out: Slice<f32>,
+        rows: usize,
+        silu: bool,
+    ) -> Result<(), DeviceError> {
+        launch::linear_rows(
+            dev,
+            x,
+            self.weight.all(),
+            self.bias.all(),
+            out,
+            rows,
+            self.in_features,
+            self.out_features,
+            silu,
+        )
+    }
+
+    /// `out (rows, out_f) = epilogue(x W^T + b)` on the tiled GEMM (the token-wise layers).
+    pub fn gemm<D: Device>(
+        &self,
+        dev: &mut D,
+        x: Slice<f32>,
+        out: Slice<f32>,
+        rows: usize,
+        epilogue: Epilogue,
+    ) -> Result<(), DeviceError> {
+        launch::gemm(
+            dev,
+            x,
+            self.weight.all(),
+            self.bias.all(),
+            out,
+            rows,
+            self.out_features,
+            self.in_features,
+            epilogue,
+        )
+    }
+
+    /// `x += gate * (a W^T + b)` with the gate of the sample of each row.
+    #[allow(clippy::too_many_arguments)] // the kernel's parameters
+    fn gemm_gated<D: Device>(
+        &self,
+        dev: &mut D,
+        a: Slice<f32>,
+        x: Slice<f32>,
+        modulation: Slice<f32>,
+        rows: usize,
+        tokens: usize,
+        gate_offset: usize,
+    ) -> Result<(), DeviceError> {
+        launch::gemm_gated_residual(
+            dev,
+            a,
+            self.weight.all(),
+            self.bias.all(),
+            x,
+            modulation,
+            rows,
+            self.out_features,
+            self.in_features,
+            tokens,
+            6 * self.out_features,
+            gate_offset,
+        )
+    }
+}
+
+/// The linear layers of one DiT block.
+pub struct DeviceBlock {
+    pub ada_ln: DeviceLinear,
+    pub qkv: DeviceLinear,
+    pub proj: DeviceLinear,
+    pub fc1: DeviceLinear,
+    pub fc2: DeviceLinear,
+}
+
+/// A DiT's parameters in device memory.
+pub struct DeviceDit {
+    pub config: DitConfig,
+    patch_embed: DeviceLinear,
+    pos_embed: Buffer<f32>,
+    t_mlp_in: DeviceLinear,
+    t_mlp_out: DeviceLinear,
+    label_table: Buffer<f32>,
+    pub blocks: Vec<DeviceBlock>,
+    final_ada_ln: DeviceLinear,
+    final_linear: DeviceLinear,
+}
+
+impl DeviceDit {
+    /// Uploads `model`; fails for shapes the kernels do not cover (head dimension above 128,
+    /// more than 256 pixels per patch).
+    pub fn upload<D: Device>(dev: &mut D, model: &Dit) -> Result<Self, PipelineError> {
+        let c = &model.config;
+        if c.head_dim() > ATTN_MAX_HEAD_DIM as usize {
+            return Err(PipelineError::Unsupported(format!(
+                "head dimension {} exceeds the attention kernel's {ATTN_MAX_HEAD_DIM}",
+                c.head_dim()
+            )));
+        }
+        let patch_features = c.in_channels * c.patch_size * c.patch_size;
+        if patch_features > MAX_PATCH_FEATURES as usize {
+            return Err(PipelineError::Unsupported(format!(
+                "C p p = {patch_features} exceeds the patch-embedding kernel's {MAX_PATCH_FEATURES}"
+            )));
+        }
+        let w = &model.weights;
+        let mut blocks = Vec::with_capacity(w.blocks.len());
+        for b in &w.blocks {
+            blocks.push(DeviceBlock {
+                ada_ln: DeviceLinear::upload(dev, &b.ada_ln)?,
+                qkv: DeviceLinear::upload(dev, &b.qkv)?,
+                proj: DeviceLinear::upload(dev, &b.proj)?,
+                fc1: DeviceLinear::upload(dev, &b.fc1)?,
+                fc2: DeviceLinear::upload(dev, &b.fc2)?,
+            });
+        }
+        Ok(Self {
+            config: c.clone(),
+            patch_embed: DeviceLinear::upload(dev, &w.patch_embed)?,
+            pos_embed: upload_array(dev, &w.pos_embed)?,
+            t_mlp_in: DeviceLinear::upload(dev, &w.t_mlp_in)?,
+            t_mlp_out: DeviceLinear::upload(dev, &w.t_mlp_out)?,
+            label_table: upload_array(dev, &w.label_table)?,
+            blocks,
+            final_ada_ln: DeviceLinear::upload(dev, &w.final_ada_ln)?,
+            final_linear: DeviceLinear::upload(dev, &w.final_linear)?,
+        })
+    }
+}
+
+/// The device buffers of a forward pass over `rows` model rows.
+pub struct Activations {
+    pub rows: usize,
+    /// Model input (rows, C, S, S).
+    pub image: Buffer<f32>,
+    pub t: Buffer<f32>,
+    pub labels: Buffer<u32>,
+    features: Buffer<f32>,
+    t_hidden: Buffer<f32>,
+    t_emb: Buffer<f32>,
+    silu_c: Buffer<f32>,
+    /// Hidden state (rows N, D).
+    pub tokens: Buffer<f32>,
+    /// adaLN modulation of the current block (rows, 6D).
+    pub modulation: Buffer<f32>,
+    normed: Buffer<f32>,
+    qkv: Buffer<f32>,
+    heads: Buffer<f32>,
+    hidden: Buffer<f32>,
+    /// A branch output (rows N, D).
+    branch: Buffer<f32>,
+    final_mod: Buffer<f32>,
+    final_tokens: Buffer<f32>,
+    /// Model output (rows, C_out, S, S).
+    pub out: Buffer<f32>,
+    /// Every buffer above.
+    owned: Vec<usize>,
+}
+
+impl Activations {
+    pub fn new<D: Device>(dev: &mut D, config: &DitConfig, rows: usize) -> Result<Self, DeviceError> {
+        let (n, d, side) = (config.tokens(), config.hidden_size, config.input_size);
+        let tokens = rows * n;
+        let width = config.patch_size * config.patch_size * config.out_channels();
+        let labels: Buffer<u32> = dev.alloc(rows)?;
+        let mut owned = vec![labels.id()];
+        let mut alloc = |len: usize| -> Result<Buffer<f32>, DeviceError> {
+            let buffer = dev.alloc(len)?;
+            owned.push(buffer.id());
+            Ok(buffer)
+        };
+        Ok(Self {
+            rows,
+            image: alloc(rows * config.in_channels * side * side)?,
+            t: alloc(rows)?,
+            labels,
+            features: alloc(rows * TIMESTEP_FEATURES as usize)?,
+            t_hidden: alloc(rows * d)?,
+            t_emb: alloc(rows * d)?,
+            silu_c: alloc(rows * d)?,
+            tokens: alloc(tokens * d)?,
+            modulation: alloc(rows * 6 * d)?,
+            normed: alloc(tokens * d)?,
+            qkv: alloc(tokens * 3 * d)?,
+            heads: alloc(tokens * d)?,
+            hidden: alloc(tokens * config.mlp_hidden())?,
+            branch: alloc(tokens * d)?,
+            final_mod: alloc(rows * 2 * d)?,
+            final_tokens: alloc(tokens * width)?,
+            out: alloc(rows * config.out_channels() * side * side)?,
+            owned: Vec::new(),
+        }
+        .with_owned(owned))
+    }
+
+    fn with_owned(mut self, owned: Vec<usize>) -> Self {
+        self.owned = owned;
+        self
+    }
+
+    /// Frees every buffer.
+    pub fn release<D: Device>(self, dev: &mut D) -> Result<(), DeviceError> {
+        self.owned.iter().try_for_each(|&id| dev.free(id))
+    }
+}
+
+/// The MLP branch `fc2(GELU(fc1(modulate(LN(x)))))` of `rows` token rows `x` whose samples hold
+/// `tokens` rows each, into `out` (rows, D); `normed` (rows, D) and `hidden` (rows, 4D) are
+/// scratch.
+#[allow(clippy::too_many_arguments)] // the buffers of three kernels
+pub fn mlp_branch<D: Device>(
+    dev: &mut D,
+    block: &DeviceBlock,
+    x: Slice<f32>,
+    modulation: Slice<f32>,
+    normed: Slice<f32>,
+    hidden: Slice<f32>,
+    out: Slice<f32>,
+    rows: usize,
+    tokens: usize,
+) -> Result<(), DeviceError> {
+    let d = block.fc2.out_features;
+    launch::layer_norm_modulate(dev, x, modulation, normed, rows, d, tokens, 6 * d, 3 * d, 4 * d)?;
+    block.fc1.gemm(dev, normed, hidden, rows, Epilogue::BiasGelu)?;
+    block.fc2.gemm(dev, hidden, out, rows, Epilogue::Bias)
+}
+
+/// `model(image, t, labels)` into `act.out`: `act.image` and `act.labels` hold the inputs; the
+/// timesteps (one per row) are uploaded here. Without an engine every branch is computed (the
+/// gated residual fused into the GEMM); with one, each branch is computed and cached at full
+/// steps and supplied by the engine at sparse steps.
+pub fn forward<D: Device>(
+    dev: &mut D,
+    model: &DeviceDit,
+    act: &Activations,
+    mut engine: Option<&mut Engine>,
+    timesteps: &[f32],
+) -> Result<(), PipelineError> {
+    let c = &model.config;
+    let (b, n, d) = (act.rows, c.tokens(), c.hidden_size);
+    let (side, p) = (c.input_size, c.patch_size);
+    let rows = b * n;
+
+    // Conditioning: timestep features -> t-embedder MLP; + label embedding; SiLU.
+    dev.upload(act.t.all(), timesteps)?;
+    launch::timestep_features(dev, act.t.all(), act.features.all())?;
+    model
+        .t_mlp_in
+        .rows(dev, act.features.all(), act.t_hidden.all(), b, true)?;
+    model
+        .t_mlp_out
+        .rows(dev, act.t_hidden.all(), act.t_emb.all(), b, false)?;
+    launch::label_embed_silu(
+        dev,
+        act.t_emb.all(),
+        model.label_table.all(),
+        act.labels.all(),
+        act.silu_c.all(),
+        d,
+    )?;
+    // Tokens: patch embedding + bias + pos_embed.
+    launch::patch_embed(
+        dev,
+        act.image.all(),
+        model.patch_embed.weight.all(),
+        model.patch_embed.bias.all(),
+        model.pos_embed.all(),
+        act.tokens.all(),
+        b,
+        c.in_channels,
+        side,
+        p,
+        d,
+    )?;
+
+    let (x, m) = (act.tokens.all(), act.modulation.all());
+    for (l, block) in model.blocks.iter().enumerate() {
+        block.ada_ln.rows(dev, act.silu_c.all(), m, b, false)?;
+        let full = engine.as_ref().is_none_or(|e| e.is_full());
+
+        // Attention: x += gate_msa * proj(attn(modulate(LN(x), shift_msa, scale_msa))).
+        if full {
+            launch::layer_norm_modulate(dev, x, m, act.normed.all(), rows, d, n, 6 * d, 0, d)?;
+            block
+                .qkv
+                .gemm(dev, act.normed.all(), act.qkv.all(), rows, Epilogue::Bias)?;
+            launch::attention(dev, act.qkv.all(), act.heads.all(), b, n, c.num_heads, c.head_dim())?;
+            match engine.as_deref_mut() {
+                Some(e) => {
+                    block
+                        .proj
+                        .gemm(dev, act.heads.all(), act.branch.all(), rows, Epilogue::Bias)?;
+                    e.store(dev, l, Branch::Attention, act.branch.all())?;
+                    launch::gated_add(dev, x, act.branch.all(), m, rows, d, n, 6 * d, 2 * d)?;
+                }
+                None => block.proj.gemm_gated(dev, act.heads.all(), x, m, rows, n, 2 * d)?,
+            }
+        } else if let Some(e) = engine.as_deref_mut() {
+            e.predict_gated_add(dev, l, Branch::Attention, x, m, 2 * d)?;
+        }
+
+        // MLP: x += gate_mlp * fc2(GELU(fc1(modulate(LN(x), shift_mlp, scale_mlp)))).
+        if full {
+            launch::layer_norm_modulate(dev, x, m, act.normed.all(), rows, d, n, 6 * d, 3 * d, 4 * d)?;
+            block
+                .fc1
+                .gemm(dev, act.normed.all(), act.hidden.all(), rows, Epilogue::BiasGelu)?;
+            match engine.as_deref_mut() {
+                Some(e) => {
+                    block
+                        .fc2
+                        .gemm(dev, act.hidden.all(), act.branch.all(), rows, Epilogue::Bias)?;
+                    e.store(dev, l, Branch::Mlp, act.branch.all())?;
+                    launch::gated_add(dev, x, act.branch.all(), m, rows, d, n, 6 * d, 5 * d)?;
+                }
+                None => block.fc2.gemm_gated(dev, act.hidden.all(), x, m, rows, n, 5 * d)?,
+            }
+        } else if let Some(e) = engine.as_deref_mut() {
+            e.sparse_mlp(dev, block, l, x, m)?;
+        }
+
+        if let Some(e) = engine.as_deref_mut() {
+            e.after_block(dev, l, x)?;
+        }
+    }
+
+    // Final layer: adaLN (shift, scale), LN + modulate, linear, unpatchify.
+    model
+        .final_ada_ln
+        .rows(dev, act.silu_c.all(), act.final_mod.all(), b, false)?;
+    launch::layer_norm_modulate(dev, x, act.final_mod.all(), act.normed.all(), rows, d, n, 2 * d, 0, d)?;
+    model
+        .final_linear
+        .gemm(dev, act.normed.all(), act.final_tokens.all(), rows, Epilogue::Bias)?;
+    launch::unpatchify(dev, act.final_tokens.all(), act.out.all(), b, c.out_channels(), side, p)?;
+    Ok(())
+}
