@@ -227,10 +227,10 @@ fn sample(args: SampleArgs) -> Result<()> {
     };
     let (sampler, sampler_name) = build_sampler(args.sampler, args.steps, args.flow_shift)?;
     let first_enhance = default_first_enhance(args.sampler);
-    // Without --method: full compute and ResCa (the defaults) side by side.
-    let methods = match args.method.method {
-        Some(_) => vec![args.method.to_config(first_enhance)?],
-        None => {
+    // The default grid run without --method shows full compute and ResCa (its defaults) side by
+    // side; otherwise one run of --method (full compute by default).
+    let methods = match (args.method.method, grid) {
+        (None, true) => {
             let resca = MethodArgs {
                 method: Some(Method::Resca),
                 ..args.method.clone()
@@ -240,6 +240,7 @@ fn sample(args: SampleArgs) -> Result<()> {
                 resca.to_config(first_enhance)?,
             ]
         }
+        _ => vec![args.method.to_config(first_enhance)?],
     };
     for method in &methods {
         method.validate(config.tokens())?;
