@@ -21,4 +21,5 @@ pub mod recording;
 pub mod report;
 pub mod run;
 pub mod sim;
+pub mod trajectories;
 pub mod trajectory;

@@ -6,7 +6,9 @@
 //! tensor operation is a kernel.
 //!
 //! At a full step every branch is computed and its Taylor cache updated (gap: between the last
-//! two full steps; ResCa's MLP cache in paper scaling: one step). At a sparse step:
+//! two full steps; ResCa's MLP cache in paper scaling holds per-step residuals: one-step
+//! differences on sparse steps, the full-step factors on full steps, as `CachingHook` keeps
+//! them). At a sparse step:
 //! * FORA / TaylorSeer: every branch is the Taylor prediction (fused with its gated residual);
 //! * ClusCa: attention predicted; the MLP of one random member per K-means cluster computed,
 //!   propagated into the order-0 cache, then predicted;
@@ -128,6 +130,8 @@ pub struct Engine {
     previous_index: Option<i64>,
     full: bool,
     caches: Vec<[TaylorCache; 2]>,
+    /// ResCa in paper scaling: the MLP factors of the full steps alone, per block.
+    full_step_mlp: Vec<TaylorCache>,
     clusters: Option<ClusterBuffers>,
     /// Cluster sizes (rows, K) as last read back.
     counts: Vec<u32>,
@@ -140,6 +144,11 @@ pub struct Engine {
     replay: Vec<ClusteringRecord>,
     /// Every buffer the engine allocated (released by [`Engine::release`]).
     owned: Vec<usize>,
+}
+
+/// Whether `branch`'s cache holds ResCa's per-step residuals (paper scaling, MLP branch).
+fn one_step_residuals(method: &MethodConfig, branch: Branch) -> bool {
+    method.kind == MethodKind::ResCa && branch == Branch::Mlp && method.residuals == ResidualScaling::Paper
 }
 
 /// Allocates on `dev` and notes the buffer in `owned`.
@@ -176,6 +185,17 @@ impl Engine {
             let [attention, mlp]: [TaylorCache; 2] = pair.try_into().ok().expect("two branches");
             caches.push([attention, mlp]);
         }
+        let mut full_step_mlp = Vec::new();
+        if one_step_residuals(&method, Branch::Mlp) {
+            for _ in 0..config.depth {
+                let slots = cached_order(&method, Branch::Mlp) + 1;
+                full_step_mlp.push(TaylorCache {
+                    factors: alloc(dev, &mut owned, slots * len)?,
+                    len,
+                    stored: 0,
+                });
+            }
+        }
         let clusters = match method.kind {
             MethodKind::ClusCa | MethodKind::ResCa => {
                 Some(Self::cluster_buffers(dev, &mut owned, &method, config, rows)?)
@@ -194,6 +214,7 @@ impl Engine {
             previous_index: None,
             full: true,
             caches,
+            full_step_mlp,
             clusters,
             counts: Vec::new(),
             have_similarity: false,
@@ -292,20 +313,6 @@ impl Engine {
             .ok_or_else(|| PipelineError::Unsupported("a forward pass before the first step".into()))
     }
 
-    /// The divisor of a cache update of `branch` at the current step (`CachingHook`'s rule).
-    fn update_gap(&self, branch: Branch) -> Result<f32, PipelineError> {
-        let one_step = self.method.kind == MethodKind::ResCa
-            && branch == Branch::Mlp
-            && self.method.residuals == ResidualScaling::Paper;
-        let gap = if one_step {
-            let index = self.current()?.index;
-            self.previous_index.map(|p| index - p)
-        } else {
-            self.schedule.full_step_gap()
-        };
-        Ok(gap.unwrap_or(0) as f32)
-    }
-
     fn slot(branch: Branch) -> usize {
         match branch {
             Branch::Attention => 0,
@@ -313,7 +320,10 @@ impl Engine {
         }
     }
 
-    /// Updates the Taylor cache of (`block`, `branch`) with a new output (rows N, D).
+    /// Updates the Taylor cache of (`block`, `branch`) with a new output (rows N, D), by
+    /// `CachingHook`'s rule: derivatives over the gap between the last two full steps, except
+    /// ResCa's MLP cache in paper scaling (one-step differences on sparse steps; on full steps
+    /// the factors of the full steps alone, copied in).
     pub fn store<D: Device>(
         &mut self,
         dev: &mut D,
@@ -321,9 +331,33 @@ impl Engine {
         branch: Branch,
         output: Slice<f32>,
     ) -> Result<(), PipelineError> {
-        let gap = self.update_gap(branch)?;
         let order = cached_order(&self.method, branch);
-        let cache = &mut self.caches[block][Self::slot(branch)];
+        let full_gap = self.schedule.full_step_gap().unwrap_or(0) as f32;
+        let slot = Self::slot(branch);
+        if one_step_residuals(&self.method, branch) && self.full {
+            let anchor = &mut self.full_step_mlp[block];
+            launch::taylor_update(
+                dev,
+                anchor.factors.all(),
+                output,
+                anchor.len,
+                anchor.stored,
+                order,
+                full_gap,
+            )?;
+            anchor.stored = anchor.stored.min(order) + 1;
+            let cache = &mut self.caches[block][slot];
+            dev.copy(anchor.factors.all(), cache.factors.all())?;
+            cache.stored = anchor.stored;
+            return Ok(());
+        }
+        let gap = if one_step_residuals(&self.method, branch) {
+            let index = self.current()?.index;
+            self.previous_index.map_or(0, |p| index - p) as f32
+        } else {
+            full_gap
+        };
+        let cache = &mut self.caches[block][slot];
         launch::taylor_update(dev, cache.factors.all(), output, cache.len, cache.stored, order, gap)?;
         cache.stored = cache.stored.min(order) + 1;
         Ok(())

@@ -175,7 +175,11 @@ impl MethodConfig {
                     Solver::ImplicitTaylor(m) => format!("it{m}"),
                     Solver::Bdf2 => "ib".to_string(),
                 };
-                format!("resca-{solver} (N={}, K={})", self.interval, self.clusters)
+                let scaling = match self.residuals {
+                    ResidualScaling::Paper => "",
+                    ResidualScaling::Official => ", official",
+                };
+                format!("resca-{solver} (N={}, K={}{scaling})", self.interval, self.clusters)
             }
         }
     }
@@ -250,6 +254,8 @@ pub struct CachingHook {
     full: bool,
     /// Taylor caches per block: [attention, mlp].
     caches: Vec<[TaylorFactors; 2]>,
+    /// ResCa (paper scaling): the MLP factors of the full steps alone, per block.
+    full_step_mlp: Vec<TaylorFactors>,
     /// TETC's smoothed similarity per row.
     similarity: Vec<Option<Array2<f32>>>,
     /// ClusCa's centroids per row (warm start).
@@ -285,6 +291,7 @@ impl CachingHook {
             previous_index: None,
             full: true,
             caches: (0..config.depth).map(|_| Default::default()).collect(),
+            full_step_mlp: vec![TaylorFactors::default(); config.depth],
             similarity: vec![None; rows],
             centroids: vec![None; rows],
             clusters: vec![RowClusters::default(); rows],
@@ -314,18 +321,11 @@ impl CachingHook {
         self.step.expect("begin_step precedes every forward")
     }
 
-    /// Divisor of a cache update of `branch` at the current step: the gap between the last two
-    /// full steps, except ResCa's MLP cache in paper scaling, which holds one-step residuals.
-    fn update_gap(&self, branch: Branch) -> f32 {
-        let one_step = self.method.kind == MethodKind::ResCa
+    /// Whether `branch`'s cache holds ResCa's one-step residuals (paper scaling, MLP branch).
+    fn one_step_residuals(&self, branch: Branch) -> bool {
+        self.method.kind == MethodKind::ResCa
             && branch == Branch::Mlp
-            && self.method.residuals == ResidualScaling::Paper;
-        let gap = if one_step {
-            self.previous_index.map(|p| self.step().index - p)
-        } else {
-            self.schedule.full_step_gap()
-        };
-        gap.unwrap_or(0) as f32
+            && self.method.residuals == ResidualScaling::Paper
     }
 
     fn branch_slot(branch: Branch) -> usize {
@@ -335,10 +335,27 @@ impl CachingHook {
         }
     }
 
+    /// Updates `branch`'s cache with this step's output. Every cached derivative is a finite
+    /// difference divided by the gap between the last two full steps (TaylorSeer; the released
+    /// ResCa code, sparse steps included), except ResCa's MLP cache in paper scaling, which holds
+    /// per-step residuals: one-step differences on sparse steps, and on full steps the derivatives
+    /// between the last two full (computed) outputs. A full step does not difference against the
+    /// simulated output of the step before it: that jump is the correction of the simulation's
+    /// error, and extrapolating it over the next sparse steps feeds the error back (measured on
+    /// the embedded model: the MLP outputs then grow by ~35 per sparse step).
     fn update_cache(&mut self, block: usize, branch: Branch, output: Array3<f32>) {
-        let gap = self.update_gap(branch);
         let order = self.method.cached_order(branch);
-        self.caches[block][Self::branch_slot(branch)].update(output, gap, order);
+        let slot = Self::branch_slot(branch);
+        let full_gap = self.schedule.full_step_gap().unwrap_or(0) as f32;
+        if !self.one_step_residuals(branch) {
+            self.caches[block][slot].update(output, full_gap, order);
+        } else if self.full {
+            self.full_step_mlp[block].update(output, full_gap, order);
+            self.caches[block][slot] = self.full_step_mlp[block].clone();
+        } else {
+            let step_gap = self.previous_index.map_or(0, |p| self.step().index - p) as f32;
+            self.caches[block][slot].update(output, step_gap, order);
+        }
     }
 
     fn predict(&self, block: usize, branch: Branch) -> Array3<f32> {
