@@ -28,6 +28,10 @@ fn default_mlp_ratio() -> f64 {
     4.0
 }
 
+/// (hidden size, depth, heads) of the official DiT-XL, L, B and S models: a checkpoint whose
+/// shapes match one of them, converted from the official `.pt` without metadata, gets its heads.
+const OFFICIAL_HEADS: [(usize, usize, usize); 4] = [(1152, 28, 16), (1024, 24, 16), (768, 12, 12), (384, 12, 6)];
+
 /// Preset names accepted by [`DitConfig::preset`] (`/2`, `/4` or `/8` selects the patch size).
 pub const PRESET_NAMES: &[&str] = &["DiT-XL", "DiT-L", "DiT-B", "DiT-S", "tiny", "small"];
 
@@ -167,7 +171,12 @@ impl DitConfig {
             .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
             .and_then(|v| v.get("num_heads").and_then(|h| h.as_u64()))
             .map(|h| h as usize);
-        let num_heads = heads.or(from_metadata).ok_or_else(|| {
+        // A converted official checkpoint carries no metadata: its width and depth name the preset.
+        let from_preset = OFFICIAL_HEADS
+            .iter()
+            .find(|(d, l, _)| (*d, *l) == (hidden_size, depth))
+            .map(|(_, _, h)| *h);
+        let num_heads = heads.or(from_metadata).or(from_preset).ok_or_else(|| {
             Error::Config(format!(
                 "{}: the head count cannot be inferred from tensor shapes; pass --heads or --config",
                 file.path().display()
