@@ -47,6 +47,8 @@ pub mod guidance;
 pub mod math;
 pub mod norm;
 pub mod pdds;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod ptx;
 pub mod reduce;
 pub mod residual;
 pub mod taylor;
@@ -59,7 +61,7 @@ pub mod nvptx;
 pub use global::{Global, GlobalMut};
 
 /// The name of every PTX entry point (`nvptx` module), as a driver looks them up in the module
-/// that `scripts/build-ptx.sh` writes to `gpu-kernels/ptx/resca_kernels.sm_80.ptx`.
+/// that `scripts/build-ptx.sh` writes to `gpu-kernels/ptx/resca_kernels.sm_{80,90}.ptx` (see [`ptx`]).
 pub const KERNELS: &[&str] = &[
     "timestep_features",
     "linear_rows",
