@@ -34,6 +34,10 @@ pub const MODULES: &[PtxModule] = &[
     },
 ];
 
+/// `gpu-kernels/ptx/manifest.json`: every entry point's parameters (Rust name and type, PTX type,
+/// size), the toolchain that built the modules and the hash of the source it built them from.
+pub const MANIFEST: &str = include_str!("../ptx/manifest.json");
+
 /// The module for a GPU of compute capability `major.minor`: the newest one it can run (sm_90 on
 /// Hopper and later, sm_80 on Ampere and Ada), `None` below sm_80.
 pub fn module_for(major: u32, minor: u32) -> Option<&'static PtxModule> {

@@ -17,6 +17,7 @@ use resca_host::metrics::{psnr, rmse};
 use resca_host::model_source::ModelArgs;
 use resca_host::plan::Plan;
 use resca_host::run::{Backend, SampleJob, SampleResult, final_samples, run_method};
+use resca_host::cuda::job::forward_cuda;
 use resca_host::sim::job::forward_sim;
 use resca_reference::cache::MethodKind;
 use resca_reference::ddim::DdimSchedule;
@@ -47,6 +48,8 @@ enum Command {
     Stability(StabilityArgs),
     /// Every caching method at matched FLOPs on the same samples: speed, error, quality.
     Compare(CompareArgs),
+    /// The CUDA driver and GPUs the `cuda` backend would use (or why there are none).
+    Info,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -186,6 +189,10 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(args),
         Command::Stability(args) => stability(args),
         Command::Compare(args) => compare(args),
+        Command::Info => {
+            print!("{}", resca_host::cuda::info_text());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -509,6 +516,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
     let y: Vec<usize> = y.iter().map(|&v| v as usize).collect();
     let out = match (args.backend, args.cfg_scale) {
         (Backend::Sim, scale) => forward_sim(&model, x.view(), &t, &y, scale),
+        (Backend::Cuda, scale) => forward_cuda(&model, x.view(), &t, &y, scale),
         (Backend::Reference, Some(scale)) => Ok(model.forward_with_cfg(x.view(), &t, &y, scale)?),
         (Backend::Reference, None) => Ok(model.forward(x.view(), &t, &y)?),
     }
