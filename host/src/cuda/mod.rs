@@ -7,6 +7,7 @@
 //! * [`gpu`]: [`GpuDevice`], the pipeline's `Device` over any [`gpu::Driver`] (buffers, checked
 //!   launches), so that every binding launches the same way;
 //! * [`params`]: each entry point's parameter list and the packing of launch arguments;
+//! * [`replay`]: launches recorded on the simulator and replayed on a GPU (per-kernel checks);
 //! * [`job`]: sampling jobs and forward passes on the GPU, the counterparts of `sim::job`;
 //! * `cust_driver` (feature `cust`): the same device over Rust-CUDA's `cust`.
 //!
@@ -19,6 +20,7 @@ pub mod driver;
 pub mod gpu;
 pub mod job;
 pub mod params;
+pub mod replay;
 
 pub use driver::{CudaInfo, CudaUnavailable, GpuInfo, probe};
 pub use gpu::{FunctionAttributes, GpuDevice};
