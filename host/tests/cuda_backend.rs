@@ -131,7 +131,7 @@ fn probe_and_open_agree() {
     let opened = resca_host::cuda::CudaDevice::open(0);
     match (&probed, &opened) {
         (Err(e), Err(open)) => {
-            eprintln!("SKIP: probe_and_open_agree: no CUDA driver/GPU ({e})");
+            support::skip("probe_and_open_agree (the GPU half)", &e.to_string());
             assert_eq!(open.to_string(), e.to_string());
         }
         (Ok(info), Ok(dev)) => {

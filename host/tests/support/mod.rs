@@ -200,16 +200,23 @@ pub fn drive<D: Device>(dev: D, model: &Dit) -> (D, Vec<SampleOutput>) {
     (pipeline.dev, outputs)
 }
 
-/// Whether a GPU can run the tests; prints the project's SKIP line when not.
+/// Prints the project's SKIP line on the process's stderr (not the test harness's captured
+/// output, so that it shows in a plain `cargo test`).
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: no CUDA driver/GPU ({reason})");
+}
+
+/// Whether a GPU can run the tests; prints the SKIP line when not.
 pub fn gpu_or_skip(test: &str) -> bool {
     match resca_host::cuda::probe() {
         Ok(info) if info.devices.iter().any(|d| d.ptx_arch.is_some()) => true,
         Ok(_) => {
-            eprintln!("SKIP: {test}: no CUDA driver/GPU (no GPU of sm_80 or later)");
+            skip(test, "no GPU of sm_80 or later");
             false
         }
         Err(e) => {
-            eprintln!("SKIP: {test}: no CUDA driver/GPU ({e})");
+            skip(test, &e.to_string());
             false
         }
     }
