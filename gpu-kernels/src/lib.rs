@@ -31,7 +31,11 @@
 #![no_std]
 // Kernels take each buffer and size as its own parameter, as CUDA entry points do.
 #![allow(clippy::too_many_arguments)]
-#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch))]
+#![cfg_attr(
+    all(target_arch = "nvptx64", not(feature = "nvvm")),
+    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)
+)]
+#![cfg_attr(all(target_arch = "nvptx64", feature = "nvvm"), feature(asm_experimental_arch))]
 
 pub mod attention;
 pub mod clusca;
@@ -55,8 +59,12 @@ pub mod taylor;
 pub mod tetc;
 pub mod thread;
 
-#[cfg(target_arch = "nvptx64")]
+// rustc's own nvptx64 target (scripts/build-ptx.sh). Under Rust-CUDA's cuda_builder the target
+// is nvptx64 too; the `nvvm` feature selects the cuda_std entry points instead.
+#[cfg(all(target_arch = "nvptx64", not(feature = "nvvm")))]
 pub mod nvptx;
+#[cfg(feature = "nvvm")]
+pub mod nvvm;
 
 pub use global::{Global, GlobalMut};
 

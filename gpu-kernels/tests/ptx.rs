@@ -13,7 +13,7 @@ use resca_gpu_kernels::ptx::{MODULES, entries, isa_version, target};
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{Global, GlobalMut, KERNELS};
 use serde_json::Value;
-use support::entry_points::{nvptx_source, rust_entries};
+use support::entry_points::{entries_marked, nvptx_source, rust_entries, source};
 
 fn manifest() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ptx/manifest.json");
@@ -103,4 +103,12 @@ fn manifest_matches_the_ptx_and_the_source() {
             }
         }
     }
+}
+
+/// The Rust-CUDA entry points (feature `nvvm`) are the same functions with the same parameters,
+/// so either PTX launches the same way.
+#[test]
+fn nvvm_entry_points_mirror_the_nvptx_ones() {
+    let nvvm = entries_marked(&source("nvvm.rs"), "#[kernel]\npub unsafe fn ");
+    assert_eq!(nvvm, rust_entries(&nvptx_source()));
 }

@@ -42,7 +42,9 @@ impl Device for PackingSim {
     }
     fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError> {
         for layouts in &self.layouts {
-            let params = pack(call, &layouts[&call.kernel], |slice, _| Ok(0x7000_0000 + slice.offset as u64))?;
+            let params = pack(call, &layouts[&call.kernel], |slice, _| {
+                Ok(0x7000_0000 + slice.offset as u64)
+            })?;
             assert_eq!(params.len(), call.args.len());
         }
         self.packed.insert(call.kernel.name());
@@ -98,8 +100,27 @@ fn cuda_backend_without_a_driver_fails_with_a_clear_message() {
     let weights = support::vectors("weights.safetensors");
     let input = support::vectors("forward.safetensors");
     let runs: [Vec<&str>; 3] = [
-        vec!["sample", "--backend", "cuda", "--steps", "2", "--no-png", "--out", out_arg],
-        vec!["sample", "--backend", "cuda", "--steps", "2", "--method", "resca", "--labels", "1,2"],
+        vec![
+            "sample",
+            "--backend",
+            "cuda",
+            "--steps",
+            "2",
+            "--no-png",
+            "--out",
+            out_arg,
+        ],
+        vec![
+            "sample",
+            "--backend",
+            "cuda",
+            "--steps",
+            "2",
+            "--method",
+            "resca",
+            "--labels",
+            "1,2",
+        ],
         vec![
             "forward",
             "--backend",

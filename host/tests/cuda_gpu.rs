@@ -35,7 +35,11 @@ fn gpu() -> CudaDevice {
 fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
     assert_eq!(actual.shape(), expected.shape());
     let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     diff / scale
 }
 
@@ -112,7 +116,11 @@ fn forward_matches_the_reference_and_the_official_output() {
     // Budget 1e-5 absolute, as the simulator's (measured there 7.2e-7).
     assert!(vs_reference < 1e-5, "gpu vs reference {vs_reference}");
     assert!(vs_official < 1e-5, "gpu vs official {vs_official}");
-    let sim = resca_host::sim::SimDit::new(&model).unwrap().forward(x.view(), &t, &y).unwrap().into_dyn();
+    let sim = resca_host::sim::SimDit::new(&model)
+        .unwrap()
+        .forward(x.view(), &t, &y)
+        .unwrap()
+        .into_dyn();
     let vs_sim = max_abs(&ours, &sim);
     eprintln!("gpu forward: max |gpu - sim| {vs_sim:.2e}");
     assert!(vs_sim < 1e-6, "gpu vs sim {vs_sim}");
@@ -142,11 +150,28 @@ fn guided_ddim_50_full_and_resca_match_the_reference_and_the_simulator() {
 
     // Full compute.
     let full = run(&model, gpu(), &MethodConfig::full(), Vec::new());
-    let reference = sample(&model, x.view(), &y, Some(1.5), &sampler, &mut FullCompute, &mut |_, _| {}).unwrap();
+    let reference = sample(
+        &model,
+        x.view(),
+        &y,
+        Some(1.5),
+        &sampler,
+        &mut FullCompute,
+        &mut |_, _| {},
+    )
+    .unwrap();
     trajectories_close("full: gpu vs reference", &full.trajectory, &reference, 1e-4);
     let mut sim = Pipeline::new(SimDevice::new(), &model).unwrap();
     let sim_full = sim
-        .sample(x.view(), &y, Some(1.5), &sampler, &MethodConfig::full(), SampleOptions::default(), &mut |_, _| {})
+        .sample(
+            x.view(),
+            &y,
+            Some(1.5),
+            &sampler,
+            &MethodConfig::full(),
+            SampleOptions::default(),
+            &mut |_, _| {},
+        )
         .unwrap();
     trajectories_close("full: gpu vs sim", &full.trajectory, &sim_full.trajectory, 1e-4);
 
@@ -174,7 +199,10 @@ fn guided_ddim_50_full_and_resca_match_the_reference_and_the_simulator() {
         .flat_map(|(a, b)| a.rows.iter().zip(&b.rows))
         .filter(|(a, b)| a.labels == b.labels && a.proxies == b.proxies)
         .count();
-    eprintln!("resca own TETC: {same} of {} clusterings identical to the simulator's", 4 * own.history.len());
+    eprintln!(
+        "resca own TETC: {same} of {} clusterings identical to the simulator's",
+        4 * own.history.len()
+    );
 }
 
 #[test]
@@ -185,9 +213,18 @@ fn cli_sample_on_cuda_matches_the_reference_backend() {
     let dir = tempfile::tempdir().unwrap();
     let run = |backend: &str| {
         let out = dir.path().join(format!("{backend}.safetensors"));
-        let (weights, noise) = (support::vectors("weights.safetensors"), support::vectors("ddim.safetensors"));
+        let (weights, noise) = (
+            support::vectors("weights.safetensors"),
+            support::vectors("ddim.safetensors"),
+        );
         let status = Command::new(env!("CARGO_BIN_EXE_resca"))
-            .args(["sample", "--weights", weights.to_str().unwrap(), "--noise", noise.to_str().unwrap()])
+            .args([
+                "sample",
+                "--weights",
+                weights.to_str().unwrap(),
+                "--noise",
+                noise.to_str().unwrap(),
+            ])
             .args(["--labels", "7,4", "--cfg-scale", "1.5", "--backend", backend, "--json"])
             .args(["--out", out.to_str().unwrap()])
             .output()

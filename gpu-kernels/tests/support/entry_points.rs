@@ -10,19 +10,28 @@ pub struct RustEntry {
     pub params: Vec<(String, String)>,
 }
 
-/// The source of `src/nvptx.rs`.
-pub fn nvptx_source() -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/nvptx.rs");
+/// The source of `src/<file>`.
+pub fn source(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every entry point of `source`, in source order.
+/// The source of `src/nvptx.rs`.
+pub fn nvptx_source() -> String {
+    source("nvptx.rs")
+}
+
+/// Every entry point of `src/nvptx.rs` (`extern "ptx-kernel" fn`), in source order.
 pub fn rust_entries(source: &str) -> Vec<RustEntry> {
-    const MARK: &str = "extern \"ptx-kernel\" fn ";
+    entries_marked(source, "extern \"ptx-kernel\" fn ")
+}
+
+/// Every function of `source` whose declaration ends in `mark`, in source order.
+pub fn entries_marked(source: &str, mark: &str) -> Vec<RustEntry> {
     let mut out = Vec::new();
     let mut rest = source;
-    while let Some(at) = rest.find(MARK) {
-        let after = &rest[at + MARK.len()..];
+    while let Some(at) = rest.find(mark) {
+        let after = &rest[at + mark.len()..];
         let open = after.find('(').expect("a parameter list");
         let name = after[..open].trim().to_string();
         // The matching parenthesis (types hold none, but be exact).

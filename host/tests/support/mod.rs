@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use ndarray::{Array4, Ix4};
-use resca_host::inputs::guided_batch;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
+use resca_host::inputs::guided_batch;
 use resca_host::pipeline::{Device, Pipeline, SampleOptions, SampleOutput, launch};
 use resca_reference::cache::pdds::Solver;
 use resca_reference::cache::tetc::ProxyChoice;
