@@ -82,8 +82,11 @@ pub fn probe() -> Result<CudaInfo, CudaUnavailable> {
     if !driver_present() {
         return Err(CudaUnavailable::NoDriver);
     }
-    std::panic::catch_unwind(probe_driver)
-        .unwrap_or_else(|_| Err(CudaUnavailable::Driver("the driver lacks a function cudarc needs".into())))
+    std::panic::catch_unwind(probe_driver).unwrap_or_else(|_| {
+        Err(CudaUnavailable::Driver(
+            "the driver lacks a function cudarc needs".into(),
+        ))
+    })
 }
 
 fn probe_driver() -> Result<CudaInfo, CudaUnavailable> {

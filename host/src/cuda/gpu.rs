@@ -49,8 +49,12 @@ pub trait Driver {
     /// # Safety
     /// `params` point to the kernel's parameters, laid out as its entry point declares them,
     /// and every address in them is valid for what the kernel does with it.
-    unsafe fn launch(&mut self, function: &Self::Function, dims: LaunchDims, params: &[*mut c_void])
-    -> Result<(), String>;
+    unsafe fn launch(
+        &mut self,
+        function: &Self::Function,
+        dims: LaunchDims,
+        params: &[*mut c_void],
+    ) -> Result<(), String>;
     /// Waits for everything issued so far (reports asynchronous kernel faults).
     fn synchronize(&mut self) -> Result<(), String>;
 }

@@ -166,7 +166,10 @@ pub fn pack(
             (ParamKind::U32, Arg::U32(v)) => bytes.put(0, &v.to_ne_bytes()),
             (ParamKind::F32, Arg::F32(v)) => bytes.put(0, &v.to_ne_bytes()),
             (ParamKind::Ddim, Arg::Ddim(c)) => {
-                for (k, v) in [c.recip, c.recip_m1, c.sqrt_prev, c.sqrt_one_minus_prev].iter().enumerate() {
+                for (k, v) in [c.recip, c.recip_m1, c.sqrt_prev, c.sqrt_one_minus_prev]
+                    .iter()
+                    .enumerate()
+                {
                     bytes.put(4 * k, &v.to_ne_bytes());
                 }
             }
@@ -191,9 +194,18 @@ mod tests {
 
     #[test]
     fn kinds_from_rust_types() {
-        assert_eq!(ParamKind::from_rust("Global<'_, f32>"), Some(ParamKind::Read(DType::F32)));
-        assert_eq!(ParamKind::from_rust("GlobalMut<'_, u32>"), Some(ParamKind::Write(DType::U32)));
-        assert_eq!(ParamKind::from_rust("Global<'_, f64>"), Some(ParamKind::Read(DType::F64)));
+        assert_eq!(
+            ParamKind::from_rust("Global<'_, f32>"),
+            Some(ParamKind::Read(DType::F32))
+        );
+        assert_eq!(
+            ParamKind::from_rust("GlobalMut<'_, u32>"),
+            Some(ParamKind::Write(DType::U32))
+        );
+        assert_eq!(
+            ParamKind::from_rust("Global<'_, f64>"),
+            Some(ParamKind::Read(DType::F64))
+        );
         assert_eq!(ParamKind::from_rust("Global<'_, i8>"), None);
         assert_eq!(ParamKind::from_rust("TaylorCoefficients"), Some(ParamKind::Taylor));
         assert_eq!(ParamKind::Taylor.size(), 32);

@@ -237,10 +237,9 @@ pub fn compare(expected: &BTreeMap<usize, HostData>, actual: &BTreeMap<usize, Ho
                 .iter()
                 .zip(a)
                 .for_each(|(x, y)| add(*x, *y, x.to_bits() == y.to_bits())),
-            (HostData::U32(e), HostData::U32(a)) if e.len() == a.len() => e
-                .iter()
-                .zip(a)
-                .for_each(|(x, y)| add(*x as f64, *y as f64, x == y)),
+            (HostData::U32(e), HostData::U32(a)) if e.len() == a.len() => {
+                e.iter().zip(a).for_each(|(x, y)| add(*x as f64, *y as f64, x == y))
+            }
             _ => {
                 d.not_identical += e.len();
                 d.max_abs = f64::INFINITY;
@@ -266,7 +265,11 @@ mod tests {
         launch::gated_add(&mut rec, x.all(), branch.all(), gate.all(), 2, 2, 2, 2, 0).unwrap();
         launch::gated_add(&mut rec, x.all(), branch.all(), gate.all(), 2, 2, 2, 2, 0).unwrap();
         launch::gated_add(&mut rec, x.all(), branch.all(), gate.all(), 2, 2, 2, 2, 0).unwrap();
-        assert_eq!(rec.launches.len(), 2, "only the first two launches of a kernel are kept");
+        assert_eq!(
+            rec.launches.len(),
+            2,
+            "only the first two launches of a kernel are kept"
+        );
         assert_eq!(rec.kernels(), vec![Kernel::GatedAdd]);
         let first = &rec.launches[0];
         assert_eq!(first.before.len(), 3);
