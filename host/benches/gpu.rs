@@ -156,17 +156,14 @@ fn main() {
     println!("## {steps}-step guided DDIM, 2 samples (4 model rows), cfg 1.5\n");
     println!("| method | wall s | speedup | FLOPs speedup | clustering s | simulated denoising s | RMSE vs full |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut full = None;
+    let mut full: Option<(f64, Array4<f32>)> = None;
     for method in [MethodConfig::full(), resca(3), resca(5)] {
         let dev = CudaDevice::open_default().expect("opened before");
         let result = run_on_device(dev, &model, &job, &method, Vec::new(), &mut |_, _| {}).expect("sampling");
         let samples = final_samples(&result);
         let (speedup, error) = match &full {
             None => (1.0, 0.0),
-            Some((wall, reference)) => (
-                wall / result.stats.wall_s,
-                rmse(samples.view(), ndarray::ArrayView4::from(reference)),
-            ),
+            Some((wall, reference)) => (wall / result.stats.wall_s, rmse(samples.view(), reference.view())),
         };
         let s = &result.stats;
         println!(
