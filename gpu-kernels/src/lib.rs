@@ -31,7 +31,11 @@
 #![no_std]
 // Kernels take each buffer and size as its own parameter, as CUDA entry points do.
 #![allow(clippy::too_many_arguments)]
-#![cfg_attr(target_arch = "nvptx64", feature(abi_ptx, stdarch_nvptx, asm_experimental_arch))]
+#![cfg_attr(
+    all(target_arch = "nvptx64", not(feature = "nvvm")),
+    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)
+)]
+#![cfg_attr(all(target_arch = "nvptx64", feature = "nvvm"), feature(asm_experimental_arch))]
 
 pub mod attention;
 pub mod clusca;
@@ -47,19 +51,25 @@ pub mod guidance;
 pub mod math;
 pub mod norm;
 pub mod pdds;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod ptx;
 pub mod reduce;
 pub mod residual;
 pub mod taylor;
 pub mod tetc;
 pub mod thread;
 
-#[cfg(target_arch = "nvptx64")]
+// rustc's own nvptx64 target (scripts/build-ptx.sh). Under Rust-CUDA's cuda_builder the target
+// is nvptx64 too; the `nvvm` feature selects the cuda_std entry points instead.
+#[cfg(all(target_arch = "nvptx64", not(feature = "nvvm")))]
 pub mod nvptx;
+#[cfg(feature = "nvvm")]
+pub mod nvvm;
 
 pub use global::{Global, GlobalMut};
 
 /// The name of every PTX entry point (`nvptx` module), as a driver looks them up in the module
-/// that `scripts/build-ptx.sh` writes to `gpu-kernels/ptx/resca_kernels.sm_80.ptx`.
+/// that `scripts/build-ptx.sh` writes to `gpu-kernels/ptx/resca_kernels.sm_{80,90}.ptx` (see [`ptx`]).
 pub const KERNELS: &[&str] = &[
     "timestep_features",
     "linear_rows",

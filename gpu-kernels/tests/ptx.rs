@@ -1,23 +1,114 @@
-//! The committed PTX (`scripts/build-ptx.sh`, nightly only) must hold exactly the entry points
-//! the crate declares: a kernel added or renamed without rebuilding the PTX fails here, on stable.
+//! The committed PTX (`scripts/build-ptx.sh`, nightly only) and its manifest must describe exactly
+//! the entry points the crate declares: a kernel added, renamed or given other parameters without
+//! rebuilding the PTX fails here, on stable. (Whether the PTX bodies are what the current source
+//! builds is checked by `scripts/build-ptx.sh --check`, which needs the nightly.)
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use resca_gpu_kernels::ddim::DdimCoefficients;
+use resca_gpu_kernels::ptx::{MODULES, entries, isa_version, target};
+use resca_gpu_kernels::taylor::TaylorCoefficients;
+use resca_gpu_kernels::{Global, GlobalMut, KERNELS};
+use serde_json::Value;
+use support::entry_points::{entries_marked, nvptx_source, rust_entries, source};
+
+fn manifest() -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ptx/manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[test]
 fn committed_ptx_has_exactly_the_declared_entries_and_no_externals() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ptx/resca_kernels.sm_80.ptx");
-    let ptx = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(ptx.contains(".target sm_80"), "not an sm_80 module");
-    let entries: BTreeSet<&str> = ptx
-        .lines()
-        .filter_map(|line| line.strip_prefix(".visible .entry "))
-        .map(|rest| rest.trim_end_matches('('))
-        .collect();
-    let declared: BTreeSet<&str> = resca_gpu_kernels::KERNELS.iter().copied().collect();
-    assert_eq!(entries, declared, "rebuild the PTX with scripts/build-ptx.sh");
-    // Unresolved functions (panic paths, calls into other crates) would fail to load.
-    assert!(!ptx.contains(".extern"), "the PTX references external symbols");
-    // Kernel state stays in registers.
-    assert!(!ptx.contains(".local"), "a kernel spills to local memory");
+    let declared: BTreeSet<&str> = KERNELS.iter().copied().collect();
+    assert_eq!(declared.len(), KERNELS.len(), "KERNELS lists a name twice");
+    let in_source: BTreeSet<String> = rust_entries(&nvptx_source()).into_iter().map(|e| e.name).collect();
+    assert_eq!(
+        in_source,
+        declared.iter().map(|s| s.to_string()).collect(),
+        "KERNELS and the entry points of src/nvptx.rs differ"
+    );
+    for m in MODULES {
+        assert_eq!(target(m.ptx), Some(m.arch), "{}: not an {} module", m.file, m.arch);
+        let entries: BTreeSet<&str> = entries(m.ptx).map(|e| e.name).collect();
+        assert_eq!(
+            entries, declared,
+            "{}: rebuild the PTX with scripts/build-ptx.sh",
+            m.file
+        );
+        // Unresolved functions (panic paths, calls into other crates) would fail to load.
+        assert!(
+            !m.ptx.contains(".extern"),
+            "{}: the PTX references external symbols",
+            m.file
+        );
+        // Kernel state stays in registers.
+        assert!(!m.ptx.contains(".local"), "{}: a kernel uses local memory", m.file);
+    }
+    // ptxas 11.8 (CI's validator) reads PTX ISA up to 7.8.
+    assert_eq!(isa_version(MODULES[0].ptx), Some("7.0"));
+    assert_eq!(isa_version(MODULES[1].ptx), Some("7.8"));
+}
+
+/// The size a Rust parameter type has as a PTX parameter.
+fn rust_size(ty: &str) -> usize {
+    match ty {
+        "u32" => size_of::<u32>(),
+        "f32" => size_of::<f32>(),
+        "DdimCoefficients" => size_of::<DdimCoefficients>(),
+        "TaylorCoefficients" => size_of::<TaylorCoefficients>(),
+        t if t.starts_with("Global<") => size_of::<Global<'_, f32>>(),
+        t if t.starts_with("GlobalMut<") => size_of::<GlobalMut<'_, f32>>(),
+        t => panic!("no size for parameter type {t}"),
+    }
+}
+
+#[test]
+fn manifest_matches_the_ptx_and_the_source() {
+    let manifest = manifest();
+    let rust = rust_entries(&nvptx_source());
+    let listed = manifest["entries"].as_array().expect("entries");
+    assert_eq!(listed.len(), KERNELS.len());
+    let modules = manifest["modules"].as_array().expect("modules");
+    assert_eq!(modules.len(), MODULES.len());
+    for (m, listed_module) in MODULES.iter().zip(modules) {
+        assert_eq!(listed_module["arch"], m.arch);
+        assert_eq!(listed_module["file"], m.file);
+        assert_eq!(listed_module["bytes"].as_u64(), Some(m.ptx.len() as u64), "{}", m.file);
+        assert_eq!(listed_module["ptx_isa"].as_str(), isa_version(m.ptx));
+        for e in entries(m.ptx) {
+            let entry = listed
+                .iter()
+                .find(|v| v["name"] == e.name)
+                .unwrap_or_else(|| panic!("{}: {} is not in the manifest", m.file, e.name));
+            let source = rust
+                .iter()
+                .find(|r| r.name == e.name)
+                .expect("declared in src/nvptx.rs");
+            let params = entry["params"].as_array().expect("params");
+            let ptx_params: Vec<_> = e.params().map(|p| p.expect("a readable parameter")).collect();
+            assert_eq!(params.len(), ptx_params.len(), "{}: parameter count", e.name);
+            assert_eq!(params.len(), source.params.len(), "{}: parameter count", e.name);
+            for ((listed, ptx), (name, ty)) in params.iter().zip(&ptx_params).zip(&source.params) {
+                let what = format!("{} ({}) parameter {name}", e.name, m.arch);
+                assert_eq!(listed["name"], name.as_str(), "{what}");
+                assert_eq!(listed["rust"], ty.as_str(), "{what}");
+                assert_eq!(listed["size"].as_u64(), Some(ptx.size as u64), "{what}");
+                assert_eq!(listed["align"].as_u64(), Some(ptx.align as u64), "{what}");
+                // The launch packs each parameter as its Rust type: the layouts must agree.
+                assert_eq!(rust_size(ty), ptx.size as usize, "{what}: Rust and PTX sizes differ");
+            }
+        }
+    }
+}
+
+/// The Rust-CUDA entry points (feature `nvvm`) are the same functions with the same parameters,
+/// so either PTX launches the same way.
+#[test]
+fn nvvm_entry_points_mirror_the_nvptx_ones() {
+    let nvvm = entries_marked(&source("nvvm.rs"), "#[kernel]\npub unsafe fn ");
+    assert_eq!(nvvm, rust_entries(&nvptx_source()));
 }

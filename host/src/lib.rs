@@ -4,11 +4,14 @@
 //! * [`pipeline`]: the device-generic pipeline (DiT forward, guidance, DDIM and flow sampling,
 //!   every caching method) as a launch sequence over a [`pipeline::Device`];
 //! * [`sim`]: the GPU-semantics simulator that runs the `resca-gpu-kernels` bodies on the CPU,
-//!   and [`sim::SimDevice`], the pipeline's device on it.
+//!   and [`sim::SimDevice`], the pipeline's device on it;
+//! * [`cuda`]: the same pipeline on a GPU ([`cuda::CudaDevice`], the committed PTX through the
+//!   CUDA driver, loaded at run time).
 
 pub mod canvas;
 pub mod classifier;
 pub mod compare;
+pub mod cuda;
 pub mod embedded;
 pub mod figures;
 pub mod inputs;

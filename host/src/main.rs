@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use ndarray::Ix4;
+use resca_host::cuda::job::forward_cuda;
 use resca_host::embedded;
 use resca_host::figures::{Panel, panel_column, panels};
 use resca_host::inputs::{check_labels, class_grid, load_noise, seeded_noise};
@@ -50,6 +51,8 @@ enum Command {
     /// Token trajectories of full compute, TaylorSeer and ResCa, and feature- vs
     /// trajectory-based clusters (the supplement's Fig. S3/S4).
     Trajectories(TrajectoriesArgs),
+    /// The CUDA driver and GPUs the `cuda` backend would use (or why there are none).
+    Info,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -219,6 +222,10 @@ fn main() -> ExitCode {
         Command::Stability(args) => stability(args),
         Command::Compare(args) => compare(args),
         Command::Trajectories(args) => trajectories(args),
+        Command::Info => {
+            print!("{}", resca_host::cuda::info_text());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -625,6 +632,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
     let y: Vec<usize> = y.iter().map(|&v| v as usize).collect();
     let out = match (args.backend, args.cfg_scale) {
         (Backend::Sim, scale) => forward_sim(&model, x.view(), &t, &y, scale),
+        (Backend::Cuda, scale) => forward_cuda(&model, x.view(), &t, &y, scale),
         (Backend::Reference, Some(scale)) => Ok(model.forward_with_cfg(x.view(), &t, &y, scale)?),
         (Backend::Reference, None) => Ok(model.forward(x.view(), &t, &y)?),
     }

@@ -138,6 +138,8 @@ pub enum Backend {
     Reference,
     /// The GPU kernels, run by the CPU simulator (slow; checks every kernel like compute-sanitizer).
     Sim,
+    /// The same kernels as PTX on an NVIDIA GPU (sm_80 or later) through the CUDA driver.
+    Cuda,
 }
 
 /// Runs `job` with caching `method` on `backend`, replaying recorded clusterings from `replay` if
@@ -175,6 +177,7 @@ pub fn run_method(
             run_reference(model, job, &method.name(), hook.as_mut(), progress)
         }
         Backend::Sim => crate::sim::job::run_sim(model, job, method, records, progress),
+        Backend::Cuda => crate::cuda::job::run_cuda(model, job, method, records, progress),
     }
 }
 

@@ -1,5 +1,6 @@
 //! CLI jobs on the simulator backend: a sampling job ([`SampleJob`], any method and sampler) and
 //! a single forward pass, the counterparts of `run::run_reference` and the reference forward.
+//! The device-generic halves ([`run_on_device`], [`forward_on_device`]) serve the CUDA backend too.
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use resca_reference::cache::{ClusteringRecord, MethodConfig};
 
 use super::SimDevice;
 use crate::inputs::guided_batch;
-use crate::pipeline::{Pipeline, SampleOptions};
+use crate::pipeline::{Device, Pipeline, SampleOptions};
 use crate::run::{SampleJob, SampleResult, stats};
 
 /// Runs `job` with caching `method` on the kernels through the simulator, replaying `replay`
@@ -23,7 +24,20 @@ pub fn run_sim(
     replay: Vec<ClusteringRecord>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleResult> {
-    let mut pipeline = Pipeline::new(SimDevice::new(), model)?;
+    run_on_device(SimDevice::new(), model, job, method, replay, progress)
+}
+
+/// [`run_sim`] on any device (the statistics name the device's backend).
+pub fn run_on_device<D: Device>(
+    dev: D,
+    model: &Dit,
+    job: &SampleJob,
+    method: &MethodConfig,
+    replay: Vec<ClusteringRecord>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SampleResult> {
+    let backend = dev.name();
+    let mut pipeline = Pipeline::new(dev, model)?;
     let samples = job.noise.dim().0;
     let (x, labels) = if job.guided() {
         guided_batch(&job.noise, &job.labels, &model.config)
@@ -43,7 +57,7 @@ pub fn run_sim(
         model,
         job,
         &method.name(),
-        "sim",
+        backend,
         &trajectory,
         labels.len(),
         samples,
@@ -65,7 +79,19 @@ pub fn forward_sim(
     labels: &[usize],
     cfg_scale: Option<f32>,
 ) -> Result<Array4<f32>> {
-    let mut pipeline = Pipeline::new(SimDevice::new(), model)?;
+    forward_on_device(SimDevice::new(), model, x, timesteps, labels, cfg_scale)
+}
+
+/// [`forward_sim`] on any device.
+pub fn forward_on_device<D: Device>(
+    dev: D,
+    model: &Dit,
+    x: ArrayView4<f32>,
+    timesteps: &[f32],
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+) -> Result<Array4<f32>> {
+    let mut pipeline = Pipeline::new(dev, model)?;
     Ok(match cfg_scale {
         Some(scale) => pipeline.forward_with_cfg(x, timesteps, labels, scale)?,
         None => pipeline.forward(x, timesteps, labels)?,

@@ -1,0 +1,215 @@
+//! GPU benchmark (`cargo bench -p resca-host --bench gpu`): the kernels' PTX through the CUDA
+//! backend on DiT-XL/2 shapes (random weights, float32), beside PyTorch on the same GPU.
+//!
+//! * per-kernel times within one DiT-XL/2 forward (batch 2): each launch synchronised and timed
+//!   on the host, so the numbers include the launch overhead (a few microseconds each);
+//! * the DiT-XL/2 forward, batch 2 (median of 10 after a warm-up);
+//! * 50-step guided DDIM, 2 samples (4 model rows, cfg 1.5): full compute, ResCa N=3 and N=5 with
+//!   K=16 (official settings otherwise); wall time, speedup, RMSE of the final samples vs full;
+//! * `python3 bench/pytorch_gpu.py --json` on the same GPU (skipped if python/torch is missing or
+//!   `RESCA_BENCH_NO_TORCH=1`).
+//!
+//! Without a CUDA driver or GPU it prints `SKIP: gpu bench: ...` and exits 0.
+//! Arguments (after `--`): `[PRESET] [STEPS]`, default `DiT-XL/2 50`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Instant;
+
+use ndarray::Array4;
+use resca_host::cuda::CudaDevice;
+use resca_host::inputs::seeded_noise;
+use resca_host::metrics::rmse;
+use resca_host::pipeline::{Buffer, Device, DeviceError, Element, KernelCall, Pipeline, Slice};
+use resca_host::run::{SampleJob, final_samples};
+use resca_host::sim::job::run_on_device;
+use resca_reference::cache::{MethodConfig, MethodKind};
+use resca_reference::ddim::DdimSchedule;
+use resca_reference::{Dit, DitConfig, Sampler};
+
+/// The CUDA device with every launch synchronised and timed per kernel.
+struct Timed {
+    dev: CudaDevice,
+    per_kernel: BTreeMap<&'static str, (usize, f64)>,
+}
+
+impl Device for Timed {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn alloc<T: Element>(&mut self, len: usize) -> Result<Buffer<T>, DeviceError> {
+        self.dev.alloc(len)
+    }
+    fn upload<T: Element>(&mut self, dst: Slice<T>, data: &[T]) -> Result<(), DeviceError> {
+        self.dev.upload(dst, data)
+    }
+    fn download<T: Element>(&mut self, src: Slice<T>, out: &mut [T]) -> Result<(), DeviceError> {
+        self.dev.download(src, out)
+    }
+    fn copy<T: Element>(&mut self, src: Slice<T>, dst: Slice<T>) -> Result<(), DeviceError> {
+        self.dev.copy(src, dst)
+    }
+    fn free(&mut self, id: usize) -> Result<(), DeviceError> {
+        self.dev.free(id)
+    }
+    fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError> {
+        self.dev.synchronize()?;
+        let start = Instant::now();
+        self.dev.launch(call)?;
+        self.dev.synchronize()?;
+        let entry = self.per_kernel.entry(call.kernel.name()).or_default();
+        entry.0 += 1;
+        entry.1 += start.elapsed().as_secs_f64();
+        Ok(())
+    }
+    fn synchronize(&mut self) -> Result<(), DeviceError> {
+        self.dev.synchronize()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let preset = args.first().map(String::as_str).unwrap_or("DiT-XL/2");
+    let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
+    let dev = match CudaDevice::open_default() {
+        Ok(dev) => dev,
+        Err(e) => {
+            println!("SKIP: gpu bench: no CUDA driver/GPU ({e})");
+            return;
+        }
+    };
+    println!("# GPU benchmark: {}\n", dev.description());
+    let config = DitConfig::preset(preset).expect("a known preset");
+    let model = Dit::random(config.clone(), 0).expect("valid preset");
+    let side = config.input_size;
+    let x = Array4::from_shape_fn((2, config.in_channels, side, side), |(b, c, h, w)| {
+        ((b * 31 + c * 17 + h * 7 + w) % 13) as f32 / 6.5 - 1.0
+    });
+    let (t, y) = (
+        [500.0f32, 250.0],
+        [207usize % config.num_classes, 360 % config.num_classes],
+    );
+
+    // Per-kernel times in one forward.
+    let timed = Timed {
+        dev,
+        per_kernel: BTreeMap::new(),
+    };
+    let mut pipeline = Pipeline::new(timed, &model).expect("the model fits the GPU");
+    pipeline.forward(x.view(), &t, &y).expect("forward");
+    pipeline.dev.per_kernel.clear();
+    pipeline.forward(x.view(), &t, &y).expect("forward");
+    println!("## Kernels in one {preset} forward, batch 2 (synchronised per launch)\n");
+    println!("| kernel | launches | total ms | mean us | registers | static smem |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut rows: Vec<_> = pipeline.dev.per_kernel.iter().collect();
+    rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+    for (name, (count, seconds)) in rows {
+        let kernel = *resca_host::pipeline::Kernel::ALL
+            .iter()
+            .find(|k| k.name() == *name)
+            .expect("a kernel");
+        let a = pipeline.dev.dev.attributes(kernel);
+        println!(
+            "| `{name}` | {count} | {:.3} | {:.1} | {} | {} |",
+            seconds * 1e3,
+            seconds * 1e6 / *count as f64,
+            a.registers,
+            a.static_shared_bytes
+        );
+    }
+    let Timed { dev, .. } = pipeline.dev;
+
+    // The forward.
+    let mut pipeline = Pipeline::new(dev, &model).expect("the model fits the GPU");
+    pipeline.forward(x.view(), &t, &y).expect("forward");
+    let times: Vec<f64> = (0..10)
+        .map(|_| {
+            let start = Instant::now();
+            pipeline.forward(x.view(), &t, &y).expect("forward");
+            pipeline.dev.synchronize().expect("synchronize");
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    let forward_ms = median(times) * 1e3;
+    println!("\n## {preset} forward, batch 2: median {forward_ms:.2} ms over 10 runs\n");
+    let Pipeline { dev, .. } = pipeline;
+    drop(dev);
+
+    // Guided DDIM.
+    let job = SampleJob {
+        noise: seeded_noise(0, 2, &config),
+        labels: y.to_vec(),
+        cfg_scale: 1.5,
+        sampler: Sampler::Ddim(DdimSchedule::new(steps).expect("steps")),
+        sampler_name: "ddim".into(),
+    };
+    let resca = |interval| MethodConfig {
+        clusters: 16,
+        ..MethodConfig::new(MethodKind::ResCa, interval, 1)
+    };
+    println!("## {steps}-step guided DDIM, 2 samples (4 model rows), cfg 1.5\n");
+    println!("| method | wall s | speedup | FLOPs speedup | clustering s | simulated denoising s | RMSE vs full |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut full: Option<(f64, Array4<f32>)> = None;
+    for method in [MethodConfig::full(), resca(3), resca(5)] {
+        let dev = CudaDevice::open_default().expect("opened before");
+        let result = run_on_device(dev, &model, &job, &method, Vec::new(), &mut |_, _| {}).expect("sampling");
+        let samples = final_samples(&result);
+        let (speedup, error) = match &full {
+            None => (1.0, 0.0),
+            Some((wall, reference)) => (wall / result.stats.wall_s, rmse(samples.view(), reference.view())),
+        };
+        let s = &result.stats;
+        println!(
+            "| {} | {:.3} | {speedup:.2}x | {:.2}x | {:.3} | {:.3} | {error:.4} |",
+            s.method, s.wall_s, s.flops_speedup, s.clustering_s, s.simulated_denoising_s
+        );
+        if full.is_none() {
+            full = Some((s.wall_s, samples));
+        }
+    }
+
+    // PyTorch on the same GPU.
+    if std::env::var_os("RESCA_BENCH_NO_TORCH").is_some() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/pytorch_gpu.py");
+    let steps_arg = steps.to_string();
+    match Command::new("python3")
+        .args([
+            script, "--device", "cuda", "--preset", preset, "--steps", &steps_arg, "--json",
+        ])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let torch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            println!(
+                "\n## PyTorch {} on {} (float32, TF32 off)\n",
+                torch["torch"], torch["device"]
+            );
+            println!(
+                "| workload | resca (Rust kernels) | PyTorch |\n| --- | ---: | ---: |\n| forward, batch 2 | {forward_ms:.2} ms | {:.2} ms |",
+                torch["forward_b2_ms"]["median"].as_f64().unwrap_or(f64::NAN)
+            );
+            if let Some(runs) = torch["ddim_guided"]["runs"].as_object() {
+                for (name, r) in runs {
+                    println!(
+                        "| {steps}-step guided DDIM, {name} | see above | {:.3} s |",
+                        r["median_s"].as_f64().unwrap_or(f64::NAN)
+                    );
+                }
+            }
+        }
+        Ok(out) => println!(
+            "\nPyTorch comparison skipped: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => println!("\nPyTorch comparison skipped: python3: {e}"),
+    }
+}

@@ -1,0 +1,314 @@
+//! The CUDA driver through cudarc, which loads libcuda at run time (`dynamic-loading`): the
+//! workspace builds and tests without CUDA, and [`probe`] turns a missing driver or GPU into a
+//! [`CudaUnavailable`] before any call that would make cudarc panic.
+//!
+//! [`Cudarc`] is the [`Driver`] of [`super::CudaDevice`]: the device's primary context, the
+//! committed PTX module for its compute capability JIT-compiled by the driver
+//! (`cuModuleLoadDataEx`, with the JIT's error log in the error), and every operation on the
+//! context's null stream, in issue order.
+
+use std::ffi::{CString, c_void};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, result, sys};
+use resca_gpu_kernels::LaunchDims;
+use resca_gpu_kernels::ptx::{PtxModule, module_for};
+
+use super::gpu::{Driver, FunctionAttributes};
+
+/// Why the CUDA backend cannot run here.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CudaUnavailable {
+    /// libcuda could not be loaded.
+    #[error("no CUDA driver found (libcuda.so / libcuda.so.1 could not be loaded; is the NVIDIA driver installed?)")]
+    NoDriver,
+    /// The driver is there but reports no usable GPU.
+    #[error("no CUDA GPU found ({0})")]
+    NoDevice(String),
+    /// The driver failed otherwise.
+    #[error("the CUDA driver failed: {0}")]
+    Driver(String),
+}
+
+/// One GPU as the driver describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// (major, minor).
+    pub compute_capability: (u32, u32),
+    pub total_memory_bytes: usize,
+    pub multiprocessors: i32,
+    /// The committed PTX module the CUDA backend loads on it (`None`: older than sm_80).
+    pub ptx_arch: Option<&'static str>,
+}
+
+/// The driver and its GPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaInfo {
+    /// `cuDriverGetVersion`: 1000 * major + 10 * minor (12040 is CUDA 12.4).
+    pub driver_version: i32,
+    pub devices: Vec<GpuInfo>,
+}
+
+impl CudaInfo {
+    /// "12.4".
+    pub fn driver_version_string(&self) -> String {
+        format!("{}.{}", self.driver_version / 1000, (self.driver_version % 1000) / 10)
+    }
+}
+
+fn driver_error(e: result::DriverError) -> String {
+    let name = e.error_name().map(|n| n.to_string_lossy().into_owned());
+    let text = e.error_string().map(|n| n.to_string_lossy().into_owned());
+    match (name, text) {
+        (Ok(name), Ok(text)) => format!("{name}: {text}"),
+        _ => format!("{:?}", e.0),
+    }
+}
+
+/// Whether libcuda can be loaded (`RESCA_CUDA_DISABLE=1` pretends it cannot, for tests).
+pub fn driver_present() -> bool {
+    if std::env::var_os("RESCA_CUDA_DISABLE").is_some_and(|v| v == "1") {
+        return false;
+    }
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The driver version and every GPU, or why there is none. Never panics: with libcuda present,
+/// a symbol the driver lacks (cudarc panics then) is caught and reported as a driver failure.
+pub fn probe() -> Result<CudaInfo, CudaUnavailable> {
+    if !driver_present() {
+        return Err(CudaUnavailable::NoDriver);
+    }
+    std::panic::catch_unwind(probe_driver).unwrap_or_else(|_| {
+        Err(CudaUnavailable::Driver(
+            "the driver lacks a function cudarc needs".into(),
+        ))
+    })
+}
+
+fn probe_driver() -> Result<CudaInfo, CudaUnavailable> {
+    if let Err(e) = result::init() {
+        return Err(match e.0 {
+            sys::cudaError_enum::CUDA_ERROR_NO_DEVICE => CudaUnavailable::NoDevice(driver_error(e)),
+            _ => CudaUnavailable::Driver(format!("cuInit: {}", driver_error(e))),
+        });
+    }
+    let mut driver_version = 0;
+    // SAFETY: writes one int.
+    unsafe { sys::cuDriverGetVersion(&mut driver_version) }
+        .result()
+        .map_err(|e| CudaUnavailable::Driver(format!("cuDriverGetVersion: {}", driver_error(e))))?;
+    let count = result::device::get_count().map_err(|e| CudaUnavailable::Driver(driver_error(e)))?;
+    if count <= 0 {
+        return Err(CudaUnavailable::NoDevice(format!(
+            "driver {}.{} reports no devices",
+            driver_version / 1000,
+            (driver_version % 1000) / 10
+        )));
+    }
+    let mut devices = Vec::new();
+    for ordinal in 0..count {
+        let failed = |e: result::DriverError| CudaUnavailable::Driver(format!("device {ordinal}: {}", driver_error(e)));
+        let dev = result::device::get(ordinal).map_err(failed)?;
+        let attribute = |a| {
+            // SAFETY: `dev` is a device handle of this driver.
+            unsafe { result::device::get_attribute(dev, a) }.map_err(failed)
+        };
+        use sys::CUdevice_attribute_enum as A;
+        let major = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? as u32;
+        let minor = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)? as u32;
+        devices.push(GpuInfo {
+            ordinal: ordinal as usize,
+            name: result::device::get_name(dev).map_err(failed)?,
+            compute_capability: (major, minor),
+            // SAFETY: as above.
+            total_memory_bytes: unsafe { result::device::total_mem(dev) }.map_err(failed)?,
+            multiprocessors: attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            ptx_arch: module_for(major, minor).map(|m| m.arch),
+        });
+    }
+    Ok(CudaInfo {
+        driver_version,
+        devices,
+    })
+}
+
+/// The GPU `ordinal` of a probed driver, with its PTX module, or why it cannot run the kernels.
+pub fn select_gpu(info: &CudaInfo, ordinal: usize) -> Result<(&GpuInfo, &'static PtxModule), CudaUnavailable> {
+    let gpu = info.devices.get(ordinal).ok_or_else(|| {
+        CudaUnavailable::NoDevice(format!(
+            "device {ordinal} requested, the driver reports {}",
+            info.devices.len()
+        ))
+    })?;
+    let (major, minor) = gpu.compute_capability;
+    let module = module_for(major, minor).ok_or_else(|| {
+        CudaUnavailable::NoDevice(format!(
+            "{} is sm_{major}{minor}; the kernels need sm_80 or later",
+            gpu.name
+        ))
+    })?;
+    Ok((gpu, module))
+}
+
+/// The device to use: `RESCA_CUDA_DEVICE` (an ordinal), else 0.
+pub fn default_ordinal() -> usize {
+    std::env::var("RESCA_CUDA_DEVICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The cudarc binding: a primary context, the loaded module, the null stream.
+pub struct Cudarc {
+    ctx: Arc<CudaContext>,
+    module: sys::CUmodule,
+}
+
+impl Cudarc {
+    /// Retains device `ordinal`'s primary context and JIT-loads `module` on it.
+    pub fn new(ordinal: usize, module: &PtxModule) -> Result<Self, String> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("device {ordinal}: {}", driver_error(e)))?;
+        let source = CString::new(module.ptx).map_err(|_| format!("{}: a NUL byte in the PTX", module.file))?;
+        let mut log = vec![0u8; 16 * 1024];
+        let mut options = [
+            sys::CUjit_option_enum::CU_JIT_ERROR_LOG_BUFFER,
+            sys::CUjit_option_enum::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+        ];
+        let mut values = [log.as_mut_ptr().cast::<c_void>(), log.len() as *mut c_void];
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated PTX image and two JIT options with their values (a buffer and
+        // its size passed by value, as the driver API specifies); the context is current.
+        let loaded = unsafe {
+            sys::cuModuleLoadDataEx(
+                &mut handle,
+                source.as_ptr().cast(),
+                options.len() as u32,
+                options.as_mut_ptr(),
+                values.as_mut_ptr(),
+            )
+        }
+        .result();
+        if let Err(e) = loaded {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            return Err(format!(
+                "JIT-compiling {} failed: {}: {}",
+                module.file,
+                driver_error(e),
+                String::from_utf8_lossy(&log[..end]).trim()
+            ));
+        }
+        Ok(Self { ctx, module: handle })
+    }
+
+    fn bind(&self) -> Result<(), String> {
+        self.ctx.bind_to_thread().map_err(driver_error)
+    }
+
+    fn stream() -> sys::CUstream {
+        std::ptr::null_mut()
+    }
+}
+
+impl Driver for Cudarc {
+    type Function = sys::CUfunction;
+    const NAME: &'static str = "cuda";
+
+    fn alloc_zeroed(&mut self, bytes: usize) -> Result<u64, String> {
+        self.bind()?;
+        // SAFETY: a fresh allocation, zeroed in stream order before any use.
+        unsafe {
+            let address = result::malloc_sync(bytes).map_err(driver_error)?;
+            result::memset_d8_async(address, 0, bytes, Self::stream()).map_err(driver_error)?;
+            Ok(address)
+        }
+    }
+
+    fn free(&mut self, address: u64) -> Result<(), String> {
+        self.bind()?;
+        self.synchronize()?;
+        // SAFETY: an allocation of `alloc_zeroed`, freed once, after the work using it.
+        unsafe { result::free_sync(address) }.map_err(driver_error)
+    }
+
+    fn upload(&mut self, dst: u64, src: &[u8]) -> Result<(), String> {
+        self.bind()?;
+        // SAFETY: `dst` holds `src.len()` bytes (checked by the device); the synchronous copy
+        // has read `src` when it returns and is ordered after the null stream's work.
+        unsafe { result::memcpy_htod_sync(dst, src) }.map_err(driver_error)
+    }
+
+    fn download(&mut self, dst: &mut [u8], src: u64) -> Result<(), String> {
+        self.bind()?;
+        // SAFETY: as for `upload`; the copy waits for the null stream's work.
+        unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(driver_error)
+    }
+
+    fn copy(&mut self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
+        self.bind()?;
+        // SAFETY: both ranges are within live allocations and do not overlap (checked).
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, Self::stream()) }.map_err(driver_error)
+    }
+
+    fn function(&mut self, name: &str) -> Result<Self::Function, String> {
+        self.bind()?;
+        let name = CString::new(name).map_err(|_| "a NUL byte in a kernel name".to_string())?;
+        // SAFETY: the module is loaded and lives as long as `self`.
+        unsafe { result::module::get_function(self.module, name) }.map_err(driver_error)
+    }
+
+    fn attributes(&mut self, function: &Self::Function) -> Result<FunctionAttributes, String> {
+        use sys::CUfunction_attribute_enum as A;
+        let get = |a| {
+            // SAFETY: a function of the loaded module.
+            unsafe { result::function::get_function_attribute(*function, a) }.map_err(driver_error)
+        };
+        Ok(FunctionAttributes {
+            registers: get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+            static_shared_bytes: get(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+            local_bytes: get(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+            max_threads_per_block: get(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+        })
+    }
+
+    unsafe fn launch(
+        &mut self,
+        function: &Self::Function,
+        dims: LaunchDims,
+        params: &[*mut c_void],
+    ) -> Result<(), String> {
+        self.bind()?;
+        let mut params = params.to_vec();
+        let (g, b) = (dims.grid, dims.block);
+        // SAFETY: the caller's contract.
+        unsafe {
+            result::launch_kernel(
+                *function,
+                (g.x, g.y, g.z),
+                (b.x, b.y, b.z),
+                0,
+                Self::stream(),
+                &mut params,
+            )
+        }
+        .map_err(driver_error)
+    }
+
+    fn synchronize(&mut self) -> Result<(), String> {
+        self.bind()?;
+        // SAFETY: the null stream of the current context.
+        unsafe { result::stream::synchronize(Self::stream()) }.map_err(driver_error)
+    }
+}
+
+impl Drop for Cudarc {
+    fn drop(&mut self) {
+        if self.bind().is_ok() {
+            // SAFETY: loaded once, unloaded once; the device freed its buffers before.
+            let _ = unsafe { result::module::unload(self.module) };
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! [`GpuDevice`]: the pipeline's [`Device`] on a real GPU, over a small [`Driver`] trait (raw
+//! device memory, copies, module functions, launches) that the cudarc binding
+//! ([`super::driver::Cudarc`]) and, with the `cust` feature, Rust-CUDA's `cust`
+//! ([`super::cust_driver::Cust`]) implement. Everything else (buffer bookkeeping, bounds and
+//! type checks, parameter packing, launch checks) is here once, so both bindings run the same
+//! launches.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+use resca_gpu_kernels::LaunchDims;
+use resca_gpu_kernels::ptx::PtxModule;
+
+use super::params::{ParamLayout, layouts, pack};
+use crate::pipeline::device::{Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, RawSlice, Slice};
+
+/// What ptxas/the driver report about a loaded kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FunctionAttributes {
+    pub registers: i32,
+    pub static_shared_bytes: i32,
+    pub local_bytes: i32,
+    pub max_threads_per_block: i32,
+}
+
+/// The raw operations a CUDA binding provides, all on one stream (in order). Addresses are device
+/// pointers as u64; errors are the driver's messages.
+pub trait Driver {
+    /// A loaded kernel.
+    type Function;
+    /// The backend name for statistics.
+    const NAME: &'static str;
+
+    /// `bytes` of zero-filled device memory (`bytes > 0`).
+    fn alloc_zeroed(&mut self, bytes: usize) -> Result<u64, String>;
+    /// Releases an allocation once the work issued so far has finished with it.
+    fn free(&mut self, address: u64) -> Result<(), String>;
+    /// Host to device; returns when `src` may be reused.
+    fn upload(&mut self, dst: u64, src: &[u8]) -> Result<(), String>;
+    /// Device to host, after the work issued so far.
+    fn download(&mut self, dst: &mut [u8], src: u64) -> Result<(), String>;
+    /// Device to device, in stream order.
+    fn copy(&mut self, dst: u64, src: u64, bytes: usize) -> Result<(), String>;
+    /// The entry point `name` of the loaded module.
+    fn function(&mut self, name: &str) -> Result<Self::Function, String>;
+    fn attributes(&mut self, function: &Self::Function) -> Result<FunctionAttributes, String>;
+    /// Launches with no dynamic shared memory (the kernels declare theirs statically).
+    ///
+    /// # Safety
+    /// `params` point to the kernel's parameters, laid out as its entry point declares them,
+    /// and every address in them is valid for what the kernel does with it.
+    unsafe fn launch(
+        &mut self,
+        function: &Self::Function,
+        dims: LaunchDims,
+        params: &[*mut c_void],
+    ) -> Result<(), String>;
+    /// Waits for everything issued so far (reports asynchronous kernel faults).
+    fn synchronize(&mut self) -> Result<(), String>;
+}
+
+struct GpuBuffer {
+    address: u64,
+    len: usize,
+    dtype: DType,
+    live: bool,
+}
+
+struct LoadedKernel<F> {
+    function: F,
+    params: Vec<ParamLayout>,
+    attributes: FunctionAttributes,
+}
+
+/// A GPU as the pipeline's device: buffers by id, launches checked against the PTX signatures.
+pub struct GpuDevice<D: Driver> {
+    driver: D,
+    module: &'static PtxModule,
+    kernels: HashMap<Kernel, LoadedKernel<D::Function>>,
+    buffers: Vec<GpuBuffer>,
+    launches: usize,
+    description: String,
+}
+
+fn backend(what: &str) -> impl Fn(String) -> DeviceError + '_ {
+    move |e| DeviceError::Backend(format!("{what}: {e}"))
+}
+
+fn element_size(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 | DType::U32 => 4,
+        DType::F64 => 8,
+    }
+}
+
+fn bytes_of<T: Element>(data: &[T]) -> &[u8] {
+    // SAFETY: `Element`s are f32, u32 and f64: plain data without padding.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+fn bytes_of_mut<T: Element>(data: &mut [T]) -> &mut [u8] {
+    // SAFETY: as for `bytes_of`; every bit pattern is a valid f32, u32 or f64.
+    unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+impl<D: Driver> GpuDevice<D> {
+    /// Loads every kernel of `module` (already loaded into `driver`) with its parameter list.
+    pub fn new(mut driver: D, module: &'static PtxModule, description: String) -> Result<Self, DeviceError> {
+        let layouts = layouts(module).map_err(DeviceError::Invalid)?;
+        let mut kernels = HashMap::new();
+        for &kernel in Kernel::ALL {
+            let what = format!("loading kernel `{}` from {}", kernel.name(), module.file);
+            let function = driver.function(kernel.name()).map_err(backend(&what))?;
+            let attributes = driver.attributes(&function).map_err(backend(&what))?;
+            let params = layouts[&kernel].clone();
+            kernels.insert(
+                kernel,
+                LoadedKernel {
+                    function,
+                    params,
+                    attributes,
+                },
+            );
+        }
+        Ok(Self {
+            driver,
+            module,
+            kernels,
+            buffers: Vec::new(),
+            launches: 0,
+            description,
+        })
+    }
+
+    /// The PTX module the kernels came from.
+    pub fn module(&self) -> &'static PtxModule {
+        self.module
+    }
+
+    /// The GPU and driver, in words.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Registers, shared and local memory of a kernel as the driver compiled it.
+    pub fn attributes(&self, kernel: Kernel) -> FunctionAttributes {
+        self.kernels[&kernel].attributes
+    }
+
+    /// Kernel launches so far.
+    pub fn launches(&self) -> usize {
+        self.launches
+    }
+
+    /// Elements held by live buffers.
+    pub fn resident_elements(&self) -> usize {
+        self.buffers.iter().filter(|b| b.live).map(|b| b.len).sum()
+    }
+
+    /// The device address of a checked slice.
+    fn address(&self, slice: RawSlice, what: &str) -> Result<u64, DeviceError> {
+        let buffer = self
+            .buffers
+            .get(slice.id)
+            .filter(|b| b.live)
+            .ok_or_else(|| DeviceError::Invalid(format!("{what}: no buffer {}", slice.id)))?;
+        if buffer.dtype != slice.dtype {
+            return Err(DeviceError::Invalid(format!(
+                "{what}: buffer {} holds {:?}, the slice is {:?}",
+                slice.id, buffer.dtype, slice.dtype
+            )));
+        }
+        let end = slice.offset.checked_add(slice.len);
+        if end.is_none_or(|end| end > buffer.len) {
+            return Err(DeviceError::Invalid(format!(
+                "{what}: elements {}..{} of buffer {} of {} elements",
+                slice.offset,
+                slice.offset.saturating_add(slice.len),
+                slice.id,
+                buffer.len
+            )));
+        }
+        Ok(buffer.address + (slice.offset * element_size(slice.dtype)) as u64)
+    }
+
+    /// Checks a launch's geometry against what the kernel was compiled for.
+    fn check_dims(&self, call: &KernelCall, attributes: FunctionAttributes) -> Result<(), DeviceError> {
+        let name = call.kernel.name();
+        let threads = call.dims.block.count();
+        if threads == 0 || threads > attributes.max_threads_per_block as u64 {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{name}`: {threads} threads per block, the compiled kernel allows {}",
+                attributes.max_threads_per_block
+            )));
+        }
+        if call.dims.shared_bytes as i64 > attributes.static_shared_bytes as i64 {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{name}`: the launch expects {} bytes of shared memory, the kernel declares {}",
+                call.dims.shared_bytes, attributes.static_shared_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<D: Driver> Device for GpuDevice<D> {
+    fn name(&self) -> &'static str {
+        D::NAME
+    }
+
+    fn alloc<T: Element>(&mut self, len: usize) -> Result<Buffer<T>, DeviceError> {
+        let bytes = len
+            .checked_mul(element_size(T::DTYPE))
+            .ok_or_else(|| DeviceError::Invalid(format!("alloc of {len} elements overflows")))?;
+        // Empty buffers get no memory (the driver refuses zero-byte allocations).
+        let address = if bytes == 0 {
+            0
+        } else {
+            self.driver
+                .alloc_zeroed(bytes)
+                .map_err(backend(&format!("allocating {bytes} bytes")))?
+        };
+        self.buffers.push(GpuBuffer {
+            address,
+            len,
+            dtype: T::DTYPE,
+            live: true,
+        });
+        Ok(Buffer::from_id(self.buffers.len() - 1, len))
+    }
+
+    fn upload<T: Element>(&mut self, dst: Slice<T>, data: &[T]) -> Result<(), DeviceError> {
+        if data.len() != dst.len {
+            return Err(DeviceError::Invalid(format!(
+                "upload of {} elements into a slice of {}",
+                data.len(),
+                dst.len
+            )));
+        }
+        let address = self.address(dst.raw(), "upload")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.driver.upload(address, bytes_of(data)).map_err(backend("upload"))
+    }
+
+    fn download<T: Element>(&mut self, src: Slice<T>, out: &mut [T]) -> Result<(), DeviceError> {
+        if out.len() != src.len {
+            return Err(DeviceError::Invalid(format!(
+                "download of a slice of {} elements into {}",
+                src.len,
+                out.len()
+            )));
+        }
+        let address = self.address(src.raw(), "download")?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.driver
+            .download(bytes_of_mut(out), address)
+            .map_err(backend("download"))
+    }
+
+    fn copy<T: Element>(&mut self, src: Slice<T>, dst: Slice<T>) -> Result<(), DeviceError> {
+        if src.len != dst.len {
+            return Err(DeviceError::Invalid(format!(
+                "copy of {} elements into a slice of {}",
+                src.len, dst.len
+            )));
+        }
+        let from = self.address(src.raw(), "copy")?;
+        let to = self.address(dst.raw(), "copy")?;
+        let bytes = src.len * element_size(T::DTYPE);
+        if src.id == dst.id {
+            let (a, b) = (src.offset, dst.offset);
+            if a < b + dst.len && b < a + src.len {
+                return Err(DeviceError::Invalid(format!(
+                    "copy between overlapping parts of buffer {}",
+                    src.id
+                )));
+            }
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.driver.copy(to, from, bytes).map_err(backend("copy"))
+    }
+
+    fn free(&mut self, id: usize) -> Result<(), DeviceError> {
+        let buffer = self
+            .buffers
+            .get_mut(id)
+            .filter(|b| b.live)
+            .ok_or_else(|| DeviceError::Invalid(format!("free: no buffer {id}")))?;
+        buffer.live = false;
+        let address = buffer.address;
+        if address != 0 {
+            self.driver.free(address).map_err(backend("free"))?;
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError> {
+        let kernel = &self.kernels[&call.kernel];
+        let attributes = kernel.attributes;
+        self.check_dims(call, attributes)?;
+        let params = pack(call, &kernel.params, |slice, what| self.address(slice, what))?;
+        if call.dims.grid.count() == 0 {
+            return Ok(());
+        }
+        let pointers: Vec<*mut c_void> = params.iter().map(|p| p.0.as_ptr() as *mut c_void).collect();
+        let function = &self.kernels[&call.kernel].function;
+        // SAFETY: `params` hold the entry point's parameters in its declared layout (checked by
+        // `pack` against the PTX and the manifest) and every slice is within a live buffer of its
+        // element type; the kernels index only within the lengths they are given (the simulator
+        // checks the same launches). `params` outlive the call, which copies them.
+        let launched = unsafe { self.driver.launch(function, call.dims, &pointers) };
+        launched.map_err(backend(&format!("launching kernel `{}`", call.kernel.name())))?;
+        self.launches += 1;
+        Ok(())
+    }
+
+    fn synchronize(&mut self) -> Result<(), DeviceError> {
+        self.driver.synchronize().map_err(backend("synchronize"))
+    }
+}
+
+impl<D: Driver> Drop for GpuDevice<D> {
+    fn drop(&mut self) {
+        for buffer in self.buffers.iter_mut().filter(|b| b.live && b.address != 0) {
+            buffer.live = false;
+            // Nothing to report to: a failed free at teardown leaves the memory to the context.
+            let _ = self.driver.free(buffer.address);
+        }
+    }
+}

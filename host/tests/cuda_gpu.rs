@@ -1,0 +1,243 @@
+//! The kernels on a real GPU (the committed PTX through `CudaDevice`) against the simulator and
+//! the reference. Each test first looks for a CUDA driver and a GPU of sm_80 or later; without one
+//! it prints `SKIP: <test>: no CUDA driver/GPU (<reason>)` to stderr and returns (the project's
+//! convention for GPU tests: `cargo test` passes on machines without a GPU, visibly skipping).
+//!
+//! * every kernel, on the launches the pipeline really makes for two models of different shapes
+//!   (recorded on the simulator with their inputs, replayed on the GPU), against the simulator;
+//! * the forward pass against the reference and the official PyTorch output of `vectors/tiny`;
+//! * whole guided DDIM-50 runs (full compute, ResCa official with replayed clusterings) against
+//!   the reference and the simulator, and `resca sample --backend cuda` against the reference.
+//!
+//! The PTX multiplies and adds with explicit `.rn` rounding (no FMA contraction by ptxas) and
+//! the kernels do their own transcendental math, so GPU and simulator are expected to agree to
+//! the last bit; the budgets below allow float-rounding noise and report how many values were
+//! not bit-identical.
+
+mod support;
+
+use std::process::Command;
+
+use ndarray::{ArrayD, Ix4};
+use resca_host::cuda::CudaDevice;
+use resca_host::cuda::replay::{Recorder, compare, replay};
+use resca_host::pipeline::{Kernel, Pipeline, SampleOptions, SampleOutput};
+use resca_host::sim::SimDevice;
+use resca_reference::cache::{CachingHook, ClusteringRecord, MethodConfig};
+use resca_reference::ddim::DdimSchedule;
+use resca_reference::safetensors_file::SafetensorsFile;
+use resca_reference::{Dit, FullCompute, Sampler, Trajectory, sample};
+
+fn gpu() -> CudaDevice {
+    CudaDevice::open_default().unwrap()
+}
+
+fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
+    assert_eq!(actual.shape(), expected.shape());
+    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    diff / scale
+}
+
+fn trajectories_close(what: &str, ours: &Trajectory, theirs: &Trajectory, budget: f32) {
+    let x = max_rel_to_max(&ours.x.clone().into_dyn(), &theirs.x.clone().into_dyn());
+    let out = max_rel_to_max(&ours.model_out.clone().into_dyn(), &theirs.model_out.clone().into_dyn());
+    eprintln!("{what}: x {x:.2e}, model_out {out:.2e} (of max|.|)");
+    assert!(x < budget, "{what}: x differs by {x} of max|x|");
+    assert!(out < budget, "{what}: model_out differs by {out} of max|model_out|");
+    assert_eq!(ours.work, theirs.work, "{what}: different work per step");
+}
+
+#[test]
+fn every_kernel_matches_the_simulator_on_the_pipelines_launches() {
+    if !support::gpu_or_skip("every_kernel_matches_the_simulator_on_the_pipelines_launches") {
+        return;
+    }
+    let mut dev = gpu();
+    eprintln!("GPU: {}", dev.description());
+    let mut covered = std::collections::BTreeSet::new();
+    for (name, model) in [("tiny", support::tiny_model()), ("odd", support::odd_model(2))] {
+        let (recorder, _) = support::drive(Recorder::new(SimDevice::new(), 3), &model);
+        covered.extend(recorder.kernels().iter().map(|k| k.name()));
+        for launch in &recorder.launches {
+            let ours = replay(&mut dev, launch).unwrap_or_else(|e| panic!("{name}: {:?}: {e}", launch.call.kernel));
+            dev.synchronize_checked();
+            let d = compare(&launch.after, &ours);
+            let kernel = launch.call.kernel.name();
+            eprintln!(
+                "{name} {kernel}: {} values, {} not bit-identical, max |gpu - sim| {:.2e} (max |value| {:.2e})",
+                d.elements, d.not_identical, d.max_abs, d.max_value
+            );
+            // Budget: 1e-6 of max(1, max|value|) (rounding noise; expected 0).
+            assert!(
+                d.max_abs <= 1e-6 * d.max_value.max(1.0),
+                "{name} {kernel}: GPU and simulator differ by {}",
+                d.max_abs
+            );
+        }
+    }
+    assert_eq!(covered.len(), Kernel::ALL.len(), "not every kernel was checked");
+    assert_eq!(dev.resident_elements(), 0);
+}
+
+trait SyncChecked {
+    fn synchronize_checked(&mut self);
+}
+
+impl SyncChecked for CudaDevice {
+    /// Surfaces asynchronous faults at the launch that caused them.
+    fn synchronize_checked(&mut self) {
+        use resca_host::pipeline::Device;
+        self.synchronize().unwrap();
+    }
+}
+
+#[test]
+fn forward_matches_the_reference_and_the_official_output() {
+    if !support::gpu_or_skip("forward_matches_the_reference_and_the_official_output") {
+        return;
+    }
+    let file = SafetensorsFile::open(support::vectors("forward.safetensors")).unwrap();
+    let model = support::tiny_model();
+    let x = file.read_f32("x").unwrap().into_dimensionality::<Ix4>().unwrap();
+    let t: Vec<f32> = file.read_i64("t").unwrap().iter().map(|&v| v as f32).collect();
+    let y: Vec<usize> = file.read_i64("y").unwrap().iter().map(|&v| v as usize).collect();
+    let mut pipeline = Pipeline::new(gpu(), &model).unwrap();
+    let ours = pipeline.forward(x.view(), &t, &y).unwrap().into_dyn();
+    let reference = model.forward(x.view(), &t, &y).unwrap().into_dyn();
+    let official = file.read_f32("out").unwrap();
+    let max_abs = |a: &ArrayD<f32>, b: &ArrayD<f32>| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+    let (vs_reference, vs_official) = (max_abs(&ours, &reference), max_abs(&ours, &official));
+    eprintln!("gpu forward: max |gpu - reference| {vs_reference:.2e}, max |gpu - official| {vs_official:.2e}");
+    // Budget 1e-5 absolute, as the simulator's (measured there 7.2e-7).
+    assert!(vs_reference < 1e-5, "gpu vs reference {vs_reference}");
+    assert!(vs_official < 1e-5, "gpu vs official {vs_official}");
+    let sim = resca_host::sim::SimDit::new(&model)
+        .unwrap()
+        .forward(x.view(), &t, &y)
+        .unwrap()
+        .into_dyn();
+    let vs_sim = max_abs(&ours, &sim);
+    eprintln!("gpu forward: max |gpu - sim| {vs_sim:.2e}");
+    assert!(vs_sim < 1e-6, "gpu vs sim {vs_sim}");
+}
+
+fn run(model: &Dit, dev: CudaDevice, method: &MethodConfig, replay: Vec<ClusteringRecord>) -> SampleOutput {
+    let (x, y) = support::tiny_guided_inputs(model);
+    let mut pipeline = Pipeline::new(dev, model).unwrap();
+    let options = SampleOptions {
+        replay,
+        record_clusterings: true,
+    };
+    let sampler = Sampler::Ddim(DdimSchedule::new(50).unwrap());
+    pipeline
+        .sample(x.view(), &y, Some(1.5), &sampler, method, options, &mut |_, _| {})
+        .unwrap()
+}
+
+#[test]
+fn guided_ddim_50_full_and_resca_match_the_reference_and_the_simulator() {
+    if !support::gpu_or_skip("guided_ddim_50_full_and_resca_match_the_reference_and_the_simulator") {
+        return;
+    }
+    let model = support::tiny_model();
+    let (x, y) = support::tiny_guided_inputs(&model);
+    let sampler = Sampler::Ddim(DdimSchedule::new(50).unwrap());
+
+    // Full compute.
+    let full = run(&model, gpu(), &MethodConfig::full(), Vec::new());
+    let reference = sample(
+        &model,
+        x.view(),
+        &y,
+        Some(1.5),
+        &sampler,
+        &mut FullCompute,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    trajectories_close("full: gpu vs reference", &full.trajectory, &reference, 1e-4);
+    let mut sim = Pipeline::new(SimDevice::new(), &model).unwrap();
+    let sim_full = sim
+        .sample(
+            x.view(),
+            &y,
+            Some(1.5),
+            &sampler,
+            &MethodConfig::full(),
+            SampleOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    trajectories_close("full: gpu vs sim", &full.trajectory, &sim_full.trajectory, 1e-4);
+
+    // ResCa official: the simulator's clusterings replayed on the GPU and by the reference.
+    let method = support::released_resca();
+    let options = SampleOptions {
+        replay: Vec::new(),
+        record_clusterings: true,
+    };
+    let sim_resca = sim
+        .sample(x.view(), &y, Some(1.5), &sampler, &method, options, &mut |_, _| {})
+        .unwrap();
+    let ours = run(&model, gpu(), &method, sim_resca.history.clone());
+    trajectories_close("resca: gpu vs sim", &ours.trajectory, &sim_resca.trajectory, 1e-4);
+    let mut hook = CachingHook::new(method.clone(), &model.config, 4, sampler.orientation()).unwrap();
+    hook.replay_clusterings(sim_resca.history.clone());
+    let reference = sample(&model, x.view(), &y, Some(1.5), &sampler, &mut hook, &mut |_, _| {}).unwrap();
+    trajectories_close("resca: gpu vs reference", &ours.trajectory, &reference, 1e-4);
+    // Its own clusterings (no replay) are the simulator's wherever no similarity tie decides.
+    let own = run(&model, gpu(), &method, Vec::new());
+    let same = own
+        .history
+        .iter()
+        .zip(&sim_resca.history)
+        .flat_map(|(a, b)| a.rows.iter().zip(&b.rows))
+        .filter(|(a, b)| a.labels == b.labels && a.proxies == b.proxies)
+        .count();
+    eprintln!(
+        "resca own TETC: {same} of {} clusterings identical to the simulator's",
+        4 * own.history.len()
+    );
+}
+
+#[test]
+fn cli_sample_on_cuda_matches_the_reference_backend() {
+    if !support::gpu_or_skip("cli_sample_on_cuda_matches_the_reference_backend") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |backend: &str| {
+        let out = dir.path().join(format!("{backend}.safetensors"));
+        let (weights, noise) = (
+            support::vectors("weights.safetensors"),
+            support::vectors("ddim.safetensors"),
+        );
+        let status = Command::new(env!("CARGO_BIN_EXE_resca"))
+            .args([
+                "sample",
+                "--weights",
+                weights.to_str().unwrap(),
+                "--noise",
+                noise.to_str().unwrap(),
+            ])
+            .args(["--labels", "7,4", "--cfg-scale", "1.5", "--backend", backend, "--json"])
+            .args(["--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        let stats: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(stats["backend"], backend);
+        SafetensorsFile::open(&out).unwrap().read_f32("x").unwrap()
+    };
+    let (cuda, reference) = (run("cuda"), run("reference"));
+    let err = max_rel_to_max(&cuda, &reference);
+    eprintln!("resca sample --backend cuda vs reference: {err:.2e} of max|x|");
+    assert!(err < 1e-4);
+    let info = Command::new(env!("CARGO_BIN_EXE_resca")).arg("info").output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("CUDA driver"));
+}

@@ -1,0 +1,223 @@
+//! Shared by the CUDA tests: models, inputs, and a workload that drives every kernel through the
+//! pipeline (forwards, guidance, both samplers, every caching method) on any device.
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::path::PathBuf;
+
+use ndarray::{Array4, Ix4};
+use resca_gpu_kernels::taylor::TaylorCoefficients;
+use resca_host::inputs::guided_batch;
+use resca_host::pipeline::{Device, Pipeline, SampleOptions, SampleOutput, launch};
+use resca_reference::cache::pdds::Solver;
+use resca_reference::cache::tetc::ProxyChoice;
+use resca_reference::cache::{ClusteringSource, MethodConfig, MethodKind, ResidualScaling};
+use resca_reference::ddim::DdimSchedule;
+use resca_reference::flow::FlowSchedule;
+use resca_reference::safetensors_file::SafetensorsFile;
+use resca_reference::{Dit, DitConfig, Sampler};
+
+pub fn vectors(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/vectors/tiny")
+        .join(name)
+}
+
+/// The model of `tests/vectors/tiny` (8x8x4 latents, 16 tokens, hidden 64, 4 heads, depth 2).
+pub fn tiny_model() -> Dit {
+    Dit::load(&vectors("weights.safetensors"), None, None).unwrap()
+}
+
+/// Shapes unlike the tiny model's: 36 tokens, 3 channels without learned sigma, hidden 96 in 3
+/// heads of 32, 7 classes (sizes that are not multiples of the kernels' tiles and blocks).
+pub fn odd_model(seed: u64) -> Dit {
+    let config = DitConfig {
+        input_size: 12,
+        patch_size: 2,
+        in_channels: 3,
+        hidden_size: 96,
+        depth: 1,
+        num_heads: 3,
+        mlp_ratio: 4.0,
+        num_classes: 7,
+        learn_sigma: false,
+    };
+    Dit::random(config, seed).unwrap()
+}
+
+/// The guided batch `[x; x]`, `[y; null]` of the vectors' noise with labels 7, 4.
+pub fn tiny_guided_inputs(model: &Dit) -> (Array4<f32>, Vec<usize>) {
+    let file = SafetensorsFile::open(vectors("ddim.safetensors")).unwrap();
+    let noise = file.read_f32("noise").unwrap().into_dimensionality::<Ix4>().unwrap();
+    guided_batch(&noise, &[7, 4], &model.config)
+}
+
+/// Deterministic values in [-2, 2] (xorshift).
+pub fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            ((state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// Deterministic noise (B, C, H, W).
+pub fn noise(model: &Dit, batch: usize, seed: u64) -> Array4<f32> {
+    let c = &model.config;
+    let shape = (batch, c.in_channels, c.input_size, c.input_size);
+    Array4::from_shape_vec(shape, values(seed, batch * c.in_channels * c.input_size * c.input_size)).unwrap()
+}
+
+/// ResCa as the released code runs it on the vectors.
+pub fn released_resca() -> MethodConfig {
+    MethodConfig {
+        clusters: 4,
+        alpha: 0.6,
+        solver: Solver::ImplicitEuler,
+        proxy: ProxyChoice::Medoid,
+        residuals: ResidualScaling::Official,
+        ..MethodConfig::new(MethodKind::ResCa, 4, 1)
+    }
+}
+
+/// The caching methods and sampler settings the workload runs (interval 2, so that 6 steps hold
+/// full and cached ones), together covering every kernel.
+pub fn workload_methods() -> Vec<(&'static str, MethodConfig, bool)> {
+    let resca = MethodConfig {
+        interval: 2,
+        ..released_resca()
+    };
+    vec![
+        ("full", MethodConfig::full(), false),
+        ("taylorseer o2", MethodConfig::new(MethodKind::TaylorSeer, 2, 2), false),
+        ("fora", MethodConfig::new(MethodKind::Fora, 2, 0), false),
+        ("resca ie official", resca.clone(), false),
+        (
+            "resca center-random",
+            MethodConfig {
+                proxy: ProxyChoice::CenterRandom,
+                seed: 5,
+                ..resca.clone()
+            },
+            false,
+        ),
+        (
+            "resca feature it2 paper",
+            MethodConfig {
+                clustering: ClusteringSource::Feature,
+                solver: Solver::ImplicitTaylor(2),
+                order: 2,
+                residuals: ResidualScaling::Paper,
+                ..resca.clone()
+            },
+            false,
+        ),
+        (
+            "resca bdf2",
+            MethodConfig {
+                solver: Solver::Bdf2,
+                order: 2,
+                ..resca.clone()
+            },
+            false,
+        ),
+        (
+            "clusca",
+            MethodConfig {
+                clusters: 4,
+                seed: 3,
+                ..MethodConfig::new(MethodKind::ClusCa, 2, 1)
+            },
+            false,
+        ),
+        (
+            "flow resca paper",
+            MethodConfig {
+                first_enhance: 3,
+                residuals: ResidualScaling::Paper,
+                ..resca
+            },
+            true,
+        ),
+    ]
+}
+
+/// Runs the workload on `dev`: a forward (B = 3), a guided forward (B = 4) and 6-step guided
+/// runs of every method of [`workload_methods`] (DDIM, or flow where marked). Returns the
+/// device and the runs' outputs.
+pub fn drive<D: Device>(dev: D, model: &Dit) -> (D, Vec<SampleOutput>) {
+    let mut pipeline = Pipeline::new(dev, model).unwrap();
+    let c = model.config.clone();
+    let x = noise(model, 3, 11);
+    let labels: Vec<usize> = (0..3).map(|i| (2 * i + 1) % c.num_classes).collect();
+    pipeline.forward(x.view(), &[999.0, 500.0, 1.0], &labels).unwrap();
+    let (guided, guided_labels) = guided_batch(&noise(model, 2, 12), &[1, 2], &c);
+    pipeline
+        .forward_with_cfg(guided.view(), &[300.0; 4], &guided_labels, 1.5)
+        .unwrap();
+    let mut outputs = Vec::new();
+    for (what, method, use_flow) in workload_methods() {
+        let sampler = if use_flow {
+            Sampler::Flow(FlowSchedule::new(6, 1.0).unwrap())
+        } else {
+            Sampler::Ddim(DdimSchedule::new(6).unwrap())
+        };
+        let options = SampleOptions::default();
+        let out = pipeline
+            .sample(
+                guided.view(),
+                &guided_labels,
+                Some(1.5),
+                &sampler,
+                &method,
+                options,
+                &mut |_, _| {},
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        outputs.push(out);
+    }
+    // The unfused Taylor prediction (the pipeline launches the fused one): 3 factors of 777.
+    let dev = &mut pipeline.dev;
+    let factors = dev.upload_new(&values(13, 3 * 777)).unwrap();
+    let out = dev.alloc::<f32>(777).unwrap();
+    let coef = TaylorCoefficients {
+        scale1: 1.0,
+        power1: -2.0,
+        scale2: 0.5,
+        power2: 4.0,
+        scale3: 1.0 / 6.0,
+        power3: -8.0,
+        scale4: 1.0 / 24.0,
+        power4: 16.0,
+    };
+    launch::taylor_predict(dev, factors.all(), out.all(), 777, 3, coef).unwrap();
+    dev.free(factors.id()).unwrap();
+    dev.free(out.id()).unwrap();
+    (pipeline.dev, outputs)
+}
+
+/// Prints the project's SKIP line on the process's stderr (not the test harness's captured
+/// output, so that it shows in a plain `cargo test`).
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: no CUDA driver/GPU ({reason})");
+}
+
+/// Whether a GPU can run the tests; prints the SKIP line when not.
+pub fn gpu_or_skip(test: &str) -> bool {
+    match resca_host::cuda::probe() {
+        Ok(info) if info.devices.iter().any(|d| d.ptx_arch.is_some()) => true,
+        Ok(_) => {
+            skip(test, "no GPU of sm_80 or later");
+            false
+        }
+        Err(e) => {
+            skip(test, &e.to_string());
+            false
+        }
+    }
+}
