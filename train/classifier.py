@@ -82,9 +82,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="data/package")
     p.add_argument("--out", default="out/classifier.safetensors")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--augment", type=int, default=0)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -100,7 +101,7 @@ def main():
         perm = torch.randperm(len(xtr), generator=gen)
         for i in range(0, len(xtr) - 63, 64):
             idx = perm[i: i + 64]
-            loss = F.cross_entropy(m(augment(xtr[idx], gen)), ytr[idx])
+            loss = F.cross_entropy(m(augment(xtr[idx], gen) if a.augment else xtr[idx]), ytr[idx])
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
         m.eval()
         with torch.no_grad():

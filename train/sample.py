@@ -37,7 +37,8 @@ def main():
     p.add_argument("--grid-cfg", type=float, default=None)
     p.add_argument("--png", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default="data/package")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -48,6 +49,16 @@ def main():
     noise = torch.randn((n, cfg["in_channels"], cfg["input_size"], cfg["input_size"]),
                         generator=torch.Generator().manual_seed(a.seed))
     results = []
+    import data
+    xtr, ytr, _, _ = data.load(a.data)
+    sel = np.random.default_rng(a.seed).choice(len(xtr), n, replace=False)
+    with torch.no_grad():
+        xr = torch.from_numpy(xtr[sel])
+        racc = (clf(xr).argmax(1) == torch.from_numpy(ytr[sel])).float().mean().item()
+    mu, sig = feature_stats(clf, xr)
+    r = {"reference": f"{n} real training digits", "accuracy": round(racc, 4), "frechet": round(frechet_distance(mu, sig, mu_r, sig_r), 3)}
+    results.append(r)
+    print(json.dumps(r), flush=True)
     for s in [float(v) for v in a.cfg.split(",")]:
         t0 = time.time()
         xs = torch.cat([ddim_sample(model, noise[i: i + 250], labels[i: i + 250], s, null_label=cfg["num_classes"])
