@@ -211,8 +211,9 @@ def alphas_cumprod(T=1000):
 
 
 @torch.no_grad()
-def ddim_sample(model, noise, labels, cfg_scale, steps=50, null_label=10):
-    """DDIM, eta 0, no clipping (SPEC section 2). Returns the final sample (B, C, H, W)."""
+def ddim_sample(model, noise, labels, cfg_scale, steps=50, null_label=10, clip=False):
+    """DDIM, eta 0, no clipping (SPEC section 2); `clip` clamps x0 to [-1, 1] (diagnostic only, not
+    what the project's samplers do). Returns the final sample (B, C, H, W)."""
     abar = alphas_cumprod()
     tmap = ddim_timestep_map(steps)
     x = noise.clone()
@@ -231,6 +232,8 @@ def ddim_sample(model, noise, labels, cfg_scale, steps=50, null_label=10):
         a_prev = abar[tmap[s - 1]] if s > 0 else 1.0
         xd = x.double()
         x0 = math.sqrt(1.0 / a) * xd - math.sqrt(1.0 / a - 1.0) * eps
+        if clip:
+            x0 = x0.clamp(-1, 1)
         eps2 = (math.sqrt(1.0 / a) * xd - x0) / math.sqrt(1.0 / a - 1.0)
         x = (math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps2).float()
     return x

@@ -73,10 +73,10 @@ def main():
              "frechet": round(fd, 3), "seconds": round(time.time() - t0)}
         results.append(r)
         print(json.dumps(r), flush=True)
-        if a.png and a.grid_cfg == s:
+        if a.png and (a.grid_cfg is None or a.grid_cfg == s):  # --png may contain {cfg}
             k = min(a.per_class, 10)
             sel = torch.cat([xs[c * a.per_class: c * a.per_class + k] for c in range(10)])
-            pngio.write_gray_png(a.png, pngio.grid(sel.numpy(), 10, k))
+            pngio.write_gray_png(a.png.format(cfg=s), pngio.grid(sel.numpy(), 10, k))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

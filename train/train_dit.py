@@ -52,6 +52,10 @@ def main():
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--emb-lr-mult", type=float, default=1.0)
+    p.add_argument("--decay-from", type=int, default=0)
+    p.add_argument("--decay-to", type=int, default=0)
+    p.add_argument("--lr-min", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ckpt-every", type=int, default=500)
@@ -71,7 +75,14 @@ def main():
         q.requires_grad_(False)
     nparam = sum(q.numel() for q in model.parameters() if q.requires_grad)
     print(f"config {cfg}; trainable parameters {nparam}", flush=True)
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.0)
+    table = model.y_embedder.embedding_table.weight
+    rest = [q for q in model.parameters() if q.requires_grad and q is not table]
+    groups = [{"params": rest, "mult": 1.0}]
+    if a.emb_lr_mult != 1.0:  # the label table learns a.emb_lr_mult times faster
+        groups.append({"params": [table], "mult": a.emb_lr_mult})
+    else:
+        groups[0]["params"] = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=0.0)
     sab = torch.from_numpy(np.sqrt(alphas_cumprod())).float()
     s1ab = torch.from_numpy(np.sqrt(1.0 - alphas_cumprod())).float()
     gen = torch.Generator().manual_seed(a.seed + 1)  # data order, t, noise, label dropout
@@ -80,7 +91,14 @@ def main():
     ck = os.path.join(a.out, "ckpt.pt")
     if os.path.exists(ck) and not a.bench:
         st = torch.load(ck, weights_only=False)
-        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
+        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"])
+        if len(st["opt"]["param_groups"]) == len(opt.param_groups):
+            opt.load_state_dict(st["opt"])
+        else:  # the group layout changed (--emb-lr-mult): keep each parameter's Adam state
+            one = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.0)
+            one.load_state_dict(st["opt"])
+            for q, v in one.state.items():
+                opt.state[q] = v
         gen.set_state(st["gen"]); step, elapsed, log = st["step"], st["elapsed"], st["log"]
         print(f"resumed at step {step}", flush=True)
 
@@ -98,8 +116,11 @@ def main():
         noise = torch.randn(x0.shape, generator=gen)
         xt = sab[t].view(-1, 1, 1, 1) * x0 + s1ab[t].view(-1, 1, 1, 1) * noise
         lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        if a.decay_to > a.decay_from and step >= a.decay_from:  # linear decay to lr_min
+            f = min(1.0, (step - a.decay_from) / (a.decay_to - a.decay_from))
+            lr = a.lr + f * (a.lr_min - a.lr)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["mult"]
         loss = F.mse_loss(model(xt, t, y, generator=gen), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
