@@ -31,7 +31,7 @@ fn single_threaded_blas() {
     });
 }
 
-/// How many row chunks to split `rows` into for `macs` multiply-adds.
+/// How many chunks to split `rows` (or columns) into for `macs` multiply-adds.
 fn row_chunks(rows: usize, macs: usize) -> usize {
     if macs < PARALLEL_MIN_MACS {
         1
@@ -41,21 +41,24 @@ fn row_chunks(rows: usize, macs: usize) -> usize {
 }
 
 /// `x W^T + b` for a PyTorch `nn.Linear` weight `w` of shape (out, in): the output starts as the
-/// bias rows and one GEMM with beta = 1 adds the product (no separate zeroing or bias pass); large
-/// products are split by rows over the cores.
+/// bias rows and one GEMM with beta = 1 adds the product (no separate zeroing or bias pass). Large
+/// products are split over the cores by output features: each core then packs only its share of
+/// the weights, which do not fit in cache (measured on the 2-core Zen 3 machine, DiT-XL/2 forward
+/// batch 2: 3.71 s split by features, 4.07 s split by rows).
 pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
     single_threaded_blas();
     let (rows, inner) = x.dim();
-    let mut y = Array2::from_shape_fn((rows, w.nrows()), |(_, j)| b[j]);
-    let chunks = row_chunks(rows, rows * inner * w.nrows());
+    let outputs = w.nrows();
+    let mut y = b.broadcast((rows, outputs)).expect("bias of the output width").to_owned();
+    let chunks = row_chunks(outputs, rows * inner * outputs);
     if chunks == 1 {
         general_mat_mul(1.0, &x, &w.t(), 1.0, &mut y);
     } else {
-        let size = rows.div_ceil(chunks);
-        y.axis_chunks_iter_mut(Axis(0), size)
+        let size = outputs.div_ceil(chunks);
+        y.axis_chunks_iter_mut(Axis(1), size)
             .into_par_iter()
-            .zip(x.axis_chunks_iter(Axis(0), size).into_par_iter())
-            .for_each(|(mut y, x)| general_mat_mul(1.0, &x, &w.t(), 1.0, &mut y));
+            .zip(w.axis_chunks_iter(Axis(0), size).into_par_iter())
+            .for_each(|(mut y, w)| general_mat_mul(1.0, &x, &w.t(), 1.0, &mut y));
     }
     y
 }
