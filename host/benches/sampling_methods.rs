@@ -3,7 +3,9 @@
 //! speedup, and the supplement's Fig. S2 split (clustering share of dense-step time, simulated
 //! denoising share of sparse-step time). Prints a markdown table.
 //!
-//! `cargo bench -p resca-host --bench sampling_methods -- [PRESET] [STEPS]` (default DiT-B/2, 50).
+//! `cargo bench -p resca-host --bench sampling_methods -- [PRESET] [STEPS] [FILTER]` (default
+//! DiT-B/2, 50 steps, every method; FILTER keeps the methods whose name contains it, full compute
+//! always runs first as the baseline).
 
 use resca_host::inputs::seeded_noise;
 use resca_host::run::{SampleJob, run_reference};
@@ -16,6 +18,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let preset = args.first().map(String::as_str).unwrap_or("DiT-B/2");
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
+    let filter = args.get(2).cloned().unwrap_or_default();
     let config = DitConfig::preset(preset).expect("a known preset");
     let model = Dit::random(config.clone(), 0).expect("valid preset");
     let resca = |solver, interval| MethodConfig {
@@ -39,7 +42,10 @@ fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut full_wall = None;
-    for method in methods {
+    for method in methods
+        .into_iter()
+        .filter(|m| m.kind == MethodKind::Full || m.name().contains(&filter))
+    {
         let job = SampleJob {
             noise: seeded_noise(0, 1, &config),
             labels: vec![1],

@@ -14,6 +14,7 @@ use std::time::Instant;
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::config::DitConfig;
 use crate::error::{Error, Result};
@@ -406,19 +407,27 @@ impl CachingHook {
         let orders: Vec<&Array3<f32>> = (0..=solver.order())
             .map(|m| cache.orders.get(m).unwrap_or(&zeros))
             .collect();
+        // Batch rows are independent: simulate them on all cores.
+        let (sign, clusters) = (self.sign, &self.clusters);
+        let simulated: Vec<Array2<f32>> = fresh
+            .par_iter()
+            .enumerate()
+            .map(|(row, fresh_row)| {
+                let views: Vec<_> = orders.iter().map(|o| o.index_axis(Axis(0), row)).collect();
+                let row_clusters = &clusters[row];
+                pdds::simulate(
+                    &views,
+                    &row_clusters.proxies,
+                    &row_clusters.labels,
+                    fresh_row.view(),
+                    solver,
+                    sign,
+                )
+            })
+            .collect();
         let mut out = Array3::<f32>::zeros(shape);
-        for (row, fresh_row) in fresh.iter().enumerate() {
-            let views: Vec<_> = orders.iter().map(|o| o.index_axis(Axis(0), row)).collect();
-            let clusters = &self.clusters[row];
-            let simulated = pdds::simulate(
-                &views,
-                &clusters.proxies,
-                &clusters.labels,
-                fresh_row.view(),
-                solver,
-                self.sign,
-            );
-            out.index_axis_mut(Axis(0), row).assign(&simulated);
+        for (row, values) in simulated.iter().enumerate() {
+            out.index_axis_mut(Axis(0), row).assign(values);
         }
         self.update_cache(input.block, Branch::Mlp, out.clone());
         self.timings.simulated_s += started.elapsed().as_secs_f64();
