@@ -53,33 +53,33 @@ pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Arr
         .broadcast((rows, outputs))
         .expect("bias of the output width")
         .to_owned();
-    if rows <= SMALL_ROWS {
-        if let (Some(xs), Some(ws)) = (x.as_slice(), w.as_slice()) {
-            let chunks = row_chunks(outputs, rows * inner * outputs);
-            let size = outputs.div_ceil(chunks);
-            let parts: Vec<Array2<f32>> = (0..chunks)
-                .into_par_iter()
-                .map(|c| {
-                    let columns = c * size..((c + 1) * size).min(outputs);
-                    let mut part = Array2::<f32>::zeros((rows, columns.len()));
-                    let weights = &ws[columns.start * inner..columns.end * inner];
-                    small_rows_product(
-                        xs,
-                        weights,
-                        part.as_slice_mut().expect("fresh"),
-                        rows,
-                        columns.len(),
-                        inner,
-                    );
-                    part
-                })
-                .collect();
-            for (c, part) in parts.iter().enumerate() {
-                y.slice_mut(s![.., c * size..c * size + part.ncols()])
-                    .zip_mut_with(part, |v, &p| *v += p);
-            }
-            return y;
+    if rows <= SMALL_ROWS
+        && let (Some(xs), Some(ws)) = (x.as_slice(), w.as_slice())
+    {
+        let chunks = row_chunks(outputs, rows * inner * outputs);
+        let size = outputs.div_ceil(chunks);
+        let parts: Vec<Array2<f32>> = (0..chunks)
+            .into_par_iter()
+            .map(|c| {
+                let columns = c * size..((c + 1) * size).min(outputs);
+                let mut part = Array2::<f32>::zeros((rows, columns.len()));
+                let weights = &ws[columns.start * inner..columns.end * inner];
+                small_rows_product(
+                    xs,
+                    weights,
+                    part.as_slice_mut().expect("fresh"),
+                    rows,
+                    columns.len(),
+                    inner,
+                );
+                part
+            })
+            .collect();
+        for (c, part) in parts.iter().enumerate() {
+            y.slice_mut(s![.., c * size..c * size + part.ncols()])
+                .zip_mut_with(part, |v, &p| *v += p);
         }
+        return y;
     }
     let chunks = row_chunks(outputs, rows * inner * outputs);
     if chunks == 1 {
