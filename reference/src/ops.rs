@@ -19,8 +19,8 @@ pub const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// OpenBLAS is kept single-threaded: the forward pass splits its products over the cores itself
 /// (rayon), which keeps element-wise work parallel too and avoids OpenBLAS's spinning threads
-/// fighting rayon's for the same cores.
-fn single_threaded_blas() {
+/// fighting rayon's for the same cores. Called by [`linear`]; benchmarks call it too.
+pub fn single_threaded_blas() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         unsafe extern "C" {
@@ -94,9 +94,12 @@ pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Arr
     y
 }
 
-/// At most this many rows go through [`small_rows_product`] instead of BLAS: the proxies' MLP on a
-/// sparse step (K per batch row). BLAS packs the whole weight matrix for every call, which for a
-/// few rows costs more than the product (measured: OpenBLAS 49 GFLOP/s for 32 x 768 x 3072).
+/// At most this many rows go through [`small_rows_product`] instead of BLAS: adaLN (one row per
+/// batch row) and the proxies' MLP on a sparse step (K per batch row). BLAS packs the whole weight
+/// matrix for every call, which for a few rows costs more than the product (bench `small_rows`,
+/// one thread, weights not in cache: 2 x 4608 x 768 ours 8-10 GFLOP/s, OpenBLAS 6; at 32 rows
+/// OpenBLAS is faster alone (46-65 against 35-53 GFLOP/s) but a DiT-B/2 ResCa run is no faster
+/// with it: split over the two cores the products are memory-bound).
 pub const SMALL_ROWS: usize = 48;
 
 /// `y += x w^T` for row-major `x` (m, k), `w` (n, k), `y` (m, n) with few rows `m`: dot products
