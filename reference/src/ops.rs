@@ -97,8 +97,8 @@ pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Arr
 /// At most this many rows go through [`small_rows_product`] instead of BLAS: adaLN (one row per
 /// batch row) and the proxies' MLP on a sparse step (K per batch row). BLAS packs the whole weight
 /// matrix for every call, which for a few rows costs more than the product (bench `small_rows`,
-/// one thread, weights not in cache: 2 x 4608 x 768 ours 8-10 GFLOP/s, OpenBLAS 6; at 32 rows
-/// OpenBLAS is faster alone (46-65 against 35-53 GFLOP/s) but a DiT-B/2 ResCa run is no faster
+/// one thread, weights not in cache: 2 x 4608 x 768 ours 10 GFLOP/s, OpenBLAS 6; at 32 rows
+/// OpenBLAS is faster alone (51-65 against 47-53 GFLOP/s) but a DiT-B/2 ResCa run is no faster
 /// with it: split over the two cores the products are memory-bound).
 pub const SMALL_ROWS: usize = 48;
 
