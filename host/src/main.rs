@@ -80,9 +80,10 @@ struct SampleArgs {
     /// Class labels, one per sample, comma separated (default: 0, 1, 2, ... cycling).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     labels: Option<Vec<i64>>,
-    /// Classifier-free guidance scale (used when above 1; the papers use 1.5).
-    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true)]
-    cfg_scale: f32,
+    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
+    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
+    #[arg(long, allow_negative_numbers = true)]
+    cfg_scale: Option<f32>,
     /// Sampling steps.
     #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
     steps: usize,
@@ -171,8 +172,10 @@ struct CompareArgs {
     seed: u64,
     #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
     steps: usize,
-    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true)]
-    cfg_scale: f32,
+    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
+    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
+    #[arg(long, allow_negative_numbers = true)]
+    cfg_scale: Option<f32>,
     /// Write the table as JSON here.
     #[arg(long, value_name = "FILE.json")]
     json: Option<PathBuf>,
@@ -195,8 +198,10 @@ struct TrajectoriesArgs {
     seed: u64,
     #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
     steps: usize,
-    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true)]
-    cfg_scale: f32,
+    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
+    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
+    #[arg(long, allow_negative_numbers = true)]
+    cfg_scale: Option<f32>,
     /// Caching interval N of TaylorSeer and ResCa (and of the clustering schedule).
     #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = positive)]
     interval: usize,
@@ -239,9 +244,7 @@ fn main() -> ExitCode {
 fn sample(args: SampleArgs) -> Result<()> {
     let model = args.model.load()?;
     let config = &model.config;
-    if !args.cfg_scale.is_finite() || args.cfg_scale < 0.0 {
-        bail!("--cfg-scale {} must be a finite number >= 0", args.cfg_scale);
-    }
+    let cfg_scale = cfg_scale(args.cfg_scale, &args.model)?;
     // Without --noise, --batch or --labels: the classes x seeds grid of the default run.
     let grid = args.noise.is_none() && args.batch.is_none() && args.labels.is_none();
     let (noise, labels) = if grid {
@@ -288,7 +291,7 @@ fn sample(args: SampleArgs) -> Result<()> {
     let job = SampleJob {
         noise,
         labels,
-        cfg_scale: args.cfg_scale,
+        cfg_scale,
         sampler,
         sampler_name: sampler_name.to_string(),
     };
@@ -399,6 +402,17 @@ fn write_outputs(args: &SampleArgs, model: &Dit, job: &SampleJob, results: &[Sam
     Ok(())
 }
 
+/// `--cfg-scale` if given (checked), else the model's default guidance scale.
+fn cfg_scale(given: Option<f32>, model: &ModelArgs) -> Result<f32> {
+    match given {
+        Some(scale) if !scale.is_finite() || scale < 0.0 => {
+            bail!("--cfg-scale {scale} must be a finite number >= 0")
+        }
+        Some(scale) => Ok(scale),
+        None => Ok(model.default_cfg_scale()),
+    }
+}
+
 /// DiT uses 2 dense steps at the start, FLUX-style flow 3.
 fn default_first_enhance(sampler: SamplerKind) -> usize {
     match sampler {
@@ -429,19 +443,17 @@ fn plan(args: PlanArgs) -> Result<()> {
 
 fn compare(args: CompareArgs) -> Result<()> {
     let model = args.model.load()?;
-    if !args.cfg_scale.is_finite() || args.cfg_scale < 0.0 {
-        bail!("--cfg-scale {} must be a finite number >= 0", args.cfg_scale);
-    }
+    let cfg_scale = cfg_scale(args.cfg_scale, &args.model)?;
     let (noise, labels) = class_grid(&model.config, args.seeds, args.seed);
     // The digit classifier measures quality only for the model it was trained with.
-    let embedded = args.model.weights.is_none() && args.model.model.is_none();
+    let embedded = args.model.is_embedded();
     let classifier = if embedded { Some(embedded::classifier()?) } else { None };
     let bar = progress_bar(resca_host::compare::contenders(args.steps).len() as u64, "compare");
     let comparison = resca_host::compare::compare(
         &model,
         noise,
         labels,
-        args.cfg_scale,
+        cfg_scale,
         args.steps,
         classifier.as_ref(),
         &mut |name, done, total| {
@@ -474,13 +486,21 @@ fn compare(args: CompareArgs) -> Result<()> {
         .write_png(&args.png)
         .with_context(|| format!("writing --png {}", args.png.display()))?;
     if let Some(path) = &args.json {
-        let json = serde_json::json!({ "note": comparison.real_data_frechet_note, "rows": comparison.rows });
+        let json = serde_json::json!({
+            "cfg_scale": cfg_scale,
+            "steps": args.steps,
+            "note": comparison.real_data_frechet_note,
+            "rows": comparison.rows,
+        });
         write_text(path, &serde_json::to_string_pretty(&json)?)?;
     }
     if let Some(path) = &args.markdown {
         write_text(path, &table)?;
     }
-    println!("{table}\n{}", comparison.real_data_frechet_note);
+    println!(
+        "guided DDIM-{}, guidance scale {cfg_scale}\n\n{table}\n{}",
+        args.steps, comparison.real_data_frechet_note
+    );
     Ok(())
 }
 
@@ -493,7 +513,7 @@ fn trajectories(args: TrajectoriesArgs) -> Result<()> {
     let job = SampleJob {
         noise: seeded_noise(args.seed, 1, config),
         labels,
-        cfg_scale: args.cfg_scale,
+        cfg_scale: cfg_scale(args.cfg_scale, &args.model)?,
         sampler: Sampler::Ddim(DdimSchedule::new(args.steps)?),
         sampler_name: "ddim".to_string(),
     };

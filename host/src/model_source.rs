@@ -53,6 +53,21 @@ impl ModelArgs {
         }
     }
 
+    /// Whether these flags select the embedded default model (no `--weights`, no `--model`).
+    pub fn is_embedded(&self) -> bool {
+        self.weights.is_none() && self.model.is_none()
+    }
+
+    /// The guidance scale to use when `--cfg-scale` is not given: the embedded model's own
+    /// (it needs more guidance than DiT-XL/2), otherwise the papers' 1.5.
+    pub fn default_cfg_scale(&self) -> f32 {
+        if self.is_embedded() {
+            crate::embedded::DEFAULT_CFG_SCALE
+        } else {
+            crate::embedded::PAPER_CFG_SCALE
+        }
+    }
+
     /// A config without loading weights (for `resca plan`): from `--config`, `--model`, the
     /// weights file's shapes, or the embedded default.
     pub fn config_only(&self) -> Result<DitConfig> {

@@ -9,6 +9,8 @@ pub struct RunStats {
     pub backend: String,
     pub method: String,
     pub sampler: String,
+    /// Classifier-free guidance scale (guided when above 1).
+    pub cfg_scale: f32,
     pub steps: usize,
     pub full_steps: usize,
     pub sparse_steps: usize,
@@ -45,7 +47,7 @@ impl RunStats {
             }
         };
         format!(
-            "method {} ({} backend, {} sampler), {} samples ({} model rows)\n\
+            "method {} ({} backend, {} sampler, guidance {}), {} samples ({} model rows)\n\
              steps: {} ({} full, {} sparse)\n\
              FLOPs per sample: {:.4} T of {:.4} T full compute -> {:.2}x fewer\n\
              wall: {:.3} s = true denoising {:.3} s ({:.1}%) + clustering {:.3} s ({:.1}%) + simulated denoising {:.3} s ({:.1}%)\n\
@@ -53,6 +55,7 @@ impl RunStats {
             self.method,
             self.backend,
             self.sampler,
+            self.cfg_scale,
             self.samples,
             self.model_rows,
             self.steps,

@@ -112,6 +112,7 @@ pub fn stats(
         backend: backend.to_string(),
         method: method_name.to_string(),
         sampler: job.sampler_name.clone(),
+        cfg_scale: job.cfg_scale,
         steps: work.len(),
         full_steps,
         sparse_steps: work.len() - full_steps,

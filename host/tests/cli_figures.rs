@@ -61,6 +61,9 @@ fn compare_writes_its_table_json_and_one_row_of_samples_per_method() {
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("c.json")).unwrap()).unwrap();
+    // The embedded model's default guidance, recorded with the table.
+    assert_eq!(json["cfg_scale"], 4.0);
+    assert!(stdout.contains("guidance scale 4"));
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 12);
     assert_eq!(rows[0]["method"], "full");

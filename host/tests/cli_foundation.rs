@@ -85,6 +85,24 @@ fn guided_sample_reproduces_the_conditional_rows_of_the_official_ddim_run() {
     assert!(rel < 1e-5, "sample via CLI differs by {rel} of max|x|");
 }
 
+/// Without `--cfg-scale` the embedded model samples at its own guidance (4.0) and every other
+/// model at the papers' 1.5; the run's statistics say which.
+#[test]
+fn guidance_defaults_to_the_models_own_scale() {
+    let cfg_of = |args: &[&str]| -> serde_json::Value {
+        let run = resca(args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        serde_json::from_slice::<serde_json::Value>(&run.stdout).expect("--json prints JSON")["cfg_scale"].clone()
+    };
+    let common = ["sample", "--steps", "2", "--batch", "1", "--no-png", "--json"];
+    assert_eq!(cfg_of(&common), 4.0);
+    let weights = vectors("weights.safetensors");
+    let tiny: Vec<&str> = common.iter().copied().chain(["--weights", path(&weights)]).collect();
+    assert_eq!(cfg_of(&tiny), 1.5);
+    let explicit: Vec<&str> = tiny.iter().copied().chain(["--cfg-scale", "2.5"]).collect();
+    assert_eq!(cfg_of(&explicit), 2.5);
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
