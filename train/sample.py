@@ -78,8 +78,18 @@ def main():
             sel = torch.cat([xs[c * a.per_class: c * a.per_class + k] for c in range(10)])
             pngio.write_gray_png(a.png.format(cfg=s), pngio.grid(sel.numpy(), 10, k))
     if a.json:
+        from safetensors import safe_open
+        with safe_open(a.weights, "np") as f:
+            step = f.metadata().get("step", "?")
+        report = {
+            "weights": f"{a.weights} (EMA, step {step})",
+            "sampler": "DDIM-50, eta 0, no clipping, guided (forward_with_cfg), noise seed "
+                       f"{a.seed}; samples clamped to [-1,1] before the classifier",
+            "reference": results[0],
+            "results": results[1:],
+        }
         with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":
