@@ -425,10 +425,8 @@ impl CachingHook {
                 )
             })
             .collect();
-        let mut out = Array3::<f32>::zeros(shape);
-        for (row, values) in simulated.iter().enumerate() {
-            out.index_axis_mut(Axis(0), row).assign(values);
-        }
+        let rows: Vec<_> = simulated.iter().map(|row| row.view()).collect();
+        let out = ndarray::stack(Axis(0), &rows).expect("every row has the cache's shape");
         self.update_cache(input.block, Branch::Mlp, out.clone());
         self.timings.simulated_s += started.elapsed().as_secs_f64();
         out
