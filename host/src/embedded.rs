@@ -21,9 +21,6 @@ pub const CLASSIFIER_WEIGHTS: &[u8] = include_bytes!("../assets/classifier.safet
 /// embedded model", has both tables).
 pub const DEFAULT_CFG_SCALE: f32 = 4.0;
 
-/// Guidance scale of the papers, the default for every model but the embedded one.
-pub const PAPER_CFG_SCALE: f32 = 1.5;
-
 fn dit_file() -> Result<SafetensorsFile> {
     Ok(SafetensorsFile::from_static(
         "<embedded dit-mnist.safetensors>",

@@ -80,10 +80,8 @@ struct SampleArgs {
     /// Class labels, one per sample, comma separated (default: 0, 1, 2, ... cycling).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     labels: Option<Vec<i64>>,
-    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
-    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
-    #[arg(long, allow_negative_numbers = true)]
-    cfg_scale: Option<f32>,
+    #[command(flatten)]
+    guidance: Guidance,
     /// Sampling steps.
     #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
     steps: usize,
@@ -172,10 +170,8 @@ struct CompareArgs {
     seed: u64,
     #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
     steps: usize,
-    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
-    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
-    #[arg(long, allow_negative_numbers = true)]
-    cfg_scale: Option<f32>,
+    #[command(flatten)]
+    guidance: Guidance,
     /// Write the table as JSON here.
     #[arg(long, value_name = "FILE.json")]
     json: Option<PathBuf>,
@@ -198,10 +194,8 @@ struct TrajectoriesArgs {
     seed: u64,
     #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
     steps: usize,
-    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
-    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
-    #[arg(long, allow_negative_numbers = true)]
-    cfg_scale: Option<f32>,
+    #[command(flatten)]
+    guidance: Guidance,
     /// Caching interval N of TaylorSeer and ResCa (and of the clustering schedule).
     #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = positive)]
     interval: usize,
@@ -244,7 +238,7 @@ fn main() -> ExitCode {
 fn sample(args: SampleArgs) -> Result<()> {
     let model = args.model.load()?;
     let config = &model.config;
-    let cfg_scale = cfg_scale(args.cfg_scale, &args.model)?;
+    let cfg_scale = args.guidance.scale(&args.model)?;
     // Without --noise, --batch or --labels: the classes x seeds grid of the default run.
     let grid = args.noise.is_none() && args.batch.is_none() && args.labels.is_none();
     let (noise, labels) = if grid {
@@ -402,14 +396,25 @@ fn write_outputs(args: &SampleArgs, model: &Dit, job: &SampleJob, results: &[Sam
     Ok(())
 }
 
-/// `--cfg-scale` if given (checked), else the model's default guidance scale.
-fn cfg_scale(given: Option<f32>, model: &ModelArgs) -> Result<f32> {
-    match given {
-        Some(scale) if !scale.is_finite() || scale < 0.0 => {
-            bail!("--cfg-scale {scale} must be a finite number >= 0")
+/// `--cfg-scale` of the commands that run the sampler.
+#[derive(clap::Args)]
+struct Guidance {
+    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
+    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
+    #[arg(long, allow_negative_numbers = true)]
+    cfg_scale: Option<f32>,
+}
+
+impl Guidance {
+    /// The scale given (checked), else the selected model's default.
+    fn scale(&self, model: &ModelArgs) -> Result<f32> {
+        match self.cfg_scale {
+            Some(scale) if !scale.is_finite() || scale < 0.0 => {
+                bail!("--cfg-scale {scale} must be a finite number >= 0")
+            }
+            Some(scale) => Ok(scale),
+            None => Ok(model.default_cfg_scale()),
         }
-        Some(scale) => Ok(scale),
-        None => Ok(model.default_cfg_scale()),
     }
 }
 
@@ -443,7 +448,7 @@ fn plan(args: PlanArgs) -> Result<()> {
 
 fn compare(args: CompareArgs) -> Result<()> {
     let model = args.model.load()?;
-    let cfg_scale = cfg_scale(args.cfg_scale, &args.model)?;
+    let cfg_scale = args.guidance.scale(&args.model)?;
     let (noise, labels) = class_grid(&model.config, args.seeds, args.seed);
     // The digit classifier measures quality only for the model it was trained with.
     let embedded = args.model.is_embedded();
@@ -513,7 +518,7 @@ fn trajectories(args: TrajectoriesArgs) -> Result<()> {
     let job = SampleJob {
         noise: seeded_noise(args.seed, 1, config),
         labels,
-        cfg_scale: cfg_scale(args.cfg_scale, &args.model)?,
+        cfg_scale: args.guidance.scale(&args.model)?,
         sampler: Sampler::Ddim(DdimSchedule::new(args.steps)?),
         sampler_name: "ddim".to_string(),
     };

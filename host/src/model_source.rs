@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use resca_reference::{Dit, DitConfig};
 
+/// Guidance scale of the papers, the default for every model but the embedded one.
+pub const PAPER_CFG_SCALE: f32 = 1.5;
+
 /// The model-selection flags shared by every subcommand that runs the network.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ModelArgs {
@@ -64,7 +67,7 @@ impl ModelArgs {
         if self.is_embedded() {
             crate::embedded::DEFAULT_CFG_SCALE
         } else {
-            crate::embedded::PAPER_CFG_SCALE
+            PAPER_CFG_SCALE
         }
     }
 
