@@ -88,14 +88,13 @@ impl Classifier {
             })
         };
         let linear = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear {
-                weight: file
-                    .read_f32_shaped(&format!("{name}.weight"), &[out, inp])?
-                    .into_dimensionality::<Ix2>()?,
-                bias: file
-                    .read_f32_shaped(&format!("{name}.bias"), &[out])?
-                    .into_dimensionality::<Ix1>()?,
-            })
+            let weight = file
+                .read_f32_shaped(&format!("{name}.weight"), &[out, inp])?
+                .into_dimensionality::<Ix2>()?;
+            let bias = file
+                .read_f32_shaped(&format!("{name}.bias"), &[out])?
+                .into_dimensionality::<Ix1>()?;
+            Ok(Linear::new(weight, bias))
         };
         Ok(Self {
             convs: [conv("conv1", 32, 1)?, conv("conv2", 64, 32)?, conv("conv3", 64, 64)?],

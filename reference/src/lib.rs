@@ -10,6 +10,7 @@ pub mod ddim;
 pub mod error;
 pub mod flops;
 pub mod flow;
+pub mod gemm;
 pub mod model;
 pub mod ops;
 pub mod safetensors_file;

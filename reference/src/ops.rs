@@ -40,11 +40,12 @@ fn row_chunks(rows: usize, macs: usize) -> usize {
     }
 }
 
-/// `x W^T + b` for a PyTorch `nn.Linear` weight `w` of shape (out, in): the output starts as the
-/// bias rows and one GEMM with beta = 1 adds the product (no separate zeroing or bias pass). Large
-/// products are split over the cores by output features: each core then packs only its share of
-/// the weights, which do not fit in cache (measured on the 2-core Zen 3 machine, DiT-XL/2 forward
-/// batch 2: 3.71 s split by features, 4.07 s split by rows).
+/// `x W^T + b` for a PyTorch `nn.Linear` weight `w` of shape (out, in), by BLAS: the output
+/// starts as the bias rows and one GEMM with beta = 1 adds the product (no separate zeroing or
+/// bias pass). Large products are split over the cores by output features: each core then packs
+/// only its share of the weights, which do not fit in cache (measured on the 2-core Zen 3
+/// machine, DiT-XL/2 forward batch 2: 3.71 s split by features, 4.07 s split by rows). Products
+/// of a few rows go to [`crate::gemm`] instead (see [`crate::weights::Linear`]).
 pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
     single_threaded_blas();
     let (rows, inner) = x.dim();
@@ -53,34 +54,6 @@ pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Arr
         .broadcast((rows, outputs))
         .expect("bias of the output width")
         .to_owned();
-    if rows <= SMALL_ROWS
-        && let (Some(xs), Some(ws)) = (x.as_slice(), w.as_slice())
-    {
-        let chunks = row_chunks(outputs, rows * inner * outputs);
-        let size = outputs.div_ceil(chunks);
-        let parts: Vec<Array2<f32>> = (0..chunks)
-            .into_par_iter()
-            .map(|c| {
-                let columns = c * size..((c + 1) * size).min(outputs);
-                let mut part = Array2::<f32>::zeros((rows, columns.len()));
-                let weights = &ws[columns.start * inner..columns.end * inner];
-                small_rows_product(
-                    xs,
-                    weights,
-                    part.as_slice_mut().expect("fresh"),
-                    rows,
-                    columns.len(),
-                    inner,
-                );
-                part
-            })
-            .collect();
-        for (c, part) in parts.iter().enumerate() {
-            y.slice_mut(s![.., c * size..c * size + part.ncols()])
-                .zip_mut_with(part, |v, &p| *v += p);
-        }
-        return y;
-    }
     let chunks = row_chunks(outputs, rows * inner * outputs);
     if chunks == 1 {
         general_mat_mul(1.0, &x, &w.t(), 1.0, &mut y);
@@ -92,99 +65,6 @@ pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Arr
             .for_each(|(mut y, w)| general_mat_mul(1.0, &x, &w.t(), 1.0, &mut y));
     }
     y
-}
-
-/// At most this many rows go through [`small_rows_product`] instead of BLAS: adaLN (one row per
-/// batch row) and the proxies' MLP on a sparse step (K per batch row). BLAS packs the whole weight
-/// matrix for every call, which for a few rows costs more than the product (bench `small_rows`,
-/// one thread, weights not in cache: 2 x 4608 x 768 ours 10 GFLOP/s, OpenBLAS 6; at 32 rows
-/// OpenBLAS is faster alone (51-65 against 47-53 GFLOP/s) but a DiT-B/2 ResCa run is no faster
-/// with it: split over the two cores the products are memory-bound).
-pub const SMALL_ROWS: usize = 48;
-
-/// `y += x w^T` for row-major `x` (m, k), `w` (n, k), `y` (m, n) with few rows `m`: dot products
-/// along `k`, where both operands are contiguous, so the weights stream through once without
-/// packing. AVX2+FMA with 2 x 4 register blocks where the CPU has them.
-pub fn small_rows_product(x: &[f32], w: &[f32], y: &mut [f32], m: usize, n: usize, k: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA; the slices hold m*k, n*k and m*n values.
-        return unsafe { small_rows_product_avx2(x, w, y, m, n, k) };
-    }
-    for i in 0..m {
-        for j in 0..n {
-            let dot: f32 = x[i * k..(i + 1) * k]
-                .iter()
-                .zip(&w[j * k..(j + 1) * k])
-                .map(|(a, b)| a * b)
-                .sum();
-            y[i * n + j] += dot;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn small_rows_product_avx2(x: &[f32], w: &[f32], y: &mut [f32], m: usize, n: usize, k: usize) {
-    use std::arch::x86_64::*;
-    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
-    let horizontal_sum = |v: __m256| {
-        let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
-        _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps::<1>(quad, quad)))
-    };
-    // `depth` of the dot products at a time: four weight rows of it (8 KiB) stay in L1 while every
-    // row of `x` passes over them, so the weights stream from memory once.
-    const DEPTH: usize = 512;
-    for start in (0..k).step_by(DEPTH) {
-        let end = (start + DEPTH).min(k);
-        let whole = start + (end - start) / 8 * 8;
-        // The scalar tail of a dot product (a depth not a multiple of 8).
-        let tail = |i: usize, j: usize| -> f32 { (whole..end).map(|p| x[i * k + p] * w[j * k + p]).sum() };
-        for j in (0..n).step_by(4) {
-            for i in (0..m).step_by(2) {
-                if i + 2 <= m && j + 4 <= n {
-                    let mut acc = [_mm256_setzero_ps(); 8];
-                    for p in (start..whole).step_by(8) {
-                        // SAFETY: p + 8 <= k within rows i, i+1 of x and j..j+4 of w (asserted above).
-                        let (a0, a1) = unsafe {
-                            (
-                                _mm256_loadu_ps(x.as_ptr().add(i * k + p)),
-                                _mm256_loadu_ps(x.as_ptr().add((i + 1) * k + p)),
-                            )
-                        };
-                        for c in 0..4 {
-                            let b = unsafe { _mm256_loadu_ps(w.as_ptr().add((j + c) * k + p)) };
-                            acc[c] = _mm256_fmadd_ps(a0, b, acc[c]);
-                            acc[4 + c] = _mm256_fmadd_ps(a1, b, acc[4 + c]);
-                        }
-                    }
-                    for r in 0..2 {
-                        for c in 0..4 {
-                            y[(i + r) * n + j + c] += horizontal_sum(acc[r * 4 + c]) + tail(i + r, j + c);
-                        }
-                    }
-                } else {
-                    for r in i..(i + 2).min(m) {
-                        for c in j..(j + 4).min(n) {
-                            let mut acc = _mm256_setzero_ps();
-                            for p in (start..whole).step_by(8) {
-                                // SAFETY: as above, for single rows.
-                                let (a, b) = unsafe {
-                                    (
-                                        _mm256_loadu_ps(x.as_ptr().add(r * k + p)),
-                                        _mm256_loadu_ps(w.as_ptr().add(c * k + p)),
-                                    )
-                                };
-                                acc = _mm256_fmadd_ps(a, b, acc);
-                            }
-                            y[r * n + c] += horizontal_sum(acc) + tail(r, c);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Applies `f` to row blocks of `x` in parallel when `x` is large enough to pay for it.
@@ -534,35 +414,6 @@ mod tests {
         let expected = values.map(gelu_tanh);
         gelu_tanh_slice(&mut values);
         assert_eq!(values, expected);
-    }
-
-    #[test]
-    fn small_rows_product_matches_blas_on_awkward_shapes() {
-        for (m, n, k) in [
-            (1, 1, 1),
-            (3, 5, 9),
-            (2, 4, 8),
-            (17, 13, 70),
-            (32, 96, 64),
-            (48, 7, 130),
-        ] {
-            let x = Array2::from_shape_fn((m, k), |(i, j)| ((i * 31 + j * 7) as f32 * 0.37).sin());
-            let w = Array2::from_shape_fn((n, k), |(i, j)| ((i * 11 + j * 3) as f32 * 0.21).cos());
-            let mut y = Array2::from_elem((m, n), 0.5f32);
-            small_rows_product(
-                x.as_slice().unwrap(),
-                w.as_slice().unwrap(),
-                y.as_slice_mut().unwrap(),
-                m,
-                n,
-                k,
-            );
-            let expected = x.dot(&w.t()) + 0.5;
-            for (a, b) in y.iter().zip(expected.iter()) {
-                // Another summation order over k <= 1100 terms of size <= 1.
-                assert!((a - b).abs() < 1e-3, "({m}, {n}, {k}): {a} vs {b}");
-            }
-        }
     }
 
     #[test]

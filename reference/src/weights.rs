@@ -1,6 +1,9 @@
 //! DiT parameters under the official `state_dict` key names (SPEC.md section 1), loaded from
 //! safetensors (f32, or f16/bf16 converted) or drawn at random for benchmarks and smoke runs.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use ndarray::{Array1, Array2, ArrayView2, Ix1, Ix2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -8,28 +11,88 @@ use rand_distr::{Distribution, Normal};
 
 use crate::config::DitConfig;
 use crate::error::{Result, check_finite};
+use crate::gemm::PackedWeights;
 use crate::ops;
 use crate::safetensors_file::{OutTensor, SafetensorsFile};
+
+/// At most this many rows take the packed few-rows kernel ([`crate::gemm`]) instead of BLAS:
+/// adaLN and the timestep MLP (one row per batch row) and the tokens a cached method computes on a
+/// sparse step (ResCa's K proxies, ClusCa's K picks, per batch row). BLAS packs the whole weight
+/// matrix on every call, which for a few rows costs about as much as the product; for many rows
+/// it is as fast as the packed kernel or faster (`cargo bench -p resca-reference --bench
+/// linear_kernels`).
+pub const FEW_ROWS: usize = 64;
 
 /// An `nn.Linear`: weight (out, in) and bias (out).
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight: Array2<f32>,
+    weight: WeightStorage,
     pub bias: Array1<f32>,
 }
 
+/// How a layer holds its weight: the layout its products read.
+#[derive(Clone, Debug)]
+enum WeightStorage {
+    /// Token layers: the plain (out, in) matrix for BLAS, and a packed copy made the first time a
+    /// product of [`FEW_ROWS`] or fewer rows needs it (only cached methods' sparse steps do).
+    Plain {
+        weight: Array2<f32>,
+        packed: OnceLock<PackedWeights>,
+    },
+    /// Layers only ever applied to a few rows (adaLN, the timestep MLP): packed only.
+    Packed(PackedWeights),
+}
+
 impl Linear {
+    /// A token layer: stored plain for BLAS (see [`WeightStorage`]).
+    pub fn new(weight: Array2<f32>, bias: Array1<f32>) -> Self {
+        assert_eq!(weight.nrows(), bias.len(), "one bias per output");
+        Self {
+            weight: WeightStorage::Plain {
+                weight,
+                packed: OnceLock::new(),
+            },
+            bias,
+        }
+    }
+
+    /// A layer only ever applied to a few rows: stored packed only.
+    pub fn new_few_rows(weight: ArrayView2<f32>, bias: Array1<f32>) -> Self {
+        assert_eq!(weight.nrows(), bias.len(), "one bias per output");
+        Self {
+            weight: WeightStorage::Packed(PackedWeights::pack(weight)),
+            bias,
+        }
+    }
+
     /// `x W^T + b` for token rows `x` (rows, in).
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        ops::linear(x, self.weight.view(), self.bias.view())
+        match &self.weight {
+            WeightStorage::Packed(packed) => packed.linear(x, self.bias.view()),
+            WeightStorage::Plain { weight, packed } if x.nrows() <= FEW_ROWS => packed
+                .get_or_init(|| PackedWeights::pack(weight.view()))
+                .linear(x, self.bias.view()),
+            WeightStorage::Plain { weight, .. } => ops::linear(x, weight.view(), self.bias.view()),
+        }
+    }
+
+    /// The weight matrix (out, in), e.g. to save it or upload it to a GPU.
+    pub fn weight(&self) -> Cow<'_, Array2<f32>> {
+        match &self.weight {
+            WeightStorage::Plain { weight, .. } => Cow::Borrowed(weight),
+            WeightStorage::Packed(packed) => Cow::Owned(packed.unpack()),
+        }
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.ncols()
+        match &self.weight {
+            WeightStorage::Plain { weight, .. } => weight.ncols(),
+            WeightStorage::Packed(packed) => packed.inputs(),
+        }
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.nrows()
+        self.bias.len()
     }
 }
 
@@ -142,27 +205,29 @@ impl DitWeights {
     /// callers fill the map from [`tensor_shapes`]).
     fn from_tensors(config: &DitConfig, mut tensors: TensorsByName) -> Self {
         let mut take = |name: &str| tensors.remove(name).expect("every name of tensor_shapes is present");
-        let mut linear = |prefix: &str| Linear {
-            weight: take(&format!("{prefix}.weight"))
-                .into_dimensionality::<Ix2>()
-                .expect("2-D by tensor_shapes"),
-            bias: take(&format!("{prefix}.bias"))
-                .into_dimensionality::<Ix1>()
-                .expect("1-D by tensor_shapes"),
+        let mut weight_and_bias = |prefix: &str| {
+            let weight = take(&format!("{prefix}.weight"));
+            let bias = take(&format!("{prefix}.bias"));
+            (
+                weight.into_dimensionality::<Ix2>().expect("2-D by tensor_shapes"),
+                bias.into_dimensionality::<Ix1>().expect("1-D by tensor_shapes"),
+            )
         };
-        let t_mlp_in = linear("t_embedder.mlp.0");
-        let t_mlp_out = linear("t_embedder.mlp.2");
+        let tokens = |(weight, bias)| Linear::new(weight, bias);
+        let few_rows = |(weight, bias): (Array2<f32>, Array1<f32>)| Linear::new_few_rows(weight.view(), bias);
+        let t_mlp_in = few_rows(weight_and_bias("t_embedder.mlp.0"));
+        let t_mlp_out = few_rows(weight_and_bias("t_embedder.mlp.2"));
         let blocks = (0..config.depth)
             .map(|l| BlockWeights {
-                ada_ln: linear(&format!("blocks.{l}.adaLN_modulation.1")),
-                qkv: linear(&format!("blocks.{l}.attn.qkv")),
-                proj: linear(&format!("blocks.{l}.attn.proj")),
-                fc1: linear(&format!("blocks.{l}.mlp.fc1")),
-                fc2: linear(&format!("blocks.{l}.mlp.fc2")),
+                ada_ln: few_rows(weight_and_bias(&format!("blocks.{l}.adaLN_modulation.1"))),
+                qkv: tokens(weight_and_bias(&format!("blocks.{l}.attn.qkv"))),
+                proj: tokens(weight_and_bias(&format!("blocks.{l}.attn.proj"))),
+                fc1: tokens(weight_and_bias(&format!("blocks.{l}.mlp.fc1"))),
+                fc2: tokens(weight_and_bias(&format!("blocks.{l}.mlp.fc2"))),
             })
             .collect();
-        let final_ada_ln = linear("final_layer.adaLN_modulation.1");
-        let final_linear = linear("final_layer.linear");
+        let final_ada_ln = few_rows(weight_and_bias("final_layer.adaLN_modulation.1"));
+        let final_linear = tokens(weight_and_bias("final_layer.linear"));
         let (d, c, p, n) = (
             config.hidden_size,
             config.in_channels,
@@ -174,10 +239,10 @@ impl DitWeights {
                 .into_shape_with_order((rows, cols))
                 .expect("contiguous, sized by tensor_shapes")
         };
-        let patch_embed = Linear {
-            weight: reshaped("x_embedder.proj.weight", d, c * p * p),
-            bias: reshaped("x_embedder.proj.bias", 1, d).remove_axis(ndarray::Axis(0)),
-        };
+        let patch_embed = Linear::new(
+            reshaped("x_embedder.proj.weight", d, c * p * p),
+            reshaped("x_embedder.proj.bias", 1, d).remove_axis(ndarray::Axis(0)),
+        );
         let pos_embed = reshaped("pos_embed", n, d);
         let label_table = reshaped("y_embedder.embedding_table.weight", config.num_classes + 1, d);
         DitWeights {
@@ -198,15 +263,15 @@ impl DitWeights {
         let push_linear = |out: &mut Vec<(String, OutTensor)>, prefix: &str, linear: &Linear| {
             out.push((
                 format!("{prefix}.weight"),
-                OutTensor::F32(linear.weight.clone().into_dyn()),
+                OutTensor::F32(linear.weight().into_owned().into_dyn()),
             ));
             out.push((format!("{prefix}.bias"), OutTensor::F32(linear.bias.clone().into_dyn())));
         };
         let (d, c, p) = (config.hidden_size, config.in_channels, config.patch_size);
         let conv = self
             .patch_embed
-            .weight
-            .clone()
+            .weight()
+            .into_owned()
             .into_shape_with_order((d, c, p, p))
             .expect("contiguous");
         out.push(("x_embedder.proj.weight".into(), OutTensor::F32(conv.into_dyn())));
@@ -236,3 +301,35 @@ impl DitWeights {
 }
 
 type TensorsByName = std::collections::HashMap<String, ndarray::ArrayD<f32>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both storages and both sides of [`FEW_ROWS`] give the plain-layout product, and the weight
+    /// comes back exactly. Measured: at most ~2e-7 relative to the output's scale (the kernels sum
+    /// the 200 terms in different orders).
+    #[test]
+    fn every_storage_and_row_count_gives_the_same_product() {
+        let weight = Array2::from_shape_fn((40, 200), |(i, j)| ((i * 7 + j * 13) % 23) as f32 / 11.0 - 1.0);
+        let bias = Array1::from_shape_fn(40, |j| j as f32 * 0.05);
+        let tokens = Linear::new(weight.clone(), bias.clone());
+        let few_rows = Linear::new_few_rows(weight.view(), bias.clone());
+        for layer in [&tokens, &few_rows] {
+            assert_eq!(*layer.weight(), weight);
+            assert_eq!((layer.in_features(), layer.out_features()), (200, 40));
+        }
+        for rows in [1, FEW_ROWS, FEW_ROWS + 1, 150] {
+            let x = Array2::from_shape_fn((rows, 200), |(i, j)| ((i * 5 + j * 3) % 17) as f32 / 8.0 - 1.0);
+            let expected = ops::linear(x.view(), weight.view(), bias.view());
+            let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for layer in [&tokens, &few_rows] {
+                let error = (&layer.forward(x.view()) - &expected)
+                    .iter()
+                    .fold(0.0f32, |m, v| m.max(v.abs()))
+                    / scale;
+                assert!(error < 1e-6, "{rows} rows: relative error {error:e}");
+            }
+        }
+    }
+}

@@ -72,7 +72,7 @@ fn f16_and_bf16_checkpoints_load_converted_to_f32() {
             .unwrap()
             .into_dimensionality::<Ix2>()
             .unwrap();
-        assert_eq!(w, model.weights.blocks[0].qkv.weight);
+        assert_eq!(w, *model.weights.blocks[0].qkv.weight());
     }
 }
 

@@ -36,7 +36,7 @@ fn upload_array<D: Device, Dim: ndarray::Dimension>(
 impl DeviceLinear {
     fn upload<D: Device>(dev: &mut D, linear: &Linear) -> Result<Self, DeviceError> {
         Ok(Self {
-            weight: upload_array(dev, &linear.weight)?,
+            weight: upload_array(dev, &linear.weight())?,
             bias: upload_array(dev, &linear.bias)?,
             in_features: linear.in_features(),
             out_features: linear.out_features(),
