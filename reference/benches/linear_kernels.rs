@@ -1,8 +1,8 @@
 //! Throughput of the model's linear layers: `x W^T + b` with the weights packed at load time
 //! ([`resca_reference::gemm`]) against OpenBLAS's sgemm on the plain layout (which packs the
-//! weights on every call), at the shapes a sampling run multiplies: DiT-XL/2's dense layers (256
-//! token rows per image), DiT-B/2's proxies' MLP on a ResCa sparse step (2 x 16 rows) and adaLN
-//! (2 rows). On both cores each is split by output features, as the model does; on one core,
+//! weights on every call), at the shapes a sampling run multiplies: dense layers of DiT-B/2 (its
+//! CFG pair: 512 token rows) and DiT-XL/2 (256 rows per image), DiT-B/2's proxies' MLP on a ResCa
+//! sparse step (2 x 16 rows) and adaLN (2 rows). On both cores each is split by output features, as the model does; on one core,
 //! one product at a time. Each product cycles through enough weight matrices (>= 40 MB) that they
 //! come from memory, as a sampling step's blocks' weights do. The two are timed alternately, 12
 //! rounds, best and median, to cancel this shared machine's drift.
@@ -50,8 +50,8 @@ fn main() {
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
     for (layer, rows, outputs, inputs) in [
-        ("B/2 qkv b2", 512, 2304, 768),
-        ("B/2 fc2 b2", 512, 768, 3072),
+        ("B/2 qkv, CFG pair", 512, 2304, 768),
+        ("B/2 fc2, CFG pair", 512, 768, 3072),
         ("XL/2 qkv", 256, 3456, 1152),
         ("XL/2 proj", 256, 1152, 1152),
         ("XL/2 fc1", 256, 4608, 1152),
