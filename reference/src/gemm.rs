@@ -19,7 +19,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use crate::ops::PARALLEL_MIN_MACS;
+use crate::ops::row_chunks;
 
 /// Outputs per weight panel: two AVX2 registers of f32.
 pub const PANEL: usize = 16;
@@ -117,14 +117,10 @@ impl PackedWeights {
             .to_owned();
         let x = PackedRows::pack(x);
         let panels = self.panel_count();
-        let macs = rows * self.inputs * self.outputs;
-        let chunks = if macs < PARALLEL_MIN_MACS {
-            1
-        } else {
-            rayon::current_num_threads().min(panels).max(1)
-        };
+        let kernel = Kernel::detect();
+        let chunks = row_chunks(panels, rows * self.inputs * self.outputs);
         if chunks == 1 {
-            self.multiply_add(Kernel::detect(), &x, y.view_mut(), 0..panels);
+            self.multiply_add(kernel, &x, y.view_mut(), 0..panels);
             return y;
         }
         let per_chunk = panels.div_ceil(chunks);
@@ -133,7 +129,7 @@ impl PackedWeights {
             .enumerate()
             .for_each(|(chunk, part)| {
                 let first = chunk * per_chunk;
-                self.multiply_add(Kernel::detect(), &x, part, first..(first + per_chunk).min(panels));
+                self.multiply_add(kernel, &x, part, first..(first + per_chunk).min(panels));
             });
         y
     }
@@ -251,7 +247,8 @@ impl PackedRows {
                 }
             }
         };
-        if rows * inputs < PARALLEL_MIN_MACS / 16 {
+        // Copying a value costs about what 16 multiply-adds do.
+        if row_chunks(passes.len(), rows * inputs * 16) == 1 {
             passes.into_iter().for_each(pack_pass);
         } else {
             passes.into_par_iter().for_each(pack_pass);

@@ -32,7 +32,7 @@ pub fn single_threaded_blas() {
 }
 
 /// How many chunks to split `rows` (or columns) into for `macs` multiply-adds.
-fn row_chunks(rows: usize, macs: usize) -> usize {
+pub(crate) fn row_chunks(rows: usize, macs: usize) -> usize {
     if macs < PARALLEL_MIN_MACS {
         1
     } else {
