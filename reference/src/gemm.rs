@@ -36,6 +36,11 @@ const DEPTH: usize = 256;
 /// half of this machine's 512 KiB L2).
 const PACKED_X_VALUES: usize = 64 * 1024;
 
+/// Products of at most this many rows sweep full-depth passes, so every row's outputs get the
+/// same bits whatever the number of rows: each sums its own inputs in order, `DEPTH` at a time.
+/// (More rows make shallower passes, which group the partial sums differently.)
+pub const SAME_BITS_ROWS: usize = PACKED_X_VALUES / DEPTH;
+
 /// The shallowest pass: below it, reloading the output tile every pass costs more than the
 /// weights streamed again for another block of rows.
 const MIN_PASS_DEPTH: usize = 64;
@@ -487,6 +492,21 @@ mod tests {
                 error < 2e-6,
                 "linear {rows}x{inputs}x{outputs}: relative error {error:e}"
             );
+        }
+    }
+
+    /// Up to [`SAME_BITS_ROWS`] rows, each row's product is summed alone, in input order,
+    /// whatever the rows beside it and the tile it falls in: `Dit::conditioning_steps` relies on
+    /// this to compute many steps' adaLN in one product with the same bits as one step at a time.
+    #[test]
+    fn a_row_gives_the_same_bits_whatever_rows_share_its_product() {
+        let (x, w) = (matrix(SAME_BITS_ROWS, 700, 4), matrix(40, 700, 5));
+        let b = ndarray::Array1::from_shape_fn(40, |j| j as f32 * 0.03);
+        let packed = PackedWeights::pack(w.view());
+        let all = packed.linear(x.view(), b.view());
+        for rows in [0..1, 0..2, 5..12, 100..164, 0..SAME_BITS_ROWS] {
+            let part = packed.linear(x.slice(ndarray::s![rows.clone(), ..]), b.view());
+            assert_eq!(part, all.slice(ndarray::s![rows.clone(), ..]), "rows {rows:?}");
         }
     }
 

@@ -26,12 +26,32 @@ pub enum Branch {
     Mlp,
 }
 
-/// The per-sample conditioning `c = t_emb + y_emb` and `SiLU(c)`, which feeds every adaLN.
+/// The per-sample conditioning `c = t_emb + y_emb`, `SiLU(c)`, and the adaLN modulations it
+/// feeds. All of it depends on the timestep and label alone, not on `x`, so a sampler computes
+/// it for many steps at once ([`Dit::conditioning_steps`]).
 #[derive(Clone, Debug)]
 pub struct Conditioning {
     pub t_emb: Array2<f32>,
     pub y_emb: Array2<f32>,
     pub silu_c: Array2<f32>,
+    /// Every block's `adaLN_modulation(c)` (B, 6D).
+    pub block_modulation: Vec<Array2<f32>>,
+    /// The final layer's `adaLN_modulation(c)` (B, 2D).
+    pub final_modulation: Array2<f32>,
+}
+
+impl Conditioning {
+    /// Rows `rows` of every tensor (the samples of one step of a stacked conditioning).
+    fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        let take = |a: &Array2<f32>| a.slice(s![rows.clone(), ..]).to_owned();
+        Self {
+            t_emb: take(&self.t_emb),
+            y_emb: take(&self.y_emb),
+            silu_c: take(&self.silu_c),
+            block_modulation: self.block_modulation.iter().map(take).collect(),
+            final_modulation: take(&self.final_modulation),
+        }
+    }
 }
 
 /// Everything a block branch needs to be evaluated at the current step: the block's running
@@ -218,13 +238,42 @@ impl Dit {
         out
     }
 
-    /// `c = t_emb + y_emb` for timestep features (B, 256) and labels, with SiLU(c).
+    /// `c = t_emb + y_emb` for timestep features (B, 256) and labels, with SiLU(c) and every
+    /// adaLN modulation.
     pub fn conditioning(&self, timestep_features: ArrayView2<f32>, labels: &[usize]) -> Conditioning {
         let hidden = self.weights.t_mlp_in.forward(timestep_features).mapv(ops::silu);
         let t_emb = self.weights.t_mlp_out.forward(hidden.view());
         let y_emb = self.weights.label_table.select(Axis(0), labels);
         let silu_c = (&t_emb + &y_emb).mapv(ops::silu);
-        Conditioning { t_emb, y_emb, silu_c }
+        let block_modulation = self
+            .weights
+            .blocks
+            .iter()
+            .map(|block| block.ada_ln.forward(silu_c.view()))
+            .collect();
+        let final_modulation = self.weights.final_ada_ln.forward(silu_c.view());
+        Conditioning {
+            t_emb,
+            y_emb,
+            silu_c,
+            block_modulation,
+            final_modulation,
+        }
+    }
+
+    /// The conditioning of several steps of one batch (`timestep_features[k]` (B, 256) for step
+    /// k, the same `labels` at every step), computed as ONE batch of `steps x B` rows: each
+    /// layer's weights are read once for all the steps instead of once per step, which is most
+    /// of a cached step's adaLN cost. Up to [`crate::gemm::SAME_BITS_ROWS`] rows in all, equal
+    /// bit for bit to [`Dit::conditioning`] step by step: these layers are stored packed, and the
+    /// packed kernel then sums every row alone, in the same order whatever the number of rows.
+    pub fn conditioning_steps(&self, timestep_features: &[Array2<f32>], labels: &[usize]) -> Vec<Conditioning> {
+        let b = labels.len();
+        let views: Vec<_> = timestep_features.iter().map(|f| f.view()).collect();
+        let features = ndarray::concatenate(Axis(0), &views).expect("(B, 256) per step");
+        let all_labels: Vec<usize> = labels.iter().copied().cycle().take(b * views.len()).collect();
+        let stacked = self.conditioning(features.view(), &all_labels);
+        (0..views.len()).map(|k| stacked.rows(k * b..(k + 1) * b)).collect()
     }
 
     /// `mlp.fc2(GELU(mlp.fc1(h)))` of block `block` on token rows `h`.
@@ -238,8 +287,7 @@ impl Dit {
     /// The blocks, in place on `x` (B, N, D), each branch supplied by `hook`.
     pub fn run_blocks(&self, x: &mut Array3<f32>, cond: &Conditioning, hook: &mut dyn BranchHook) {
         let d = self.config.hidden_size;
-        for (l, weights) in self.weights.blocks.iter().enumerate() {
-            let modulation = weights.ada_ln.forward(cond.silu_c.view());
+        for (l, modulation) in cond.block_modulation.iter().enumerate() {
             for (branch, gate_offset) in [(Branch::Attention, 2 * d), (Branch::Mlp, 5 * d)] {
                 let out = hook.branch(&BranchInput {
                     model: self,
@@ -260,7 +308,7 @@ impl Dit {
     /// The final layer's token outputs (B, N, p*p*out_channels), before unpatchify.
     pub fn final_tokens(&self, x: ArrayView3<f32>, cond: &Conditioning) -> Array3<f32> {
         let d = self.config.hidden_size;
-        let modulation = self.weights.final_ada_ln.forward(cond.silu_c.view());
+        let modulation = &cond.final_modulation;
         let (b, n, _) = x.dim();
         let out_width = self.weights.final_linear.out_features();
         let mut out = Array3::<f32>::zeros((b, n, out_width));
@@ -295,10 +343,21 @@ impl Dit {
         hook: &mut dyn BranchHook,
     ) -> Array4<f32> {
         let cond = self.conditioning(timestep_features, labels);
+        self.forward_conditioned(x, &cond, hook)
+    }
+
+    /// `model(x, t, y)` with the branches supplied by `hook` and the conditioning of `t` and `y`
+    /// already computed; no input validation.
+    pub fn forward_conditioned(
+        &self,
+        x: ArrayView4<f32>,
+        cond: &Conditioning,
+        hook: &mut dyn BranchHook,
+    ) -> Array4<f32> {
         let mut tokens = self.patch_embed(x);
         tokens += &self.weights.pos_embed;
-        self.run_blocks(&mut tokens, &cond, hook);
-        self.unpatchify(self.final_tokens(tokens.view(), &cond).view())
+        self.run_blocks(&mut tokens, cond, hook);
+        self.unpatchify(self.final_tokens(tokens.view(), cond).view())
     }
 
     /// `model(x, t, y)` with the branches supplied by `hook`.
@@ -329,14 +388,7 @@ impl Dit {
         cfg_scale: f32,
         hook: &mut dyn BranchHook,
     ) -> Result<Array4<f32>> {
-        let b = x.dim().0;
-        if !b.is_multiple_of(2) {
-            return Err(Error::Input(format!(
-                "a guided batch needs an even size ([x; x]), got {b}"
-            )));
-        }
-        let half = x.slice(s![..b / 2, .., .., ..]);
-        let combined = ndarray::concatenate(Axis(0), &[half, half]).expect("same shapes");
+        let combined = guided_input(x)?;
         let mut out = self.forward_hooked(combined.view(), timesteps, labels, hook)?;
         apply_guidance(&mut out, cfg_scale);
         Ok(out)
@@ -352,6 +404,19 @@ impl Dit {
     ) -> Result<Array4<f32>> {
         self.forward_with_cfg_hooked(x, timesteps, labels, cfg_scale, &mut FullCompute)
     }
+}
+
+/// The model input of a guided batch `[x; x]`: the FIRST half of `x`, twice (as upstream's
+/// `forward_with_cfg`, which ignores the second half).
+pub fn guided_input(x: ArrayView4<f32>) -> Result<Array4<f32>> {
+    let b = x.dim().0;
+    if !b.is_multiple_of(2) {
+        return Err(Error::Input(format!(
+            "a guided batch needs an even size ([x; x]), got {b}"
+        )));
+    }
+    let half = x.slice(s![..b / 2, .., .., ..]);
+    Ok(ndarray::concatenate(Axis(0), &[half, half]).expect("same shapes"))
 }
 
 /// Number of output channels classifier-free guidance mixes: upstream hard-codes `[:, :3]`.

@@ -402,31 +402,37 @@ impl CachingHook {
         let started = Instant::now();
         let solver = self.method.solver;
         let cache = &self.caches[input.block][1];
-        let shape = cache.orders[0].raw_dim();
-        let zeros = Array3::<f32>::zeros(shape);
+        // Orders the cache does not hold yet read as zeros (allocated only then).
+        let zeros = (cache.orders.len() <= solver.order()).then(|| Array3::<f32>::zeros(cache.orders[0].raw_dim()));
         let orders: Vec<&Array3<f32>> = (0..=solver.order())
-            .map(|m| cache.orders.get(m).unwrap_or(&zeros))
+            .map(|m| {
+                cache
+                    .orders
+                    .get(m)
+                    .or(zeros.as_ref())
+                    .expect("zeros exist for missing orders")
+            })
             .collect();
-        // Batch rows are independent: simulate them on all cores.
+        // Batch rows are independent: simulate them on all cores, each into its part of `out`.
         let (sign, clusters) = (self.sign, &self.clusters);
-        let simulated: Vec<Array2<f32>> = fresh
-            .par_iter()
+        let mut out = Array3::<f32>::zeros(orders[0].raw_dim());
+        out.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(fresh.par_iter())
             .enumerate()
-            .map(|(row, fresh_row)| {
+            .for_each(|(row, (out_row, fresh_row))| {
                 let views: Vec<_> = orders.iter().map(|o| o.index_axis(Axis(0), row)).collect();
                 let row_clusters = &clusters[row];
-                pdds::simulate(
+                pdds::simulate_into(
+                    out_row,
                     &views,
                     &row_clusters.proxies,
                     &row_clusters.labels,
                     fresh_row.view(),
                     solver,
                     sign,
-                )
-            })
-            .collect();
-        let rows: Vec<_> = simulated.iter().map(|row| row.view()).collect();
-        let out = ndarray::stack(Axis(0), &rows).expect("every row has the cache's shape");
+                );
+            });
         self.update_cache(input.block, Branch::Mlp, out.clone());
         self.timings.simulated_s += started.elapsed().as_secs_f64();
         out

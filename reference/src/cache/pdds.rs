@@ -9,7 +9,9 @@
 //! `+1` for flow (unit steps); for DDIM this reproduces the released code's
 //! `x_i = c[0][i] - [(1 - theta) c[1][i] + theta (c[0][p] - f)]` exactly.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
+
+use crate::ops;
 
 /// The cosine floor of `F.cosine_similarity(eps=1e-6)`.
 pub const COSINE_EPS: f32 = 1e-6;
@@ -35,11 +37,14 @@ impl Solver {
     }
 }
 
-/// `a.b / (max(|a|, eps) max(|b|, eps))`, as torch's `cosine_similarity` computes it.
+/// `(a / max(|a|, eps)) . (b / max(|b|, eps))`, as torch's `cosine_similarity` computes it: the
+/// vectors normalized first, then one dot product.
 pub fn cosine(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
-    let norm_a = a.dot(&a).sqrt().max(COSINE_EPS);
-    let norm_b = b.dot(&b).sqrt().max(COSINE_EPS);
-    a.iter().zip(b.iter()).map(|(x, y)| (x / norm_a) * (y / norm_b)).sum()
+    let unit = |v: ArrayView1<f32>| {
+        let norm = v.dot(&v).sqrt().max(COSINE_EPS);
+        v.mapv(|x| x / norm)
+    };
+    unit(a).dot(&unit(b))
 }
 
 /// The confidence `theta = max(0, cos(a, b))` in the proxy's residual.
@@ -71,6 +76,21 @@ pub fn simulate(
     solver: Solver,
     sign: f32,
 ) -> Array2<f32> {
+    let mut out = Array2::zeros(cache[0].raw_dim());
+    simulate_into(out.view_mut(), cache, proxies, labels, fresh, solver, sign);
+    out
+}
+
+/// [`simulate`], writing the step's MLP outputs into `out` (N, D).
+pub fn simulate_into(
+    mut out: ArrayViewMut2<f32>,
+    cache: &[ArrayView2<f32>],
+    proxies: &[usize],
+    labels: &[usize],
+    fresh: ArrayView2<f32>,
+    solver: Solver,
+    sign: f32,
+) {
     let order = solver.order();
     assert!(cache.len() > order, "the cache must hold orders 0..={order}");
     // Sampling-direction residuals of each proxy at the new step, orders 1..=M:
@@ -79,39 +99,30 @@ pub fn simulate(
     let mut proxy_residuals: Vec<Array2<f32>> = Vec::with_capacity(order);
     let mut previous = fresh.to_owned();
     for m in 1..=order {
-        let old = cache[m - 1].select(ndarray::Axis(0), proxies) * sign.powi(m as i32 - 1);
+        let old = cache[m - 1].select(Axis(0), proxies) * sign.powi(m as i32 - 1);
         let residual = &previous - &old;
         proxy_residuals.push(residual.clone());
         previous = residual;
     }
-    // theta^(m) for every token: the cosine of its order-m cache with its proxy's.
+    // theta^(m) for every token: the cosine of its order-m cache with its proxy's, the rows
+    // normalized once (as `cosine` normalizes each pair).
     let thetas: Vec<Vec<f32>> = (1..=order)
         .map(|m| {
-            let norm = |row: ArrayView1<f32>| row.dot(&row).sqrt().max(COSINE_EPS);
-            let norms: Vec<f32> = cache[m].rows().into_iter().map(norm).collect();
+            let unit = ops::unit_rows(cache[m], COSINE_EPS);
             (0..labels.len())
-                .map(|token| {
-                    let proxy = proxies[labels[token]];
-                    let (a, b) = (cache[m].row(token), cache[m].row(proxy));
-                    let (na, nb) = (norms[token], norms[proxy]);
-                    a.iter()
-                        .zip(b.iter())
-                        .map(|(x, y)| (x / na) * (y / nb))
-                        .sum::<f32>()
-                        .max(0.0)
-                })
+                .map(|token| unit.row(token).dot(&unit.row(proxies[labels[token]])).max(0.0))
                 .collect()
         })
         .collect();
-    let mut out = cache[0].to_owned();
+    out.assign(&cache[0]);
     for (token, mut x) in out.rows_mut().into_iter().enumerate() {
         let cluster = labels[token];
         // x += R^(m)hat * weight, R^(m)hat = (1 - theta) sign^m c[m][token] + theta R^(m)(proxy):
         // the blended residual of order m in the sampling direction, without a temporary.
-        let add_blended = |x: &mut ndarray::ArrayViewMut1<f32>, m: usize, weight: f32| {
+        let add_blended = |x: &mut ArrayViewMut1<f32>, m: usize, weight: f32| {
             let theta = thetas[m - 1][token];
             let own_weight = (1.0 - theta) * sign.powi(m as i32);
-            ndarray::Zip::from(x)
+            Zip::from(x)
                 .and(cache[m].row(token))
                 .and(proxy_residuals[m - 1].row(cluster))
                 .for_each(|v, &own, &proxy| *v += (own * own_weight + theta * proxy) * weight);
@@ -124,7 +135,7 @@ pub fn simulate(
             }
             Solver::Bdf2 => {
                 // d_{t+1} = d_t - R^(1)(d_t) = c[0] - sign c[1]; then + 2/3 R^(1)hat.
-                ndarray::Zip::from(&mut x).and(cache[1].row(token)).for_each(|v, &c1| {
+                Zip::from(&mut x).and(cache[1].row(token)).for_each(|v, &c1| {
                     let previous_state = *v - sign * c1;
                     *v = (4.0f32 / 3.0) * *v - (1.0f32 / 3.0) * previous_state;
                 });
@@ -135,7 +146,6 @@ pub fn simulate(
     for (cluster, &proxy) in proxies.iter().enumerate() {
         out.row_mut(proxy).assign(&fresh.row(cluster));
     }
-    out
 }
 
 /// `1/m!` as f32.

@@ -18,11 +18,16 @@ impl TaylorFactors {
     /// Replaces the factors by those of a new output: `F_0 = new`, and for i < `max_order` while
     /// the old `F_i` exists, `F_{i+1} = (F_i(new) - F_i(old)) / gap`, one order more per update.
     pub fn update(&mut self, new: Array3<f32>, gap: f32, max_order: usize) {
-        let mut orders = vec![new];
-        for (i, old) in self.orders.iter().enumerate().take(max_order) {
-            // One parallel pass per order (a clone-and-update of 24 DiT-B/2 caches: 10 ms -> 7 ms).
-            let next = Zip::from(&orders[i]).and(old).par_map_collect(|&a, &b| (a - b) / gap);
-            orders.push(next);
+        let old = std::mem::take(&mut self.orders);
+        let mut orders = Vec::with_capacity(max_order + 1);
+        orders.push(new);
+        for (i, mut factor) in old.into_iter().enumerate().take(max_order) {
+            // The old F_i's buffer becomes the new F_{i+1}: no allocation, one parallel pass per
+            // order.
+            Zip::from(&mut factor)
+                .and(&orders[i])
+                .par_for_each(|f, &a| *f = (a - *f) / gap);
+            orders.push(factor);
         }
         self.orders = orders;
     }
