@@ -167,6 +167,7 @@ pub fn run_method(
     };
     match backend {
         Backend::Reference => {
+            method.prepare(model);
             let orientation = job.sampler.orientation();
             let mut hook: Box<dyn StepHook> = if records.is_empty() {
                 build_hook(method, config, rows, orientation)?

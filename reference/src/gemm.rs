@@ -57,18 +57,38 @@ impl PackedWeights {
     /// Packs a weight matrix of shape (out, in).
     pub fn pack(weight: ArrayView2<f32>) -> Self {
         let (outputs, inputs) = weight.dim();
-        let mut packed = Self {
+        let panels = outputs.div_ceil(PANEL);
+        let mut values = vec![0.0f32; panels * PANEL * inputs];
+        // The layout is one run of panel slices per depth block: fill the blocks on all cores,
+        // each slice from its (up to) 16 weight rows read in order; padding lanes stay zero.
+        // (Scattering the weights one value at a time took ~5 ns a value: 0.3 s for DiT-B/2's
+        // fc1 and fc2, in a ResCa run's first sparse step.)
+        let fill_block = |(block, block_values): (usize, &mut [f32])| {
+            let depth_start = block * DEPTH;
+            let block_depth = DEPTH.min(inputs - depth_start);
+            for (panel, slice) in block_values.chunks_mut(block_depth * PANEL).enumerate() {
+                for lane in 0..PANEL.min(outputs - panel * PANEL) {
+                    let row = weight.slice(ndarray::s![
+                        panel * PANEL + lane,
+                        depth_start..depth_start + block_depth
+                    ]);
+                    for (k, &value) in row.iter().enumerate() {
+                        slice[k * PANEL + lane] = value;
+                    }
+                }
+            }
+        };
+        let block_len = DEPTH * panels * PANEL;
+        if row_chunks(inputs.div_ceil(DEPTH), outputs * inputs * 4) == 1 {
+            values.chunks_mut(block_len.max(1)).enumerate().for_each(fill_block);
+        } else {
+            values.par_chunks_mut(block_len).enumerate().for_each(fill_block);
+        }
+        Self {
             outputs,
             inputs,
-            values: vec![0.0f32; outputs.div_ceil(PANEL) * PANEL * inputs],
-        };
-        for (j, row) in weight.rows().into_iter().enumerate() {
-            for (k, &value) in row.iter().enumerate() {
-                let at = packed.index(j, k);
-                packed.values[at] = value;
-            }
+            values,
         }
-        packed
     }
 
     /// The weight matrix (out, in) again, e.g. to save it or upload it to a GPU.

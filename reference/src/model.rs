@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, s};
+use rayon::prelude::*;
 
 use crate::config::DitConfig;
 use crate::error::{Error, Result, check_finite};
@@ -296,9 +297,18 @@ impl Dit {
                     x: x.view(),
                     modulation: modulation.view(),
                 });
-                for row in 0..x.dim().0 {
-                    let gate = modulation.slice(s![row, gate_offset..gate_offset + d]);
-                    ops::gated_add(x.index_axis_mut(Axis(0), row), gate, out.index_axis(Axis(0), row));
+                // One batch row per core (a few ms a step of DiT-B/2's cached runs otherwise).
+                let gates = modulation.slice(s![.., gate_offset..gate_offset + d]);
+                if ops::row_chunks(x.dim().0, x.len() * 4) > 1 {
+                    x.axis_iter_mut(Axis(0))
+                        .into_par_iter()
+                        .zip(gates.axis_iter(Axis(0)))
+                        .zip(out.axis_iter(Axis(0)))
+                        .for_each(|((x_row, gate), out_row)| ops::gated_add(x_row, gate, out_row));
+                } else {
+                    for ((x_row, gate), out_row) in x.axis_iter_mut(Axis(0)).zip(gates.rows()).zip(out.outer_iter()) {
+                        ops::gated_add(x_row, gate, out_row);
+                    }
                 }
             }
             hook.after_block(l, x.view());

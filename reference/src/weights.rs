@@ -76,6 +76,13 @@ impl Linear {
         }
     }
 
+    /// Makes a token layer's packed copy now, instead of in its first product of a few rows.
+    pub fn pack_for_few_rows(&self) {
+        if let WeightStorage::Plain { weight, packed } = &self.weight {
+            packed.get_or_init(|| PackedWeights::pack(weight.view()));
+        }
+    }
+
     /// The weight matrix (out, in), e.g. to save it or upload it to a GPU.
     pub fn weight(&self) -> Cow<'_, Array2<f32>> {
         match &self.weight {

@@ -102,7 +102,7 @@ fn resca_official_mode_with_replayed_clusters_matches_the_released_code() {
     let mut hook = caching_hook(released_resca());
     hook.replay_clusterings(recorded_clusterings());
     let trajectory = run("resca_i4_o1_k4_p0.0_ie_center.safetensors", &mut hook);
-    // Measured 1.1e-6 (x) and 5.9e-7 (model_out); the proxies' MLP runs on the packed
+    // Measured 1.1e-6 (x) and 7.4e-7 (model_out); the proxies' MLP runs on the packed
     // few-rows kernel, whose summation order differs from BLAS's.
     assert_matches("resca_i4_o1_k4_p0.0_ie_center.safetensors", &trajectory, 1e-4);
 }
@@ -203,7 +203,7 @@ fn resca_recorded_clusterings_are_reachable_by_our_tetc() {
             exact += usize::from((ours.rows[row].labels.clone(), ours.rows[row].proxies.clone()) == target);
         }
     }
-    // Measured: 27 to 29 of the 56 (step, row) clusterings agree exactly, depending on the last
+    // Measured: 26 to 29 of the 56 (step, row) clusterings agree exactly, depending on the last
     // bits of the forward pass; the others are reached through a near tie.
     eprintln!("{exact} of {} clusterings identical", recorded.len() * 4);
 }

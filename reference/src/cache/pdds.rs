@@ -9,7 +9,7 @@
 //! `+1` for flow (unit steps); for DDIM this reproduces the released code's
 //! `x_i = c[0][i] - [(1 - theta) c[1][i] + theta (c[0][p] - f)]` exactly.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 
 use crate::ops;
 
@@ -114,32 +114,56 @@ pub fn simulate_into(
                 .collect()
         })
         .collect();
-    out.assign(&cache[0]);
     for (token, mut x) in out.rows_mut().into_iter().enumerate() {
         let cluster = labels[token];
-        // x += R^(m)hat * weight, R^(m)hat = (1 - theta) sign^m c[m][token] + theta R^(m)(proxy):
-        // the blended residual of order m in the sampling direction, without a temporary.
-        let add_blended = |x: &mut ArrayViewMut1<f32>, m: usize, weight: f32| {
+        let c0 = cache[0].row(token);
+        // R^(m)hat = (1 - theta) sign^m c[m][token] + theta R^(m)(proxy), the blended residual of
+        // order m in the sampling direction, is `own * own_weight + theta * proxy` over the rows
+        // (own, proxy); `x` is written in one pass per order, without a temporary.
+        let blended = |m: usize| {
             let theta = thetas[m - 1][token];
             let own_weight = (1.0 - theta) * sign.powi(m as i32);
-            Zip::from(x)
-                .and(cache[m].row(token))
-                .and(proxy_residuals[m - 1].row(cluster))
-                .for_each(|v, &own, &proxy| *v += (own * own_weight + theta * proxy) * weight);
+            (
+                cache[m].row(token),
+                proxy_residuals[m - 1].row(cluster),
+                own_weight,
+                theta,
+            )
         };
         match solver {
             Solver::ImplicitEuler | Solver::ImplicitTaylor(_) => {
+                // x = c[0] + sum_m R^(m)hat / m!.
                 for m in 1..=order {
-                    add_blended(&mut x, m, inverse_factorial(m));
+                    let (own, proxy, own_weight, theta) = blended(m);
+                    let weight = inverse_factorial(m);
+                    let term = |own: f32, proxy: f32| (own * own_weight + theta * proxy) * weight;
+                    if m == 1 {
+                        Zip::from(&mut x)
+                            .and(c0)
+                            .and(own)
+                            .and(proxy)
+                            .for_each(|v, &c, &own, &proxy| *v = c + term(own, proxy));
+                    } else {
+                        Zip::from(&mut x)
+                            .and(own)
+                            .and(proxy)
+                            .for_each(|v, &own, &proxy| *v += term(own, proxy));
+                    }
                 }
             }
             Solver::Bdf2 => {
-                // d_{t+1} = d_t - R^(1)(d_t) = c[0] - sign c[1]; then + 2/3 R^(1)hat.
-                Zip::from(&mut x).and(cache[1].row(token)).for_each(|v, &c1| {
-                    let previous_state = *v - sign * c1;
-                    *v = (4.0f32 / 3.0) * *v - (1.0f32 / 3.0) * previous_state;
-                });
-                add_blended(&mut x, 1, 2.0 / 3.0);
+                // d_{t+1} = d_t - R^(1)(d_t) = c[0] - sign c[1]; then
+                // x = 4/3 d_t - 1/3 d_{t+1} + 2/3 R^(1)hat.
+                let (own, proxy, own_weight, theta) = blended(1);
+                Zip::from(&mut x)
+                    .and(c0)
+                    .and(own)
+                    .and(proxy)
+                    .for_each(|v, &c, &own, &proxy| {
+                        let previous_state = c - sign * own;
+                        let start = (4.0f32 / 3.0) * c - (1.0f32 / 3.0) * previous_state;
+                        *v = start + (own * own_weight + theta * proxy) * (2.0f32 / 3.0);
+                    });
             }
         }
     }
