@@ -318,7 +318,7 @@ proptest! {
             let ni = up(dev, &flat(&new));
             launch::taylor_update(dev, factors, ni, len, stored, order, gap).unwrap();
             stored = stored.min(order) + 1;
-            reference.update(new, gap, order);
+            reference.update(new.view(), gap, order);
         }
         prop_assert_eq!(stored, reference.orders.len());
         let held: Vec<f32> = down(dev, factors)[..stored * len].to_vec();

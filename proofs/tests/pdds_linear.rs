@@ -326,7 +326,7 @@ proptest! {
 
         let mut taylorseer = TaylorFactors::default();
         for (n, gap) in [(0, 0.0f32), (1, -1.0)] {
-            taylorseer.update(Array2::from_elem((1, 1), (d0 * g.powi(n)) as f32).insert_axis(Axis(0)), gap, 1);
+            taylorseer.update(Array2::from_elem((1, 1), (d0 * g.powi(n)) as f32).insert_axis(Axis(0)).view(), gap, 1);
         }
         for n in [10usize, 100, 300] {
             let predicted = f64::from(taylorseer.predict(-((n - 1) as f32))[[0, 0, 0]]);

@@ -115,7 +115,7 @@ fn to_array(values: &[f32]) -> Array3<f32> {
 fn cache_after(sequence: &[Vec<f32>], gap: f32, max_order: usize) -> TaylorFactors {
     let mut cache = TaylorFactors::default();
     for (k, values) in sequence.iter().enumerate() {
-        cache.update(to_array(values), if k == 0 { 0.0 } else { gap }, max_order);
+        cache.update(to_array(values).view(), if k == 0 { 0.0 } else { gap }, max_order);
     }
     cache
 }

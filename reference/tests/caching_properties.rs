@@ -223,10 +223,10 @@ proptest! {
         let f = |s: f32| offset + slope * s;
         let mut cache = TaylorFactors::default();
         let mut s = 100.0f32;
-        cache.update(Array3::from_elem((1, 1, 1), f(s)), 0.0, 1);
+        cache.update(Array3::from_elem((1, 1, 1), f(s)).view(), 0.0, 1);
         for gap in gaps {
             s -= gap as f32;
-            cache.update(Array3::from_elem((1, 1, 1), f(s)), -(gap as f32), 1);
+            cache.update(Array3::from_elem((1, 1, 1), f(s)).view(), -(gap as f32), 1);
         }
         let predicted = cache.predict(distance as f32)[[0, 0, 0]];
         assert_abs_diff_eq!(predicted, f(s + distance as f32), epsilon = 1e-3);

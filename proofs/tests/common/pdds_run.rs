@@ -43,7 +43,7 @@ impl PddsRun {
     fn record(&mut self, outputs: Array2<f32>) {
         let gap = if self.outputs.is_empty() { 0.0 } else { self.sign };
         self.cache
-            .update(outputs.clone().insert_axis(Axis(0)), gap, self.solver.order());
+            .update(outputs.view().insert_axis(Axis(0)), gap, self.solver.order());
         self.outputs.push(outputs);
     }
 

@@ -357,7 +357,7 @@ impl CachingHook {
     /// simulated output of the step before it: that jump is the correction of the simulation's
     /// error, and extrapolating it over the next sparse steps feeds the error back (measured on
     /// the embedded model: the MLP outputs then grow by ~35 per sparse step).
-    fn update_cache(&mut self, block: usize, branch: Branch, output: Array3<f32>) {
+    fn update_cache(&mut self, block: usize, branch: Branch, output: ArrayView3<f32>) {
         let order = self.method.cached_order(branch);
         let slot = Self::branch_slot(branch);
         let full_gap = self.schedule.full_step_gap().unwrap_or(0) as f32;
@@ -446,7 +446,7 @@ impl CachingHook {
                     sign,
                 );
             });
-        self.update_cache(input.block, Branch::Mlp, out.clone());
+        self.update_cache(input.block, Branch::Mlp, out.view());
         self.timings.simulated_s += started.elapsed().as_secs_f64();
         out
     }
@@ -508,7 +508,7 @@ impl BranchHook for CachingHook {
     fn branch(&mut self, input: &BranchInput<'_>) -> Array3<f32> {
         if self.full {
             let out = input.compute();
-            self.update_cache(input.block, input.branch, out.clone());
+            self.update_cache(input.block, input.branch, out.view());
             return out;
         }
         match (self.method.kind, input.branch) {

@@ -11,8 +11,6 @@
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 
-use crate::ops;
-
 /// The cosine floor of `F.cosine_similarity(eps=1e-6)`.
 pub const COSINE_EPS: f32 = 1e-6;
 
@@ -40,11 +38,37 @@ impl Solver {
 /// `(a / max(|a|, eps)) . (b / max(|b|, eps))`, as torch's `cosine_similarity` computes it: the
 /// vectors normalized first, then one dot product.
 pub fn cosine(a: ArrayView1<f32>, b: ArrayView1<f32>) -> f32 {
-    let unit = |v: ArrayView1<f32>| {
-        let norm = v.dot(&v).sqrt().max(COSINE_EPS);
-        v.mapv(|x| x / norm)
-    };
-    unit(a).dot(&unit(b))
+    normalized_dot(a, norm(a), b, norm(b))
+}
+
+/// `max(|v|, eps)`: the norm `cosine` divides by.
+fn norm(v: ArrayView1<f32>) -> f32 {
+    v.dot(&v).sqrt().max(COSINE_EPS)
+}
+
+/// `sum_i (a_i / norm_a) (b_i / norm_b)`, summed in 8 lanes (vectorized, and the same order for
+/// every caller, so `simulate` and `confidence` agree bit for bit).
+fn normalized_dot(a: ArrayView1<f32>, norm_a: f32, b: ArrayView1<f32>, norm_b: f32) -> f32 {
+    let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+    let (a, b) = (
+        a.as_slice().expect("standard layout"),
+        b.as_slice().expect("standard layout"),
+    );
+    let term = |x: f32, y: f32| (x / norm_a) * (y / norm_b);
+    let mut lanes = [0.0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(&x, &y)| term(x, y))
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..8 {
+            lanes[lane] += term(x[lane], y[lane]);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// The confidence `theta = max(0, cos(a, b))` in the proxy's residual.
@@ -104,13 +128,16 @@ pub fn simulate_into(
         proxy_residuals.push(residual.clone());
         previous = residual;
     }
-    // theta^(m) for every token: the cosine of its order-m cache with its proxy's, the rows
-    // normalized once (as `cosine` normalizes each pair).
+    // theta^(m) for every token: the cosine of its order-m cache with its proxy's, with every
+    // row's norm computed once.
     let thetas: Vec<Vec<f32>> = (1..=order)
         .map(|m| {
-            let unit = ops::unit_rows(cache[m], COSINE_EPS);
+            let norms: Vec<f32> = cache[m].rows().into_iter().map(norm).collect();
             (0..labels.len())
-                .map(|token| unit.row(token).dot(&unit.row(proxies[labels[token]])).max(0.0))
+                .map(|token| {
+                    let proxy = proxies[labels[token]];
+                    normalized_dot(cache[m].row(token), norms[token], cache[m].row(proxy), norms[proxy]).max(0.0)
+                })
                 .collect()
         })
         .collect();

@@ -1,7 +1,7 @@
 //! Taylor caches of branch outputs (TaylorSeer, SPEC.md section 4): order-0 is the last output,
 //! order i+1 the finite difference of order i between two updates divided by their step gap.
 
-use ndarray::{Array3, Zip};
+use ndarray::{Array3, ArrayView3, Zip};
 
 /// `F_0 .. F_k` of one branch of one block, batched over rows (B, N, D).
 #[derive(Clone, Debug, Default)]
@@ -17,13 +17,17 @@ fn inverse_factorial(i: usize) -> f32 {
 impl TaylorFactors {
     /// Replaces the factors by those of a new output: `F_0 = new`, and for i < `max_order` while
     /// the old `F_i` exists, `F_{i+1} = (F_i(new) - F_i(old)) / gap`, one order more per update.
-    pub fn update(&mut self, new: Array3<f32>, gap: f32, max_order: usize) {
-        let old = std::mem::take(&mut self.orders);
+    pub fn update(&mut self, new: ArrayView3<f32>, gap: f32, max_order: usize) {
+        let mut old = std::mem::take(&mut self.orders);
+        // The buffers are recycled, so an update allocates nothing once the cache is full: the
+        // top order that falls off holds the new F_0, and each old F_i's buffer becomes the new
+        // F_{i+1}. One parallel pass per order.
+        let spare = (old.len() > max_order).then(|| old.pop()).flatten();
+        let mut first = spare.unwrap_or_else(|| Array3::zeros(new.raw_dim()));
+        Zip::from(&mut first).and(new).par_for_each(|f, &v| *f = v);
         let mut orders = Vec::with_capacity(max_order + 1);
-        orders.push(new);
+        orders.push(first);
         for (i, mut factor) in old.into_iter().enumerate().take(max_order) {
-            // The old F_i's buffer becomes the new F_{i+1}: no allocation, one parallel pass per
-            // order.
             Zip::from(&mut factor)
                 .and(&orders[i])
                 .par_for_each(|f, &a| *f = (a - *f) / gap);
@@ -79,9 +83,9 @@ mod tests {
         // f(s) = 3 - 2s sampled at s = 49, 48, 44 (DDIM counts down: gaps -1 then -4).
         let f = |s: f32| 3.0 - 2.0 * s;
         let mut cache = TaylorFactors::default();
-        cache.update(scalar(f(49.0)), 0.0, 1);
-        cache.update(scalar(f(48.0)), -1.0, 1);
-        cache.update(scalar(f(44.0)), -4.0, 1);
+        cache.update(scalar(f(49.0)).view(), 0.0, 1);
+        cache.update(scalar(f(48.0)).view(), -1.0, 1);
+        cache.update(scalar(f(44.0)).view(), -4.0, 1);
         assert_eq!(cache.orders[1][[0, 0, 0]], -2.0);
         assert_eq!(cache.predict(41.0 - 44.0)[[0, 0, 0]], f(41.0));
     }
@@ -92,7 +96,7 @@ mod tests {
         let f = |s: f32| 3.0 + 2.0 * s + s * s;
         let mut cache = TaylorFactors::default();
         for s in [11.0, 9.0, 7.0] {
-            cache.update(scalar(f(s)), -2.0, 2);
+            cache.update(scalar(f(s)).view(), -2.0, 2);
         }
         assert_eq!((cache.orders[1][[0, 0, 0]], cache.orders[2][[0, 0, 0]]), (18.0, 2.0));
         // The Taylor (not Newton) form: 66 + 18 d + d^2 at d = -2 gives 34, f(5) = 38.
@@ -103,7 +107,7 @@ mod tests {
     fn order_grows_by_one_per_update_up_to_the_cap() {
         let mut cache = TaylorFactors::default();
         for step in 0..5 {
-            cache.update(scalar(step as f32), -1.0, 3);
+            cache.update(scalar(step as f32).view(), -1.0, 3);
             assert_eq!(cache.order(), step.min(3));
         }
     }
@@ -111,8 +115,8 @@ mod tests {
     #[test]
     fn order_zero_prediction_reuses_the_output() {
         let mut cache = TaylorFactors::default();
-        cache.update(scalar(5.0), 0.0, 0);
-        cache.update(scalar(7.0), -1.0, 0);
+        cache.update(scalar(5.0).view(), 0.0, 0);
+        cache.update(scalar(7.0).view(), -1.0, 0);
         assert_eq!(cache.predict(-3.0)[[0, 0, 0]], 7.0);
     }
 }
