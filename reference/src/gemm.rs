@@ -196,13 +196,15 @@ impl PackedWeights {
                     // while this panel's tiles run from L1, so the first tile of the next panel
                     // does not wait for them (a ResCa step's proxies' MLP, 12 DiT-B/2 blocks:
                     // median 39.0 -> 37.4 ms on both cores, 52.1 -> 48.7 ms on one; measured
-                    // alternately, 30 rounds).
-                    let next = if panel + 1 < panels.end {
+                    // alternately, 30 rounds). A single tile streams the weights once anyway,
+                    // and its own prefetch ahead covers them (XL/2's 28 adaLN at 1-2 rows ran
+                    // 5-25% slower at the median with both).
+                    let tiles = (row_end - row_start).div_ceil(TILE_ROWS);
+                    let next = if panel + 1 < panels.end && tiles > 1 {
                         pass_weights(panel + 1)
                     } else {
                         &[]
                     };
-                    let tiles = (row_end - row_start).div_ceil(TILE_ROWS);
                     let lines_per_tile = (next.len() / PANEL).div_ceil(tiles.max(1));
                     let column = panel * PANEL - first_output;
                     let columns = PANEL.min(last_output - panel * PANEL);
