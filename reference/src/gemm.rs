@@ -186,6 +186,7 @@ impl PackedWeights {
                 let pass_x = x.pass(row_start..row_end, depth_start, depth);
                 // The pass lies inside one block of the layout: its rows of each panel's slice.
                 let block_start = depth_start / DEPTH * DEPTH;
+                let tiles = row_tiles(row_start..row_end).count();
                 let pass_weights = |panel: usize| {
                     let slice = self.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
                     &self.values[slice..][..depth * PANEL]
@@ -199,20 +200,20 @@ impl PackedWeights {
                     // alternately, 30 rounds). A single tile streams the weights once anyway,
                     // and its own prefetch ahead covers them (XL/2's 28 adaLN at 1-2 rows ran
                     // 5-25% slower at the median with both).
-                    let tiles = (row_end - row_start).div_ceil(TILE_ROWS);
                     let next = if panel + 1 < panels.end && tiles > 1 {
                         pass_weights(panel + 1)
                     } else {
                         &[]
                     };
-                    let lines_per_tile = (next.len() / PANEL).div_ceil(tiles.max(1));
+                    let next_lines = next.len() / PANEL;
+                    let lines_per_tile = next_lines.div_ceil(tiles.max(1));
                     let column = panel * PANEL - first_output;
                     let columns = PANEL.min(last_output - panel * PANEL);
                     for (t, tile) in row_tiles(row_start..row_end).enumerate() {
                         let (tile_start, tile_rows) = (tile.start, tile.len());
                         let tile_x = &pass_x[(tile_start - row_start) * depth..][..tile_rows * depth];
-                        let first_line = (t * lines_per_tile).min(next.len() / PANEL);
-                        let last_line = ((t + 1) * lines_per_tile).min(next.len() / PANEL);
+                        let first_line = (t * lines_per_tile).min(next_lines);
+                        let last_line = ((t + 1) * lines_per_tile).min(next_lines);
                         let prefetch = &next[first_line * PANEL..last_line * PANEL];
                         // SAFETY: the tile (tile_rows rows of `columns` values from row tile_start,
                         // column `column`) lies inside y, whose rows are y_stride apart.

@@ -348,17 +348,6 @@ pub fn unpatchify(tokens: ArrayView2<f32>, patch: usize, channels: usize) -> nda
     out
 }
 
-/// Every row of `x` divided by its Euclidean norm floored at `eps` (`F.normalize`, and the first
-/// step of `F.cosine_similarity`).
-pub fn unit_rows(x: ArrayView2<f32>, eps: f32) -> Array2<f32> {
-    let mut unit = x.to_owned();
-    for mut row in unit.rows_mut() {
-        let norm = row.dot(&row).sqrt().max(eps);
-        row.mapv_inplace(|v| v / norm);
-    }
-    unit
-}
-
 /// Copies the given rows of `x` into a new (indices.len(), D) matrix.
 pub fn gather_rows(x: ArrayView2<f32>, indices: &[usize]) -> Array2<f32> {
     x.select(Axis(0), indices)

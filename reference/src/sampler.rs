@@ -194,7 +194,7 @@ pub fn sample(
 /// Rows of one conditioning product: a sampler computes the conditioning (adaLN modulations)
 /// of this many batch rows' worth of steps at once. 64 rows keep the product in the packed
 /// kernel's few-row regime and the table small (XL/2: 50 MB), and read the conditioning
-/// weights (1.5 GB of XL/2's 2.7 GB) twice per 50-step guided run instead of 50 times.
+/// weights (0.9 GB of XL/2's 2.7 GB) twice per 50-step guided run instead of 50 times.
 const CONDITIONING_ROWS: usize = 64;
 // A step's conditioning must not depend on the steps computed with it.
 const _: () = assert!(CONDITIONING_ROWS <= crate::gemm::SAME_BITS_ROWS);

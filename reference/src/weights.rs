@@ -69,9 +69,9 @@ impl Linear {
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
         match &self.weight {
             WeightStorage::Packed(packed) => packed.linear(x, self.bias.view()),
-            WeightStorage::Plain { weight, packed } if x.nrows() <= FEW_ROWS => packed
-                .get_or_init(|| PackedWeights::pack(weight.view()))
-                .linear(x, self.bias.view()),
+            WeightStorage::Plain { weight, packed } if x.nrows() <= FEW_ROWS => {
+                packed_copy(weight, packed).linear(x, self.bias.view())
+            }
             WeightStorage::Plain { weight, .. } => ops::linear(x, weight.view(), self.bias.view()),
         }
     }
@@ -79,7 +79,7 @@ impl Linear {
     /// Makes a token layer's packed copy now, instead of in its first product of a few rows.
     pub fn pack_for_few_rows(&self) {
         if let WeightStorage::Plain { weight, packed } = &self.weight {
-            packed.get_or_init(|| PackedWeights::pack(weight.view()));
+            packed_copy(weight, packed);
         }
     }
 
@@ -101,6 +101,11 @@ impl Linear {
     pub fn out_features(&self) -> usize {
         self.bias.len()
     }
+}
+
+/// A token layer's packed copy of `weight`, made the first time it is asked for.
+fn packed_copy<'a>(weight: &Array2<f32>, packed: &'a OnceLock<PackedWeights>) -> &'a PackedWeights {
+    packed.get_or_init(|| PackedWeights::pack(weight.view()))
 }
 
 /// One DiT block's parameters (`blocks.{l}.*`).

@@ -5,14 +5,16 @@
 use ndarray::{Array2, ArrayView2};
 use rand::Rng;
 
-use crate::ops;
-
 /// Rows are L2-normalised with this floor on the norm (`F.normalize(eps=1e-6)`).
 pub const NORM_EPS: f32 = 1e-6;
 
 /// `S = norm(X) norm(X)^T` (N, N) for token rows X (N, D): the cosine similarity matrix.
 pub fn cosine_similarity_matrix(x: ArrayView2<f32>) -> Array2<f32> {
-    let normed = ops::unit_rows(x, NORM_EPS);
+    let mut normed = x.to_owned();
+    for mut row in normed.rows_mut() {
+        let norm = row.dot(&row).sqrt().max(NORM_EPS);
+        row.mapv_inplace(|v| v / norm);
+    }
     normed.dot(&normed.t())
 }
 
