@@ -66,7 +66,14 @@ fn main() {
     for round in 0..rounds {
         for (m, method) in methods.iter().enumerate() {
             let stats = run(method);
-            eprintln!("round {}/{rounds}: {} {:.2} s", round + 1, stats.method, stats.wall_s);
+            eprintln!(
+                "round {}/{rounds}: {} {:.2} s (dense steps {:.0} ms each, sparse steps {:.1} ms each)",
+                round + 1,
+                stats.method,
+                stats.wall_s,
+                1e3 * stats.dense_steps_s / stats.full_steps.max(1) as f64,
+                1e3 * stats.sparse_steps_s / stats.sparse_steps.max(1) as f64,
+            );
             runs[m].push(stats);
         }
     }

@@ -13,6 +13,7 @@ pub mod flow;
 pub mod gemm;
 pub mod model;
 pub mod ops;
+pub mod parallel;
 pub mod safetensors_file;
 pub mod sampler;
 pub mod weights;

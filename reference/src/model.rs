@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::config::DitConfig;
 use crate::error::{Error, Result, check_finite};
 use crate::ops;
+use crate::parallel;
 use crate::safetensors_file::SafetensorsFile;
 use crate::weights::DitWeights;
 
@@ -67,7 +68,8 @@ pub struct BranchInput<'a> {
 }
 
 /// Decides, per block and branch, what the branch contributes. `FullCompute` evaluates it.
-pub trait BranchHook {
+/// `Send`: the forward pass runs on a rayon worker ([`crate::parallel::with_workers_awake`]).
+pub trait BranchHook: Send {
     /// The branch output (B, N, D) before the gate.
     fn branch(&mut self, input: &BranchInput<'_>) -> Array3<f32>;
     /// Called with each block's output (B, N, D).
@@ -357,17 +359,20 @@ impl Dit {
     }
 
     /// `model(x, t, y)` with the branches supplied by `hook` and the conditioning of `t` and `y`
-    /// already computed; no input validation.
+    /// already computed; no input validation. The pass runs on a rayon worker with the other
+    /// workers kept awake between its parallel parts ([`parallel::with_workers_awake`]).
     pub fn forward_conditioned(
         &self,
         x: ArrayView4<f32>,
         cond: &Conditioning,
         hook: &mut dyn BranchHook,
     ) -> Array4<f32> {
-        let mut tokens = self.patch_embed(x);
-        tokens += &self.weights.pos_embed;
-        self.run_blocks(&mut tokens, cond, hook);
-        self.unpatchify(self.final_tokens(tokens.view(), cond).view())
+        parallel::with_workers_awake(|| {
+            let mut tokens = self.patch_embed(x);
+            tokens += &self.weights.pos_embed;
+            self.run_blocks(&mut tokens, cond, hook);
+            self.unpatchify(self.final_tokens(tokens.view(), cond).view())
+        })
     }
 
     /// `model(x, t, y)` with the branches supplied by `hook`.

@@ -365,7 +365,8 @@ impl CachingHook {
             self.caches[block][slot].update(output, full_gap, order);
         } else if self.full {
             self.full_step_mlp[block].update(output, full_gap, order);
-            self.caches[block][slot] = self.full_step_mlp[block].clone();
+            // Into the sparse steps' buffers: no allocation (and no page faults) per full step.
+            self.caches[block][slot].clone_from(&self.full_step_mlp[block]);
         } else {
             let step_gap = self.previous_index.map_or(0, |p| self.step().index - p) as f32;
             self.caches[block][slot].update(output, step_gap, order);
