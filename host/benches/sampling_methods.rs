@@ -19,6 +19,7 @@ use resca_reference::ddim::DdimSchedule;
 use resca_reference::{Dit, DitConfig, Sampler};
 
 fn main() {
+    resca_reference::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let preset = args.first().map(String::as_str).unwrap_or("DiT-B/2");
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);

@@ -213,6 +213,7 @@ struct TrajectoriesArgs {
 }
 
 fn main() -> ExitCode {
+    resca_reference::memory::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample(args),

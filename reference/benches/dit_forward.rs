@@ -19,6 +19,7 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn main() {
+    resca_reference::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let preset = args.first().map(String::as_str).unwrap_or("DiT-XL/2");
     let runs: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);

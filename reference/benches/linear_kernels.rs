@@ -41,6 +41,7 @@ fn best_and_median(mut times: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
+    resca_reference::memory::retain_freed_memory();
     ops::single_threaded_blas();
     let one_core = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a pool");
     let cores = rayon::current_num_threads();
