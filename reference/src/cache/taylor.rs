@@ -113,6 +113,28 @@ mod tests {
     }
 
     #[test]
+    fn update_equals_the_order_by_order_differences_bit_for_bit() {
+        // Outputs large enough to be updated in parallel, with gaps of both signs and the cap
+        // reached midway, against the definition computed order by order (with the buffers
+        // recycled from one update to the next).
+        let shape = (2, 37, 300);
+        let mut cache = TaylorFactors::default();
+        let mut reference: Vec<Array3<f32>> = Vec::new();
+        for (step, gap) in [(0, 0.0f32), (1, -1.0), (2, -4.0), (3, -5.0), (4, 3.0), (5, -1.0)] {
+            let new = Array3::from_shape_fn(shape, |(b, n, d)| ((b * 7 + n * 3 + d + step * 11) as f32 * 0.37).sin());
+            let max_order = 3;
+            let mut next = vec![new.clone()];
+            for (i, old) in reference.iter().enumerate().take(max_order) {
+                next.push((&next[i] - old).mapv(|v| v / gap));
+            }
+            reference = next;
+            cache.update(new.view(), gap, max_order);
+            assert_eq!(cache.orders, reference, "update {step}");
+        }
+        assert_eq!(cache.order(), 3);
+    }
+
+    #[test]
     fn order_zero_prediction_reuses_the_output() {
         let mut cache = TaylorFactors::default();
         cache.update(scalar(5.0).view(), 0.0, 0);
