@@ -55,46 +55,36 @@ cargo test -q -p resca-gpu-kernels --features nvvm --test ptx >/dev/null ||
     fail "the nvvm entry points differ from the nvptx ones"
 
 section "4. cust backend (feature cust) against a stub libcuda"
-stub="$cache/stub-cuda"
-if ! command -v gcc >/dev/null 2>&1; then
-    skip "cust link check: no gcc to build the stub libcuda"
-elif ! cargo fetch -q 2>/dev/null && [ ! -d "${CARGO_HOME:-$HOME/.cargo}/registry/src" ]; then
-    skip "cust link check: the cust sources could not be fetched"
-else
-    bindings=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*/cust_raw-0.11.*/src/cuda.rs' 2>/dev/null | sort | tail -n 1)
-    if [ -z "$bindings" ]; then
-        skip "cust link check: cust_raw's bindings not found in the cargo registry"
+stub_log=$(mktemp)
+if ! stub=$(bash scripts/stub-libcuda.sh 2>"$stub_log"); then
+    if grep -q "gcc failed" "$stub_log"; then
+        fail "building the stub libcuda: $(cat "$stub_log")"
     else
-        if [ ! -f "$stub/lib64/libcuda.so" ] || [ "$bindings" -nt "$stub/lib64/libcuda.so" ]; then
-            mkdir -p "$stub/lib64"
-            # Every driver function cust_raw declares, returning CUDA_ERROR_UNKNOWN (999).
-            grep -oE 'pub fn cu[A-Za-z0-9_]+\(' "$bindings" | sed -E 's/pub fn (.*)\(/int \1(void) { return 999; }/' |
-                sort -u >"$stub/stub.c"
-            gcc -shared -fPIC -o "$stub/lib64/libcuda.so" "$stub/stub.c" || fail "building the stub libcuda"
-            echo "built $stub/lib64/libcuda.so ($(wc -l <"$stub/stub.c") functions)"
-        fi
-        export CUDA_LIBRARY_PATH="$stub"
-        cargo clippy -q -p resca-host --features cust --all-targets -- -D warnings ||
-            fail "resca-host --features cust does not compile cleanly"
-        if cargo build -q -p resca-host --features cust --example cust_info; then
-            # On the stub every driver call fails: a clean error, exit 2, no panic.
-            out=$(LD_LIBRARY_PATH="$stub/lib64" target/debug/examples/cust_info 2>&1)
-            rc=$?
-            echo "$out"
-            if [ "$rc" -ne 2 ] || echo "$out" | grep -q panicked; then
-                fail "cust_info on the stub libcuda: expected a clean error (exit 2), got exit $rc"
-            fi
-            out=$(LD_LIBRARY_PATH="$stub/lib64" cargo run -q -p resca-host --bin resca -- info 2>&1)
-            rc=$?
-            echo "resca info on the stub: $out"
-            if [ "$rc" -ne 0 ] || echo "$out" | grep -q panicked; then
-                fail "resca info on the stub libcuda: expected a message and exit 0, got exit $rc"
-            fi
-        else
-            fail "resca-host --features cust does not link against the stub libcuda"
-        fi
-        unset CUDA_LIBRARY_PATH
+        skip "cust link check: $(cat "$stub_log")"
     fi
+else
+    cat "$stub_log"
+    export CUDA_LIBRARY_PATH="$stub"
+    cargo clippy -q -p resca-host --features cust --all-targets -- -D warnings ||
+        fail "resca-host --features cust does not compile cleanly"
+    if cargo build -q -p resca-host --features cust --example cust_info; then
+        # On the stub every driver call fails: a clean error, exit 2, no panic.
+        out=$(LD_LIBRARY_PATH="$stub/lib64" target/debug/examples/cust_info 2>&1)
+        rc=$?
+        echo "$out"
+        if [ "$rc" -ne 2 ] || echo "$out" | grep -q panicked; then
+            fail "cust_info on the stub libcuda: expected a clean error (exit 2), got exit $rc"
+        fi
+        out=$(LD_LIBRARY_PATH="$stub/lib64" cargo run -q -p resca-host --bin resca -- info 2>&1)
+        rc=$?
+        echo "resca info on the stub: $out"
+        if [ "$rc" -ne 0 ] || echo "$out" | grep -q panicked; then
+            fail "resca info on the stub libcuda: expected a message and exit 0, got exit $rc"
+        fi
+    else
+        fail "resca-host --features cust does not link against the stub libcuda"
+    fi
+    unset CUDA_LIBRARY_PATH
 fi
 
 section "done in $(($(date +%s) - started)) s"

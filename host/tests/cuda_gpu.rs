@@ -7,7 +7,9 @@
 //!   (recorded on the simulator with their inputs, replayed on the GPU), against the simulator;
 //! * the forward pass against the reference and the official PyTorch output of `vectors/tiny`;
 //! * whole guided DDIM-50 runs (full compute, ResCa official with replayed clusterings) against
-//!   the reference and the simulator, and `resca sample --backend cuda` against the reference.
+//!   the reference and the simulator, and `resca sample --backend cuda` against the reference;
+//! * with the feature `cust`: the same forward and ResCa run through Rust-CUDA's `cust` backend,
+//!   bit for bit against the cudarc backend (same PTX, same launches).
 //!
 //! The PTX multiplies and adds with explicit `.rn` rounding (no FMA contraction by ptxas) and
 //! the kernels do their own transcendental math, so GPU and simulator are expected to agree to
@@ -21,7 +23,7 @@ use std::process::Command;
 use ndarray::{ArrayD, Ix4};
 use resca_host::cuda::CudaDevice;
 use resca_host::cuda::replay::{Recorder, compare, replay};
-use resca_host::pipeline::{Kernel, Pipeline, SampleOptions, SampleOutput};
+use resca_host::pipeline::{Device, Kernel, Pipeline, SampleOptions, SampleOutput};
 use resca_host::sim::SimDevice;
 use resca_reference::cache::{CachingHook, ClusteringRecord, MethodConfig};
 use resca_reference::ddim::DdimSchedule;
@@ -91,9 +93,16 @@ trait SyncChecked {
 impl SyncChecked for CudaDevice {
     /// Surfaces asynchronous faults at the launch that caused them.
     fn synchronize_checked(&mut self) {
-        use resca_host::pipeline::Device;
         self.synchronize().unwrap();
     }
+}
+
+/// The inputs of `forward.safetensors`: latents, timesteps and labels.
+fn forward_inputs(file: &SafetensorsFile) -> (ndarray::Array4<f32>, Vec<f32>, Vec<usize>) {
+    let x = file.read_f32("x").unwrap().into_dimensionality::<Ix4>().unwrap();
+    let t = file.read_i64("t").unwrap().iter().map(|&v| v as f32).collect();
+    let y = file.read_i64("y").unwrap().iter().map(|&v| v as usize).collect();
+    (x, t, y)
 }
 
 #[test]
@@ -103,9 +112,7 @@ fn forward_matches_the_reference_and_the_official_output() {
     }
     let file = SafetensorsFile::open(support::vectors("forward.safetensors")).unwrap();
     let model = support::tiny_model();
-    let x = file.read_f32("x").unwrap().into_dimensionality::<Ix4>().unwrap();
-    let t: Vec<f32> = file.read_i64("t").unwrap().iter().map(|&v| v as f32).collect();
-    let y: Vec<usize> = file.read_i64("y").unwrap().iter().map(|&v| v as usize).collect();
+    let (x, t, y) = forward_inputs(&file);
     let mut pipeline = Pipeline::new(gpu(), &model).unwrap();
     let ours = pipeline.forward(x.view(), &t, &y).unwrap().into_dyn();
     let reference = model.forward(x.view(), &t, &y).unwrap().into_dyn();
@@ -126,7 +133,7 @@ fn forward_matches_the_reference_and_the_official_output() {
     assert!(vs_sim < 1e-6, "gpu vs sim {vs_sim}");
 }
 
-fn run(model: &Dit, dev: CudaDevice, method: &MethodConfig, replay: Vec<ClusteringRecord>) -> SampleOutput {
+fn run<D: Device>(model: &Dit, dev: D, method: &MethodConfig, replay: Vec<ClusteringRecord>) -> SampleOutput {
     let (x, y) = support::tiny_guided_inputs(model);
     let mut pipeline = Pipeline::new(dev, model).unwrap();
     let options = SampleOptions {
@@ -240,4 +247,42 @@ fn cli_sample_on_cuda_matches_the_reference_backend() {
     assert!(err < 1e-4);
     let info = Command::new(env!("CARGO_BIN_EXE_resca")).arg("info").output().unwrap();
     assert!(String::from_utf8_lossy(&info.stdout).contains("CUDA driver"));
+}
+
+/// Rust-CUDA's `cust` backend loads the same PTX and makes the same launches as the cudarc one,
+/// so every value must be bit-identical; only the driver bindings differ.
+#[cfg(feature = "cust")]
+#[test]
+fn cust_backend_gives_the_cudarc_backends_results_bit_for_bit() {
+    use resca_host::cuda::cust_driver::CustDevice;
+    if !support::gpu_or_skip("cust_backend_gives_the_cudarc_backends_results_bit_for_bit") {
+        return;
+    }
+    let cust = || CustDevice::open(0).unwrap();
+    let model = support::tiny_model();
+    let (x, t, y) = forward_inputs(&SafetensorsFile::open(support::vectors("forward.safetensors")).unwrap());
+    let via_cust = Pipeline::new(cust(), &model).unwrap().forward(x.view(), &t, &y);
+    let via_cudarc = Pipeline::new(gpu(), &model).unwrap().forward(x.view(), &t, &y);
+    let (via_cust, via_cudarc) = (via_cust.unwrap(), via_cudarc.unwrap());
+    assert_eq!(via_cust, via_cudarc, "forward: cust and cudarc differ");
+
+    // ResCa official with its own clusterings: the GPU's TETC too, so any difference in a launch
+    // would change the clusterings and the whole trajectory.
+    let method = support::released_resca();
+    let (via_cust, via_cudarc) = (
+        run(&model, cust(), &method, Vec::new()),
+        run(&model, gpu(), &method, Vec::new()),
+    );
+    assert_eq!(via_cust.trajectory.x, via_cudarc.trajectory.x, "resca: x differs");
+    assert_eq!(via_cust.trajectory.model_out, via_cudarc.trajectory.model_out);
+    assert_eq!(via_cust.history.len(), via_cudarc.history.len());
+    for (a, b) in via_cust.history.iter().zip(&via_cudarc.history) {
+        for (p, q) in a.rows.iter().zip(&b.rows) {
+            assert_eq!((&p.labels, &p.proxies), (&q.labels, &q.proxies), "clusterings differ");
+        }
+    }
+    eprintln!(
+        "cust vs cudarc: forward and guided DDIM-50 ResCa ({} clusterings) bit-identical",
+        via_cust.history.len()
+    );
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs what scripts/gpu-bundle.sh packed, on a GPU machine, from the root of a checkout of the
+# same commit: `resca info`, the GPU tests (cudarc and cust backends), compute-sanitizer's memcheck
+# and racecheck over every kernel's replayed launches (where compute-sanitizer is installed), and
+# the GPU benchmark with PyTorch beside it. Logs go to $OUT (default ./gpu-logs).
+# Usage: scripts/gpu-run-bundle.sh [BUNDLE] (default target/gpu-bundle.tar.xz)
+set -uo pipefail
+bundle=$(realpath "${1:-target/gpu-bundle.tar.xz}")
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+unpacked=$(mktemp -d)
+tar xJf "$bundle" -C "$unpacked" || exit 1
+[ "$(cat "$unpacked/commit")" = "$(git rev-parse HEAD 2>/dev/null || cat "$unpacked/commit")" ] ||
+    echo "warning: the bundle was built from commit $(cat "$unpacked/commit"), this checkout differs"
+# The binaries look for the vectors, the bench script and `resca` under the build checkout's path.
+built_at=$(cat "$unpacked/checkout")
+if [ "$(realpath "$built_at" 2>/dev/null)" != "$(pwd -P)" ]; then
+    mkdir -p "$(dirname "$built_at")" && rm -rf "$built_at" && ln -s "$(pwd -P)" "$built_at" || exit 1
+fi
+mkdir -p target/debug && cp "$unpacked/resca" target/debug/resca
+export LD_LIBRARY_PATH="$unpacked/lib:${LD_LIBRARY_PATH:-}"
+# cust links `libcuda.so`; a driver install may only have libcuda.so.1.
+if ! ldconfig -p | grep -q 'libcuda\.so '; then
+    driver=$(ldconfig -p | awk '/libcuda\.so\.1 / {print $NF; exit}')
+    [ -n "$driver" ] && ln -sf "$driver" "$unpacked/lib/libcuda.so"
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
+"$unpacked/resca" info 2>&1 | tee -a "$out/gpu.txt"
+status=0
+"$unpacked/cuda_gpu" --test-threads=1 --nocapture 2>&1 | tee "$out/tests.txt" || status=1
+if command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+        timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$unpacked/cuda_gpu" \
+            every_kernel --test-threads=1 >"$out/$tool.txt" 2>&1 || status=1
+        echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$tool.txt" | tail -n 1)"
+    done
+else
+    echo "SKIP: compute-sanitizer: not installed"
+fi
+# shellcheck disable=SC2086 # the arguments are words
+"$unpacked/gpu_bench" ${GPU_BENCH_ARGS:-DiT-XL/2 50} 2>&1 | tee "$out/bench.txt" || status=1
+rm -rf "$unpacked"
+exit $status
