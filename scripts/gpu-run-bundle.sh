@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs what scripts/gpu-bundle.sh packed, on a GPU machine, from the root of a checkout of the
-# same commit: `resca info`, the GPU tests (cudarc and cust backends), compute-sanitizer's memcheck
+# same commit: `resca info`, the GPU tests (cudarc and cust backends; the sm_90 module where the
+# GPU runs it, then the sm_80 one), compute-sanitizer's memcheck
 # and racecheck over every kernel's replayed launches (where compute-sanitizer is installed), and
 # the GPU benchmark with PyTorch beside it. Logs go to $OUT (default ./gpu-logs).
 # Usage: scripts/gpu-run-bundle.sh [BUNDLE] (default target/gpu-bundle.tar.xz)
@@ -28,6 +29,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv 2>&1 | tee
 "$unpacked/resca" info 2>&1 | tee -a "$out/gpu.txt"
 status=0
 "$unpacked/cuda_gpu" --test-threads=1 --nocapture 2>&1 | tee "$out/tests.txt" || status=1
+# The sm_80 module too, JIT-compiled for this GPU (on an sm_80 GPU this repeats the run above).
+RESCA_PTX_ARCH=sm_80 "$unpacked/cuda_gpu" --test-threads=1 --nocapture >"$out/tests-sm80.txt" 2>&1 || status=1
+echo "sm_80 module: $(grep -oE 'PTX sm_[0-9]+|test result: .*' "$out/tests-sm80.txt" | tr '\n' ' ')"
 if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
         timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$unpacked/cuda_gpu" \
@@ -37,7 +41,11 @@ if command -v compute-sanitizer >/dev/null; then
 else
     echo "SKIP: compute-sanitizer: not installed"
 fi
-# shellcheck disable=SC2086 # the arguments are words
-"$unpacked/gpu_bench" ${GPU_BENCH_ARGS:-DiT-XL/2 50} 2>&1 | tee "$out/bench.txt" || status=1
+if [ "${GPU_BENCH_ARGS:-}" = none ]; then
+    echo "gpu bench: not run (GPU_BENCH_ARGS=none)"
+else
+    # shellcheck disable=SC2086 # the arguments are words
+    "$unpacked/gpu_bench" ${GPU_BENCH_ARGS:-DiT-XL/2 50} 2>&1 | tee "$out/bench.txt" || status=1
+fi
 rm -rf "$unpacked"
 exit $status

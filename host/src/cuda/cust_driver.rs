@@ -15,8 +15,9 @@ use cust::device::{Device as CuDevice, DeviceAttribute};
 use cust::module::Module;
 use cust::sys;
 use resca_gpu_kernels::LaunchDims;
-use resca_gpu_kernels::ptx::{PtxModule, module_for};
+use resca_gpu_kernels::ptx::PtxModule;
 
+use super::driver::chosen_module;
 use super::gpu::{Driver, FunctionAttributes, GpuDevice};
 use super::{CudaUnavailable, OpenError};
 use crate::pipeline::DeviceError;
@@ -57,9 +58,7 @@ impl Cust {
             .get_attribute(DeviceAttribute::ComputeCapabilityMinor)
             .map_err(unavailable)? as u32;
         let name = device.name().map_err(unavailable)?;
-        let ptx = module_for(major, minor).ok_or_else(|| {
-            CudaUnavailable::NoDevice(format!("{name} is sm_{major}{minor}; the kernels need sm_80 or later"))
-        })?;
+        let ptx = chosen_module(major, minor).map_err(|e| CudaUnavailable::NoDevice(format!("{name}: {e}")))?;
         let context = Context::new(device).map_err(unavailable)?;
         let module = Module::from_ptx(ptx.ptx, &[])
             .map_err(|e| DeviceError::Backend(format!("JIT-compiling {} failed: {e:?}", ptx.file)))?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, result, sys};
 use resca_gpu_kernels::LaunchDims;
-use resca_gpu_kernels::ptx::{PtxModule, module_for};
+use resca_gpu_kernels::ptx::{MODULES, PtxModule, module_for};
 
 use super::gpu::{Driver, FunctionAttributes};
 
@@ -145,13 +145,35 @@ pub fn select_gpu(info: &CudaInfo, ordinal: usize) -> Result<(&GpuInfo, &'static
         ))
     })?;
     let (major, minor) = gpu.compute_capability;
-    let module = module_for(major, minor).ok_or_else(|| {
-        CudaUnavailable::NoDevice(format!(
-            "{} is sm_{major}{minor}; the kernels need sm_80 or later",
-            gpu.name
-        ))
-    })?;
+    let module = chosen_module(major, minor).map_err(|e| CudaUnavailable::NoDevice(format!("{}: {e}", gpu.name)))?;
     Ok((gpu, module))
+}
+
+/// The committed PTX module a GPU of compute capability `major.minor` loads: the newest it can
+/// run, or the one `RESCA_PTX_ARCH` names (`sm_80` on a Hopper GPU runs the Ampere module there,
+/// JIT-compiled for the newer chip, so that one GPU can check both modules).
+pub fn chosen_module(major: u32, minor: u32) -> Result<&'static PtxModule, String> {
+    module_choice(major, minor, std::env::var("RESCA_PTX_ARCH").ok().as_deref())
+}
+
+fn module_choice(major: u32, minor: u32, forced: Option<&str>) -> Result<&'static PtxModule, String> {
+    let too_old = || format!("sm_{major}{minor}, and the kernels need sm_80 or later");
+    let Some(arch) = forced.filter(|a| !a.is_empty()) else {
+        return module_for(major, minor).ok_or_else(too_old);
+    };
+    let module = MODULES.iter().find(|m| m.arch == arch).ok_or_else(|| {
+        let known: Vec<&str> = MODULES.iter().map(|m| m.arch).collect();
+        format!(
+            "RESCA_PTX_ARCH={arch} names no PTX module (there are {})",
+            known.join(", ")
+        )
+    })?;
+    if module.compute > 10 * major + minor {
+        return Err(format!(
+            "RESCA_PTX_ARCH={arch} is newer than this GPU, sm_{major}{minor}"
+        ));
+    }
+    Ok(module)
 }
 
 /// The device to use: `RESCA_CUDA_DEVICE` (an ordinal), else 0.
@@ -310,5 +332,35 @@ impl Drop for Cudarc {
             // SAFETY: loaded once, unloaded once; the device freed its buffers before.
             let _ = unsafe { result::module::unload(self.module) };
         }
+    }
+}
+
+#[cfg(test)]
+mod module_choice_tests {
+    use super::module_choice;
+
+    #[test]
+    fn the_newest_module_a_gpu_runs_unless_one_is_named() {
+        let arch = |major, minor, forced| module_choice(major, minor, forced).map(|m| m.arch);
+        assert_eq!(arch(9, 0, None), Ok("sm_90"));
+        assert_eq!(arch(8, 6, None), Ok("sm_80"));
+        assert_eq!(arch(10, 0, Some("")), Ok("sm_90"));
+        // The Ampere module on a Hopper GPU, JIT-compiled there.
+        assert_eq!(arch(9, 0, Some("sm_80")), Ok("sm_80"));
+        assert_eq!(arch(9, 0, Some("sm_90")), Ok("sm_90"));
+    }
+
+    #[test]
+    fn an_old_gpu_or_a_wrong_module_name_is_a_clear_error() {
+        let error = |major, minor, forced| module_choice(major, minor, forced).unwrap_err();
+        assert_eq!(error(7, 5, None), "sm_75, and the kernels need sm_80 or later");
+        assert_eq!(
+            error(8, 6, Some("sm_90")),
+            "RESCA_PTX_ARCH=sm_90 is newer than this GPU, sm_86"
+        );
+        assert_eq!(
+            error(9, 0, Some("sm_70")),
+            "RESCA_PTX_ARCH=sm_70 names no PTX module (there are sm_80, sm_90)"
+        );
     }
 }

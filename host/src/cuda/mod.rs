@@ -83,8 +83,9 @@ pub fn info_text() -> String {
                     gpu.compute_capability.1,
                     gpu.total_memory_bytes as f64 / (1u64 << 30) as f64,
                     gpu.multiprocessors,
-                    gpu.ptx_arch
-                        .map_or("none (needs sm_80 or later)".to_string(), |a| format!("{a} PTX"))
+                    // What the backend will load: RESCA_PTX_ARCH included, or why not.
+                    driver::chosen_module(gpu.compute_capability.0, gpu.compute_capability.1)
+                        .map_or_else(|e| format!("none ({e})"), |m| format!("{} PTX", m.arch))
                 );
             }
             text
