@@ -39,7 +39,8 @@ pub struct GpuInfo {
     pub compute_capability: (u32, u32),
     pub total_memory_bytes: usize,
     pub multiprocessors: i32,
-    /// The committed PTX module the CUDA backend loads on it (`None`: older than sm_80).
+    /// The newest committed PTX module it runs (`None`: older than sm_80), which the CUDA
+    /// backend loads unless `RESCA_PTX_ARCH` names another ([`chosen_module`]).
     pub ptx_arch: Option<&'static str>,
 }
 
