@@ -15,8 +15,13 @@ tar xJf "$bundle" -C "$unpacked" || exit 1
     echo "warning: the bundle was built from commit $(cat "$unpacked/commit"), this checkout differs"
 # The binaries look for the vectors, the bench script and `resca` under the build checkout's path.
 built_at=$(cat "$unpacked/checkout")
+# A link is made there (or an old link replaced); anything else at that path is left alone.
 if [ "$(realpath "$built_at" 2>/dev/null)" != "$(pwd -P)" ]; then
-    mkdir -p "$(dirname "$built_at")" && rm -rf "$built_at" && ln -s "$(pwd -P)" "$built_at" || exit 1
+    if [ -e "$built_at" ] && [ ! -L "$built_at" ]; then
+        echo "$built_at exists and is not this checkout: run from there, or move it" >&2
+        exit 1
+    fi
+    mkdir -p "$(dirname "$built_at")" && ln -sfn "$(pwd -P)" "$built_at" || exit 1
 fi
 mkdir -p target/debug && cp "$unpacked/resca" target/debug/resca
 export LD_LIBRARY_PATH="$unpacked/lib:${LD_LIBRARY_PATH:-}"

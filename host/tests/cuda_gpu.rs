@@ -200,27 +200,22 @@ fn guided_ddim_50_full_and_resca_match_the_reference_and_the_simulator() {
     // Its own clusterings (no replay): every kernel computes the simulator's bits (the first
     // test), so similarities, ties and all, and hence every clustering, are the simulator's.
     let own = run(&model, gpu(), &method, Vec::new());
-    assert_eq!(own.history.len(), sim_resca.history.len(), "clustering steps");
-    let pairs: Vec<_> = own
-        .history
-        .iter()
-        .zip(&sim_resca.history)
-        .flat_map(|(a, b)| a.rows.iter().zip(&b.rows))
-        .collect();
+    let (same, total) = identical_clusterings(&own.history, &sim_resca.history);
+    eprintln!("resca own TETC: {same} of {total} clusterings identical to the simulator's");
+    // Measured on an H100: 56 of 56.
+    assert_eq!(same, total, "the GPU's TETC clustered differently from the simulator");
+}
+
+/// How many of two runs' clusterings (one per batch row and clustering step) have the same
+/// labels and proxies, of how many; the runs must have clustered at the same steps.
+fn identical_clusterings(a: &[ClusteringRecord], b: &[ClusteringRecord]) -> (usize, usize) {
+    assert_eq!(a.len(), b.len(), "clustering steps");
+    let pairs: Vec<_> = a.iter().zip(b).flat_map(|(a, b)| a.rows.iter().zip(&b.rows)).collect();
     let same = pairs
         .iter()
         .filter(|(a, b)| a.labels == b.labels && a.proxies == b.proxies)
         .count();
-    eprintln!(
-        "resca own TETC: {same} of {} clusterings identical to the simulator's",
-        pairs.len()
-    );
-    // Measured on an H100: 56 of 56.
-    assert_eq!(
-        same,
-        pairs.len(),
-        "the GPU's TETC clustered differently from the simulator"
-    );
+    (same, pairs.len())
 }
 
 #[test]
@@ -286,14 +281,7 @@ fn cust_backend_gives_the_cudarc_backends_results_bit_for_bit() {
     );
     assert_eq!(via_cust.trajectory.x, via_cudarc.trajectory.x, "resca: x differs");
     assert_eq!(via_cust.trajectory.model_out, via_cudarc.trajectory.model_out);
-    assert_eq!(via_cust.history.len(), via_cudarc.history.len());
-    for (a, b) in via_cust.history.iter().zip(&via_cudarc.history) {
-        for (p, q) in a.rows.iter().zip(&b.rows) {
-            assert_eq!((&p.labels, &p.proxies), (&q.labels, &q.proxies), "clusterings differ");
-        }
-    }
-    eprintln!(
-        "cust vs cudarc: forward and guided DDIM-50 ResCa ({} clusterings) bit-identical",
-        via_cust.history.len()
-    );
+    let (same, total) = identical_clusterings(&via_cust.history, &via_cudarc.history);
+    assert_eq!(same, total, "cust and cudarc clustered differently");
+    eprintln!("cust vs cudarc: forward and guided DDIM-50 ResCa ({total} clusterings) bit-identical");
 }
