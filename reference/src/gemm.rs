@@ -30,7 +30,7 @@ const TILE_ROWS: usize = 6;
 
 /// Depth of a block of the packed layout, and the most swept per pass: one panel slice (`DEPTH`
 /// x [`PANEL`] f32 = 16 KiB) stays in L1 while every row tile passes over it.
-const DEPTH: usize = 256;
+pub(crate) const DEPTH: usize = 256;
 
 /// The packed rows of `x` of one pass (rows x pass depth) are at most this many values (256 KiB,
 /// half of this machine's 512 KiB L2).

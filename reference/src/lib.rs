@@ -11,6 +11,7 @@ pub mod error;
 pub mod flops;
 pub mod flow;
 pub mod gemm;
+pub mod lanes_gemm;
 pub mod memory;
 pub mod model;
 pub mod ops;

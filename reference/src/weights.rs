@@ -12,12 +12,13 @@ use rand_distr::{Distribution, Normal};
 use crate::config::DitConfig;
 use crate::error::{Result, check_finite};
 use crate::gemm::PackedWeights;
+use crate::lanes_gemm::LanePackedWeights;
 use crate::ops;
 use crate::safetensors_file::{OutTensor, SafetensorsFile};
 
-/// At most this many rows take the packed few-rows kernel ([`crate::gemm`]) instead of BLAS:
-/// adaLN and the timestep MLP (one row per batch row) and the tokens a cached method computes on a
-/// sparse step (ResCa's K proxies, ClusCa's K picks, per batch row). BLAS packs the whole weight
+/// At most this many rows take a packed few-rows kernel instead of BLAS: adaLN and the timestep
+/// MLP (one row per batch row, [`crate::gemm`]) and the tokens a cached method computes on a
+/// sparse step (ResCa's K proxies, ClusCa's K picks, per batch row, [`crate::lanes_gemm`]). BLAS packs the whole weight
 /// matrix on every call, which for a few rows costs about as much as the product; for many rows
 /// it is as fast as the packed kernel or faster (`cargo bench -p resca-reference --bench
 /// linear_kernels`).
@@ -34,10 +35,11 @@ pub struct Linear {
 #[derive(Clone, Debug)]
 enum WeightStorage {
     /// Token layers: the plain (out, in) matrix for BLAS, and a packed copy made the first time a
-    /// product of [`FEW_ROWS`] or fewer rows needs it (only cached methods' sparse steps do).
+    /// product of [`FEW_ROWS`] or fewer rows needs it (only cached methods' sparse steps do), for
+    /// the kernel that holds those rows in its SIMD lanes.
     Plain {
         weight: Array2<f32>,
-        packed: OnceLock<PackedWeights>,
+        packed: OnceLock<LanePackedWeights>,
     },
     /// Layers only ever applied to a few rows (adaLN, the timestep MLP): packed only.
     Packed(PackedWeights),
@@ -104,8 +106,8 @@ impl Linear {
 }
 
 /// A token layer's packed copy of `weight`, made the first time it is asked for.
-fn packed_copy<'a>(weight: &Array2<f32>, packed: &'a OnceLock<PackedWeights>) -> &'a PackedWeights {
-    packed.get_or_init(|| PackedWeights::pack(weight.view()))
+fn packed_copy<'a>(weight: &Array2<f32>, packed: &'a OnceLock<LanePackedWeights>) -> &'a LanePackedWeights {
+    packed.get_or_init(|| LanePackedWeights::pack(weight.view()))
 }
 
 /// One DiT block's parameters (`blocks.{l}.*`).
