@@ -13,7 +13,10 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, Axis};
 use rayon::prelude::*;
 use resca_reference::gemm::PackedWeights;
+use resca_reference::lanes_gemm::LanePackedWeights;
 use resca_reference::ops;
+use resca_reference::parallel::with_workers_awake;
+use resca_reference::weights::FEW_ROWS;
 use std::time::Instant;
 
 /// Seconds per product of one pass of `f` over every weight matrix.
@@ -47,9 +50,9 @@ fn main() {
     let cores = rayon::current_num_threads();
     println!("GFLOP/s, best (median) of 12 alternated rounds; {cores} cores = the model's split\n");
     println!(
-        "| layer | rows x outputs x inputs | packed, {cores} cores | OpenBLAS, {cores} cores | packed, 1 core | OpenBLAS, 1 core |"
+        "| layer | rows x outputs x inputs | panels, {cores} cores | lanes, {cores} cores | OpenBLAS, {cores} cores | panels, 1 core | lanes, 1 core | OpenBLAS, 1 core |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (layer, rows, outputs, inputs) in [
         ("B/2 qkv, CFG pair", 512, 2304, 768),
         ("B/2 fc2, CFG pair", 512, 768, 3072),
@@ -69,19 +72,37 @@ fn main() {
             .map(|c| Array2::from_shape_fn((outputs, inputs), |(i, j)| ((i * 11 + j * 3 + c) as f32 * 0.21).cos()))
             .collect();
         let packed: Vec<PackedWeights> = weights.iter().map(|w| PackedWeights::pack(w.view())).collect();
-        let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let lanes: Vec<LanePackedWeights> = if rows <= FEW_ROWS {
+            weights.iter().map(|w| LanePackedWeights::pack(w.view())).collect()
+        } else {
+            Vec::new()
+        };
+        // Columns: panels, lanes, OpenBLAS on all cores, then on one core.
+        let mut times: [Vec<f64>; 6] = Default::default();
         for _ in 0..12 {
-            times[0].push(seconds_per_product(copies, |c| {
-                std::hint::black_box(packed[c].linear(x.view(), bias.view()));
-            }));
-            times[1].push(seconds_per_product(copies, |c| {
-                std::hint::black_box(blas_split(&x, &weights[c], &bias));
-            }));
-            one_core.install(|| {
-                times[2].push(seconds_per_product(copies, |c| {
+            with_workers_awake(|| {
+                times[0].push(seconds_per_product(copies, |c| {
                     std::hint::black_box(packed[c].linear(x.view(), bias.view()));
                 }));
+                if !lanes.is_empty() {
+                    times[1].push(seconds_per_product(copies, |c| {
+                        std::hint::black_box(lanes[c].linear(x.view(), bias.view()));
+                    }));
+                }
+                times[2].push(seconds_per_product(copies, |c| {
+                    std::hint::black_box(blas_split(&x, &weights[c], &bias));
+                }));
+            });
+            one_core.install(|| {
                 times[3].push(seconds_per_product(copies, |c| {
+                    std::hint::black_box(packed[c].linear(x.view(), bias.view()));
+                }));
+                if !lanes.is_empty() {
+                    times[4].push(seconds_per_product(copies, |c| {
+                        std::hint::black_box(lanes[c].linear(x.view(), bias.view()));
+                    }));
+                }
+                times[5].push(seconds_per_product(copies, |c| {
                     std::hint::black_box(ops::linear(x.view(), weights[c].view(), bias.view()));
                 }));
             });
@@ -90,6 +111,9 @@ fn main() {
         let cells: Vec<String> = times
             .into_iter()
             .map(|t| {
+                if t.is_empty() {
+                    return "-".to_string();
+                }
                 let (best, median) = best_and_median(t);
                 format!("{:.1} ({:.1})", gflops(best), gflops(median))
             })

@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
 use crate::gemm::DEPTH;
@@ -124,83 +124,68 @@ impl LanePackedWeights {
     /// `x W^T + b` for token rows `x` (rows, in). Products large enough are split over the
     /// cores by output groups, so each core streams only its share of the weights.
     pub fn linear(&self, x: ArrayView2<f32>, bias: ArrayView1<f32>) -> Array2<f32> {
+        self.linear_lanes(&LaneRows::pack(x), bias).unpack()
+    }
+
+    /// [`Self::linear`] from and to the lanes layout: the outputs come out as the next layer's
+    /// inputs, so that a chain of products (an MLP) transposes its rows only at either end.
+    pub fn linear_lanes(&self, x: &LaneRows, bias: ArrayView1<f32>) -> LaneRows {
         assert_eq!(
-            x.ncols(),
-            self.inputs,
+            x.inputs, self.inputs,
             "x has {} columns, the weights {} inputs",
-            x.ncols(),
-            self.inputs
+            x.inputs, self.inputs
         );
         assert_eq!(bias.len(), self.outputs, "one bias per output");
-        let rows = x.nrows();
-        let mut y = Array2::<f32>::zeros((rows, self.outputs));
-        if rows == 0 || self.outputs == 0 {
-            return y;
-        }
-        let x = LaneRows::pack(x);
+        // Each chunk's outputs: every group's, padding included (`values[o * lanes + lane]`).
+        let padded_outputs = self.groups * GROUP;
+        let mut y = LaneRows::zeros(x, self.outputs, padded_outputs);
         let kernel = Kernel::detect();
         let quads = self.groups / QUAD;
-        let chunks = row_chunks(quads, rows * self.inputs * self.outputs);
-        let quads_per_chunk = quads.div_ceil(chunks);
-        let outputs_per_chunk = quads_per_chunk * QUAD * GROUP;
-        let work = |(chunk, part): (usize, ArrayViewMut2<f32>)| {
-            let first = chunk * quads_per_chunk * QUAD;
-            let groups = first..(first + quads_per_chunk * QUAD).min(self.groups);
-            self.multiply(kernel, &x, bias, part, groups);
-        };
-        if chunks == 1 {
-            work((0, y.view_mut()));
-        } else {
-            y.axis_chunks_iter_mut(Axis(1), outputs_per_chunk)
-                .into_par_iter()
-                .enumerate()
-                .for_each(work);
+        let cores = row_chunks(quads, x.rows * self.inputs * self.outputs);
+        let quads_per_core = quads.div_ceil(cores.max(1)).max(1);
+        for (chunk, chunk_y) in x.chunks.iter().zip(y.chunk_values_mut(padded_outputs)) {
+            let part_len = quads_per_core * QUAD * GROUP * chunk.lanes;
+            let work = |(core, part): (usize, &mut [f32])| {
+                let first = core * quads_per_core * QUAD;
+                let groups = first..(first + quads_per_core * QUAD).min(self.groups);
+                self.multiply(kernel, x, chunk, bias, part, groups);
+            };
+            if cores <= 1 {
+                work((0, chunk_y));
+            } else {
+                chunk_y.par_chunks_mut(part_len).enumerate().for_each(work);
+            }
         }
         y
     }
 
-    /// Writes `x W^T + b` restricted to the outputs of `groups` into `y`, which holds exactly
-    /// those outputs' columns (its column 0 is output `groups.start * GROUP`).
+    /// `chunk`'s rows of `x W^T + b` for the outputs of `groups`, into `sums`
+    /// (`sums[o * lanes + lane]`, output `o` counted from `groups.start * GROUP`).
     fn multiply(
         &self,
         kernel: Kernel,
         x: &LaneRows,
+        chunk: &LaneChunk,
         bias: ArrayView1<f32>,
-        mut y: ArrayViewMut2<f32>,
+        sums: &mut [f32],
         groups: Range<usize>,
     ) {
+        let lanes = chunk.lanes;
         let first_output = groups.start * GROUP;
-        let outputs = groups.len() * GROUP;
-        for chunk in &x.chunks {
-            let lanes = chunk.lanes;
-            // The tile sums land here output-major (`sums[o * lanes + lane]`), starting from the
-            // biases, and are transposed into y's rows at the end.
-            let mut sums = vec![0.0f32; outputs * lanes];
-            for (o, lanes_of_o) in sums.chunks_mut(lanes).enumerate() {
-                lanes_of_o.fill(bias.get(first_output + o).copied().unwrap_or(0.0));
-            }
-            let tile_groups = kernel.tile_groups(lanes / LANES);
-            for depth_start in (0..self.inputs).step_by(DEPTH) {
-                let depth = DEPTH.min(self.inputs - depth_start);
-                let block_x = x.block(chunk, depth_start, depth);
-                let group_len = depth * GROUP;
-                for group in groups.clone().step_by(tile_groups) {
-                    let start = self.slice_start(depth_start, group);
-                    let weights = &self.values[start..][..tile_groups * group_len];
-                    let tile_sums = &mut sums[(group - groups.start) * GROUP * lanes..][..tile_groups * GROUP * lanes];
-                    kernel.run(block_x, weights, group_len, tile_sums);
-                }
-            }
-            let valid = y.ncols().min(outputs);
-            for (lane, mut y_row) in y
-                .slice_mut(ndarray::s![chunk.rows.clone(), ..])
-                .rows_mut()
-                .into_iter()
-                .enumerate()
-            {
-                for (o, value) in y_row.iter_mut().enumerate().take(valid) {
-                    *value = sums[o * lanes + lane];
-                }
+        // The sums start from the biases (zero for padding outputs).
+        for (o, lanes_of_o) in sums.chunks_mut(lanes).enumerate() {
+            lanes_of_o.fill(bias.get(first_output + o).copied().unwrap_or(0.0));
+        }
+        let tile_groups = kernel.tile_groups(lanes / LANES);
+        for depth_start in (0..self.inputs).step_by(DEPTH) {
+            let depth = DEPTH.min(self.inputs - depth_start);
+            let block_x = x.block(chunk, depth_start, depth);
+            let group_len = depth * GROUP;
+            for group in groups.clone().step_by(tile_groups) {
+                let start = self.slice_start(depth_start, group);
+                let weights = &self.values[start..][..tile_groups * group_len];
+                let tile_sums = &mut sums[(group - groups.start) * GROUP * lanes..][..tile_groups * GROUP * lanes];
+                kernel.run(block_x, weights, group_len, tile_sums);
             }
         }
     }
@@ -215,17 +200,44 @@ struct LaneChunk {
     start: usize,
 }
 
-/// The rows of `x` in chunks of [`CHUNK_ROWS`], each stored input-major (`chunk[k * lanes + r]`,
-/// padding rows zero), so that one input of the chunk's rows is one to four registers.
-struct LaneRows {
+/// Token rows in the kernel's layout: chunks of [`CHUNK_ROWS`] rows, each stored input-major
+/// (`chunk[k * lanes + r]`), so that one input of the chunk's rows is one to four registers.
+/// Padding rows (and, after a product, padding outputs) hold values that are never read back.
+pub struct LaneRows {
+    rows: usize,
     inputs: usize,
     chunks: Vec<LaneChunk>,
     values: Vec<f32>,
 }
 
 impl LaneRows {
-    fn pack(x: ArrayView2<f32>) -> Self {
+    /// The rows of `x` (rows, inputs), padding rows zero.
+    pub fn pack(x: ArrayView2<f32>) -> Self {
         let (rows, inputs) = x.dim();
+        let mut packed = Self::with_rows(rows, inputs, inputs);
+        for chunk in &packed.chunks {
+            let values = &mut packed.values[chunk.start..][..chunk.lanes * inputs];
+            for (lane, row) in x
+                .slice(ndarray::s![chunk.rows.clone(), ..])
+                .rows()
+                .into_iter()
+                .enumerate()
+            {
+                for (k, &value) in row.iter().enumerate() {
+                    values[k * chunk.lanes + lane] = value;
+                }
+            }
+        }
+        packed
+    }
+
+    /// Zeros for the rows of `like`, `inputs` wide, each chunk holding `stored >= inputs` values
+    /// per row.
+    fn zeros(like: &LaneRows, inputs: usize, stored: usize) -> Self {
+        Self::with_rows(like.rows, inputs, stored)
+    }
+
+    fn with_rows(rows: usize, inputs: usize, stored: usize) -> Self {
         let mut chunks = Vec::new();
         let mut start = 0;
         for first in (0..rows).step_by(CHUNK_ROWS) {
@@ -236,23 +248,48 @@ impl LaneRows {
                 lanes,
                 start,
             });
-            start += lanes * inputs;
+            start += lanes * stored;
         }
-        let mut values = vec![0.0f32; start];
-        for chunk in &chunks {
-            let packed = &mut values[chunk.start..][..chunk.lanes * inputs];
-            for (lane, row) in x
-                .slice(ndarray::s![chunk.rows.clone(), ..])
-                .rows()
+        Self {
+            rows,
+            inputs,
+            chunks,
+            values: vec![0.0f32; start],
+        }
+    }
+
+    /// The rows again (rows, inputs).
+    pub fn unpack(&self) -> Array2<f32> {
+        let mut x = Array2::<f32>::zeros((self.rows, self.inputs));
+        for chunk in &self.chunks {
+            let values = &self.values[chunk.start..];
+            for (lane, mut row) in x
+                .slice_mut(ndarray::s![chunk.rows.clone(), ..])
+                .rows_mut()
                 .into_iter()
                 .enumerate()
             {
-                for (k, &value) in row.iter().enumerate() {
-                    packed[k * chunk.lanes + lane] = value;
+                for (k, value) in row.iter_mut().enumerate() {
+                    *value = values[k * chunk.lanes + lane];
                 }
             }
         }
-        Self { inputs, chunks, values }
+        x
+    }
+
+    /// Every stored value, padding included, for element-wise functions (an activation).
+    pub fn values_mut(&mut self) -> &mut [f32] {
+        &mut self.values
+    }
+
+    /// Each chunk's values, `stored` per row.
+    fn chunk_values_mut(&mut self, stored: usize) -> impl Iterator<Item = &mut [f32]> {
+        let mut rest = self.values.as_mut_slice();
+        self.chunks.iter().map(move |chunk| {
+            let (values, tail) = std::mem::take(&mut rest).split_at_mut(chunk.lanes * stored);
+            rest = tail;
+            values
+        })
     }
 
     /// `depth` inputs from `depth_start` of `chunk`'s rows.
@@ -471,14 +508,17 @@ mod tests {
         let packed = LanePackedWeights::pack(w.view());
         let lane_rows = LaneRows::pack(x.view());
         let bias = ndarray::Array1::zeros(outputs);
-        let mut y = Array2::zeros((rows, outputs));
+        let chunk = &lane_rows.chunks[0];
+        let mut sums = vec![0.0f32; packed.groups * GROUP * chunk.lanes];
         packed.multiply(
             Kernel::Portable,
             &lane_rows,
+            chunk,
             bias.view(),
-            y.view_mut(),
+            &mut sums,
             0..packed.groups,
         );
+        let y = Array2::from_shape_fn((rows, outputs), |(r, o)| sums[o * chunk.lanes + r]);
         let exact = x.mapv(f64::from).dot(&w.t().mapv(f64::from));
         // Relative to sum |x w| <= 300 per entry: measured 1.5e-7.
         let error = y
@@ -487,6 +527,36 @@ mod tests {
             .map(|(&a, &e)| (a as f64 - e).abs())
             .fold(0.0, f64::max);
         assert!(error < 300.0 * 2e-6, "error {error:e}");
+    }
+
+    #[test]
+    fn rows_unpack_to_themselves_across_chunks() {
+        for rows in [1, 8, 31, 32, 33, 70] {
+            let x = matrix(rows, 45, rows);
+            let packed = LaneRows::pack(x.view());
+            assert_eq!(packed.chunks.len(), rows.div_ceil(CHUNK_ROWS));
+            assert_eq!(packed.unpack(), x, "{rows} rows");
+        }
+    }
+
+    /// Two products chained in the lanes layout, with an element-wise function between them
+    /// (an MLP), give the bits of the two products made one at a time.
+    #[test]
+    fn a_chain_in_the_lanes_layout_equals_the_products_one_at_a_time() {
+        for rows in [3, 32, 50] {
+            let x = matrix(rows, 300, 6);
+            let (w1, w2) = (matrix(40, 300, 7), matrix(11, 40, 8));
+            let (b1, b2) = (
+                ndarray::Array1::from_shape_fn(40, |j| j as f32 * 0.02),
+                ndarray::Array1::from_shape_fn(11, |j| 0.1 - j as f32 * 0.03),
+            );
+            let (fc1, fc2) = (LanePackedWeights::pack(w1.view()), LanePackedWeights::pack(w2.view()));
+            let mut hidden = fc1.linear_lanes(&LaneRows::pack(x.view()), b1.view());
+            hidden.values_mut().iter_mut().for_each(|v| *v = v.tanh());
+            let chained = fc2.linear_lanes(&hidden, b2.view()).unpack();
+            let one_at_a_time = fc2.linear(fc1.linear(x.view(), b1.view()).mapv(f32::tanh).view(), b2.view());
+            assert_eq!(chained, one_at_a_time, "{rows} rows");
+        }
     }
 
     proptest! {

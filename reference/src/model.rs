@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::config::DitConfig;
 use crate::error::{Error, Result, check_finite};
+use crate::lanes_gemm::LaneRows;
 use crate::ops;
 use crate::parallel;
 use crate::safetensors_file::SafetensorsFile;
@@ -282,6 +283,14 @@ impl Dit {
     /// `mlp.fc2(GELU(mlp.fc1(h)))` of block `block` on token rows `h`.
     pub fn mlp(&self, block: usize, h: ArrayView2<f32>) -> Array2<f32> {
         let weights = &self.weights.blocks[block];
+        let rows = h.nrows();
+        if let (Some(fc1), Some(fc2)) = (weights.fc1.lane_packed(rows), weights.fc2.lane_packed(rows)) {
+            // A few rows (a sparse step's tokens): the hidden activations stay in the kernel's
+            // layout between the two products, with the same bits as two separate products.
+            let mut hidden = fc1.linear_lanes(&LaneRows::pack(h), weights.fc1.bias.view());
+            ops::gelu_tanh_slice(hidden.values_mut());
+            return fc2.linear_lanes(&hidden, weights.fc2.bias.view()).unpack();
+        }
         let mut hidden = weights.fc1.forward(h);
         ops::gelu_tanh_in_place(&mut hidden);
         weights.fc2.forward(hidden.view())

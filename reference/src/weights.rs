@@ -78,6 +78,16 @@ impl Linear {
         }
     }
 
+    /// The packed copy a product of `rows` rows reads, for a token layer and at most
+    /// [`FEW_ROWS`] rows (which [`Self::forward`] multiplies by it): to chain products in its
+    /// layout ([`crate::lanes_gemm::LaneRows`]).
+    pub fn lane_packed(&self, rows: usize) -> Option<&LanePackedWeights> {
+        match &self.weight {
+            WeightStorage::Plain { weight, packed } if rows <= FEW_ROWS => Some(packed_copy(weight, packed)),
+            _ => None,
+        }
+    }
+
     /// Makes a token layer's packed copy now, instead of in its first product of a few rows.
     pub fn pack_for_few_rows(&self) {
         if let WeightStorage::Plain { weight, packed } = &self.weight {
