@@ -314,16 +314,16 @@ impl PackedRows {
     }
 }
 
-/// The multiply kernel this CPU runs.
-#[derive(Clone, Copy)]
-enum Kernel {
+/// The multiply kernel this CPU runs (also [`crate::lanes_gemm`]'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
     Portable,
 }
 
 impl Kernel {
-    fn detect() -> Self {
+    pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return Kernel::Avx2Fma;

@@ -24,7 +24,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
-use crate::gemm::DEPTH;
+use crate::gemm::{DEPTH, Kernel};
 use crate::ops::row_chunks;
 
 /// Outputs per weight group: the outputs of a 32-row tile (3 x 4 accumulators, 3 broadcast
@@ -176,7 +176,7 @@ impl LanePackedWeights {
         for (o, lanes_of_o) in sums.chunks_mut(lanes).enumerate() {
             lanes_of_o.fill(bias.get(first_output + o).copied().unwrap_or(0.0));
         }
-        let tile_groups = kernel.tile_groups(lanes / LANES);
+        let tile_groups = kernel.lane_tile_groups(lanes / LANES);
         for depth_start in (0..self.inputs).step_by(DEPTH) {
             let depth = DEPTH.min(self.inputs - depth_start);
             let block_x = x.block(chunk, depth_start, depth);
@@ -185,7 +185,7 @@ impl LanePackedWeights {
                 let start = self.slice_start(depth_start, group);
                 let weights = &self.values[start..][..tile_groups * group_len];
                 let tile_sums = &mut sums[(group - groups.start) * GROUP * lanes..][..tile_groups * GROUP * lanes];
-                kernel.run(block_x, weights, group_len, tile_sums);
+                kernel.run_lanes(block_x, weights, group_len, tile_sums);
             }
         }
     }
@@ -299,25 +299,9 @@ impl LaneRows {
     }
 }
 
-/// The multiply kernel this CPU runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kernel {
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-    Portable,
-}
-
 impl Kernel {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Kernel::Avx2Fma;
-        }
-        Kernel::Portable
-    }
-
     /// Groups per tile for `vectors` registers of rows: 12 accumulators in all.
-    fn tile_groups(self, vectors: usize) -> usize {
+    fn lane_tile_groups(self, vectors: usize) -> usize {
         match vectors {
             1 => 4,
             2 => 2,
@@ -328,10 +312,10 @@ impl Kernel {
     /// `sums[o * lanes + r] += sum_k x[k * lanes + r] * w[g * group_len + k * GROUP + j]` for
     /// the tile's outputs `o = g * GROUP + j`, over the depth `group_len / GROUP`, with
     /// `lanes = x.len() / depth`, each sum accumulated from zero first.
-    fn run(self, x: &[f32], w: &[f32], group_len: usize, sums: &mut [f32]) {
+    fn run_lanes(self, x: &[f32], w: &[f32], group_len: usize, sums: &mut [f32]) {
         let depth = group_len / GROUP;
         let lanes = x.len() / depth.max(1);
-        let groups = self.tile_groups(lanes / LANES);
+        let groups = self.lane_tile_groups(lanes / LANES);
         assert!(
             group_len == depth * GROUP
                 && x.len() == depth * lanes
