@@ -8,10 +8,10 @@
 //! in registers while the depth is swept, each step broadcasting one value of every row of `x`
 //! and loading [`PANEL`] consecutive weights.
 //!
-//! Layout: the outputs are cut into panels of [`PANEL`] (the last one zero-padded) and the depth
-//! (inputs) into blocks of [`DEPTH`]. Depth block after depth block, every panel's slice of that
-//! block is stored depth-major (`slice[k * PANEL + j]`), so a pass over one depth block reads the
-//! weights as one sequential stream. The packing is a permutation plus padding: the values and
+//! Layout ([`SliceLayout`]): the outputs are cut into panels of [`PANEL`] (the last one
+//! zero-padded) and the depth (inputs) into blocks of [`DEPTH`]. Depth block after depth block,
+//! every panel's slice of that block is stored depth-major (`slice[k * PANEL + j]`), so a pass over
+//! one depth block reads the weights as one sequential stream. The packing is a permutation plus padding: the values and
 //! the memory (weights held once) are those of `W`.
 
 use std::ops::Range;
@@ -53,60 +53,95 @@ pub struct PackedWeights {
     values: Vec<f32>,
 }
 
-impl PackedWeights {
-    /// Packs a weight matrix of shape (out, in).
-    pub fn pack(weight: ArrayView2<f32>) -> Self {
+/// The layout both few-rows kernels read (this module's and [`crate::lanes_gemm`]'s): the outputs
+/// cut into `slices` slices of `width` (outputs past the last one zero), the inputs into blocks of
+/// [`DEPTH`]; depth block after depth block, every slice of that block stored depth-major
+/// (`slice[k * width + j]`), so a pass over one depth block reads the weights as one stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SliceLayout {
+    pub(crate) inputs: usize,
+    pub(crate) width: usize,
+    pub(crate) slices: usize,
+}
+
+impl SliceLayout {
+    /// `weight` (out, in) in this layout.
+    pub(crate) fn pack(self, weight: ArrayView2<f32>) -> Vec<f32> {
         let (outputs, inputs) = weight.dim();
-        let panels = outputs.div_ceil(PANEL);
-        let mut values = vec![0.0f32; panels * PANEL * inputs];
-        // The layout is one run of panel slices per depth block: fill the blocks on all cores,
-        // each slice from its (up to) 16 weight rows read in order; padding lanes stay zero.
-        // (Scattering the weights one value at a time took ~5 ns a value: 0.3 s for DiT-B/2's
-        // fc1 and fc2, in a ResCa run's first sparse step.)
+        assert_eq!(inputs, self.inputs, "the layout's inputs");
+        let width = self.width;
+        let mut values = vec![0.0f32; self.slices * width * inputs];
+        // Fill the blocks on all cores, each slice from its (up to) `width` weight rows read in
+        // order; padding lanes stay zero. (Scattering the weights one value at a time took ~5 ns
+        // a value: 0.3 s for DiT-B/2's fc1 and fc2, in a ResCa run's first sparse step.)
         let fill_block = |(block, block_values): (usize, &mut [f32])| {
             let depth_start = block * DEPTH;
             let block_depth = DEPTH.min(inputs - depth_start);
-            for (panel, slice) in block_values.chunks_mut(block_depth * PANEL).enumerate() {
-                for lane in 0..PANEL.min(outputs - panel * PANEL) {
+            for (slice_index, slice) in block_values.chunks_mut(block_depth * width).enumerate() {
+                for lane in 0..width.min(outputs.saturating_sub(slice_index * width)) {
                     let row = weight.slice(ndarray::s![
-                        panel * PANEL + lane,
+                        slice_index * width + lane,
                         depth_start..depth_start + block_depth
                     ]);
                     for (k, &value) in row.iter().enumerate() {
-                        slice[k * PANEL + lane] = value;
+                        slice[k * width + lane] = value;
                     }
                 }
             }
         };
-        let block_len = DEPTH * panels * PANEL;
+        let block_len = (DEPTH * self.slices * width).max(1);
         if row_chunks(inputs.div_ceil(DEPTH), outputs * inputs * 4) == 1 {
-            values.chunks_mut(block_len.max(1)).enumerate().for_each(fill_block);
+            values.chunks_mut(block_len).enumerate().for_each(fill_block);
         } else {
             values.par_chunks_mut(block_len).enumerate().for_each(fill_block);
         }
-        Self {
+        values
+    }
+
+    /// Where `slice` of the depth block starting at `depth_start` begins: after the full blocks
+    /// before it, and the slices before it in its block.
+    pub(crate) fn slice_start(self, depth_start: usize, slice: usize) -> usize {
+        let block_depth = DEPTH.min(self.inputs - depth_start);
+        (depth_start * self.slices + slice * block_depth) * self.width
+    }
+
+    /// The weight matrix (`outputs`, in) packed in `values`.
+    pub(crate) fn unpack(self, values: &[f32], outputs: usize) -> Array2<f32> {
+        Array2::from_shape_fn((outputs, self.inputs), |(j, k)| values[self.index(j, k)])
+    }
+
+    /// Where `W[j][k]` is stored.
+    fn index(self, j: usize, k: usize) -> usize {
+        let depth_start = k / DEPTH * DEPTH;
+        self.slice_start(depth_start, j / self.width) + (k - depth_start) * self.width + j % self.width
+    }
+}
+
+impl PackedWeights {
+    /// Packs a weight matrix of shape (out, in).
+    pub fn pack(weight: ArrayView2<f32>) -> Self {
+        let (outputs, inputs) = weight.dim();
+        let mut packed = Self {
             outputs,
             inputs,
-            values,
+            values: Vec::new(),
+        };
+        packed.values = packed.layout().pack(weight);
+        packed
+    }
+
+    /// The layout of `values`: panels of [`PANEL`] outputs.
+    fn layout(&self) -> SliceLayout {
+        SliceLayout {
+            inputs: self.inputs,
+            width: PANEL,
+            slices: self.panel_count(),
         }
     }
 
     /// The weight matrix (out, in) again, e.g. to save it or upload it to a GPU.
     pub fn unpack(&self) -> Array2<f32> {
-        Array2::from_shape_fn((self.outputs, self.inputs), |(j, k)| self.values[self.index(j, k)])
-    }
-
-    /// Where `W[j][k]` is stored.
-    fn index(&self, j: usize, k: usize) -> usize {
-        let depth_start = k / DEPTH * DEPTH;
-        self.slice_start(depth_start, j / PANEL) + (k - depth_start) * PANEL + j % PANEL
-    }
-
-    /// Where the slice of `panel` in the depth block starting at `depth_start` begins: after the
-    /// full blocks before it, and the slices of the panels before it in its block.
-    fn slice_start(&self, depth_start: usize, panel: usize) -> usize {
-        let block_depth = DEPTH.min(self.inputs - depth_start);
-        (depth_start * self.panel_count() + panel * block_depth) * PANEL
+        self.layout().unpack(&self.values, self.outputs)
     }
 
     pub fn outputs(&self) -> usize {
@@ -188,7 +223,7 @@ impl PackedWeights {
                 let block_start = depth_start / DEPTH * DEPTH;
                 let tiles = row_tiles(row_start..row_end).count();
                 let pass_weights = |panel: usize| {
-                    let slice = self.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
+                    let slice = self.layout().slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
                     &self.values[slice..][..depth * PANEL]
                 };
                 for panel in panels.clone() {
@@ -512,7 +547,9 @@ mod tests {
         assert_eq!(packed.panel_count(), 3);
         assert_eq!(packed.unpack(), w);
         // Padding lanes of the last panel are zero, so they add nothing.
-        let padding: f32 = (0..300).map(|k| packed.values[packed.index(47, k)].abs()).sum();
+        let padding: f32 = (0..300)
+            .map(|k| packed.values[packed.layout().index(47, k)].abs())
+            .sum();
         assert_eq!(padding, 0.0);
     }
 

@@ -14,17 +14,15 @@
 //! multiply-adds with AVX2, multiply then add in the portable kernel). So both kernels give the
 //! same bits, and a row's outputs do not depend on the rows beside it (tested).
 //!
-//! Layout: the outputs are cut into groups of [`GROUP`] (the last ones zero-padded to a multiple
-//! of [`QUAD`] groups) and the inputs into blocks of [`DEPTH`]. Depth block after depth block,
-//! every group's slice of that block is stored depth-major (`slice[k * GROUP + j]`), so a pass
-//! over one depth block reads the weights as one sequential stream.
+//! Layout: [`crate::gemm`]'s ([`SliceLayout`]) with slices of [`GROUP`] outputs instead of
+//! panels of 16, the groups zero-padded to a multiple of [`QUAD`].
 
 use std::ops::Range;
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
-use crate::gemm::{DEPTH, Kernel};
+use crate::gemm::{DEPTH, Kernel, SliceLayout};
 use crate::ops::row_chunks;
 
 /// Outputs per weight group: the outputs of a 32-row tile (3 x 4 accumulators, 3 broadcast
@@ -65,52 +63,28 @@ impl LanePackedWeights {
     /// Packs a weight matrix of shape (out, in).
     pub fn pack(weight: ArrayView2<f32>) -> Self {
         let (outputs, inputs) = weight.dim();
-        let groups = outputs.div_ceil(GROUP).div_ceil(QUAD) * QUAD;
-        let mut values = vec![0.0f32; groups * GROUP * inputs];
-        // One run of group slices per depth block, filled on all cores for large matrices;
-        // padding outputs stay zero.
-        let fill_block = |(block, block_values): (usize, &mut [f32])| {
-            let depth_start = block * DEPTH;
-            let block_depth = DEPTH.min(inputs - depth_start);
-            for (group, slice) in block_values.chunks_mut(block_depth * GROUP).enumerate() {
-                for lane in 0..GROUP.min(outputs.saturating_sub(group * GROUP)) {
-                    let row = weight.slice(ndarray::s![
-                        group * GROUP + lane,
-                        depth_start..depth_start + block_depth
-                    ]);
-                    for (k, &value) in row.iter().enumerate() {
-                        slice[k * GROUP + lane] = value;
-                    }
-                }
-            }
-        };
-        let block_len = (DEPTH * groups * GROUP).max(1);
-        if row_chunks(inputs.div_ceil(DEPTH), outputs * inputs * 4) == 1 {
-            values.chunks_mut(block_len).enumerate().for_each(fill_block);
-        } else {
-            values.par_chunks_mut(block_len).enumerate().for_each(fill_block);
-        }
-        Self {
+        let mut packed = Self {
             outputs,
             inputs,
-            groups,
-            values,
+            groups: outputs.div_ceil(GROUP).div_ceil(QUAD) * QUAD,
+            values: Vec::new(),
+        };
+        packed.values = packed.layout().pack(weight);
+        packed
+    }
+
+    /// The layout of `values`: groups of [`GROUP`] outputs.
+    fn layout(&self) -> SliceLayout {
+        SliceLayout {
+            inputs: self.inputs,
+            width: GROUP,
+            slices: self.groups,
         }
     }
 
     /// The weight matrix (out, in) again.
     pub fn unpack(&self) -> Array2<f32> {
-        Array2::from_shape_fn((self.outputs, self.inputs), |(j, k)| {
-            let depth_start = k / DEPTH * DEPTH;
-            let slice = self.slice_start(depth_start, j / GROUP);
-            self.values[slice + (k - depth_start) * GROUP + j % GROUP]
-        })
-    }
-
-    /// Where the slice of `group` in the depth block starting at `depth_start` begins.
-    fn slice_start(&self, depth_start: usize, group: usize) -> usize {
-        let block_depth = DEPTH.min(self.inputs - depth_start);
-        (depth_start * self.groups + group * block_depth) * GROUP
+        self.layout().unpack(&self.values, self.outputs)
     }
 
     pub fn outputs(&self) -> usize {
@@ -182,7 +156,7 @@ impl LanePackedWeights {
             let block_x = x.block(chunk, depth_start, depth);
             let group_len = depth * GROUP;
             for group in groups.clone().step_by(tile_groups) {
-                let start = self.slice_start(depth_start, group);
+                let start = self.layout().slice_start(depth_start, group);
                 let weights = &self.values[start..][..tile_groups * group_len];
                 let tile_sums = &mut sums[(group - groups.start) * GROUP * lanes..][..tile_groups * GROUP * lanes];
                 kernel.run_lanes(block_x, weights, group_len, tile_sums);

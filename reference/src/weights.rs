@@ -69,11 +69,11 @@ impl Linear {
 
     /// `x W^T + b` for token rows `x` (rows, in).
     pub fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
+        if let Some(lanes) = self.lane_packed(x.nrows()) {
+            return lanes.linear(x, self.bias.view());
+        }
         match &self.weight {
             WeightStorage::Packed(packed) => packed.linear(x, self.bias.view()),
-            WeightStorage::Plain { weight, packed } if x.nrows() <= FEW_ROWS => {
-                packed_copy(weight, packed).linear(x, self.bias.view())
-            }
             WeightStorage::Plain { weight, .. } => ops::linear(x, weight.view(), self.bias.view()),
         }
     }
