@@ -21,24 +21,41 @@ use rayon::prelude::*;
 
 use crate::ops::row_chunks;
 
-/// Outputs per weight panel: two AVX2 registers of f32.
+/// Outputs per weight panel: two AVX2 registers of f32, or one AVX-512 register.
 pub const PANEL: usize = 16;
 
-/// Rows of `x` per register tile: 6 rows x 2 registers = 12 accumulators, plus two weight
-/// registers and one broadcast, of the 16 AVX2 registers.
+/// Rows of `x` per register tile of the AVX2 (and portable) kernel: 6 rows x 2 registers = 12
+/// accumulators, plus two weight registers and one broadcast, of the 16 AVX2 registers.
 const TILE_ROWS: usize = 6;
+
+/// Rows of `x` per register tile of the AVX-512 kernel: 12 accumulators of one register each
+/// and the weight register, of 32; each row's value is broadcast from memory by its FMA. On the
+/// 2-core Zen 4 machine, 512 x 4608 x 1152 (XL/2's fc1 at batch 2), tiles of 12 and 16 rows ran
+/// at the same speed, 8 rows ~5% slower (`gemm` probe, alternated rounds).
+const WIDE_TILE_ROWS: usize = 12;
+
+/// Panels the AVX-512 kernel sweeps per row tile, the tile staying in L1 while the group's
+/// weights (8 x 16 KiB) stay in L2: on the Zen 4 machine 8 gave 203-215 GFLOP/s for XL/2's fc1
+/// at batch 2, 4 gave 202, 16 199-209 and 32 196, one panel per sweep of every tile 190
+/// (alternated rounds, the same products).
+const WIDE_PANEL_GROUP: usize = 8;
 
 /// Depth of a block of the packed layout, and the most swept per pass: one panel slice (`DEPTH`
 /// x [`PANEL`] f32 = 16 KiB) stays in L1 while every row tile passes over it.
 pub(crate) const DEPTH: usize = 256;
 
-/// The packed rows of `x` of one pass (rows x pass depth) are at most this many values (256 KiB,
-/// half of this machine's 512 KiB L2).
+/// The packed rows of `x` of one pass (rows x pass depth) are at most this many values for the
+/// AVX2 kernel (256 KiB, half of the Zen 3 machine's 512 KiB L2)...
 const PACKED_X_VALUES: usize = 64 * 1024;
 
-/// Products of at most this many rows sweep full-depth passes, so every row's outputs get the
-/// same bits whatever the number of rows: each sums its own inputs in order, `DEPTH` at a time.
-/// (More rows make shallower passes, which group the partial sums differently.)
+/// ... and for the AVX-512 kernel (512 KiB, half of the Zen 4 machine's 1 MiB L2: full-depth
+/// passes at 512 rows, XL/2's fc1 at batch 2 199 against 186 GFLOP/s with half this).
+const WIDE_PACKED_X_VALUES: usize = 128 * 1024;
+
+/// Products of at most this many rows sweep full-depth passes with every kernel, so every row's
+/// outputs get the same bits whatever the number of rows: each sums its own inputs in order,
+/// `DEPTH` at a time. (More rows make shallower passes, which group the partial sums
+/// differently.)
 pub const SAME_BITS_ROWS: usize = PACKED_X_VALUES / DEPTH;
 
 /// The shallowest pass: below it, reloading the output tile every pass costs more than the
@@ -175,9 +192,9 @@ impl PackedWeights {
             .broadcast((rows, self.outputs))
             .expect("bias of the output width")
             .to_owned();
-        let x = PackedRows::pack(x);
-        let panels = self.panel_count();
         let kernel = Kernel::detect();
+        let x = PackedRows::pack(x, kernel);
+        let panels = self.panel_count();
         let chunks = row_chunks(panels, rows * self.inputs * self.outputs);
         if chunks == 1 {
             self.multiply_add(kernel, &x, y.view_mut(), 0..panels);
@@ -214,6 +231,8 @@ impl PackedWeights {
         );
         let y_stride = y.strides()[0] as usize;
         let y_ptr = y.as_mut_ptr();
+        let (tile_rows, group) = (kernel.tile_rows(), kernel.panel_group());
+        assert_eq!(x.tile_rows, tile_rows, "x packed for this kernel's tiles");
         for row_start in (0..rows).step_by(x.row_block) {
             let row_end = (row_start + x.row_block).min(rows);
             for depth_start in (0..inputs).step_by(x.pass_depth) {
@@ -221,40 +240,47 @@ impl PackedWeights {
                 let pass_x = x.pass(row_start..row_end, depth_start, depth);
                 // The pass lies inside one block of the layout: its rows of each panel's slice.
                 let block_start = depth_start / DEPTH * DEPTH;
-                let tiles = row_tiles(row_start..row_end).count();
+                let tiles = row_tiles(row_start..row_end, tile_rows).count();
                 let pass_weights = |panel: usize| {
                     let slice = self.layout().slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
                     &self.values[slice..][..depth * PANEL]
                 };
-                for panel in panels.clone() {
-                    let weights = pass_weights(panel);
-                    // The next panel's weights of this pass, fetched into L2 a share per tile
-                    // while this panel's tiles run from L1, so the first tile of the next panel
-                    // does not wait for them (a ResCa step's proxies' MLP, 12 DiT-B/2 blocks:
-                    // median 39.0 -> 37.4 ms on both cores, 52.1 -> 48.7 ms on one; measured
-                    // alternately, 30 rounds). A single tile streams the weights once anyway,
-                    // and its own prefetch ahead covers them (XL/2's 28 adaLN at 1-2 rows ran
-                    // 5-25% slower at the median with both).
-                    let next = if panel + 1 < panels.end && tiles > 1 {
-                        pass_weights(panel + 1)
-                    } else {
-                        &[]
-                    };
-                    let next_lines = next.len() / PANEL;
-                    let lines_per_tile = next_lines.div_ceil(tiles.max(1));
-                    let column = panel * PANEL - first_output;
-                    let columns = PANEL.min(last_output - panel * PANEL);
-                    for (t, tile) in row_tiles(row_start..row_end).enumerate() {
+                // Groups of panels, each row tile sweeping every panel of its group in turn
+                // (one panel per group for the AVX2 kernel: see `Kernel::panel_group`).
+                for group_start in panels.clone().step_by(group) {
+                    let group_panels = group_start..(group_start + group).min(panels.end);
+                    for (t, tile) in row_tiles(row_start..row_end, tile_rows).enumerate() {
                         let (tile_start, tile_rows) = (tile.start, tile.len());
                         let tile_x = &pass_x[(tile_start - row_start) * depth..][..tile_rows * depth];
-                        let first_line = (t * lines_per_tile).min(next_lines);
-                        let last_line = ((t + 1) * lines_per_tile).min(next_lines);
-                        let prefetch = &next[first_line * PANEL..last_line * PANEL];
-                        // SAFETY: the tile (tile_rows rows of `columns` values from row tile_start,
-                        // column `column`) lies inside y, whose rows are y_stride apart.
-                        unsafe {
-                            let out = y_ptr.add(tile_start * y_stride + column);
-                            kernel.run(tile_x, weights, prefetch, out, y_stride, columns);
+                        for panel in group_panels.clone() {
+                            let weights = pass_weights(panel);
+                            // One panel per group: the next panel's weights of this pass, fetched
+                            // into L2 a share per tile while this panel's tiles run from L1, so
+                            // the first tile of the next panel does not wait for them (a ResCa
+                            // step's proxies' MLP, 12 DiT-B/2 blocks: median 39.0 -> 37.4 ms on
+                            // both cores, 52.1 -> 48.7 ms on one; measured alternately, 30
+                            // rounds). A single tile streams the weights once anyway, and its
+                            // own prefetch ahead covers them (XL/2's 28 adaLN at 1-2 rows ran
+                            // 5-25% slower at the median with both).
+                            let next = if group == 1 && panel + 1 < panels.end && tiles > 1 {
+                                pass_weights(panel + 1)
+                            } else {
+                                &[]
+                            };
+                            let next_lines = next.len() / PANEL;
+                            let lines_per_tile = next_lines.div_ceil(tiles.max(1));
+                            let first_line = (t * lines_per_tile).min(next_lines);
+                            let last_line = ((t + 1) * lines_per_tile).min(next_lines);
+                            let prefetch = &next[first_line * PANEL..last_line * PANEL];
+                            let column = panel * PANEL - first_output;
+                            let columns = PANEL.min(last_output - panel * PANEL);
+                            // SAFETY: the tile (tile_rows rows of `columns` values from row
+                            // tile_start, column `column`) lies inside y, whose rows are y_stride
+                            // apart.
+                            unsafe {
+                                let out = y_ptr.add(tile_start * y_stride + column);
+                                kernel.run(tile_x, weights, prefetch, out, y_stride, columns);
+                            }
                         }
                     }
                 }
@@ -263,11 +289,11 @@ impl PackedWeights {
     }
 }
 
-/// `rows` cut into as few register tiles as [`TILE_ROWS`] allows, of as even sizes as possible: 32
-/// rows make tiles of 6, 6, 5, 5, 5, 5, not 6 x 5 and a 2-row tile whose 4 accumulators cannot
-/// hide the FMA latency (it took a quarter of a ResCa run's kernel time).
-fn row_tiles(rows: Range<usize>) -> impl Iterator<Item = Range<usize>> {
-    let count = rows.len().div_ceil(TILE_ROWS);
+/// `rows` cut into as few register tiles as `tile_rows` allows, of as even sizes as possible: 32
+/// rows in tiles of 6 make 6, 6, 5, 5, 5, 5, not 6 x 5 and a 2-row tile whose 4 accumulators
+/// cannot hide the FMA latency (it took a quarter of a ResCa run's kernel time).
+fn row_tiles(rows: Range<usize>, tile_rows: usize) -> impl Iterator<Item = Range<usize>> {
+    let count = rows.len().div_ceil(tile_rows);
     let (base, longer) = (rows.len() / count.max(1), rows.len() % count.max(1));
     (0..count).map(move |t| {
         let start = rows.start + t * base + t.min(longer);
@@ -276,12 +302,13 @@ fn row_tiles(rows: Range<usize>) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// The rows of `x`, reordered for the kernel: in blocks of `row_block` rows, each block in passes
-/// of `pass_depth` inputs, each pass in tiles of [`TILE_ROWS`] rows stored depth-major
+/// of `pass_depth` inputs, each pass in tiles of `tile_rows` rows stored depth-major
 /// (`tile[k * tile_rows + r]`, the order the kernel broadcasts them in). Block `[r0, r1)` takes
 /// values `r0 * inputs..r1 * inputs`, its pass at depth `d` the `(r1 - r0) * depth` values from
 /// `r0 * inputs + (r1 - r0) * d`, and its tiles are [`row_tiles`].
 struct PackedRows {
     rows: usize,
+    tile_rows: usize,
     inputs: usize,
     row_block: usize,
     pass_depth: usize,
@@ -289,16 +316,17 @@ struct PackedRows {
 }
 
 impl PackedRows {
-    fn pack(x: ArrayView2<f32>) -> Self {
+    fn pack(x: ArrayView2<f32>, kernel: Kernel) -> Self {
         let (rows, inputs) = x.dim();
+        let (tile_rows, max_values) = (kernel.tile_rows(), kernel.packed_x_values());
         // All rows in one block, so the weights stream from memory once, with passes as shallow
         // as needed (a divisor of DEPTH) to keep one pass of rows in L2; past MIN_PASS_DEPTH,
         // blocks of rows instead.
         let mut pass_depth = DEPTH;
-        while pass_depth > MIN_PASS_DEPTH && rows * pass_depth > PACKED_X_VALUES {
+        while pass_depth > MIN_PASS_DEPTH && rows * pass_depth > max_values {
             pass_depth /= 2;
         }
-        let row_block = rows.min((PACKED_X_VALUES / pass_depth).max(TILE_ROWS)).max(1);
+        let row_block = rows.min((max_values / pass_depth).max(tile_rows)).max(1);
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("standard layout");
         // The passes are disjoint, consecutive runs of `values`: cut them out, then fill them
@@ -317,7 +345,7 @@ impl PackedRows {
         }
         let pack_pass = |(rows, depths, pass): (Range<usize>, Range<usize>, &mut [f32])| {
             let depth = depths.len();
-            for tile in row_tiles(rows.clone()) {
+            for tile in row_tiles(rows.clone(), tile_rows) {
                 let (tile_start, tile_rows) = (tile.start, tile.len());
                 let tile = &mut pass[(tile_start - rows.start) * depth..][..tile_rows * depth];
                 for r in 0..tile_rows {
@@ -336,6 +364,7 @@ impl PackedRows {
         }
         Self {
             rows,
+            tile_rows,
             inputs,
             row_block,
             pass_depth,
@@ -354,6 +383,10 @@ impl PackedRows {
 pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// AVX-512F (with AVX2 and FMA, which [`crate::lanes_gemm`] runs): this module's tiles in
+    /// 32 registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     Portable,
 }
 
@@ -361,9 +394,51 @@ impl Kernel {
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
             return Kernel::Avx2Fma;
         }
         Kernel::Portable
+    }
+
+    /// Whether this kernel multiplies many rows faster than BLAS, so that token layers keep
+    /// their weights packed for it ([`crate::weights::Linear`]). On the 2-core Zen 4 machine
+    /// the AVX-512 kernel ran XL/2's products at 512 rows 3-10% faster than OpenBLAS 0.3.21
+    /// (its Cooperlake kernel); on the Zen 3 machine the AVX2 kernel ran them 5-15% slower.
+    pub(crate) fn beats_blas_on_many_rows(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            return true;
+        }
+        false
+    }
+
+    /// Rows per register tile.
+    fn tile_rows(self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            return WIDE_TILE_ROWS;
+        }
+        TILE_ROWS
+    }
+
+    /// The most values of `x` one pass packs (see [`WIDE_PACKED_X_VALUES`]).
+    fn packed_x_values(self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            return WIDE_PACKED_X_VALUES;
+        }
+        PACKED_X_VALUES
+    }
+
+    /// Panels each row tile sweeps in turn before the next tile (see [`WIDE_PANEL_GROUP`]).
+    fn panel_group(self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512 {
+            return WIDE_PANEL_GROUP;
+        }
+        1
     }
 
     /// `out[r][j] += sum_k x[k * rows + r] * w[k * PANEL + j]` for `r < rows`, `j < columns`,
@@ -375,11 +450,29 @@ impl Kernel {
     unsafe fn run(self, x: &[f32], w: &[f32], prefetch: &[f32], out: *mut f32, stride: usize, columns: usize) {
         let depth = w.len() / PANEL;
         let rows = x.len() / depth.max(1);
+        let tile_rows = self.tile_rows();
         assert!(
-            w.len() == depth * PANEL && x.len() == depth * rows && rows <= TILE_ROWS && columns <= PANEL,
-            "a tile of at most {TILE_ROWS} rows by {PANEL} outputs"
+            w.len() == depth * PANEL && x.len() == depth * rows && rows <= tile_rows && columns <= PANEL,
+            "a tile of at most {tile_rows} rows by {PANEL} outputs"
         );
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe {
+                match rows {
+                    12 => avx512::tile::<12>(x, w, prefetch, out, stride, columns),
+                    11 => avx512::tile::<11>(x, w, prefetch, out, stride, columns),
+                    10 => avx512::tile::<10>(x, w, prefetch, out, stride, columns),
+                    9 => avx512::tile::<9>(x, w, prefetch, out, stride, columns),
+                    8 => avx512::tile::<8>(x, w, prefetch, out, stride, columns),
+                    7 => avx512::tile::<7>(x, w, prefetch, out, stride, columns),
+                    6 => avx512::tile::<6>(x, w, prefetch, out, stride, columns),
+                    5 => avx512::tile::<5>(x, w, prefetch, out, stride, columns),
+                    4 => avx512::tile::<4>(x, w, prefetch, out, stride, columns),
+                    3 => avx512::tile::<3>(x, w, prefetch, out, stride, columns),
+                    2 => avx512::tile::<2>(x, w, prefetch, out, stride, columns),
+                    _ => avx512::tile::<1>(x, w, prefetch, out, stride, columns),
+                }
+            },
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Fma => unsafe {
                 match rows {
@@ -495,6 +588,65 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::PANEL;
+    use std::arch::x86_64::*;
+
+    /// One tile of `ROWS` rows by [`PANEL`] outputs (one register per row), accumulated over the
+    /// depth `w.len() / PANEL`: per step one weight load and `ROWS` FMAs, each broadcasting its
+    /// row's value from memory. Each row's sum is the same chain of FMAs as the AVX2 kernel's.
+    ///
+    /// # Safety
+    /// AVX-512F present; `x` holds depth x ROWS values; `out` is valid for ROWS rows of
+    /// `columns` values, `stride` apart.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const ROWS: usize>(
+        x: &[f32],
+        w: &[f32],
+        prefetch: &[f32],
+        out: *mut f32,
+        stride: usize,
+        columns: usize,
+    ) {
+        // The tile of `out` is only touched after the sweep: fetch it now, while the sweep runs.
+        for r in 0..ROWS {
+            _mm_prefetch::<_MM_HINT_T0>(out.wrapping_add(r * stride) as *const i8);
+        }
+        // No prefetch of the next group's weights (`prefetch` is empty for this kernel): issued
+        // a few lines per tile, it changed no forward time (XL/2 batch 1 and 2, 3 rounds each).
+        debug_assert!(prefetch.is_empty());
+        let depth = w.len() / PANEL;
+        assert!(x.len() >= depth * ROWS, "x holds the tile's rows over the depth");
+        let mut acc = [_mm512_setzero_ps(); ROWS];
+        let (mut xp, mut wp) = (x.as_ptr(), w.as_ptr());
+        for _ in 0..depth {
+            // SAFETY: depth steps of ROWS values of x and PANEL of w (the caller's contract).
+            unsafe {
+                // One weight line (64 B) per step: ask for the line 8 steps ahead, for the first
+                // tile of a group, whose weights stream from memory.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(8 * PANEL) as *const i8);
+                let weights = _mm512_loadu_ps(wp);
+                for (r, acc_row) in acc.iter_mut().enumerate() {
+                    *acc_row = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(r)), weights, *acc_row);
+                }
+                xp = xp.add(ROWS);
+                wp = wp.add(PANEL);
+            }
+        }
+        // Only the tile's `columns` lanes exist in `out`: the others are masked off.
+        let mask: __mmask16 = if columns >= PANEL { !0 } else { (1u16 << columns) - 1 };
+        for (r, acc_row) in acc.iter().enumerate() {
+            // SAFETY: row r < ROWS of out, lanes below `columns` only.
+            unsafe {
+                let row = out.add(r * stride);
+                let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, row), *acc_row);
+                _mm512_mask_storeu_ps(row, mask, sum);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,12 +678,12 @@ mod tests {
 
     #[test]
     fn row_tiles_cover_the_rows_in_even_tiles() {
-        let sizes = |rows: Range<usize>| row_tiles(rows).map(|t| t.len()).collect::<Vec<_>>();
+        let sizes = |rows: Range<usize>| row_tiles(rows, TILE_ROWS).map(|t| t.len()).collect::<Vec<_>>();
         assert_eq!(sizes(0..32), [6, 6, 5, 5, 5, 5]);
         assert_eq!(sizes(10..12), [2]);
         assert_eq!(sizes(0..0), Vec::<usize>::new());
         for n in 1..100 {
-            let tiles: Vec<_> = row_tiles(7..7 + n).collect();
+            let tiles: Vec<_> = row_tiles(7..7 + n, TILE_ROWS).collect();
             assert_eq!(tiles[0].start, 7);
             assert!(tiles.windows(2).all(|p| p[0].end == p[1].start));
             assert_eq!(tiles.last().unwrap().end, 7 + n);
@@ -553,18 +705,32 @@ mod tests {
         assert_eq!(padding, 0.0);
     }
 
+    /// The portable kernel and each SIMD kernel this CPU runs (a SKIP line for each it cannot).
+    fn kernels_of_this_cpu() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                kernels.push(Kernel::Avx2Fma);
+                if std::is_x86_feature_detected!("avx512f") {
+                    kernels.push(Kernel::Avx512);
+                } else {
+                    println!("SKIP the AVX-512 kernel: this CPU lacks AVX-512F");
+                }
+            } else {
+                println!("SKIP the AVX2+FMA and AVX-512 kernels: this CPU lacks AVX2 or FMA");
+            }
+        }
+        kernels
+    }
+
     /// Every kernel this CPU has, on shapes that exercise each edge: rows not a multiple of the
     /// tile, depths crossing a block of the layout, passes shallower than a block (300 rows) and
     /// blocks of rows (1100 rows), outputs not a multiple of a panel. Error relative to each entry's `|b| + sum |x w|`: measured at most 8.6e-7 (f32
     /// accumulation of up to 600 terms; f32 epsilon is 6e-8).
     #[test]
     fn every_kernel_matches_the_exact_product_on_awkward_shapes() {
-        let mut kernels = vec![Kernel::Portable];
-        if let k @ Kernel::Avx2Fma = Kernel::detect() {
-            kernels.push(k);
-        } else {
-            println!("SKIP the AVX2+FMA kernel: this CPU lacks AVX2 or FMA (the portable kernel is tested)");
-        }
+        let kernels = kernels_of_this_cpu();
         for &(rows, inputs, outputs) in &[
             (1, 3, 1),
             (5, 17, 16),
@@ -572,6 +738,8 @@ mod tests {
             (13, 257, 33),
             (300, 600, 50),
             (1100, 300, 20),
+            (25, 513, 200),
+            (2200, 70, 20),
         ] {
             let (x, w) = (matrix(rows, inputs, 2), matrix(outputs, inputs, 3));
             let b = ndarray::Array1::from_shape_fn(outputs, |j| j as f32 * 0.01);
@@ -581,7 +749,7 @@ mod tests {
                 let mut y = b.broadcast((rows, outputs)).unwrap().to_owned();
                 packed.multiply_add(
                     kernel,
-                    &PackedRows::pack(x.view()),
+                    &PackedRows::pack(x.view(), kernel),
                     y.view_mut(),
                     0..packed.panel_count(),
                 );
@@ -593,6 +761,32 @@ mod tests {
                 error < 2e-6,
                 "linear {rows}x{inputs}x{outputs}: relative error {error:e}"
             );
+        }
+    }
+
+    /// The AVX2 and AVX-512 kernels sum each output with the same chain of FMAs, in input order
+    /// within a pass, so up to [`SAME_BITS_ROWS`] rows (full-depth passes for both) they agree
+    /// bit for bit: which one a CPU runs changes no result there.
+    #[test]
+    fn the_simd_kernels_agree_bit_for_bit() {
+        let kernels = kernels_of_this_cpu();
+        if kernels.len() < 3 {
+            println!("SKIP comparing the AVX2 and AVX-512 kernels: this CPU does not run both");
+            return;
+        }
+        for &(rows, inputs, outputs) in &[(1, 40, 16), (13, 257, 33), (200, 600, 50), (SAME_BITS_ROWS, 1152, 200)] {
+            let (x, w) = (matrix(rows, inputs, 6), matrix(outputs, inputs, 7));
+            let packed = PackedWeights::pack(w.view());
+            let products: Vec<Array2<f32>> = kernels[1..]
+                .iter()
+                .map(|&kernel| {
+                    let mut y = Array2::zeros((rows, outputs));
+                    let x = PackedRows::pack(x.view(), kernel);
+                    packed.multiply_add(kernel, &x, y.view_mut(), 0..packed.panel_count());
+                    y
+                })
+                .collect();
+            assert_eq!(products[0], products[1], "{rows}x{inputs}x{outputs}");
         }
     }
 

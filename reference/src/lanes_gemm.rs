@@ -301,8 +301,9 @@ impl Kernel {
         );
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
-            Kernel::Avx2Fma => unsafe {
+            // SAFETY: AVX2 and FMA were detected (AVX-512 CPUs run this AVX2 kernel too); the
+            // sizes were checked above.
+            Kernel::Avx2Fma | Kernel::Avx512 => unsafe {
                 match lanes / LANES {
                     4 => avx2::tile::<4, 1>(x, w, group_len, sums),
                     3 => avx2::tile::<3, 1>(x, w, group_len, sums),

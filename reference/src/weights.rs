@@ -11,7 +11,7 @@ use rand_distr::{Distribution, Normal};
 
 use crate::config::DitConfig;
 use crate::error::{Result, check_finite};
-use crate::gemm::PackedWeights;
+use crate::gemm::{Kernel, PackedWeights};
 use crate::lanes_gemm::LanePackedWeights;
 use crate::ops;
 use crate::safetensors_file::{OutTensor, SafetensorsFile};
@@ -34,11 +34,19 @@ pub struct Linear {
 /// How a layer holds its weight: the layout its products read.
 #[derive(Clone, Debug)]
 enum WeightStorage {
-    /// Token layers: the plain (out, in) matrix for BLAS, and a packed copy made the first time a
-    /// product of [`FEW_ROWS`] or fewer rows needs it (only cached methods' sparse steps do), for
-    /// the kernel that holds those rows in its SIMD lanes.
+    /// Token layers on CPUs where BLAS multiplies many rows fastest (AVX2): the plain (out, in)
+    /// matrix for BLAS, and a packed copy made the first time a product of [`FEW_ROWS`] or fewer
+    /// rows needs it (only cached methods' sparse steps do), for the kernel that holds those
+    /// rows in its SIMD lanes.
     Plain {
         weight: Array2<f32>,
+        packed: OnceLock<LanePackedWeights>,
+    },
+    /// Token layers on CPUs where the panel kernel multiplies many rows faster than BLAS
+    /// (AVX-512, see [`crate::gemm`]): the weights held once, in panels, and the same lazily
+    /// made copy for a few rows.
+    Panels {
+        panels: PackedWeights,
         packed: OnceLock<LanePackedWeights>,
     },
     /// Layers only ever applied to a few rows (adaLN, the timestep MLP): packed only.
@@ -46,16 +54,20 @@ enum WeightStorage {
 }
 
 impl Linear {
-    /// A token layer: stored plain for BLAS (see [`WeightStorage`]).
+    /// A token layer: stored for the fastest product of many rows on this CPU, plain for BLAS
+    /// or packed for the panel kernel (see [`WeightStorage`]).
     pub fn new(weight: Array2<f32>, bias: Array1<f32>) -> Self {
         assert_eq!(weight.nrows(), bias.len(), "one bias per output");
-        Self {
-            weight: WeightStorage::Plain {
-                weight,
-                packed: OnceLock::new(),
-            },
-            bias,
-        }
+        let packed = OnceLock::new();
+        let weight = if Kernel::detect().beats_blas_on_many_rows() {
+            WeightStorage::Panels {
+                panels: PackedWeights::pack(weight.view()),
+                packed,
+            }
+        } else {
+            WeightStorage::Plain { weight, packed }
+        };
+        Self { weight, bias }
     }
 
     /// A layer only ever applied to a few rows: stored packed only.
@@ -73,7 +85,7 @@ impl Linear {
             return lanes.linear(x, self.bias.view());
         }
         match &self.weight {
-            WeightStorage::Packed(packed) => packed.linear(x, self.bias.view()),
+            WeightStorage::Packed(panels) | WeightStorage::Panels { panels, .. } => panels.linear(x, self.bias.view()),
             WeightStorage::Plain { weight, .. } => ops::linear(x, weight.view(), self.bias.view()),
         }
     }
@@ -82,42 +94,43 @@ impl Linear {
     /// [`FEW_ROWS`] rows (which [`Self::forward`] multiplies by it): to chain products in its
     /// layout ([`crate::lanes_gemm::LaneRows`]).
     pub fn lane_packed(&self, rows: usize) -> Option<&LanePackedWeights> {
+        if rows > FEW_ROWS {
+            return None;
+        }
         match &self.weight {
-            WeightStorage::Plain { weight, packed } if rows <= FEW_ROWS => Some(packed_copy(weight, packed)),
-            _ => None,
+            WeightStorage::Plain { weight, packed } => {
+                Some(packed.get_or_init(|| LanePackedWeights::pack(weight.view())))
+            }
+            WeightStorage::Panels { panels, packed } => {
+                Some(packed.get_or_init(|| LanePackedWeights::pack(panels.unpack().view())))
+            }
+            WeightStorage::Packed(_) => None,
         }
     }
 
     /// Makes a token layer's packed copy now, instead of in its first product of a few rows.
     pub fn pack_for_few_rows(&self) {
-        if let WeightStorage::Plain { weight, packed } = &self.weight {
-            packed_copy(weight, packed);
-        }
+        self.lane_packed(1);
     }
 
     /// The weight matrix (out, in), e.g. to save it or upload it to a GPU.
     pub fn weight(&self) -> Cow<'_, Array2<f32>> {
         match &self.weight {
             WeightStorage::Plain { weight, .. } => Cow::Borrowed(weight),
-            WeightStorage::Packed(packed) => Cow::Owned(packed.unpack()),
+            WeightStorage::Packed(panels) | WeightStorage::Panels { panels, .. } => Cow::Owned(panels.unpack()),
         }
     }
 
     pub fn in_features(&self) -> usize {
         match &self.weight {
             WeightStorage::Plain { weight, .. } => weight.ncols(),
-            WeightStorage::Packed(packed) => packed.inputs(),
+            WeightStorage::Packed(panels) | WeightStorage::Panels { panels, .. } => panels.inputs(),
         }
     }
 
     pub fn out_features(&self) -> usize {
         self.bias.len()
     }
-}
-
-/// A token layer's packed copy of `weight`, made the first time it is asked for.
-fn packed_copy<'a>(weight: &Array2<f32>, packed: &'a OnceLock<LanePackedWeights>) -> &'a LanePackedWeights {
-    packed.get_or_init(|| LanePackedWeights::pack(weight.view()))
 }
 
 /// One DiT block's parameters (`blocks.{l}.*`).
