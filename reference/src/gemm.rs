@@ -188,27 +188,33 @@ impl PackedWeights {
             self.inputs
         );
         let rows = x.nrows();
-        let mut y = bias
-            .broadcast((rows, self.outputs))
-            .expect("bias of the output width")
-            .to_owned();
         let kernel = Kernel::detect();
         let x = PackedRows::pack(x, kernel);
         let panels = self.panel_count();
         let chunks = row_chunks(panels, rows * self.inputs * self.outputs);
+        let per_chunk = panels.div_ceil(chunks.max(1)).max(1);
+        // Each core starts its share of the outputs as the bias rows, then adds its product: no
+        // pass over the whole output on one core while the other waits.
+        let mut y = Array2::<f32>::uninit((rows, self.outputs));
+        let chunk_product = |(chunk, mut part): (usize, ArrayViewMut2<std::mem::MaybeUninit<f32>>)| {
+            let first = chunk * per_chunk;
+            let columns = first * PANEL..first * PANEL + part.ncols();
+            bias.slice(ndarray::s![columns])
+                .broadcast(part.raw_dim())
+                .expect("bias of the output width")
+                .assign_to(&mut part);
+            // SAFETY: every element of `part` was just written.
+            let part = unsafe { part.assume_init() };
+            self.multiply_add(kernel, &x, part, first..(first + per_chunk).min(panels));
+        };
+        let parts = y.axis_chunks_iter_mut(Axis(1), per_chunk * PANEL);
         if chunks == 1 {
-            self.multiply_add(kernel, &x, y.view_mut(), 0..panels);
-            return y;
+            parts.enumerate().for_each(chunk_product);
+        } else {
+            parts.into_par_iter().enumerate().for_each(chunk_product);
         }
-        let per_chunk = panels.div_ceil(chunks);
-        y.axis_chunks_iter_mut(Axis(1), per_chunk * PANEL)
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(chunk, part)| {
-                let first = chunk * per_chunk;
-                self.multiply_add(kernel, &x, part, first..(first + per_chunk).min(panels));
-            });
-        y
+        // SAFETY: the chunks cover every column of y, and each was written whole.
+        unsafe { y.assume_init() }
     }
 
     /// `y += x W^T` restricted to the outputs of `panels`, where `y` holds exactly those outputs'
