@@ -16,12 +16,13 @@ use crate::lanes_gemm::LanePackedWeights;
 use crate::ops;
 use crate::safetensors_file::{OutTensor, SafetensorsFile};
 
-/// At most this many rows take a packed few-rows kernel instead of BLAS: adaLN and the timestep
-/// MLP (one row per batch row, [`crate::gemm`]) and the tokens a cached method computes on a
-/// sparse step (ResCa's K proxies, ClusCa's K picks, per batch row, [`crate::lanes_gemm`]). BLAS packs the whole weight
-/// matrix on every call, which for a few rows costs about as much as the product; for many rows
-/// it is as fast as the packed kernel or faster (`cargo bench -p resca-reference --bench
-/// linear_kernels`).
+/// Where token layers are held plain for BLAS (CPUs without AVX-512), at most this many rows take
+/// a packed few-rows kernel instead: the tokens a cached method computes on a sparse step (ResCa's
+/// K proxies, ClusCa's K picks, per batch row, [`crate::lanes_gemm`]). BLAS packs the whole
+/// weight matrix on every call, which for a few rows costs about as much as the product; for
+/// many rows it is as fast as the AVX2 packed kernel or faster (`cargo bench -p
+/// resca-reference --bench linear_kernels`). adaLN and the timestep MLP (one row per batch row)
+/// are always packed ([`crate::gemm`]), and on AVX-512 CPUs every layer is.
 pub const FEW_ROWS: usize = 64;
 
 /// An `nn.Linear`: weight (out, in) and bias (out).
@@ -43,12 +44,10 @@ enum WeightStorage {
         packed: OnceLock<LanePackedWeights>,
     },
     /// Token layers on CPUs where the panel kernel multiplies many rows faster than BLAS
-    /// (AVX-512, see [`crate::gemm`]): the weights held once, in panels, and the same lazily
-    /// made copy for a few rows.
-    Panels {
-        panels: PackedWeights,
-        packed: OnceLock<LanePackedWeights>,
-    },
+    /// (AVX-512, see [`crate::gemm`]): the weights held once, in panels, for every product.
+    /// There the AVX-512 panel kernel is as fast as the AVX2 lanes kernel on a sparse step's
+    /// few rows too, with the same bits, so no second copy is made.
+    Panels(PackedWeights),
     /// Layers only ever applied to a few rows (adaLN, the timestep MLP): packed only.
     Packed(PackedWeights),
 }
@@ -57,15 +56,19 @@ impl Linear {
     /// A token layer: stored for the fastest product of many rows on this CPU, plain for BLAS
     /// or packed for the panel kernel (see [`WeightStorage`]).
     pub fn new(weight: Array2<f32>, bias: Array1<f32>) -> Self {
+        Self::token_layer(weight, bias, Kernel::detect().beats_blas_on_many_rows())
+    }
+
+    /// A token layer held in panels or plain (the two storages [`Self::new`] chooses between).
+    fn token_layer(weight: Array2<f32>, bias: Array1<f32>, in_panels: bool) -> Self {
         assert_eq!(weight.nrows(), bias.len(), "one bias per output");
-        let packed = OnceLock::new();
-        let weight = if Kernel::detect().beats_blas_on_many_rows() {
-            WeightStorage::Panels {
-                panels: PackedWeights::pack(weight.view()),
-                packed,
-            }
+        let weight = if in_panels {
+            WeightStorage::Panels(PackedWeights::pack(weight.view()))
         } else {
-            WeightStorage::Plain { weight, packed }
+            WeightStorage::Plain {
+                weight,
+                packed: OnceLock::new(),
+            }
         };
         Self { weight, bias }
     }
@@ -85,14 +88,15 @@ impl Linear {
             return lanes.linear(x, self.bias.view());
         }
         match &self.weight {
-            WeightStorage::Packed(panels) | WeightStorage::Panels { panels, .. } => panels.linear(x, self.bias.view()),
+            WeightStorage::Packed(panels) | WeightStorage::Panels(panels) => panels.linear(x, self.bias.view()),
             WeightStorage::Plain { weight, .. } => ops::linear(x, weight.view(), self.bias.view()),
         }
     }
 
-    /// The packed copy a product of `rows` rows reads, for a token layer and at most
+    /// The packed copy a product of `rows` rows reads, for a token layer held plain and at most
     /// [`FEW_ROWS`] rows (which [`Self::forward`] multiplies by it): to chain products in its
-    /// layout ([`crate::lanes_gemm::LaneRows`]).
+    /// layout ([`crate::lanes_gemm::LaneRows`]). None for a layer held in panels: its own
+    /// kernel multiplies few rows too.
     pub fn lane_packed(&self, rows: usize) -> Option<&LanePackedWeights> {
         if rows > FEW_ROWS {
             return None;
@@ -101,14 +105,12 @@ impl Linear {
             WeightStorage::Plain { weight, packed } => {
                 Some(packed.get_or_init(|| LanePackedWeights::pack(weight.view())))
             }
-            WeightStorage::Panels { panels, packed } => {
-                Some(packed.get_or_init(|| LanePackedWeights::pack(panels.unpack().view())))
-            }
-            WeightStorage::Packed(_) => None,
+            WeightStorage::Panels(_) | WeightStorage::Packed(_) => None,
         }
     }
 
-    /// Makes a token layer's packed copy now, instead of in its first product of a few rows.
+    /// Makes a token layer's packed copy for a few rows now, instead of in its first product of
+    /// a few rows (nothing to make for a layer held in panels).
     pub fn pack_for_few_rows(&self) {
         self.lane_packed(1);
     }
@@ -117,14 +119,14 @@ impl Linear {
     pub fn weight(&self) -> Cow<'_, Array2<f32>> {
         match &self.weight {
             WeightStorage::Plain { weight, .. } => Cow::Borrowed(weight),
-            WeightStorage::Packed(panels) | WeightStorage::Panels { panels, .. } => Cow::Owned(panels.unpack()),
+            WeightStorage::Packed(panels) | WeightStorage::Panels(panels) => Cow::Owned(panels.unpack()),
         }
     }
 
     pub fn in_features(&self) -> usize {
         match &self.weight {
             WeightStorage::Plain { weight, .. } => weight.ncols(),
-            WeightStorage::Packed(panels) | WeightStorage::Panels { panels, .. } => panels.inputs(),
+            WeightStorage::Packed(panels) | WeightStorage::Panels(panels) => panels.inputs(),
         }
     }
 
@@ -343,16 +345,24 @@ type TensorsByName = std::collections::HashMap<String, ndarray::ArrayD<f32>>;
 mod tests {
     use super::*;
 
-    /// Both storages and both sides of [`FEW_ROWS`] give the plain-layout product, and the weight
-    /// comes back exactly. Measured: at most ~2e-7 relative to the output's scale (the kernels sum
-    /// the 200 terms in different orders).
+    /// Every storage (a token layer plain or in panels, whichever this CPU picks; a few-rows
+    /// layer) and both sides of [`FEW_ROWS`] give the plain-layout product, and the weight comes
+    /// back exactly. Measured: at most ~2e-7 relative to the output's scale (the kernels sum the
+    /// 200 terms in different orders). Up to [`FEW_ROWS`] rows the plain layer's lanes kernel and
+    /// the panel kernel give the same bits, so the storage a CPU picks changes no cached run.
     #[test]
     fn every_storage_and_row_count_gives_the_same_product() {
         let weight = Array2::from_shape_fn((40, 200), |(i, j)| ((i * 7 + j * 13) % 23) as f32 / 11.0 - 1.0);
         let bias = Array1::from_shape_fn(40, |j| j as f32 * 0.05);
-        let tokens = Linear::new(weight.clone(), bias.clone());
+        let plain = Linear::token_layer(weight.clone(), bias.clone(), false);
+        let panels = Linear::token_layer(weight.clone(), bias.clone(), true);
         let few_rows = Linear::new_few_rows(weight.view(), bias.clone());
-        for layer in [&tokens, &few_rows] {
+        assert!(plain.lane_packed(FEW_ROWS).is_some() && panels.lane_packed(FEW_ROWS).is_none());
+        for rows in [1, 7, FEW_ROWS] {
+            let x = Array2::from_shape_fn((rows, 200), |(i, j)| ((i * 3 + j * 5) % 19) as f32 / 9.0 - 1.0);
+            assert_eq!(plain.forward(x.view()), panels.forward(x.view()), "{rows} rows");
+        }
+        for layer in [&plain, &panels, &few_rows] {
             assert_eq!(*layer.weight(), weight);
             assert_eq!((layer.in_features(), layer.out_features()), (200, 40));
         }
@@ -360,7 +370,7 @@ mod tests {
             let x = Array2::from_shape_fn((rows, 200), |(i, j)| ((i * 5 + j * 3) % 17) as f32 / 8.0 - 1.0);
             let expected = ops::linear(x.view(), weight.view(), bias.view());
             let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            for layer in [&tokens, &few_rows] {
+            for layer in [&plain, &panels, &few_rows] {
                 let error = (&layer.forward(x.view()) - &expected)
                     .iter()
                     .fold(0.0f32, |m, v| m.max(v.abs()))

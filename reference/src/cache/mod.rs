@@ -216,8 +216,8 @@ impl MethodConfig {
 
     /// Readies `model` for this method's sparse steps before a run, as loading readies it for a
     /// forward: ClusCa and ResCa multiply a few rows by every block's MLP, which reads a packed
-    /// copy of fc1 and fc2 (DiT-B/2: 226 MB, ~0.2 s to make). Without this call the first sparse
-    /// step makes them.
+    /// copy of fc1 and fc2 where the token layers are held plain for BLAS (CPUs without AVX-512;
+    /// DiT-B/2: 226 MB, ~0.2 s to make). Without this call the first sparse step makes them.
     pub fn prepare(&self, model: &Dit) {
         if matches!(self.kind, MethodKind::ClusCa | MethodKind::ResCa) {
             model.weights.blocks.par_iter().for_each(|block| {
