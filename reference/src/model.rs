@@ -105,10 +105,7 @@ impl BranchInput<'_> {
     fn normed_tokens(&self, row: usize, tokens: &[usize]) -> Array2<f32> {
         let x_row = self.x.index_axis(Axis(0), row);
         let (shift, scale) = self.shift_scale(row);
-        let mut h = ops::gather_rows(x_row, tokens);
-        ops::layer_norm_in_place(h.view_mut());
-        ops::modulate_in_place(h.view_mut(), shift, scale);
-        h
+        ops::norm_modulate(ops::gather_rows(x_row, tokens).view(), shift, scale)
     }
 
     /// The branch output for every token of every batch row (B, N, D).
@@ -117,10 +114,12 @@ impl BranchInput<'_> {
         let mut normed = Array3::<f32>::zeros((b, n, d));
         for row in 0..b {
             let (shift, scale) = self.shift_scale(row);
-            let mut h = self.x.index_axis(Axis(0), row).to_owned();
-            ops::layer_norm_in_place(h.view_mut());
-            ops::modulate_in_place(h.view_mut(), shift, scale);
-            normed.index_axis_mut(Axis(0), row).assign(&h);
+            ops::norm_modulate_into(
+                self.x.index_axis(Axis(0), row),
+                shift,
+                scale,
+                normed.index_axis_mut(Axis(0), row),
+            );
         }
         let flat = normed.into_shape_with_order((b * n, d)).expect("contiguous");
         let block = &self.model.weights.blocks[self.block];
