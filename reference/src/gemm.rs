@@ -192,7 +192,8 @@ impl PackedWeights {
         let x = PackedRows::pack(x, kernel);
         let panels = self.panel_count();
         let chunks = row_chunks(panels, rows * self.inputs * self.outputs);
-        let per_chunk = panels.div_ceil(chunks.max(1)).max(1);
+        // At least one panel per chunk, so that no outputs (no panels) still make a valid split.
+        let per_chunk = panels.div_ceil(chunks).max(1);
         // Each core starts its share of the outputs as the bias rows, then adds its product: no
         // pass over the whole output on one core while the other waits.
         let mut y = Array2::<f32>::uninit((rows, self.outputs));

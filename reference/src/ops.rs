@@ -182,12 +182,17 @@ pub fn layer_norm_in_place(x: ArrayViewMut2<f32>) {
 
 fn layer_norm_rows(mut x: ArrayViewMut2<f32>) {
     for mut row in x.rows_mut() {
-        let n = row.len() as f32;
-        let mean = row.sum() / n;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv_std = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        let (mean, inv_std) = mean_and_inv_std(row.view());
         row.mapv_inplace(|v| (v - mean) * inv_std);
     }
+}
+
+/// A row's mean and `1 / sqrt(var + eps)` (biased variance), as `torch.nn.LayerNorm` takes them.
+fn mean_and_inv_std(row: ArrayView1<f32>) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.sum() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + LAYER_NORM_EPS).sqrt())
 }
 
 /// adaLN `modulate(x, shift, scale) = x * (1 + scale) + shift`, broadcast over the token rows.
@@ -219,10 +224,7 @@ pub fn norm_modulate_into(
 ) {
     assert_eq!(x.dim(), out.dim(), "out has x's shape");
     let per_row = |(x_row, mut out_row): (ArrayView1<f32>, ndarray::ArrayViewMut1<f32>)| {
-        let n = x_row.len() as f32;
-        let mean = x_row.sum() / n;
-        let var = x_row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv_std = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        let (mean, inv_std) = mean_and_inv_std(x_row);
         Zip::from(&mut out_row)
             .and(x_row)
             .and(shift)

@@ -43,12 +43,11 @@ enum WeightStorage {
         weight: Array2<f32>,
         packed: OnceLock<LanePackedWeights>,
     },
-    /// Token layers on CPUs where the panel kernel multiplies many rows faster than BLAS
-    /// (AVX-512, see [`crate::gemm`]): the weights held once, in panels, for every product.
-    /// There the AVX-512 panel kernel is as fast as the AVX2 lanes kernel on a sparse step's
-    /// few rows too, with the same bits, so no second copy is made.
-    Panels(PackedWeights),
-    /// Layers only ever applied to a few rows (adaLN, the timestep MLP): packed only.
+    /// Packed only, in the panel kernel's layout ([`crate::gemm`]): layers only ever applied to
+    /// a few rows (adaLN, the timestep MLP), and every token layer on CPUs where the panel
+    /// kernel multiplies many rows faster than BLAS (AVX-512). There it is as fast as the AVX2
+    /// lanes kernel on a sparse step's few rows too, with the same bits, so no second copy is
+    /// made.
     Packed(PackedWeights),
 }
 
@@ -63,7 +62,7 @@ impl Linear {
     fn token_layer(weight: Array2<f32>, bias: Array1<f32>, in_panels: bool) -> Self {
         assert_eq!(weight.nrows(), bias.len(), "one bias per output");
         let weight = if in_panels {
-            WeightStorage::Panels(PackedWeights::pack(weight.view()))
+            WeightStorage::Packed(PackedWeights::pack(weight.view()))
         } else {
             WeightStorage::Plain {
                 weight,
@@ -88,7 +87,7 @@ impl Linear {
             return lanes.linear(x, self.bias.view());
         }
         match &self.weight {
-            WeightStorage::Packed(panels) | WeightStorage::Panels(panels) => panels.linear(x, self.bias.view()),
+            WeightStorage::Packed(packed) => packed.linear(x, self.bias.view()),
             WeightStorage::Plain { weight, .. } => ops::linear(x, weight.view(), self.bias.view()),
         }
     }
@@ -105,7 +104,7 @@ impl Linear {
             WeightStorage::Plain { weight, packed } => {
                 Some(packed.get_or_init(|| LanePackedWeights::pack(weight.view())))
             }
-            WeightStorage::Panels(_) | WeightStorage::Packed(_) => None,
+            WeightStorage::Packed(_) => None,
         }
     }
 
@@ -119,14 +118,14 @@ impl Linear {
     pub fn weight(&self) -> Cow<'_, Array2<f32>> {
         match &self.weight {
             WeightStorage::Plain { weight, .. } => Cow::Borrowed(weight),
-            WeightStorage::Packed(panels) | WeightStorage::Panels(panels) => Cow::Owned(panels.unpack()),
+            WeightStorage::Packed(packed) => Cow::Owned(packed.unpack()),
         }
     }
 
     pub fn in_features(&self) -> usize {
         match &self.weight {
             WeightStorage::Plain { weight, .. } => weight.ncols(),
-            WeightStorage::Packed(panels) | WeightStorage::Panels(panels) => panels.inputs(),
+            WeightStorage::Packed(packed) => packed.inputs(),
         }
     }
 
