@@ -129,8 +129,11 @@ impl BranchInput<'_> {
                 let mut heads = Array2::<f32>::zeros((b * n, d));
                 for row in 0..b {
                     let rows = row * n..(row + 1) * n;
-                    let attended = ops::attention(qkv.slice(s![rows.clone(), ..]), self.model.config.num_heads);
-                    heads.slice_mut(s![rows, ..]).assign(&attended);
+                    ops::attention_into(
+                        qkv.slice(s![rows.clone(), ..]),
+                        self.model.config.num_heads,
+                        heads.slice_mut(s![rows, ..]),
+                    );
                 }
                 block.proj.forward(heads.view())
             }

@@ -255,32 +255,39 @@ pub fn gated_add(mut x: ArrayViewMut2<f32>, gate: ArrayView1<f32>, branch: Array
 /// head-major into `heads` heads of D/heads); returns the concatenated head outputs (N, D), before
 /// `attn.proj`. Softmax in float32 with max subtraction, scale `1/sqrt(D/heads)`.
 pub fn attention(qkv: ArrayView2<f32>, heads: usize) -> Array2<f32> {
+    let mut out = Array2::<f32>::zeros((qkv.nrows(), qkv.ncols() / 3));
+    attention_into(qkv, heads, out.view_mut());
+    out
+}
+
+/// [`attention`], written into `out` (N, D): each head's output straight into its columns, on
+/// the core that computed it (no per-head matrices copied together afterwards on one core).
+pub fn attention_into(qkv: ArrayView2<f32>, heads: usize, mut out: ArrayViewMut2<f32>) {
     single_threaded_blas();
     let (n, three_d) = qkv.dim();
     let d = three_d / 3;
     let head_dim = d / heads;
+    assert_eq!(out.dim(), (n, d), "out holds one row of D values per token");
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let head = |h: usize| {
+    let head = |(h, mut head_out): (usize, ArrayViewMut2<f32>)| {
         let cols = h * head_dim..(h + 1) * head_dim;
         let q = qkv.slice(s![.., cols.clone()]);
         let k = qkv.slice(s![.., d + cols.start..d + cols.end]);
         let v = qkv.slice(s![.., 2 * d + cols.start..2 * d + cols.end]);
-        let mut scores = q.dot(&k.t());
-        scores *= scale;
+        // The scale as the product's alpha: BLAS multiplies each finished sum by it, the same
+        // bits as scaling the scores afterwards, without that pass.
+        let mut scores = Array2::<f32>::zeros((n, n));
+        general_mat_mul(scale, &q, &k.t(), 0.0, &mut scores);
         softmax_rows_in_place(scores.view_mut());
-        scores.dot(&v)
+        general_mat_mul(1.0, &scores, &v, 0.0, &mut head_out);
     };
     // Heads are independent: spread them over the cores when there is enough work.
-    let outputs: Vec<Array2<f32>> = if 2 * n * n * d < PARALLEL_MIN_MACS {
-        (0..heads).map(head).collect()
+    let head_outputs = out.axis_chunks_iter_mut(Axis(1), head_dim.max(1));
+    if 2 * n * n * d < PARALLEL_MIN_MACS {
+        head_outputs.enumerate().for_each(head);
     } else {
-        (0..heads).into_par_iter().map(head).collect()
-    };
-    let mut out = Array2::<f32>::zeros((n, d));
-    for (h, values) in outputs.iter().enumerate() {
-        out.slice_mut(s![.., h * head_dim..(h + 1) * head_dim]).assign(values);
+        head_outputs.into_par_iter().enumerate().for_each(head);
     }
-    out
 }
 
 /// Row-wise softmax, in place, with the row maximum subtracted first for stability.
