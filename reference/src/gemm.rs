@@ -376,10 +376,17 @@ impl PackedRows {
             for tile in row_tiles(rows.clone(), tile_rows) {
                 let (tile_start, tile_rows) = (tile.start, tile.len());
                 let tile = &mut pass[(tile_start - rows.start) * depth..][..tile_rows * depth];
-                for r in 0..tile_rows {
-                    let row = &x[(tile_start + r) * inputs..][depths.clone()];
-                    for (k, &value) in row.iter().enumerate() {
-                        tile[k * tile_rows + r] = MaybeUninit::new(value);
+                let first = tile_start * inputs + depths.start;
+                #[cfg(target_arch = "x86_64")]
+                if kernel.is_avx512() {
+                    // SAFETY: AVX-512F present (the kernel's); the tile's rows from `first` lie
+                    // inside x for the pass's depth.
+                    unsafe { avx512::gather_tile(x, first, inputs, tile_rows, tile) };
+                    continue;
+                }
+                for (k, step) in tile.chunks_exact_mut(tile_rows).enumerate() {
+                    for (r, slot) in step.iter_mut().enumerate() {
+                        *slot = MaybeUninit::new(x[first + r * inputs + k]);
                     }
                 }
             }
@@ -639,8 +646,47 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PANEL, TileOutput};
+    use super::{PANEL, TileOutput, WIDE_TILE_ROWS};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// Packs one row tile of x (`rows` rows, `inputs` apart, from `first`): `tile` (depth x rows,
+    /// depth-major) gets `x[first + r * inputs + k]` at `tile[k * rows + r]`. One gather and one masked store per step of the depth: the scalar copy
+    /// took ~4 cycles a value, 2% of XL/2's forward at batch 2.
+    ///
+    /// # Safety
+    /// AVX-512F present.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_tile(
+        x: &[f32],
+        first: usize,
+        inputs: usize,
+        rows: usize,
+        tile: &mut [MaybeUninit<f32>],
+    ) {
+        let depth = tile.len() / rows.max(1);
+        assert!(
+            (1..=WIDE_TILE_ROWS).contains(&rows)
+                && tile.len() == depth * rows
+                && (depth == 0 || first + (rows - 1) * inputs + depth <= x.len())
+                && i32::try_from((rows - 1) * inputs).is_ok(),
+            "a tile of at most {WIDE_TILE_ROWS} rows of x"
+        );
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(inputs as i32));
+        let mask: __mmask16 = (1u16 << rows) - 1;
+        let (mut source, mut target) = (x.as_ptr().wrapping_add(first), tile.as_mut_ptr().cast::<f32>());
+        for _ in 0..depth {
+            // SAFETY: the rows' values at this depth lie inside x, and the step's `rows` slots
+            // inside the tile (the assertion above).
+            unsafe {
+                let step = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, source);
+                _mm512_mask_storeu_ps(target, mask, step);
+                source = source.add(1);
+                target = target.add(rows);
+            }
+        }
+    }
 
     /// One tile of `ROWS` rows by [`PANEL`] outputs (one register per row), accumulated over the
     /// depth `w.len() / PANEL`: per step one weight load and `ROWS` FMAs, each broadcasting its
