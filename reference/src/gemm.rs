@@ -284,16 +284,18 @@ impl PackedWeights {
                             // rounds). A single tile streams the weights once anyway, and its
                             // own prefetch ahead covers them (XL/2's 28 adaLN at 1-2 rows ran
                             // 5-25% slower at the median with both).
-                            let next = if group == 1 && panel + 1 < panels.end && tiles > 1 {
-                                pass_weights(panel + 1)
+                            // (Computed only then: its divisions cost ~1% of the AVX-512
+                            // kernel's many short calls.)
+                            let prefetch = if group == 1 && panel + 1 < panels.end && tiles > 1 {
+                                let next = pass_weights(panel + 1);
+                                let next_lines = next.len() / PANEL;
+                                let lines_per_tile = next_lines.div_ceil(tiles);
+                                let first_line = (t * lines_per_tile).min(next_lines);
+                                let last_line = ((t + 1) * lines_per_tile).min(next_lines);
+                                &next[first_line * PANEL..last_line * PANEL]
                             } else {
                                 &[]
                             };
-                            let next_lines = next.len() / PANEL;
-                            let lines_per_tile = next_lines.div_ceil(tiles.max(1));
-                            let first_line = (t * lines_per_tile).min(next_lines);
-                            let last_line = ((t + 1) * lines_per_tile).min(next_lines);
-                            let prefetch = &next[first_line * PANEL..last_line * PANEL];
                             let column = panel * PANEL - first_output;
                             let columns = PANEL.min(last_output - panel * PANEL);
                             let out = TileOutput {
@@ -307,7 +309,7 @@ impl PackedWeights {
                                 bias: (depth_start == 0).then(|| &bias[column..column + columns]),
                             };
                             // SAFETY: `out` describes a tile inside y.
-                            unsafe { kernel.run(tile_x, weights, prefetch, out) };
+                            unsafe { kernel.run(tile_x, tile_rows, weights, prefetch, out) };
                         }
                     }
                 }
@@ -488,16 +490,15 @@ impl Kernel {
     }
 
     /// `out[r][j] (+)= sum_k x[k * rows + r] * w[k * PANEL + j]` for `r < rows`, `j < columns`
-    /// of `out`, over the depth `w.len() / PANEL`, with `rows = x.len() / depth`: added to `out`,
+    /// of `out`, over the depth `w.len() / PANEL`, `x` holding depth x rows values: added to `out`,
     /// or with `out.bias`, plus the bias, stored. `prefetch` holds weights a later tile reads, to
     /// fetch into L2 meanwhile (a hint: the AVX2 kernel uses it).
     ///
     /// # Safety
     /// `out.ptr` must be valid for `rows` rows of `out.columns` values, `out.stride` apart
     /// (initialised unless `out.bias` is given).
-    unsafe fn run(self, x: &[f32], w: &[f32], prefetch: &[f32], out: TileOutput) {
+    unsafe fn run(self, x: &[f32], rows: usize, w: &[f32], prefetch: &[f32], out: TileOutput) {
         let depth = w.len() / PANEL;
-        let rows = x.len() / depth.max(1);
         let tile_rows = self.tile_rows();
         assert!(
             w.len() == depth * PANEL
