@@ -188,6 +188,7 @@ impl PackedWeights {
             x.ncols(),
             self.inputs
         );
+        assert_eq!(bias.len(), self.outputs, "one bias per output");
         let rows = x.nrows();
         let kernel = Kernel::detect();
         let x = PackedRows::pack(x, kernel);
@@ -380,7 +381,8 @@ impl PackedRows {
                 let tile = &mut pass[(tile_start - rows.start) * depth..][..tile_rows * depth];
                 let first = tile_start * inputs + depths.start;
                 #[cfg(target_arch = "x86_64")]
-                if kernel.is_avx512() {
+                // (The gather's offsets are 32-bit: rows too far apart take the copy below.)
+                if kernel.is_avx512() && i32::try_from((tile_rows - 1) * inputs).is_ok() {
                     // SAFETY: AVX-512F present (the kernel's); the tile's rows from `first` lie
                     // inside x for the pass's depth.
                     unsafe { avx512::gather_tile(x, first, inputs, tile_rows, tile) };

@@ -435,6 +435,59 @@ mod tests {
         }
     }
 
+    /// `softmax(q k^T / sqrt(head_dim)) v` per head in f64, for (N, 3D) `qkv`.
+    fn attention_f64(qkv: &Array2<f32>, heads: usize) -> Array2<f64> {
+        let (n, d) = (qkv.nrows(), qkv.ncols() / 3);
+        let head_dim = d / heads;
+        let mut out = Array2::<f64>::zeros((n, d));
+        for h in 0..heads {
+            let col = |part: usize, i: usize, c: usize| qkv[[i, part * d + h * head_dim + c]] as f64;
+            for i in 0..n {
+                let scores: Vec<f64> = (0..n)
+                    .map(|j| (0..head_dim).map(|c| col(0, i, c) * col(1, j, c)).sum::<f64>() / (head_dim as f64).sqrt())
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for c in 0..head_dim {
+                    out[[i, h * head_dim + c]] = (0..n).map(|j| weights[j] * col(2, j, c)).sum::<f64>() / total;
+                }
+            }
+        }
+        out
+    }
+
+    /// Written into a view of a wider matrix (rows `d + 3` apart), attention gives the bits of
+    /// [`attention`] and touches nothing else, on one core (a few tokens) and over the cores
+    /// (DiT-XL/2's 256 tokens, 16 heads). Against f64 (values up to 1.3 in magnitude), measured
+    /// 7.8e-8 (5 tokens) and 8.7e-7 (256 tokens) absolute; the bound leaves room for other BLAS
+    /// kernels' summation orders.
+    #[test]
+    fn attention_into_a_view_equals_attention() {
+        for (n, d, heads) in [(5, 8, 2), (256, 1152, 16)] {
+            let qkv = Array2::from_shape_fn((n, 3 * d), |(i, j)| {
+                (((i * 131 + j * 17) % 97) as f32 / 48.0 - 1.0) * 1.3
+            });
+            let expected = attention(qkv.view(), heads);
+            let mut wide = Array2::<f32>::from_elem((n, d + 3), -7.0);
+            attention_into(qkv.view(), heads, wide.slice_mut(s![.., 2..d + 2]));
+            assert_eq!(wide.slice(s![.., 2..d + 2]), expected, "{n} tokens, {heads} heads");
+            assert!(
+                wide.slice(s![.., ..2])
+                    .iter()
+                    .chain(wide.slice(s![.., d + 2..]))
+                    .all(|&v| v == -7.0)
+            );
+            let exact = attention_f64(&qkv, heads);
+            let error = expected
+                .iter()
+                .zip(&exact)
+                .fold(0.0f64, |m, (&a, &e)| m.max((a as f64 - e).abs()));
+            println!("{n} tokens, {heads} heads: {error:e} against f64");
+            assert!(error < 4e-6, "error {error:e} against f64");
+        }
+    }
+
     #[test]
     fn patchify_and_unpatchify_are_inverse_for_the_conv_layout() {
         let image = Array3::from_shape_fn((3, 4, 4), |(c, h, w)| (c * 100 + h * 10 + w) as f32);
