@@ -176,10 +176,10 @@ impl PackedWeights {
     }
 
     /// `x W^T + b` for token rows `x` (rows, in): the kernel's first pass over the depth stores
-    /// its sums plus the bias, later passes add theirs. `x` is packed once; large products are then split over the cores
-    /// by output panels, so each core streams only its share of the weights (measured on the
-    /// 2-core Zen 3 machine, DiT-XL/2 forward batch 2 with BLAS: 3.71 s split by features, 4.07 s
-    /// split by rows).
+    /// its sums plus the bias, later passes add theirs. `x` is packed once; large products are
+    /// then split over the cores by output panels, so each core streams only its share of the
+    /// weights (measured on the 2-core Zen 3 machine, DiT-XL/2 forward batch 2 with BLAS: 3.71 s
+    /// split by features, 4.07 s split by rows).
     pub fn linear(&self, x: ArrayView2<f32>, bias: ArrayView1<f32>) -> Array2<f32> {
         assert_eq!(
             x.ncols(),
@@ -654,8 +654,9 @@ mod avx512 {
     use std::mem::MaybeUninit;
 
     /// Packs one row tile of x (`rows` rows, `inputs` apart, from `first`): `tile` (depth x rows,
-    /// depth-major) gets `x[first + r * inputs + k]` at `tile[k * rows + r]`. One gather and one masked store per step of the depth: the scalar copy
-    /// took ~4 cycles a value, 2% of XL/2's forward at batch 2.
+    /// depth-major) gets `x[first + r * inputs + k]` at `tile[k * rows + r]`. One gather and one
+    /// masked store per step of the depth, where the scalar copy took ~4 cycles a value (2% of
+    /// XL/2's forward at batch 2).
     ///
     /// # Safety
     /// AVX-512F present.
