@@ -6,8 +6,9 @@
 //!
 //! What is verified here: with `--features nvvm` this module type-checks on the host against
 //! crates.io `cuda_std` 0.2.2, whose GPU-only functions (`#[gpu_only]`) compile to
-//! `unimplemented!` bodies off the GPU. What is not: NVVM code generation (the Rust-CUDA toolchain
-//! cannot be built on the project's machines), so no PTX from this path has been produced or run.
+//! `unimplemented!` bodies off the GPU. What is not: NVVM code generation (the Rust-CUDA toolchain,
+//! LLVM 7 with `rustc-dev`, was not available to build), so no PTX from this path has been
+//! produced or run.
 //!
 //! Differences from the `nvptx` module that a user of this path should know: rustc_codegen_nvvm
 //! contracts multiplies and adds into FMAs by default, so results differ from the simulator's in
