@@ -1,7 +1,7 @@
 //! Rust-CUDA entry points (feature `nvvm`): the same kernel bodies behind cuda_std-style
 //! `#[kernel] pub unsafe fn` entry points with a [`ThreadCtx`] over cuda_std's thread, shared
-//! memory and warp APIs, for `rustc_codegen_nvvm` / `cuda_builder` (see the README's "Rust-CUDA"
-//! section). Entry names and parameters are those of the `nvptx` module (and of
+//! memory and warp APIs, for `rustc_codegen_nvvm` / `cuda_builder` (see docs/gpu.md, "Rust-CUDA
+//! (cuda_builder)"). Entry names and parameters are those of the `nvptx` module (and of
 //! `ptx/manifest.json`), so the host launches either PTX the same way.
 //!
 //! What is verified here: with `--features nvvm` this module type-checks on the host against
