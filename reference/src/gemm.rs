@@ -4,15 +4,22 @@
 //! BLAS packs the weight matrix on every call: a full extra pass over weights that never fit in
 //! cache, paid on each of a sampling run's thousands of products. Packing them once instead (the
 //! pre-packed weights of inference engines) leaves only the product. The kernel is the usual
-//! register-blocked outer product (BLIS, Goto): a tile of `MR` rows by [`PANEL`] outputs is held
-//! in registers while the depth is swept, each step broadcasting one value of every row of `x`
-//! and loading [`PANEL`] consecutive weights.
+//! register-blocked outer product (BLIS, Goto): a tile of rows by one or more panels of [`PANEL`]
+//! outputs is held in registers while the depth is swept, each step broadcasting one value of
+//! every row of `x` and loading [`PANEL`] consecutive weights of each panel.
 //!
 //! Layout ([`SliceLayout`]): the outputs are cut into panels of [`PANEL`] (the last one
 //! zero-padded) and the depth (inputs) into blocks of [`DEPTH`]. Depth block after depth block,
-//! every panel's slice of that block is stored depth-major (`slice[k * PANEL + j]`), so a pass over
-//! one depth block reads the weights as one sequential stream. The packing is a permutation plus padding: the values and
-//! the memory (weights held once) are those of `W`.
+//! every panel's slice of that block is stored depth-major (`slice[k * PANEL + j]`), so a pass
+//! over one depth block reads the weights as one sequential stream. The packing is a permutation
+//! plus padding: the values and the memory (weights held once) are those of `W`.
+//!
+//! The kernel comes in variants ([`PanelVariant`]): register tiles of different shapes, cache
+//! blocking and prefetching for different cores. All of them sum each output the same way (the
+//! bias plus one sum per pass over the depth, each a chain of fused multiply-adds from zero in
+//! input order, with passes whose depth depends on the row count alone), so they give the same
+//! bits, and which one runs is a matter of speed only ([`crate::calibration`] picks it per layer
+//! shape by measurement).
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -25,43 +32,157 @@ use crate::ops::row_chunks;
 /// Outputs per weight panel: two AVX2 registers of f32, or one AVX-512 register.
 pub const PANEL: usize = 16;
 
-/// Rows of `x` per register tile of the AVX2 (and portable) kernel: 6 rows x 2 registers = 12
-/// accumulators, plus two weight registers and one broadcast, of the 16 AVX2 registers.
-const TILE_ROWS: usize = 6;
-
-/// Rows of `x` per register tile of the AVX-512 kernel: 12 accumulators of one register each
-/// and the weight register, of 32; each row's value is broadcast from memory by its FMA. On an
-/// AMD EPYC Zen 4 (2 cores, 1 MiB L2 per core), 512 x 4608 x 1152 (XL/2's fc1 at batch 2), tiles
-/// of 12 and 16 rows ran at the same speed, 8 rows ~5% slower (`gemm` probe, alternated rounds).
-const WIDE_TILE_ROWS: usize = 12;
-
-/// Panels the AVX-512 kernel sweeps per row tile, the tile staying in L1 while the group's
-/// weights (8 x 16 KiB) stay in L2: on an AMD EPYC Zen 4, groups of 8 gave 203-215 GFLOP/s for
-/// XL/2's fc1 at batch 2, 4 gave 202, 16 199-209 and 32 196, one panel per sweep of every tile 190
-/// (alternated rounds, the same products).
-const WIDE_PANEL_GROUP: usize = 8;
-
 /// Depth of a block of the packed layout, and the most swept per pass: one panel slice (`DEPTH`
 /// x [`PANEL`] f32 = 16 KiB) stays in L1 while every row tile passes over it.
 pub(crate) const DEPTH: usize = 256;
 
-/// The packed rows of `x` of one pass (rows x pass depth) are at most this many values for the
-/// AVX2 kernel (256 KiB, half of an AMD EPYC Zen 3 core's 512 KiB L2)...
-const PACKED_X_VALUES: usize = 64 * 1024;
-
-/// ... and for the AVX-512 kernel (512 KiB, half of an AMD EPYC Zen 4 core's 1 MiB L2: full-depth
-/// passes at 512 rows, XL/2's fc1 at batch 2 199 against 186 GFLOP/s with half this).
-const WIDE_PACKED_X_VALUES: usize = 128 * 1024;
+/// The packed rows of `x` of one pass (rows x pass depth) are at most this many values (512
+/// KiB, half of an AMD EPYC Zen 4 core's 1 MiB L2: full-depth passes up to 512 rows; XL/2's fc1
+/// at batch 2 ran at 199 against 186 GFLOP/s with half this). This fixes the depth of the passes,
+/// hence the order of the sums, for every variant: a variant for a smaller L2 splits the rows
+/// into blocks instead (see [`PanelVariant`]), which does not change the sums.
+const SUMMED_X_VALUES: usize = 128 * 1024;
 
 /// Products of at most this many rows sweep full-depth passes with every kernel, so every row's
 /// outputs get the same bits whatever the number of rows: each sums its own inputs in order,
 /// `DEPTH` at a time. (More rows make shallower passes, which group the partial sums
-/// differently.)
-pub const SAME_BITS_ROWS: usize = PACKED_X_VALUES / DEPTH;
+/// differently, the same way for every variant.)
+pub const SAME_BITS_ROWS: usize = SUMMED_X_VALUES / DEPTH;
 
 /// The shallowest pass: below it, reloading the output tile every pass costs more than the
 /// weights streamed again for another block of rows.
 const MIN_PASS_DEPTH: usize = 64;
+
+/// The depth of each pass for a product of `rows` rows, the same for every variant: full blocks
+/// while the pass of `x` stays within [`SUMMED_X_VALUES`], then halved down to
+/// [`MIN_PASS_DEPTH`] (past that, the rows are split into blocks).
+fn pass_depth(rows: usize) -> usize {
+    let mut depth = DEPTH;
+    while depth > MIN_PASS_DEPTH && rows * depth > SUMMED_X_VALUES {
+        depth /= 2;
+    }
+    depth
+}
+
+/// One variant of the panel kernel: its register tile (`tile_rows` rows by `tile_panels` panels
+/// of [`PANEL`] outputs), its cache blocking and its prefetching. Every variant gives the same
+/// bits (see the module doc); [`PanelVariant::all`] lists them, [`crate::calibration`] times them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PanelVariant {
+    name: &'static str,
+    kernel: Kernel,
+    /// Rows of `x` per register tile.
+    tile_rows: usize,
+    /// Panels per register tile: `tile_rows x tile_panels` accumulator registers (AVX-512).
+    tile_panels: usize,
+    /// Panels each row tile sweeps in turn before the next tile: the tile of `x` stays in L1
+    /// while the group's weights (`panel_group` x 16 KiB per pass) stay in L2. 1: each panel's
+    /// slice stays in L1 while every row tile passes over it.
+    panel_group: usize,
+    /// The most values of `x` one block of rows packs per pass: rows beyond it go to another
+    /// block (the weights are then streamed once per block).
+    packed_x_values: usize,
+    /// Steps of the depth ahead of the one in use at which each panel's weights are prefetched
+    /// into L1 (one 64-byte line per panel and step).
+    prefetch_ahead: usize,
+    /// Whether each tile of a group fetches a share of the next group's weights into L2 during
+    /// its sweep, so that the next group's first tile does not wait for memory.
+    prefetch_next_group: bool,
+}
+
+/// The variants of this build, the first of each instruction set its built-in choice.
+#[cfg(target_arch = "x86_64")]
+const VARIANTS: &[PanelVariant] = &[
+    // Tuned on an AMD EPYC Zen 4 (AVX-512 executed on 256-bit units, 1 MiB L2, 32 KiB L1d):
+    // 12 accumulators, each FMA broadcasting its row's value from memory. With its operands in
+    // L1 or L2 it runs at 117.2 GFLOP/s on one Zen 4 core, the measured FMA peak. On that CPU,
+    // 512 x 4608 x 1152 (XL/2's fc1 at batch 2): 16 rows as fast as 12, 8 rows ~5% slower, 12
+    // rows by two panels 2-5% slower; groups of 8 panels 203-215 GFLOP/s, 4 202, 16 199-209, 32
+    // 196, one panel per sweep 190; the next group's weights into L2 2% slower (alternated
+    // rounds, the same products).
+    PanelVariant {
+        name: "avx512-12x16",
+        kernel: Kernel::Avx512,
+        tile_rows: 12,
+        tile_panels: 1,
+        panel_group: 8,
+        packed_x_values: SUMMED_X_VALUES,
+        prefetch_ahead: 8,
+        prefetch_next_group: false,
+    },
+    // Shaped for cores with two full-width FMA units and two 512-bit loads per cycle (Intel
+    // Xeon, 48 KiB L1d, 2 MiB L2): 24 accumulators (BLIS's Skylake-X tile, 32 x 12, turned
+    // around), 14 loads per 24 FMAs where the 12 x 16 tile has 13 per 12; groups of 16 panels
+    // (256 KiB of weights per pass in L2), the weights prefetched twice as far ahead (a step
+    // takes half the cycles), the next group fetched into L2 along the way.
+    PanelVariant {
+        name: "avx512-12x32",
+        kernel: Kernel::Avx512,
+        tile_rows: 12,
+        tile_panels: 2,
+        panel_group: 16,
+        packed_x_values: 2 * SUMMED_X_VALUES,
+        prefetch_ahead: 16,
+        prefetch_next_group: true,
+    },
+    // The same with 28 accumulators (of 32 registers, two for the weights): 16 loads per 28 FMAs.
+    PanelVariant {
+        name: "avx512-14x32",
+        kernel: Kernel::Avx512,
+        tile_rows: 14,
+        tile_panels: 2,
+        panel_group: 16,
+        packed_x_values: 2 * SUMMED_X_VALUES,
+        prefetch_ahead: 16,
+        prefetch_next_group: true,
+    },
+    // 6 rows by 4 panels (24 accumulators): the fewest loads per FMA (10 per 24), a 6 KiB tile
+    // of `x`, 64 KiB of weights per tile sweep read from L2.
+    PanelVariant {
+        name: "avx512-6x64",
+        kernel: Kernel::Avx512,
+        tile_rows: 6,
+        tile_panels: 4,
+        panel_group: 16,
+        packed_x_values: 2 * SUMMED_X_VALUES,
+        prefetch_ahead: 16,
+        prefetch_next_group: true,
+    },
+    // AVX2: 6 rows x 16 outputs (12 accumulators of the 16 registers, two weight registers and
+    // one broadcast). Each panel's slice stays in L1 while every row tile passes over it, and
+    // each tile fetches a share of the next panel into L2 (a ResCa step's proxies' MLP, 12
+    // DiT-B/2 blocks: median 39.0 -> 37.4 ms on both cores of an AMD EPYC Zen 3, 52.1 -> 48.7
+    // ms on one; 30 alternated rounds). Packed rows of `x` up to 256 KiB per block (half of a Zen
+    // 3 core's 512 KiB L2); the weights 16 steps ahead. Also a candidate on AVX-512 CPUs, whose
+    // 256-bit instructions may run at a higher clock.
+    PanelVariant {
+        name: "avx2-6x16",
+        kernel: Kernel::Avx2Fma,
+        tile_rows: 6,
+        tile_panels: 1,
+        panel_group: 1,
+        packed_x_values: SUMMED_X_VALUES / 2,
+        prefetch_ahead: 16,
+        prefetch_next_group: true,
+    },
+    PORTABLE,
+];
+
+#[cfg(not(target_arch = "x86_64"))]
+const VARIANTS: &[PanelVariant] = &[PORTABLE];
+
+/// Without AVX2 and FMA: the same sums, each a multiply then an add (so not the fused kernels'
+/// bits).
+const PORTABLE: PanelVariant = PanelVariant {
+    name: "portable",
+    kernel: Kernel::Portable,
+    tile_rows: 6,
+    tile_panels: 1,
+    panel_group: 1,
+    packed_x_values: SUMMED_X_VALUES / 2,
+    prefetch_ahead: 0,
+    prefetch_next_group: false,
+};
 
 /// The weights of an `nn.Linear` (out, in), packed in panels of [`PANEL`] outputs.
 #[derive(Clone, Debug, PartialEq)]
@@ -175,12 +296,32 @@ impl PackedWeights {
         self.outputs.div_ceil(PANEL)
     }
 
-    /// `x W^T + b` for token rows `x` (rows, in): the kernel's first pass over the depth stores
-    /// its sums plus the bias, later passes add theirs. `x` is packed once; large products are
-    /// then split over the cores by output panels, so each core streams only its share of the
-    /// weights (measured on a 2-core AMD EPYC Zen 3, DiT-XL/2 forward batch 2 with BLAS: 3.71 s
-    /// split by features, 4.07 s split by rows).
+    /// `x W^T + b` for token rows `x` (rows, in), by the variant of the kernel
+    /// [`crate::calibration`] picks for this shape on this CPU (all give the same bits).
     pub fn linear(&self, x: ArrayView2<f32>, bias: ArrayView1<f32>) -> Array2<f32> {
+        let variant = crate::calibration::global().panel_variant(self, x.nrows());
+        self.linear_with(variant, x, bias)
+    }
+
+    /// [`Self::linear`] by a given variant of the kernel, which must run on this CPU
+    /// ([`PanelVariant::runs_here`]). The kernel's first pass over the depth stores its sums
+    /// plus the bias, later passes add theirs. `x` is packed once; large products are then split
+    /// over the cores by output panels, so each core streams only its share of the weights
+    /// (measured on a 2-core AMD EPYC Zen 3, DiT-XL/2 forward batch 2 with BLAS: 3.71 s split by
+    /// features, 4.07 s split by rows).
+    pub fn linear_with(&self, variant: PanelVariant, x: ArrayView2<f32>, bias: ArrayView1<f32>) -> Array2<f32> {
+        self.linear_panels(variant, x, bias, 0..self.panel_count())
+    }
+
+    /// The columns of `x W^T + b` of the outputs of `panels` only (the rows of `x` by those
+    /// outputs): a slice of a layer, for timing a variant on part of it.
+    pub(crate) fn linear_panels(
+        &self,
+        variant: PanelVariant,
+        x: ArrayView2<f32>,
+        bias: ArrayView1<f32>,
+        panels: Range<usize>,
+    ) -> Array2<f32> {
         assert_eq!(
             x.ncols(),
             self.inputs,
@@ -189,23 +330,31 @@ impl PackedWeights {
             self.inputs
         );
         assert_eq!(bias.len(), self.outputs, "one bias per output");
+        assert!(panels.end <= self.panel_count(), "panels of the weights");
+        assert!(variant.runs_here(), "{} does not run on this CPU", variant.name);
         let rows = x.nrows();
-        let kernel = Kernel::detect();
-        let x = PackedRows::pack(x, kernel);
+        let x = PackedRows::pack(x, variant);
+        let first_output = panels.start * PANEL;
+        let last_output = (panels.end * PANEL).min(self.outputs).max(first_output);
         let bias = bias.as_standard_layout();
-        let bias = bias.as_slice().expect("standard layout");
-        let panels = self.panel_count();
-        let chunks = row_chunks(panels, rows * self.inputs * self.outputs);
+        let bias = &bias.as_slice().expect("standard layout")[first_output..last_output];
+        let chunks = row_chunks(panels.len(), rows * self.inputs * (last_output - first_output));
         // At least one panel per chunk, so that no outputs (no panels) still make a valid split.
-        let per_chunk = panels.div_ceil(chunks).max(1);
+        let per_chunk = panels.len().div_ceil(chunks).max(1);
         // Each core writes its share of the outputs, bias included: the kernel's first pass
         // stores its sums plus the bias, so no pass writes the bias rows beforehand (1.4% of
         // XL/2's forward at batch 2 on a 2-core AMD EPYC Zen 4).
-        let mut y = Array2::<f32>::uninit((rows, self.outputs));
+        let mut y = Array2::<f32>::uninit((rows, last_output - first_output));
         let chunk_product = |(chunk, part): (usize, ArrayViewMut2<MaybeUninit<f32>>)| {
-            let first = chunk * per_chunk;
-            let columns = first * PANEL..first * PANEL + part.ncols();
-            self.multiply_into(kernel, &x, part, first..(first + per_chunk).min(panels), &bias[columns]);
+            let first = panels.start + chunk * per_chunk;
+            let columns = (first - panels.start) * PANEL..(first - panels.start) * PANEL + part.ncols();
+            self.multiply_into(
+                variant,
+                &x,
+                part,
+                first..(first + per_chunk).min(panels.end),
+                &bias[columns],
+            );
         };
         let parts = y.axis_chunks_iter_mut(Axis(1), per_chunk * PANEL);
         if chunks == 1 {
@@ -222,7 +371,7 @@ impl PackedWeights {
     /// `panels.start * PANEL`) and `bias` their biases.
     fn multiply_into(
         &self,
-        kernel: Kernel,
+        variant: PanelVariant,
         x: &PackedRows,
         mut y: ArrayViewMut2<MaybeUninit<f32>>,
         panels: Range<usize>,
@@ -254,51 +403,42 @@ impl PackedWeights {
         );
         let y_stride = y.strides()[0] as usize;
         let y_ptr = y.as_mut_ptr().cast::<f32>();
-        let (tile_rows, group) = (kernel.tile_rows(), kernel.panel_group());
-        assert_eq!(x.tile_rows, tile_rows, "x packed for this kernel's tiles");
+        let (tile_rows, tile_panels, group) = (variant.tile_rows, variant.tile_panels, variant.panel_group);
+        assert_eq!(x.tile_rows, tile_rows, "x packed for this variant's tiles");
+        let layout = self.layout();
         for row_start in (0..rows).step_by(x.row_block) {
             let row_end = (row_start + x.row_block).min(rows);
+            let tiles = row_tiles(row_start..row_end, tile_rows).count();
             for depth_start in (0..inputs).step_by(x.pass_depth) {
                 let depth = x.pass_depth.min(inputs - depth_start);
                 let pass_x = x.pass(row_start..row_end, depth_start, depth);
-                // The pass lies inside one block of the layout: its rows of each panel's slice.
+                // The pass lies inside one block of the layout: `depth` steps of each panel's
+                // slice from `pass_start(panel)`, the next panel's `panel_stride` values later.
                 let block_start = depth_start / DEPTH * DEPTH;
-                let tiles = row_tiles(row_start..row_end, tile_rows).count();
-                let pass_weights = |panel: usize| {
-                    let slice = self.layout().slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
-                    &self.values[slice..][..depth * PANEL]
-                };
-                // Groups of panels, each row tile sweeping every panel of its group in turn
-                // (one panel per group for the AVX2 kernel: see `Kernel::panel_group`).
+                let panel_stride = DEPTH.min(inputs - block_start) * PANEL;
+                let pass_start =
+                    |panel: usize| layout.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
                 for group_start in panels.clone().step_by(group) {
                     let group_panels = group_start..(group_start + group).min(panels.end);
+                    let next_group = group_panels.end..(group_panels.end + group).min(panels.end);
+                    let tile_columns = group_panels.len().div_ceil(tile_panels);
                     for (t, tile) in row_tiles(row_start..row_end, tile_rows).enumerate() {
                         let (tile_start, tile_rows) = (tile.start, tile.len());
                         let tile_x = &pass_x[(tile_start - row_start) * depth..][..tile_rows * depth];
-                        for panel in group_panels.clone() {
-                            let weights = pass_weights(panel);
-                            // One panel per group: the next panel's weights of this pass, fetched
-                            // into L2 a share per tile while this panel's tiles run from L1, so
-                            // the first tile of the next panel does not wait for them (a ResCa
-                            // step's proxies' MLP, 12 DiT-B/2 blocks: median 39.0 -> 37.4 ms on
-                            // both cores, 52.1 -> 48.7 ms on one; measured alternately, 30
-                            // rounds). A single tile streams the weights once anyway, and its
-                            // own prefetch ahead covers them (XL/2's 28 adaLN at 1-2 rows ran
-                            // 5-25% slower at the median with both).
-                            // (Computed only then: its divisions cost ~1% of the AVX-512
-                            // kernel's many short calls.)
-                            let prefetch = if group == 1 && panel + 1 < panels.end && tiles > 1 {
-                                let next = pass_weights(panel + 1);
-                                let next_lines = next.len() / PANEL;
-                                let lines_per_tile = next_lines.div_ceil(tiles);
-                                let first_line = (t * lines_per_tile).min(next_lines);
-                                let last_line = ((t + 1) * lines_per_tile).min(next_lines);
-                                &next[first_line * PANEL..last_line * PANEL]
+                        for (c, first) in group_panels.clone().step_by(tile_panels).enumerate() {
+                            let count = tile_panels.min(group_panels.end - first);
+                            let start = pass_start(first);
+                            let weights = &self.values[start..start + (count - 1) * panel_stride + depth * PANEL];
+                            // (Computed only for the variants that use it: its divisions cost
+                            // ~1% of the 12 x 16 kernel's many short calls.)
+                            let prefetch = if variant.prefetch_next_group {
+                                let share = t * tile_columns + c;
+                                self.prefetch_share(next_group.clone(), pass_start, depth, tiles * tile_columns, share)
                             } else {
                                 &[]
                             };
-                            let column = panel * PANEL - first_output;
-                            let columns = PANEL.min(last_output - panel * PANEL);
+                            let column = first * PANEL - first_output;
+                            let columns = (count * PANEL).min(last_output - first * PANEL);
                             let out = TileOutput {
                                 // The tile (tile_rows rows of `columns` values from row
                                 // tile_start, column `column`) lies inside y, whose rows are
@@ -310,12 +450,39 @@ impl PackedWeights {
                                 bias: (depth_start == 0).then(|| &bias[column..column + columns]),
                             };
                             // SAFETY: `out` describes a tile inside y.
-                            unsafe { kernel.run(tile_x, tile_rows, weights, prefetch, out) };
+                            unsafe { variant.run(tile_x, tile_rows, weights, count, panel_stride, prefetch, out) };
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Share `share` of `shares` of the pass's weights of the `next` panels (`depth` steps of
+    /// each from `pass_start(panel)`), for one tile call to fetch into L2 while it runs, so that
+    /// the next group's first tile does not wait for memory. Each panel's lines are divided
+    /// between the shares that fall on it; none when there are fewer shares than panels, or a
+    /// single one (a single tile streams the weights once anyway, and its own prefetch ahead
+    /// covers them: XL/2's 28 adaLN at 1-2 rows ran 5-25% slower at the median with both).
+    fn prefetch_share(
+        &self,
+        next: Range<usize>,
+        pass_start: impl Fn(usize) -> usize,
+        depth: usize,
+        shares: usize,
+        share: usize,
+    ) -> &[f32] {
+        let panels = next.len();
+        if panels == 0 || shares < panels.max(2) {
+            return &[];
+        }
+        let panel = share * panels / shares;
+        let first_share = (panel * shares).div_ceil(panels);
+        let own_shares = ((panel + 1) * shares).div_ceil(panels) - first_share;
+        let part = share - first_share;
+        let (first_line, end_line) = (part * depth / own_shares, (part + 1) * depth / own_shares);
+        let start = pass_start(next.start + panel);
+        &self.values[start + first_line * PANEL..start + end_line * PANEL]
     }
 }
 
@@ -346,17 +513,14 @@ struct PackedRows {
 }
 
 impl PackedRows {
-    fn pack(x: ArrayView2<f32>, kernel: Kernel) -> Self {
+    fn pack(x: ArrayView2<f32>, variant: PanelVariant) -> Self {
         let (rows, inputs) = x.dim();
-        let (tile_rows, max_values) = (kernel.tile_rows(), kernel.packed_x_values());
-        // All rows in one block, so the weights stream from memory once, with passes as shallow
-        // as needed (a divisor of DEPTH) to keep one pass of rows in L2; past MIN_PASS_DEPTH,
-        // blocks of rows instead.
-        let mut pass_depth = DEPTH;
-        while pass_depth > MIN_PASS_DEPTH && rows * pass_depth > max_values {
-            pass_depth /= 2;
-        }
-        let row_block = rows.min((max_values / pass_depth).max(tile_rows)).max(1);
+        let tile_rows = variant.tile_rows;
+        // Passes of the depth every variant uses for this many rows (it fixes the order of the
+        // sums), in blocks of as many rows as the variant keeps in L2: one block for products of
+        // up to 512 rows, so that the weights stream from memory once.
+        let pass_depth = pass_depth(rows);
+        let row_block = rows.min((variant.packed_x_values / pass_depth).max(tile_rows)).max(1);
         let x = x.as_standard_layout();
         let x = x.as_slice().expect("standard layout");
         // The passes are disjoint, consecutive runs of `values` that together cover it: cut them
@@ -382,9 +546,9 @@ impl PackedRows {
                 let first = tile_start * inputs + depths.start;
                 #[cfg(target_arch = "x86_64")]
                 // (The gather's offsets are 32-bit: rows too far apart take the copy below.)
-                if kernel.is_avx512() && i32::try_from((tile_rows - 1) * inputs).is_ok() {
-                    // SAFETY: AVX-512F present (the kernel's); the tile's rows from `first` lie
-                    // inside x for the pass's depth.
+                if variant.kernel == Kernel::Avx512 && i32::try_from((tile_rows - 1) * inputs).is_ok() {
+                    // SAFETY: AVX-512F present (the variant runs here); the tile's rows from
+                    // `first` lie inside x for the pass's depth.
                     unsafe { avx512::gather_tile(x, first, inputs, tile_rows, tile) };
                     continue;
                 }
@@ -420,10 +584,10 @@ impl PackedRows {
     }
 }
 
-/// Where a register tile's sums go: `columns` (at most [`PANEL`]) values in each of the tile's
-/// rows, the rows `stride` apart from `ptr`. Without `bias` they are added to the values there;
-/// with it (the first pass over the depth, `ptr` uninitialised) they are stored plus the bias
-/// (one per column), the same bits as adding them to the bias rows.
+/// Where a register tile's sums go: `columns` (at most the tile's panels x [`PANEL`]) values in
+/// each of the tile's rows, the rows `stride` apart from `ptr`. Without `bias` they are added to
+/// the values there; with it (the first pass over the depth, `ptr` uninitialised) they are stored
+/// plus the bias (one per column), the same bits as adding them to the bias rows.
 #[derive(Clone, Copy)]
 struct TileOutput<'a> {
     ptr: *mut f32,
@@ -432,19 +596,19 @@ struct TileOutput<'a> {
     bias: Option<&'a [f32]>,
 }
 
-/// The multiply kernel this CPU runs (also [`crate::lanes_gemm`]'s).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The instruction set a kernel is written for (also [`crate::lanes_gemm`]'s dispatch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
-    /// AVX-512F (with AVX2 and FMA, which [`crate::lanes_gemm`] runs): this module's tiles in
-    /// 32 registers.
+    /// AVX-512F (with AVX2 and FMA, which [`crate::lanes_gemm`] runs): tiles in 32 registers.
     #[cfg(target_arch = "x86_64")]
     Avx512,
     Portable,
 }
 
 impl Kernel {
+    /// The widest instruction set this CPU runs.
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -456,92 +620,148 @@ impl Kernel {
         Kernel::Portable
     }
 
-    fn is_avx512(self) -> bool {
+    /// Whether this CPU runs this instruction set.
+    fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => Kernel::detect() == Kernel::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => Kernel::detect() != Kernel::Portable,
+            Kernel::Portable => true,
+        }
+    }
+
+    /// The built-in rule for token layers (products of many rows), where no calibration
+    /// decides: the panel kernel where this CPU has AVX-512, BLAS otherwise. On a 2-core AMD
+    /// EPYC Zen 4 the AVX-512 kernel ran XL/2's products at 256 and 512 rows 2-12% faster than
+    /// OpenBLAS 0.3.21 (its Cooperlake kernel); on a 2-core AMD EPYC Zen 3 the AVX2 kernel ran
+    /// them 5-15% slower.
+    pub(crate) fn beats_blas_on_many_rows(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self == Kernel::Avx512 {
             return true;
         }
         false
     }
+}
 
-    /// Whether this kernel multiplies many rows faster than BLAS, so that token layers keep
-    /// their weights packed for it ([`crate::weights::Linear`]). On a 2-core AMD EPYC Zen 4 the
-    /// AVX-512 kernel ran XL/2's products at 256 and 512 rows 2-12% faster than OpenBLAS 0.3.21
-    /// (its Cooperlake kernel); on a 2-core AMD EPYC Zen 3 the AVX2 kernel ran them 5-15% slower.
-    pub(crate) fn beats_blas_on_many_rows(self) -> bool {
-        self.is_avx512()
+impl PanelVariant {
+    /// Every variant of this build, whether or not it runs on this CPU.
+    pub fn all() -> &'static [PanelVariant] {
+        VARIANTS
     }
 
-    /// Rows per register tile.
-    fn tile_rows(self) -> usize {
-        if self.is_avx512() { WIDE_TILE_ROWS } else { TILE_ROWS }
+    /// The variant named `name` (as [`Self::name`] gives it).
+    pub fn by_name(name: &str) -> Option<PanelVariant> {
+        VARIANTS.iter().copied().find(|variant| variant.name == name)
     }
 
-    /// The most values of `x` one pass packs (see [`WIDE_PACKED_X_VALUES`]).
-    fn packed_x_values(self) -> usize {
-        if self.is_avx512() {
-            WIDE_PACKED_X_VALUES
-        } else {
-            PACKED_X_VALUES
-        }
+    /// Its name: the instruction set, then rows x outputs of its register tile.
+    pub fn name(self) -> &'static str {
+        self.name
     }
 
-    /// Panels each row tile sweeps in turn before the next tile (see [`WIDE_PANEL_GROUP`]).
-    fn panel_group(self) -> usize {
-        if self.is_avx512() { WIDE_PANEL_GROUP } else { 1 }
+    /// Whether this CPU has the instructions it needs.
+    pub fn runs_here(self) -> bool {
+        self.kernel.runs_here()
     }
 
-    /// `out[r][j] (+)= sum_k x[k * rows + r] * w[k * PANEL + j]` for `r < rows`, `j < columns`
-    /// of `out`, over the depth `w.len() / PANEL`, `x` holding depth x rows values: added to `out`,
-    /// or with `out.bias`, plus the bias, stored. `prefetch` holds weights a later tile reads, to
-    /// fetch into L2 meanwhile (a hint: the AVX2 kernel uses it).
+    /// The variants this CPU runs that give the same bits: every fused multiply-add variant
+    /// where the CPU has FMA, else the portable one alone. A calibration chooses among them.
+    pub fn candidates() -> Vec<PanelVariant> {
+        let fused = Kernel::detect() != Kernel::Portable;
+        VARIANTS
+            .iter()
+            .copied()
+            .filter(|variant| variant.runs_here() && (variant.kernel != Kernel::Portable) == fused)
+            .collect()
+    }
+
+    /// The variant used where no calibration decides: the first of the widest instruction set
+    /// this CPU runs (the 12 x 16 AVX-512 tile, else the 6 x 16 AVX2 tile, else portable code).
+    pub fn built_in() -> PanelVariant {
+        let kernel = Kernel::detect();
+        VARIANTS
+            .iter()
+            .copied()
+            .find(|variant| variant.kernel == kernel)
+            .expect("a variant of every instruction set")
+    }
+
+    /// Rows of `x` per register tile.
+    pub fn tile_rows(self) -> usize {
+        self.tile_rows
+    }
+
+    /// Outputs per register tile.
+    pub fn tile_outputs(self) -> usize {
+        self.tile_panels * PANEL
+    }
+
+    /// `out[r][j] (+)= sum_k x[k * rows + r] * w[(j / PANEL) * panel_stride + k * PANEL + j %
+    /// PANEL]` for `r < rows`, `j < out.columns`, over the depth `x.len() / rows`: a tile of
+    /// `rows` rows by `panels` panels, whose weights start `panel_stride` values apart in `w`.
+    /// Added to `out`, or with `out.bias`, plus the bias, stored. `prefetch` holds weights a
+    /// later tile reads, to fetch into L2 meanwhile.
     ///
     /// # Safety
-    /// `out.ptr` must be valid for `rows` rows of `out.columns` values, `out.stride` apart
-    /// (initialised unless `out.bias` is given).
-    unsafe fn run(self, x: &[f32], rows: usize, w: &[f32], prefetch: &[f32], out: TileOutput) {
-        let depth = w.len() / PANEL;
-        let tile_rows = self.tile_rows();
+    /// The variant runs on this CPU; `out.ptr` must be valid for `rows` rows of `out.columns`
+    /// values, `out.stride` apart (initialised unless `out.bias` is given).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        self,
+        x: &[f32],
+        rows: usize,
+        w: &[f32],
+        panels: usize,
+        panel_stride: usize,
+        prefetch: &[f32],
+        out: TileOutput,
+    ) {
+        let depth = x.len() / rows.max(1);
         assert!(
-            w.len() == depth * PANEL
+            (1..=self.tile_rows).contains(&rows)
+                && (1..=self.tile_panels).contains(&panels)
                 && x.len() == depth * rows
-                && rows <= tile_rows
-                && out.columns <= PANEL
+                && depth * PANEL <= panel_stride
+                && w.len() == (panels - 1) * panel_stride + depth * PANEL
+                && out.columns <= panels * PANEL
+                && out.columns > (panels - 1) * PANEL
                 && out.bias.is_none_or(|bias| bias.len() == out.columns),
-            "a tile of at most {tile_rows} rows by {PANEL} outputs"
+            "a tile of at most {} rows by {} outputs",
+            self.tile_rows,
+            self.tile_outputs()
         );
-        match self {
+        let ahead = self.prefetch_ahead;
+        match self.kernel {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F present (the caller's contract), the sizes checked above.
             Kernel::Avx512 => unsafe {
-                match rows {
-                    12 => avx512::tile::<12>(x, w, prefetch, out),
-                    11 => avx512::tile::<11>(x, w, prefetch, out),
-                    10 => avx512::tile::<10>(x, w, prefetch, out),
-                    9 => avx512::tile::<9>(x, w, prefetch, out),
-                    8 => avx512::tile::<8>(x, w, prefetch, out),
-                    7 => avx512::tile::<7>(x, w, prefetch, out),
-                    6 => avx512::tile::<6>(x, w, prefetch, out),
-                    5 => avx512::tile::<5>(x, w, prefetch, out),
-                    4 => avx512::tile::<4>(x, w, prefetch, out),
-                    3 => avx512::tile::<3>(x, w, prefetch, out),
-                    2 => avx512::tile::<2>(x, w, prefetch, out),
-                    _ => avx512::tile::<1>(x, w, prefetch, out),
+                match panels {
+                    1 => avx512::tall_tile::<1>(rows, x, w, panel_stride, ahead, prefetch, out),
+                    2 => avx512::tall_tile::<2>(rows, x, w, panel_stride, ahead, prefetch, out),
+                    3 => avx512::wide_tile::<3>(rows, x, w, panel_stride, ahead, prefetch, out),
+                    _ => avx512::wide_tile::<4>(rows, x, w, panel_stride, ahead, prefetch, out),
                 }
             },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX2 and FMA present (the caller's contract), one panel (every AVX2
+            // variant's), the sizes checked above.
             Kernel::Avx2Fma => unsafe {
                 match rows {
-                    6 => avx2::tile::<6>(x, w, prefetch, out),
-                    5 => avx2::tile::<5>(x, w, prefetch, out),
-                    4 => avx2::tile::<4>(x, w, prefetch, out),
-                    3 => avx2::tile::<3>(x, w, prefetch, out),
-                    2 => avx2::tile::<2>(x, w, prefetch, out),
-                    _ => avx2::tile::<1>(x, w, prefetch, out),
+                    6 => avx2::tile::<6>(x, w, ahead, prefetch, out),
+                    5 => avx2::tile::<5>(x, w, ahead, prefetch, out),
+                    4 => avx2::tile::<4>(x, w, ahead, prefetch, out),
+                    3 => avx2::tile::<3>(x, w, ahead, prefetch, out),
+                    2 => avx2::tile::<2>(x, w, ahead, prefetch, out),
+                    _ => avx2::tile::<1>(x, w, ahead, prefetch, out),
                 }
             },
             Kernel::Portable => {
-                let _ = prefetch;
-                let mut acc = [[0.0f32; PANEL]; TILE_ROWS];
+                let _ = (prefetch, ahead, panel_stride);
+                // The portable variant's tile: at most 6 rows by one panel.
+                assert!(rows <= 6 && panels == 1, "a portable tile of at most 6 rows by one panel");
+                let mut acc = [[0.0f32; PANEL]; 6];
                 for k in 0..depth {
                     let weights = &w[k * PANEL..][..PANEL];
                     for (r, acc_row) in acc.iter_mut().enumerate().take(rows) {
@@ -574,13 +794,20 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// One tile of `ROWS` rows by [`PANEL`] outputs, accumulated in registers over the depth
-    /// `w.len() / PANEL`, fetching the lines of `prefetch` into L2 along the way.
+    /// `w.len() / PANEL`, fetching the lines of `prefetch` into L2 along the way and the
+    /// weights `ahead` steps ahead into L1.
     ///
     /// # Safety
     /// AVX2 and FMA present; `x` holds depth x ROWS values; `out` is valid for ROWS rows (see
     /// [`TileOutput`]).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile<const ROWS: usize>(x: &[f32], w: &[f32], prefetch: &[f32], out: TileOutput) {
+    pub(super) unsafe fn tile<const ROWS: usize>(
+        x: &[f32],
+        w: &[f32],
+        ahead: usize,
+        prefetch: &[f32],
+        out: TileOutput,
+    ) {
         // The tile of `out` is only touched after the sweep: fetch it now, while the sweep runs.
         for r in 0..ROWS {
             let row = out.ptr.wrapping_add(r * out.stride) as *const i8;
@@ -591,6 +818,7 @@ mod avx2 {
         assert!(x.len() >= depth * ROWS, "x holds the tile's rows over the depth");
         let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
         let (mut xp, mut wp) = (x.as_ptr(), w.as_ptr());
+        let ahead = ahead * PANEL;
         // `prefetch`: lines of the next panel's weights for L2, one every `every` steps, so they
         // are spread over the sweep.
         let lines = prefetch.len() / PANEL;
@@ -608,9 +836,9 @@ mod avx2 {
             }
             // SAFETY: depth steps of ROWS values of x and PANEL of w (the caller's contract).
             unsafe {
-                // One weight line (64 B) per step: ask for the line 16 steps ahead, so a panel
-                // streaming from memory arrives before the sweep reaches it.
-                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(16 * PANEL) as *const i8);
+                // One weight line (64 B) per step: ask for the line `ahead` steps ahead, so a
+                // panel streaming from memory arrives before the sweep reaches it.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(ahead) as *const i8);
                 let w0 = _mm256_loadu_ps(wp);
                 let w1 = _mm256_loadu_ps(wp.add(8));
                 for (r, acc_row) in acc.iter_mut().enumerate() {
@@ -649,14 +877,17 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PANEL, TileOutput, WIDE_TILE_ROWS};
+    use super::{PANEL, TileOutput};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
+
+    /// The most rows of a tile of `x` (the tallest variant's 14 rows fit in one gather).
+    const MAX_TILE_ROWS: usize = 16;
 
     /// Packs one row tile of x (`rows` rows, `inputs` apart, from `first`): `tile` (depth x rows,
     /// depth-major) gets `x[first + r * inputs + k]` at `tile[k * rows + r]`. One gather and one
     /// masked store per step of the depth, where the scalar copy took ~4 cycles a value (2% of
-    /// XL/2's forward at batch 2).
+    /// XL/2's forward at batch 2 on an AMD EPYC Zen 4).
     ///
     /// # Safety
     /// AVX-512F present.
@@ -670,15 +901,15 @@ mod avx512 {
     ) {
         let depth = tile.len() / rows.max(1);
         assert!(
-            (1..=WIDE_TILE_ROWS).contains(&rows)
+            (1..=MAX_TILE_ROWS).contains(&rows)
                 && tile.len() == depth * rows
                 && (depth == 0 || first + (rows - 1) * inputs + depth <= x.len())
                 && i32::try_from((rows - 1) * inputs).is_ok(),
-            "a tile of at most {WIDE_TILE_ROWS} rows of x"
+            "a tile of at most {MAX_TILE_ROWS} rows of x"
         );
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(inputs as i32));
-        let mask: __mmask16 = (1u16 << rows) - 1;
+        let mask: __mmask16 = (((1u32 << rows) - 1) & 0xffff) as u16;
         let (mut source, mut target) = (x.as_ptr().wrapping_add(first), tile.as_mut_ptr().cast::<f32>());
         for _ in 0..depth {
             // SAFETY: the rows' values at this depth lie inside x, and the step's `rows` slots
@@ -692,57 +923,148 @@ mod avx512 {
         }
     }
 
-    /// One tile of `ROWS` rows by [`PANEL`] outputs (one register per row), accumulated over the
-    /// depth `w.len() / PANEL`: per step one weight load and `ROWS` FMAs, each broadcasting its
-    /// row's value from memory. Each row's sum is the same chain of FMAs as the AVX2 kernel's.
+    /// [`tile`] of `rows` rows (at most 14) by `PANELS` panels (1 or 2).
     ///
     /// # Safety
-    /// AVX-512F present; `x` holds depth x ROWS values; `out` is valid for ROWS rows (see
-    /// [`TileOutput`]).
+    /// As [`tile`]'s.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile<const ROWS: usize>(x: &[f32], w: &[f32], prefetch: &[f32], out: TileOutput) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tall_tile<const PANELS: usize>(
+        rows: usize,
+        x: &[f32],
+        w: &[f32],
+        panel_stride: usize,
+        ahead: usize,
+        prefetch: &[f32],
+        out: TileOutput,
+    ) {
+        macro_rules! by_rows {
+            ($($n:literal)*) => {
+                match rows {
+                    // SAFETY: as this function's.
+                    $($n => unsafe { tile::<$n, PANELS>(x, w, panel_stride, ahead, prefetch, out) },)*
+                    _ => unreachable!("a tile of at most 14 rows"),
+                }
+            };
+        }
+        by_rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    }
+
+    /// [`tile`] of `rows` rows (at most 6) by `PANELS` panels (3 or 4).
+    ///
+    /// # Safety
+    /// As [`tile`]'s.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn wide_tile<const PANELS: usize>(
+        rows: usize,
+        x: &[f32],
+        w: &[f32],
+        panel_stride: usize,
+        ahead: usize,
+        prefetch: &[f32],
+        out: TileOutput,
+    ) {
+        macro_rules! by_rows {
+            ($($n:literal)*) => {
+                match rows {
+                    // SAFETY: as this function's.
+                    $($n => unsafe { tile::<$n, PANELS>(x, w, panel_stride, ahead, prefetch, out) },)*
+                    _ => unreachable!("a tile of at most 6 rows"),
+                }
+            };
+        }
+        by_rows!(1 2 3 4 5 6)
+    }
+
+    /// One tile of `ROWS` rows by `PANELS` panels of [`PANEL`] outputs (one register each),
+    /// accumulated over the depth `x.len() / ROWS`: per step one weight load per panel and
+    /// `ROWS x PANELS` FMAs, each row's value broadcast (from memory, into the FMA, with one
+    /// panel). Panel `p`'s weights start `p * panel_stride` into `w`; each is prefetched into L1
+    /// `ahead` steps ahead, and the lines of `prefetch` into L2, spread over the sweep. Each
+    /// output's sum is the same chain of FMAs as every other variant's.
+    ///
+    /// # Safety
+    /// AVX-512F present; `x` holds depth x ROWS values, `w` the panels' depth steps; `out` is
+    /// valid for ROWS rows of at least `(PANELS - 1) * PANEL + 1` columns (see [`TileOutput`]).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const ROWS: usize, const PANELS: usize>(
+        x: &[f32],
+        w: &[f32],
+        panel_stride: usize,
+        ahead: usize,
+        prefetch: &[f32],
+        out: TileOutput,
+    ) {
         // The tile of `out` is only touched after the sweep: fetch it now, while the sweep runs.
         for r in 0..ROWS {
-            _mm_prefetch::<_MM_HINT_T0>(out.ptr.wrapping_add(r * out.stride) as *const i8);
-        }
-        // No prefetch of the next group's weights (`prefetch` is empty for this kernel): issued
-        // a few lines per tile it made the products 2% slower (XL/2's fc1 at batch 1 and 2, fc2,
-        // qkv; 30 alternated rounds each): the hardware prefetcher already streams them.
-        debug_assert!(prefetch.is_empty());
-        let depth = w.len() / PANEL;
-        assert!(x.len() >= depth * ROWS, "x holds the tile's rows over the depth");
-        let mut acc = [_mm512_setzero_ps(); ROWS];
-        let (mut xp, mut wp) = (x.as_ptr(), w.as_ptr());
-        for _ in 0..depth {
-            // SAFETY: depth steps of ROWS values of x and PANEL of w (the caller's contract).
-            unsafe {
-                // One weight line (64 B) per step: ask for the line 8 steps ahead, for the first
-                // tile of a group, whose weights stream from memory.
-                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(8 * PANEL) as *const i8);
-                let weights = _mm512_loadu_ps(wp);
-                for (r, acc_row) in acc.iter_mut().enumerate() {
-                    *acc_row = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(r)), weights, *acc_row);
-                }
-                xp = xp.add(ROWS);
-                wp = wp.add(PANEL);
+            for p in 0..PANELS {
+                _mm_prefetch::<_MM_HINT_T0>(out.ptr.wrapping_add(r * out.stride + p * PANEL) as *const i8);
             }
         }
-        // Only the tile's `columns` lanes exist in `out`: the others are masked off.
-        let mask: __mmask16 = if out.columns >= PANEL {
-            !0
-        } else {
-            (1u16 << out.columns) - 1
-        };
+        let depth = x.len() / ROWS;
+        assert!(
+            x.len() == depth * ROWS && w.len() >= (PANELS - 1) * panel_stride + depth * PANEL,
+            "x and w hold the tile's rows and panels over the depth"
+        );
+        let mut acc = [[_mm512_setzero_ps(); PANELS]; ROWS];
+        let (mut xp, mut wp) = (x.as_ptr(), w.as_ptr());
+        let ahead = ahead * PANEL;
+        macro_rules! step {
+            () => {
+                // SAFETY: at most depth steps of ROWS values of x and PANEL of each panel of w
+                // (the caller's contract); prefetches past the end are hints that never fault.
+                unsafe {
+                    let mut weights = [_mm512_setzero_ps(); PANELS];
+                    for (p, panel) in weights.iter_mut().enumerate() {
+                        _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(p * panel_stride + ahead) as *const i8);
+                        *panel = _mm512_loadu_ps(wp.add(p * panel_stride));
+                    }
+                    for (r, acc_row) in acc.iter_mut().enumerate() {
+                        let value = _mm512_set1_ps(*xp.add(r));
+                        for (a, &panel) in acc_row.iter_mut().zip(&weights) {
+                            *a = _mm512_fmadd_ps(value, panel, *a);
+                        }
+                    }
+                    xp = xp.add(ROWS);
+                    wp = wp.add(PANEL);
+                }
+            };
+        }
+        // `prefetch`: one line for L2 every `every` steps, then the rest of the sweep.
+        let lines = prefetch.len() / PANEL;
+        let every = depth.checked_div(lines).map_or(depth + 1, |steps| steps.max(1));
+        let prefetched = lines.min(depth / every);
+        let mut line = prefetch.as_ptr();
+        for _ in 0..prefetched {
+            _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+            line = line.wrapping_add(PANEL);
+            for _ in 0..every {
+                step!();
+            }
+        }
+        for _ in prefetched * every..depth {
+            step!();
+        }
         for (r, acc_row) in acc.iter().enumerate() {
-            // SAFETY: row r < ROWS of out, lanes below `columns` only; the bias holds `columns`
-            // values (the caller's contract).
-            unsafe {
-                let row = out.ptr.add(r * out.stride);
-                let start = match out.bias {
-                    Some(bias) => _mm512_maskz_loadu_ps(mask, bias.as_ptr()),
-                    None => _mm512_maskz_loadu_ps(mask, row),
+            for (p, &sum) in acc_row.iter().enumerate() {
+                // Only the tile's `columns` lanes exist in `out`: the others are masked off.
+                let columns = out.columns.saturating_sub(p * PANEL).min(PANEL);
+                let mask: __mmask16 = if columns == PANEL {
+                    !0
+                } else {
+                    (1u16 << columns) - 1
                 };
-                _mm512_mask_storeu_ps(row, mask, _mm512_add_ps(start, *acc_row));
+                // SAFETY: row r < ROWS of out, lanes below `columns` only; the bias holds
+                // `columns` values (the caller's contract).
+                unsafe {
+                    let at = out.ptr.add(r * out.stride + p * PANEL);
+                    let start = match out.bias {
+                        Some(bias) => _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(p * PANEL)),
+                        None => _mm512_maskz_loadu_ps(mask, at),
+                    };
+                    _mm512_mask_storeu_ps(at, mask, _mm512_add_ps(start, sum));
+                }
             }
         }
     }
@@ -771,16 +1093,17 @@ mod tests {
         })
     }
 
-    /// `x W^T + b` by `kernel`, into an output first filled with NaN: the kernel's first pass
-    /// must store over it (it is uninitialised in [`PackedWeights::linear`]), never read it.
-    fn kernel_product(packed: &PackedWeights, kernel: Kernel, x: &Array2<f32>, b: &Array1<f32>) -> Array2<f32> {
+    /// `x W^T + b` by `variant` on one core, into an output first filled with NaN: the kernel's
+    /// first pass must store over it (it is uninitialised in [`PackedWeights::linear`]), never
+    /// read it.
+    fn kernel_product(packed: &PackedWeights, variant: PanelVariant, x: &Array2<f32>, b: &Array1<f32>) -> Array2<f32> {
         let mut y = Array2::from_elem((x.nrows(), packed.outputs()), f32::NAN);
         // SAFETY: the view covers exactly y's elements, and f32 and MaybeUninit<f32> share a layout.
         let uninit = unsafe { ArrayViewMut2::from_shape_ptr(y.dim(), y.as_mut_ptr().cast::<MaybeUninit<f32>>()) };
         let bias = b.as_slice().expect("contiguous bias");
         packed.multiply_into(
-            kernel,
-            &PackedRows::pack(x.view(), kernel),
+            variant,
+            &PackedRows::pack(x.view(), variant),
             uninit,
             0..packed.panel_count(),
             bias,
@@ -797,17 +1120,19 @@ mod tests {
 
     #[test]
     fn row_tiles_cover_the_rows_in_even_tiles() {
-        let sizes = |rows: Range<usize>| row_tiles(rows, TILE_ROWS).map(|t| t.len()).collect::<Vec<_>>();
+        let sizes = |rows: Range<usize>| row_tiles(rows, 6).map(|t| t.len()).collect::<Vec<_>>();
         assert_eq!(sizes(0..32), [6, 6, 5, 5, 5, 5]);
         assert_eq!(sizes(10..12), [2]);
         assert_eq!(sizes(0..0), Vec::<usize>::new());
-        for n in 1..100 {
-            let tiles: Vec<_> = row_tiles(7..7 + n, TILE_ROWS).collect();
-            assert_eq!(tiles[0].start, 7);
-            assert!(tiles.windows(2).all(|p| p[0].end == p[1].start));
-            assert_eq!(tiles.last().unwrap().end, 7 + n);
-            assert!(tiles.iter().all(|t| (1..=TILE_ROWS).contains(&t.len())));
-            assert_eq!(tiles.len(), n.div_ceil(TILE_ROWS));
+        for tile_rows in [6, 12, 14] {
+            for n in 1..100 {
+                let tiles: Vec<_> = row_tiles(7..7 + n, tile_rows).collect();
+                assert_eq!(tiles[0].start, 7);
+                assert!(tiles.windows(2).all(|p| p[0].end == p[1].start));
+                assert_eq!(tiles.last().unwrap().end, 7 + n);
+                assert!(tiles.iter().all(|t| (1..=tile_rows).contains(&t.len())));
+                assert_eq!(tiles.len(), n.div_ceil(tile_rows));
+            }
         }
     }
 
@@ -824,93 +1149,167 @@ mod tests {
         assert_eq!(padding, 0.0);
     }
 
-    /// The portable kernel and each SIMD kernel this CPU runs (a SKIP line for each it cannot).
-    fn kernels_of_this_cpu() -> Vec<Kernel> {
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                kernels.push(Kernel::Avx2Fma);
-                if std::is_x86_feature_detected!("avx512f") {
-                    kernels.push(Kernel::Avx512);
-                } else {
-                    println!("SKIP the AVX-512 kernel: this CPU lacks AVX-512F");
-                }
-            } else {
-                println!("SKIP the AVX2+FMA and AVX-512 kernels: this CPU lacks AVX2 or FMA");
-            }
+    /// Every variant has a tile its dispatch covers (`PanelVariant::run`: up to 14 rows by one
+    /// or two panels, up to 6 rows by three or four), a group of whole tiles, a name that finds
+    /// it, and a built-in choice exists for this CPU among the candidates.
+    #[test]
+    fn every_variant_fits_its_dispatch() {
+        for &variant in PanelVariant::all() {
+            let most_rows = match (variant.kernel, variant.tile_panels) {
+                (Kernel::Portable, 1) => 6,
+                #[cfg(target_arch = "x86_64")]
+                (Kernel::Avx2Fma, 1) => 6,
+                #[cfg(target_arch = "x86_64")]
+                (Kernel::Avx512, 1 | 2) => 14,
+                #[cfg(target_arch = "x86_64")]
+                (Kernel::Avx512, 3 | 4) => 6,
+                _ => 0,
+            };
+            assert!((1..=most_rows).contains(&variant.tile_rows), "{}", variant.name);
+            assert!(variant.panel_group.is_multiple_of(variant.tile_panels), "{}", variant.name);
+            assert!(variant.packed_x_values >= DEPTH * variant.tile_rows, "{}", variant.name);
+            assert_eq!(PanelVariant::by_name(variant.name()), Some(variant));
         }
-        kernels
+        assert!(PanelVariant::candidates().contains(&PanelVariant::built_in()));
+        assert!(PanelVariant::candidates().iter().all(|v| v.runs_here()));
     }
 
-    /// Every kernel this CPU has, on shapes that exercise each edge: rows not a multiple of the
-    /// tile, depths crossing a block of the layout, passes shallower than a block (300 rows) and
-    /// blocks of rows (1100 rows), outputs not a multiple of a panel. Error relative to each entry's `|b| + sum |x w|`: measured at most 8.6e-7 (f32
+    /// Each line of the next group's pass is fetched by exactly one share when there are at
+    /// least as many shares as panels (and two), by none otherwise.
+    #[test]
+    fn the_prefetch_shares_cover_the_next_group_once() {
+        let packed = PackedWeights::pack(matrix(20 * PANEL, 300, 1).view());
+        let layout = packed.layout();
+        for (depth_start, depth) in [(0, 256), (256, 44), (128, 128)] {
+            let block_start = depth_start / DEPTH * DEPTH;
+            let pass_start = |panel: usize| layout.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
+            for (next, shares) in [(3..4, 5), (4..8, 4), (4..12, 19), (2..18, 70), (5..6, 2)] {
+                let mut fetched = vec![0usize; packed.values.len()];
+                for share in 0..shares {
+                    let lines = packed.prefetch_share(next.clone(), pass_start, depth, shares, share);
+                    let start = (lines.as_ptr() as usize - packed.values.as_ptr() as usize) / 4;
+                    (start..start + lines.len()).for_each(|i| fetched[i] += 1);
+                }
+                for panel in next.clone() {
+                    let pass = pass_start(panel)..pass_start(panel) + depth * PANEL;
+                    assert!(fetched[pass.clone()].iter().all(|&n| n == 1), "{next:?} by {shares}");
+                }
+                assert_eq!(fetched.iter().sum::<usize>(), next.len() * depth * PANEL);
+            }
+            for (next, shares) in [(3..7, 3), (3..4, 1), (3..3, 5)] {
+                for share in 0..shares {
+                    assert!(packed.prefetch_share(next.clone(), pass_start, depth, shares, share).is_empty());
+                }
+            }
+        }
+    }
+
+    /// The variants this CPU runs (a SKIP line for each it cannot).
+    fn variants_of_this_cpu() -> Vec<PanelVariant> {
+        PanelVariant::all()
+            .iter()
+            .copied()
+            .filter(|variant| {
+                let runs = variant.runs_here();
+                if !runs {
+                    println!("SKIP the {} variant: this CPU lacks its instructions", variant.name);
+                }
+                runs
+            })
+            .collect()
+    }
+
+    /// Shapes that exercise each edge: rows not a multiple of any tile, depths crossing a block
+    /// of the layout, passes shallower than a block (600 rows: 128 deep) and blocks of rows
+    /// (1100 rows for the AVX2 variant, 2200 for all), outputs not a multiple of a panel or of
+    /// a tile of 2 or 4 panels, groups cut short.
+    const AWKWARD_SHAPES: [(usize, usize, usize); 11] = [
+        (3, 0, 5),
+        (1, 3, 1),
+        (5, 17, 16),
+        (6, 256, 32),
+        (13, 257, 33),
+        (29, 70, 170),
+        (300, 600, 50),
+        (600, 520, 70),
+        (1100, 300, 20),
+        (25, 513, 200),
+        (2200, 70, 20),
+    ];
+
+    /// Every variant this CPU runs, on the awkward shapes, on one core and split over the cores.
+    /// Error relative to each entry's `|b| + sum |x w|`: measured at most 8.6e-7 (f32
     /// accumulation of up to 600 terms; f32 epsilon is 6e-8).
     #[test]
-    fn every_kernel_matches_the_exact_product_on_awkward_shapes() {
-        let kernels = kernels_of_this_cpu();
-        for &(rows, inputs, outputs) in &[
-            (3, 0, 5),
-            (1, 3, 1),
-            (5, 17, 16),
-            (6, 256, 32),
-            (13, 257, 33),
-            (300, 600, 50),
-            (1100, 300, 20),
-            (25, 513, 200),
-            (2200, 70, 20),
-        ] {
+    fn every_variant_matches_the_exact_product_on_awkward_shapes() {
+        let variants = variants_of_this_cpu();
+        for &(rows, inputs, outputs) in &AWKWARD_SHAPES {
             let (x, w) = (matrix(rows, inputs, 2), matrix(outputs, inputs, 3));
             let b = Array1::from_shape_fn(outputs, |j| j as f32 * 0.01);
             let exact = reference_product(&x, &w, &b);
             let packed = PackedWeights::pack(w.view());
-            for &kernel in &kernels {
-                let y = kernel_product(&packed, kernel, &x, &b);
+            for &variant in &variants {
+                let y = kernel_product(&packed, variant, &x, &b);
                 let error = relative_error(&y, &exact);
-                assert!(error < 2e-6, "{rows}x{inputs}x{outputs}: relative error {error:e}");
+                assert!(error < 2e-6, "{} {rows}x{inputs}x{outputs}: relative error {error:e}", variant.name);
+                let split = packed.linear_with(variant, x.view(), b.view());
+                let error = relative_error(&split, &exact);
+                assert!(error < 2e-6, "{} split {rows}x{inputs}x{outputs}: relative error {error:e}", variant.name);
             }
             let error = relative_error(&packed.linear(x.view(), b.view()), &exact);
-            assert!(
-                error < 2e-6,
-                "linear {rows}x{inputs}x{outputs}: relative error {error:e}"
-            );
+            assert!(error < 2e-6, "linear {rows}x{inputs}x{outputs}: relative error {error:e}");
         }
     }
 
-    /// The AVX2 and AVX-512 kernels sum each output with the same chain of FMAs, in input order
-    /// within a pass, so up to [`SAME_BITS_ROWS`] rows (full-depth passes for both) they agree
-    /// bit for bit: which one a CPU runs changes no result there.
+    /// Every fused variant (the AVX2 and AVX-512 tiles of every shape) sums each output with the
+    /// same chain of FMAs, in input order within a pass, with passes of the same depth: they
+    /// agree bit for bit on every shape, whatever the row count, on one core, split over the
+    /// cores, and on a slice of the outputs. Which one a CPU runs changes no result.
     #[test]
-    fn the_simd_kernels_agree_bit_for_bit() {
-        let kernels = kernels_of_this_cpu();
-        if kernels.len() < 3 {
-            println!("SKIP comparing the AVX2 and AVX-512 kernels: this CPU does not run both");
+    fn every_fused_variant_gives_the_same_bits() {
+        let variants = PanelVariant::candidates();
+        if variants.len() < 2 {
+            println!("SKIP comparing the fused variants: this CPU runs {} of them", variants.len());
             return;
         }
-        for &(rows, inputs, outputs) in &[(1, 40, 16), (13, 257, 33), (200, 600, 50), (SAME_BITS_ROWS, 1152, 200)] {
+        let mut shapes = AWKWARD_SHAPES.to_vec();
+        shapes.extend([(1, 40, 16), (200, 600, 50), (SAME_BITS_ROWS, 1152, 200)]);
+        for (rows, inputs, outputs) in shapes {
             let (x, w) = (matrix(rows, inputs, 6), matrix(outputs, inputs, 7));
+            let b = Array1::from_shape_fn(outputs, |j| 0.3 - j as f32 * 0.02);
             let packed = PackedWeights::pack(w.view());
-            let products: Vec<Array2<f32>> = kernels[1..]
-                .iter()
-                .map(|&kernel| kernel_product(&packed, kernel, &x, &Array1::zeros(outputs)))
-                .collect();
-            assert_eq!(products[0], products[1], "{rows}x{inputs}x{outputs}");
+            let expected = kernel_product(&packed, variants[0], &x, &b);
+            let panels = packed.panel_count();
+            let slice = panels / 3..panels - panels / 4;
+            for &variant in &variants {
+                let name = variant.name;
+                assert_eq!(kernel_product(&packed, variant, &x, &b), expected, "{name} {rows}x{inputs}x{outputs}");
+                assert_eq!(packed.linear_with(variant, x.view(), b.view()), expected, "{name} split");
+                let columns = slice.start * PANEL..(slice.end * PANEL).min(outputs).max(slice.start * PANEL);
+                assert_eq!(
+                    packed.linear_panels(variant, x.view(), b.view(), slice.clone()),
+                    expected.slice(ndarray::s![.., columns]),
+                    "{name} panels {slice:?} of {rows}x{inputs}x{outputs}"
+                );
+            }
         }
     }
 
     /// Up to [`SAME_BITS_ROWS`] rows, each row's product is summed alone, in input order,
-    /// whatever the rows beside it and the tile it falls in: `Dit::conditioning_steps` relies on
-    /// this to compute many steps' adaLN in one product with the same bits as one step at a time.
+    /// whatever the rows beside it and the tile it falls in, with every variant:
+    /// `Dit::conditioning_steps` relies on this to compute many steps' adaLN in one product
+    /// with the same bits as one step at a time.
     #[test]
     fn a_row_gives_the_same_bits_whatever_rows_share_its_product() {
         let (x, w) = (matrix(SAME_BITS_ROWS, 700, 4), matrix(40, 700, 5));
         let b = ndarray::Array1::from_shape_fn(40, |j| j as f32 * 0.03);
         let packed = PackedWeights::pack(w.view());
-        let all = packed.linear(x.view(), b.view());
-        for rows in [0..1, 0..2, 5..12, 100..164, 0..SAME_BITS_ROWS] {
-            let part = packed.linear(x.slice(ndarray::s![rows.clone(), ..]), b.view());
-            assert_eq!(part, all.slice(ndarray::s![rows.clone(), ..]), "rows {rows:?}");
+        for variant in PanelVariant::candidates() {
+            let all = packed.linear_with(variant, x.view(), b.view());
+            for rows in [0..1, 0..2, 5..12, 100..164, 0..SAME_BITS_ROWS] {
+                let part = packed.linear_with(variant, x.slice(ndarray::s![rows.clone(), ..]), b.view());
+                assert_eq!(part, all.slice(ndarray::s![rows.clone(), ..]), "{} rows {rows:?}", variant.name);
+            }
         }
     }
 
@@ -926,6 +1325,18 @@ mod tests {
             if rows > 0 {
                 let error = relative_error(&ours, &reference_product(&x, &w, &b));
                 prop_assert!(error < 2e-6, "relative error {:e}", error);
+            }
+        }
+
+        /// Any shape: every fused variant gives the built-in variant's bits.
+        #[test]
+        fn every_variant_gives_the_built_in_bits(rows in 1usize..80, inputs in 1usize..600, outputs in 1usize..100, seed in 0usize..50) {
+            let (x, w) = (matrix(rows, inputs, seed), matrix(outputs, inputs, seed + 2));
+            let b = ndarray::Array1::from_shape_fn(outputs, |j| (j + seed) as f32 * 0.05);
+            let packed = PackedWeights::pack(w.view());
+            let expected = packed.linear_with(PanelVariant::built_in(), x.view(), b.view());
+            for variant in PanelVariant::candidates() {
+                prop_assert_eq!(&packed.linear_with(variant, x.view(), b.view()), &expected, "{}", variant.name);
             }
         }
     }

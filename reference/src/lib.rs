@@ -6,6 +6,7 @@
 extern crate blas_src;
 
 pub mod cache;
+pub mod calibration;
 pub mod config;
 pub mod ddim;
 pub mod error;

@@ -11,7 +11,7 @@ use rand_distr::{Distribution, Normal};
 
 use crate::config::DitConfig;
 use crate::error::{Result, check_finite};
-use crate::gemm::{Kernel, PackedWeights};
+use crate::gemm::PackedWeights;
 use crate::lanes_gemm::LanePackedWeights;
 use crate::ops;
 use crate::safetensors_file::{OutTensor, SafetensorsFile};
@@ -53,9 +53,10 @@ enum WeightStorage {
 
 impl Linear {
     /// A token layer: stored for the fastest product of many rows on this CPU, plain for BLAS
-    /// or packed for the panel kernel (see [`WeightStorage`]).
+    /// or packed for the panel kernel (see [`WeightStorage`]), as [`crate::calibration`] finds.
     pub fn new(weight: Array2<f32>, bias: Array1<f32>) -> Self {
-        Self::token_layer(weight, bias, Kernel::detect().beats_blas_on_many_rows())
+        let in_panels = crate::calibration::global().token_layer_in_panels(weight.view());
+        Self::token_layer(weight, bias, in_panels)
     }
 
     /// A token layer held in panels or plain (the two storages [`Self::new`] chooses between).
@@ -94,16 +95,17 @@ impl Linear {
 
     /// The packed copy a product of `rows` rows reads, for a token layer held plain and at most
     /// [`FEW_ROWS`] rows (which [`Self::forward`] multiplies by it): to chain products in its
-    /// layout ([`crate::lanes_gemm::LaneRows`]). None for a layer held in panels: its own
-    /// kernel multiplies few rows too.
+    /// layout ([`crate::lanes_gemm::LaneRows`]). None for a layer held in panels (its own
+    /// kernel multiplies few rows too), and where OpenBLAS multiplies these rows faster
+    /// ([`crate::calibration`]).
     pub fn lane_packed(&self, rows: usize) -> Option<&LanePackedWeights> {
         if rows > FEW_ROWS {
             return None;
         }
         match &self.weight {
-            WeightStorage::Plain { weight, packed } => {
-                Some(packed.get_or_init(|| LanePackedWeights::pack(weight.view())))
-            }
+            WeightStorage::Plain { weight, packed } => crate::calibration::global()
+                .few_rows_on_lanes(weight.view(), rows)
+                .then(|| packed.get_or_init(|| LanePackedWeights::pack(weight.view()))),
             WeightStorage::Packed(_) => None,
         }
     }
