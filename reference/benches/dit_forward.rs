@@ -1,5 +1,8 @@
 //! Benchmark of one DiT forward pass (random weights, f32) at batch 1 and 2: min and median wall
 //! time over repeated runs, and the process's peak resident memory against the weights' size.
+//! It names the CPU and the kernels the calibration chose ([`resca_reference::calibration`]: on
+//! a CPU's first run, measured while the model is built and during each batch's warm-up run, which
+//! are not timed).
 //!
 //! `cargo bench -p resca-reference --bench dit_forward -- [PRESET] [RUNS]` (default DiT-XL/2, 5).
 //! A recorded PyTorch timing (PyTorch 2.15 CPU, 2 threads, a 2-core AMD EPYC), printed beside ours:
@@ -24,6 +27,14 @@ fn main() {
     let preset = args.first().map(String::as_str).unwrap_or("DiT-XL/2");
     let runs: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
     let config = DitConfig::preset(preset).expect("a known preset");
+    let cpu = resca_reference::calibration::cpu_identity();
+    println!(
+        "CPU: {}",
+        cpu.split("; ")
+            .filter(|f| !f.starts_with("flags"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     let started = Instant::now();
     let model = Dit::random(config.clone(), 0).expect("valid preset");
     let weights_bytes = config.parameter_count() as f64 * 4.0;
@@ -58,6 +69,16 @@ fn main() {
                 / times[runs / 2]
                 / 1e9
         );
+    }
+    let calibrator = resca_reference::calibration::global();
+    println!(
+        "kernels ({:?}; {:.2} s measuring {} choices in this process, outside the timed runs):",
+        calibrator.mode(),
+        calibrator.seconds_measuring(),
+        calibrator.measurements()
+    );
+    for (question, kernel) in calibrator.choices() {
+        println!("  {question}: {kernel}");
     }
     if let Some(peak) = peak_rss_bytes() {
         println!(

@@ -46,6 +46,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
@@ -233,7 +234,8 @@ pub fn cpu_identity() -> String {
         .filter_map(|&field| {
             first.lines().find_map(|line| {
                 let (name, value) = line.split_once(':')?;
-                (name.trim() == field).then(|| format!("{field}: {}", value.split_whitespace().collect::<Vec<_>>().join(" ")))
+                (name.trim() == field)
+                    .then(|| format!("{field}: {}", value.split_whitespace().collect::<Vec<_>>().join(" ")))
             })
         })
         .collect();
@@ -264,8 +266,9 @@ fn kernel_set() -> String {
 
 /// FNV-1a, 64 bits: the cache file's name from the CPU and the kernels.
 fn fnv1a(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// What a choice is for.
@@ -673,16 +676,40 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Deterministic token rows in [-1, 1] to time products with.
 fn timing_rows(rows: usize, inputs: usize) -> Array2<f32> {
-    Array2::from_shape_fn((rows, inputs), |(i, j)| ((i * 7919 + j * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+    Array2::from_shape_fn((rows, inputs), |(i, j)| {
+        ((i * 7919 + j * 104_729) % 2003) as f32 / 1001.5 - 1.0
+    })
 }
 
-/// The outputs of one timed product for `key` (a multiple of [`PANEL`], at most `outputs`),
-/// and how many disjoint slices of that size the layer has.
-fn timed_slices(key: Key) -> (usize, usize) {
-    let panels = key.outputs.div_ceil(PANEL);
-    let wanted = TIMED_MACS.div_ceil(key.rows * key.inputs * PANEL).max(1);
-    let timed = wanted.max(MIN_TIMED_PANELS_PER_CORE * key.threads).min(panels);
-    (timed * PANEL, (panels / timed).max(1))
+/// The outputs of each timed product for `key`: slice `slice` of `count` disjoint slices of
+/// whole panels, the last output included in the last slice.
+#[derive(Clone, Copy)]
+struct TimedSlices {
+    panels: usize,
+    count: usize,
+    outputs: usize,
+}
+
+impl TimedSlices {
+    fn new(key: Key) -> Self {
+        let all = key.outputs.div_ceil(PANEL);
+        let wanted = TIMED_MACS.div_ceil(key.rows * key.inputs * PANEL).max(1);
+        let panels = wanted.max(MIN_TIMED_PANELS_PER_CORE * key.threads).min(all).max(1);
+        Self {
+            panels,
+            count: (all / panels).max(1),
+            outputs: key.outputs,
+        }
+    }
+
+    fn panels(self, slice: usize) -> Range<usize> {
+        slice * self.panels..((slice + 1) * self.panels).min(self.outputs.div_ceil(PANEL))
+    }
+
+    fn outputs(self, slice: usize) -> Range<usize> {
+        let panels = self.panels(slice);
+        panels.start * PANEL..(panels.end * PANEL).min(self.outputs)
+    }
 }
 
 /// Times `candidates`, alternated: one round of all, then [`ROUNDS`]` - 1` rounds of those
@@ -740,15 +767,18 @@ fn measure_storage(key: Key, weight: ArrayView2<f32>) -> Vec<(Key, KernelChoice)
     let x = timing_rows(key.rows, key.inputs);
     let bias = Array1::<f32>::zeros(key.outputs);
     let packed = PackedWeights::pack(weight);
-    let (timed, slices) = timed_slices(key);
-    let mut candidates: Vec<KernelChoice> = PanelVariant::candidates().into_iter().map(KernelChoice::Panels).collect();
+    let slices = TimedSlices::new(key);
+    let mut candidates: Vec<KernelChoice> = PanelVariant::candidates()
+        .into_iter()
+        .map(KernelChoice::Panels)
+        .collect();
     candidates.push(KernelChoice::OpenBlas);
-    let medians = median_times(&candidates, slices, |candidate, slice| {
-        let outputs = slice * timed..(slice + 1) * timed;
+    let medians = median_times(&candidates, slices.count, |candidate, slice| {
+        let outputs = slices.outputs(slice);
         match candidate {
-            KernelChoice::Panels(variant) => seconds(|| {
-                packed.linear_panels(variant, x.view(), bias.view(), outputs.start / PANEL..outputs.end / PANEL)
-            }),
+            KernelChoice::Panels(variant) => {
+                seconds(|| packed.linear_panels(variant, x.view(), bias.view(), slices.panels(slice)))
+            }
             KernelChoice::OpenBlas | KernelChoice::Lanes => seconds(|| {
                 ops::linear(
                     x.view(),
@@ -803,10 +833,9 @@ fn measure_panels(key: Key, weights: &PackedWeights) -> Vec<(Key, KernelChoice)>
     }
     let x = timing_rows(key.rows, key.inputs);
     let bias = Array1::<f32>::zeros(key.outputs);
-    let (timed, slices) = timed_slices(key);
-    let panels = timed / PANEL;
-    let medians = median_times(&candidates, slices, |variant, slice| {
-        seconds(|| weights.linear_panels(variant, x.view(), bias.view(), slice * panels..(slice + 1) * panels))
+    let slices = TimedSlices::new(key);
+    let medians = median_times(&candidates, slices.count, |variant, slice| {
+        seconds(|| weights.linear_panels(variant, x.view(), bias.view(), slices.panels(slice)))
     });
     vec![(key, KernelChoice::Panels(pick(&medians, PanelVariant::built_in())))]
 }
@@ -816,20 +845,24 @@ fn measure_panels(key: Key, weights: &PackedWeights) -> Vec<(Key, KernelChoice)>
 fn measure_few_rows(key: Key, weight: ArrayView2<f32>) -> Vec<(Key, KernelChoice)> {
     let x = timing_rows(key.rows, key.inputs);
     let bias = Array1::<f32>::zeros(key.outputs);
-    let (timed, slices) = timed_slices(key);
-    let mut lanes: Vec<Option<LanePackedWeights>> = (0..slices).map(|_| None).collect();
-    let medians = median_times(&[KernelChoice::Lanes, KernelChoice::OpenBlas], slices, |candidate, slice| {
-        let outputs = slice * timed..(slice + 1) * timed;
-        let (weight, bias) = (weight.slice(s![outputs.clone(), ..]), bias.slice(s![outputs]));
-        match candidate {
-            KernelChoice::Lanes => {
-                // Packed untimed: the layer's copy is made once, at its first product of a few rows.
-                let packed = lanes[slice].get_or_insert_with(|| LanePackedWeights::pack(weight));
-                seconds(|| packed.linear(x.view(), bias))
+    let slices = TimedSlices::new(key);
+    let mut lanes: Vec<Option<LanePackedWeights>> = (0..slices.count).map(|_| None).collect();
+    let medians = median_times(
+        &[KernelChoice::Lanes, KernelChoice::OpenBlas],
+        slices.count,
+        |candidate, slice| {
+            let outputs = slices.outputs(slice);
+            let (weight, bias) = (weight.slice(s![outputs.clone(), ..]), bias.slice(s![outputs]));
+            match candidate {
+                KernelChoice::Lanes => {
+                    // Packed untimed: the layer's copy is made once, at its first product of a few rows.
+                    let packed = lanes[slice].get_or_insert_with(|| LanePackedWeights::pack(weight));
+                    seconds(|| packed.linear(x.view(), bias))
+                }
+                KernelChoice::OpenBlas | KernelChoice::Panels(_) => seconds(|| ops::linear(x.view(), weight, bias)),
             }
-            KernelChoice::OpenBlas | KernelChoice::Panels(_) => seconds(|| ops::linear(x.view(), weight, bias)),
-        }
-    });
+        },
+    );
     vec![(key, pick(&medians, KernelChoice::Lanes))]
 }
 
@@ -892,7 +925,10 @@ mod tests {
         let (unknown, notes) = settings(&[(KERNEL_VAR, "fastest")]);
         assert_eq!((unknown.mode, notes.len()), (Mode::Calibrate, 1));
         assert!(notes[0].contains("RESCA_CPU_KERNEL=fastest") && notes[0].contains("openblas"));
-        for variant in PanelVariant::all().iter().filter(|v| !PanelVariant::candidates().contains(v)) {
+        for variant in PanelVariant::all()
+            .iter()
+            .filter(|v| !PanelVariant::candidates().contains(v))
+        {
             let (ignored, notes) = settings(&[(KERNEL_VAR, variant.name())]);
             assert_eq!((ignored.mode, notes.len()), (Mode::Calibrate, 1), "{}", variant.name());
         }
@@ -909,7 +945,13 @@ mod tests {
         };
         assert_eq!(key.text(), "few-rows 32x3072x768 t2");
         assert_eq!(Key::parse(&key.text()), Some(key));
-        for bad in ["few-rows 32x3072 t2", "few 32x3072x768 t2", "panels 32x3072x768", "panels 1x2x3 t2 more", ""] {
+        for bad in [
+            "few-rows 32x3072 t2",
+            "few 32x3072x768 t2",
+            "panels 32x3072x768",
+            "panels 1x2x3 t2 more",
+            "",
+        ] {
             assert_eq!(Key::parse(bad), None, "{bad}");
         }
         let mut choices = vec![KernelChoice::OpenBlas, KernelChoice::Lanes];
@@ -918,7 +960,10 @@ mod tests {
             assert_eq!(KernelChoice::parse(choice.name()), Some(choice));
         }
         assert_eq!(KernelChoice::parse("fastest"), None);
-        assert_eq!([2, 4, 5, 64, 65, 384, 385].map(row_class), [2, 2, 32, 32, 256, 256, 512]);
+        assert_eq!(
+            [2, 4, 5, 64, 65, 384, 385].map(row_class),
+            [2, 2, 32, 32, 256, 256, 512]
+        );
     }
 
     /// The measured choices are written to the cache file and read back by the next process
@@ -977,9 +1022,18 @@ mod tests {
             valid[..valid.len() / 2].to_string(),
             valid.replace("\"format\": 1", "\"format\": 99"),
             valid.replace("\"cpu\": \"", "\"cpu\": \"another "),
-            valid.replace("\"choices\": {", "\"choices\": {\n    \"panels 2x3x4 t2\": \"fastest\","),
-            valid.replace("\"choices\": {", "\"choices\": {\n    \"panels 2x3x4 t2\": \"openblas\","),
-            valid.replace("\"choices\": {", &format!("\"choices\": {{\n    \"stripes 2x3x4 t2\": \"{kernel}\",")),
+            valid.replace(
+                "\"choices\": {",
+                "\"choices\": {\n    \"panels 2x3x4 t2\": \"fastest\",",
+            ),
+            valid.replace(
+                "\"choices\": {",
+                "\"choices\": {\n    \"panels 2x3x4 t2\": \"openblas\",",
+            ),
+            valid.replace(
+                "\"choices\": {",
+                &format!("\"choices\": {{\n    \"stripes 2x3x4 t2\": \"{kernel}\","),
+            ),
             valid.replace("\"choices\"", "\"extra\": 1, \"choices\""),
             "[1, 2, 3]".to_string(),
         ];
@@ -1030,6 +1084,41 @@ mod tests {
             assert_eq!((calibrator.measurements(), calibrator.cache_file()), (0, None));
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// The timed slices are disjoint runs of whole panels inside the layer, the whole layer when
+    /// it is small, at least 16 panels per core otherwise.
+    #[test]
+    fn timed_slices_lie_inside_the_layer() {
+        for (rows, outputs, inputs, threads) in [
+            (256, 200, 600, 2),
+            (256, 4608, 1152, 2),
+            (2, 6912, 1152, 1),
+            (512, 1152, 4608, 2),
+            (32, 33, 3000, 4),
+        ] {
+            let key = Key {
+                product: Product::Panels,
+                rows,
+                outputs,
+                inputs,
+                threads,
+            };
+            let slices = TimedSlices::new(key);
+            let all = outputs.div_ceil(PANEL);
+            assert!(slices.panels >= (MIN_TIMED_PANELS_PER_CORE * threads).min(all));
+            for slice in 0..slices.count {
+                let (panels, columns) = (slices.panels(slice), slices.outputs(slice));
+                assert!(!panels.is_empty() && panels.end <= all && columns.end <= outputs);
+                assert_eq!(columns.start, panels.start * PANEL);
+                if slice > 0 {
+                    assert_eq!(slices.panels(slice - 1).end, panels.start);
+                }
+            }
+            if slices.panels == all {
+                assert_eq!((slices.count, slices.outputs(0)), (1, 0..outputs));
+            }
+        }
     }
 
     #[test]

@@ -760,7 +760,10 @@ impl PanelVariant {
             Kernel::Portable => {
                 let _ = (prefetch, ahead, panel_stride);
                 // The portable variant's tile: at most 6 rows by one panel.
-                assert!(rows <= 6 && panels == 1, "a portable tile of at most 6 rows by one panel");
+                assert!(
+                    rows <= 6 && panels == 1,
+                    "a portable tile of at most 6 rows by one panel"
+                );
                 let mut acc = [[0.0f32; PANEL]; 6];
                 for k in 0..depth {
                     let weights = &w[k * PANEL..][..PANEL];
@@ -1050,11 +1053,7 @@ mod avx512 {
             for (p, &sum) in acc_row.iter().enumerate() {
                 // Only the tile's `columns` lanes exist in `out`: the others are masked off.
                 let columns = out.columns.saturating_sub(p * PANEL).min(PANEL);
-                let mask: __mmask16 = if columns == PANEL {
-                    !0
-                } else {
-                    (1u16 << columns) - 1
-                };
+                let mask: __mmask16 = if columns == PANEL { !0 } else { (1u16 << columns) - 1 };
                 // SAFETY: row r < ROWS of out, lanes below `columns` only; the bias holds
                 // `columns` values (the caller's contract).
                 unsafe {
@@ -1166,7 +1165,11 @@ mod tests {
                 _ => 0,
             };
             assert!((1..=most_rows).contains(&variant.tile_rows), "{}", variant.name);
-            assert!(variant.panel_group.is_multiple_of(variant.tile_panels), "{}", variant.name);
+            assert!(
+                variant.panel_group.is_multiple_of(variant.tile_panels),
+                "{}",
+                variant.name
+            );
             assert!(variant.packed_x_values >= DEPTH * variant.tile_rows, "{}", variant.name);
             assert_eq!(PanelVariant::by_name(variant.name()), Some(variant));
         }
@@ -1182,7 +1185,8 @@ mod tests {
         let layout = packed.layout();
         for (depth_start, depth) in [(0, 256), (256, 44), (128, 128)] {
             let block_start = depth_start / DEPTH * DEPTH;
-            let pass_start = |panel: usize| layout.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
+            let pass_start =
+                |panel: usize| layout.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
             for (next, shares) in [(3..4, 5), (4..8, 4), (4..12, 19), (2..18, 70), (5..6, 2)] {
                 let mut fetched = vec![0usize; packed.values.len()];
                 for share in 0..shares {
@@ -1198,7 +1202,11 @@ mod tests {
             }
             for (next, shares) in [(3..7, 3), (3..4, 1), (3..3, 5)] {
                 for share in 0..shares {
-                    assert!(packed.prefetch_share(next.clone(), pass_start, depth, shares, share).is_empty());
+                    assert!(
+                        packed
+                            .prefetch_share(next.clone(), pass_start, depth, shares, share)
+                            .is_empty()
+                    );
                 }
             }
         }
@@ -1251,13 +1259,24 @@ mod tests {
             for &variant in &variants {
                 let y = kernel_product(&packed, variant, &x, &b);
                 let error = relative_error(&y, &exact);
-                assert!(error < 2e-6, "{} {rows}x{inputs}x{outputs}: relative error {error:e}", variant.name);
+                assert!(
+                    error < 2e-6,
+                    "{} {rows}x{inputs}x{outputs}: relative error {error:e}",
+                    variant.name
+                );
                 let split = packed.linear_with(variant, x.view(), b.view());
                 let error = relative_error(&split, &exact);
-                assert!(error < 2e-6, "{} split {rows}x{inputs}x{outputs}: relative error {error:e}", variant.name);
+                assert!(
+                    error < 2e-6,
+                    "{} split {rows}x{inputs}x{outputs}: relative error {error:e}",
+                    variant.name
+                );
             }
             let error = relative_error(&packed.linear(x.view(), b.view()), &exact);
-            assert!(error < 2e-6, "linear {rows}x{inputs}x{outputs}: relative error {error:e}");
+            assert!(
+                error < 2e-6,
+                "linear {rows}x{inputs}x{outputs}: relative error {error:e}"
+            );
         }
     }
 
@@ -1269,7 +1288,10 @@ mod tests {
     fn every_fused_variant_gives_the_same_bits() {
         let variants = PanelVariant::candidates();
         if variants.len() < 2 {
-            println!("SKIP comparing the fused variants: this CPU runs {} of them", variants.len());
+            println!(
+                "SKIP comparing the fused variants: this CPU runs {} of them",
+                variants.len()
+            );
             return;
         }
         let mut shapes = AWKWARD_SHAPES.to_vec();
@@ -1283,8 +1305,16 @@ mod tests {
             let slice = panels / 3..panels - panels / 4;
             for &variant in &variants {
                 let name = variant.name;
-                assert_eq!(kernel_product(&packed, variant, &x, &b), expected, "{name} {rows}x{inputs}x{outputs}");
-                assert_eq!(packed.linear_with(variant, x.view(), b.view()), expected, "{name} split");
+                assert_eq!(
+                    kernel_product(&packed, variant, &x, &b),
+                    expected,
+                    "{name} {rows}x{inputs}x{outputs}"
+                );
+                assert_eq!(
+                    packed.linear_with(variant, x.view(), b.view()),
+                    expected,
+                    "{name} split"
+                );
                 let columns = slice.start * PANEL..(slice.end * PANEL).min(outputs).max(slice.start * PANEL);
                 assert_eq!(
                     packed.linear_panels(variant, x.view(), b.view(), slice.clone()),
@@ -1308,7 +1338,12 @@ mod tests {
             let all = packed.linear_with(variant, x.view(), b.view());
             for rows in [0..1, 0..2, 5..12, 100..164, 0..SAME_BITS_ROWS] {
                 let part = packed.linear_with(variant, x.slice(ndarray::s![rows.clone(), ..]), b.view());
-                assert_eq!(part, all.slice(ndarray::s![rows.clone(), ..]), "{} rows {rows:?}", variant.name);
+                assert_eq!(
+                    part,
+                    all.slice(ndarray::s![rows.clone(), ..]),
+                    "{} rows {rows:?}",
+                    variant.name
+                );
             }
         }
     }
