@@ -87,9 +87,10 @@ const ROUNDS: usize = 5;
 /// After the first round, candidates slower than the fastest by more than this are dropped.
 const SURVIVOR_MARGIN: f64 = 0.15;
 
-/// The built-in choice is kept unless another's median is faster by more than this: the
-/// medians of a shared virtual machine move by a few percent from one measurement to the next,
-/// and a choice flipped by noise would be kept in the cache.
+/// The built-in choice is kept unless another's median is faster by more than this and than the
+/// spread of either's times: the medians of a shared virtual machine move by a few percent from
+/// one measurement to the next (by tens of percent on a machine busy with other work), and a
+/// choice flipped by noise would be kept in the cache.
 const PREFERENCE_MARGIN: f64 = 0.03;
 
 /// A kernel a product can run on.
@@ -712,12 +713,21 @@ impl TimedSlices {
     }
 }
 
+/// A candidate's timed products: the median, and the spread of the middle half (second to
+/// fourth of five, relative to the median).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Timing<C> {
+    candidate: C,
+    median: f64,
+    spread: f64,
+}
+
 /// Times `candidates`, alternated: one round of all, then [`ROUNDS`]` - 1` rounds of those
-/// within [`SURVIVOR_MARGIN`] of the fastest; each candidate's median (a dropped one's single
-/// time). `time(candidate, slice)` runs one product on the given slice of the layer: each
-/// candidate on its own slice in each round (slices rotate), in an order that rotates too, so
-/// that no candidate finds its weights in cache more than another.
-fn median_times<C: Copy>(candidates: &[C], slices: usize, mut time: impl FnMut(C, usize) -> f64) -> Vec<(C, f64)> {
+/// within [`SURVIVOR_MARGIN`] of the fastest (a dropped one keeps its single time, spread 0).
+/// `time(candidate, slice)` runs one product on the given slice of the layer: each candidate on
+/// its own slice in each round (slices rotate), in an order that rotates too, so that no
+/// candidate finds its weights in cache more than another.
+fn timings<C: Copy>(candidates: &[C], slices: usize, mut time: impl FnMut(C, usize) -> f64) -> Vec<Timing<C>> {
     let count = candidates.len();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); count];
     let mut running: Vec<usize> = (0..count).collect();
@@ -737,20 +747,31 @@ fn median_times<C: Copy>(candidates: &[C], slices: usize, mut time: impl FnMut(C
         .zip(times)
         .map(|(&candidate, mut t)| {
             t.sort_by(f64::total_cmp);
-            (candidate, t[t.len() / 2])
+            let (median, n) = (t[t.len() / 2], t.len());
+            Timing {
+                candidate,
+                median,
+                spread: (t[3 * n / 4] - t[n / 4]) / median,
+            }
         })
         .collect()
 }
 
-/// The fastest of `medians`, unless `preferred`'s is within [`PREFERENCE_MARGIN`] of it.
-fn pick<C: Copy + PartialEq>(medians: &[(C, f64)], preferred: C) -> C {
-    let &(fastest, best) = medians
+/// The fastest of `timings` by median, unless `preferred` (the built-in choice) is within
+/// [`PREFERENCE_MARGIN`] of it, or within the spread of either's times: the built-in choice is
+/// only displaced by a clear measurement.
+fn pick<C: Copy + PartialEq>(timings: &[Timing<C>], preferred: C) -> C {
+    let fastest = timings
         .iter()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .min_by(|a, b| a.median.total_cmp(&b.median))
         .expect("at least one candidate");
-    match medians.iter().find(|&&(candidate, _)| candidate == preferred) {
-        Some(&(_, time)) if time <= best * (1.0 + PREFERENCE_MARGIN) => preferred,
-        _ => fastest,
+    match timings.iter().find(|timing| timing.candidate == preferred) {
+        Some(kept)
+            if kept.median <= fastest.median * (1.0 + PREFERENCE_MARGIN.max(kept.spread).max(fastest.spread)) =>
+        {
+            preferred
+        }
+        _ => fastest.candidate,
     }
 }
 
@@ -762,7 +783,7 @@ fn seconds(product: impl FnOnce() -> Array2<f32>) -> f64 {
 }
 
 /// A token layer's storage (`key`, 256 rows): OpenBLAS on the plain weights against every
-/// panel variant on them packed. Also returns the fastest variant at 256 rows.
+/// panel variant on them packed. Also learns the fastest variant at 256 rows.
 fn measure_storage(key: Key, weight: ArrayView2<f32>) -> Vec<(Key, KernelChoice)> {
     let x = timing_rows(key.rows, key.inputs);
     let bias = Array1::<f32>::zeros(key.outputs);
@@ -773,7 +794,7 @@ fn measure_storage(key: Key, weight: ArrayView2<f32>) -> Vec<(Key, KernelChoice)
         .map(KernelChoice::Panels)
         .collect();
     candidates.push(KernelChoice::OpenBlas);
-    let medians = median_times(&candidates, slices.count, |candidate, slice| {
+    let all = timings(&candidates, slices.count, |candidate, slice| {
         let outputs = slices.outputs(slice);
         match candidate {
             KernelChoice::Panels(variant) => {
@@ -788,40 +809,35 @@ fn measure_storage(key: Key, weight: ArrayView2<f32>) -> Vec<(Key, KernelChoice)
             }),
         }
     });
-    let panel_medians: Vec<(PanelVariant, f64)> = medians
+    let panel_timings: Vec<Timing<PanelVariant>> = all
         .iter()
-        .filter_map(|&(candidate, time)| match candidate {
-            KernelChoice::Panels(variant) => Some((variant, time)),
+        .filter_map(|timing| match timing.candidate {
+            KernelChoice::Panels(variant) => Some(Timing {
+                candidate: variant,
+                median: timing.median,
+                spread: timing.spread,
+            }),
             KernelChoice::OpenBlas | KernelChoice::Lanes => None,
         })
         .collect();
-    let variant = pick(&panel_medians, PanelVariant::built_in());
-    let blas = medians
+    let variant = pick(&panel_timings, PanelVariant::built_in());
+    let storage_timings: Vec<Timing<KernelChoice>> = all
         .iter()
-        .find(|&&(candidate, _)| candidate == KernelChoice::OpenBlas)
-        .map_or(f64::INFINITY, |&(_, time)| time);
-    let panels = panel_medians
-        .iter()
-        .find(|&&(candidate, _)| candidate == variant)
-        .map_or(f64::INFINITY, |&(_, time)| time);
+        .copied()
+        .filter(|timing| [KernelChoice::Panels(variant), KernelChoice::OpenBlas].contains(&timing.candidate))
+        .collect();
     let rule = if Kernel::detect().beats_blas_on_many_rows() {
         KernelChoice::Panels(variant)
     } else {
         KernelChoice::OpenBlas
     };
-    let storage = pick(
-        &[(KernelChoice::Panels(variant), panels), (KernelChoice::OpenBlas, blas)],
-        rule,
-    );
+    let panels_key = Key {
+        product: Product::Panels,
+        ..key
+    };
     vec![
-        (key, storage),
-        (
-            Key {
-                product: Product::Panels,
-                ..key
-            },
-            KernelChoice::Panels(variant),
-        ),
+        (key, pick(&storage_timings, rule)),
+        (panels_key, KernelChoice::Panels(variant)),
     ]
 }
 
@@ -834,10 +850,10 @@ fn measure_panels(key: Key, weights: &PackedWeights) -> Vec<(Key, KernelChoice)>
     let x = timing_rows(key.rows, key.inputs);
     let bias = Array1::<f32>::zeros(key.outputs);
     let slices = TimedSlices::new(key);
-    let medians = median_times(&candidates, slices.count, |variant, slice| {
+    let timed = timings(&candidates, slices.count, |variant, slice| {
         seconds(|| weights.linear_panels(variant, x.view(), bias.view(), slices.panels(slice)))
     });
-    vec![(key, KernelChoice::Panels(pick(&medians, PanelVariant::built_in())))]
+    vec![(key, KernelChoice::Panels(pick(&timed, PanelVariant::built_in())))]
 }
 
 /// A few rows of a layer held plain (`key`): the lanes kernel on a packed copy against
@@ -847,7 +863,7 @@ fn measure_few_rows(key: Key, weight: ArrayView2<f32>) -> Vec<(Key, KernelChoice
     let bias = Array1::<f32>::zeros(key.outputs);
     let slices = TimedSlices::new(key);
     let mut lanes: Vec<Option<LanePackedWeights>> = (0..slices.count).map(|_| None).collect();
-    let medians = median_times(
+    let timed = timings(
         &[KernelChoice::Lanes, KernelChoice::OpenBlas],
         slices.count,
         |candidate, slice| {
@@ -863,7 +879,7 @@ fn measure_few_rows(key: Key, weight: ArrayView2<f32>) -> Vec<(Key, KernelChoice
             }
         },
     );
-    vec![(key, pick(&medians, KernelChoice::Lanes))]
+    vec![(key, pick(&timed, KernelChoice::Lanes))]
 }
 
 #[cfg(test)]
@@ -1122,19 +1138,30 @@ mod tests {
     }
 
     #[test]
-    fn the_fastest_median_wins_unless_the_preferred_is_close() {
-        // Times per call: candidate 0 slower by 2%, 1 the fastest, 2 dropped after one round.
-        let base = [1.02, 1.0, 1.5];
+    fn the_fastest_median_wins_unless_the_preferred_is_within_the_noise() {
+        // Candidate 0 is 6% slower than 1 and steady but for one outlier; 2 is dropped after
+        // the first round.
+        let base = [1.06, 1.0, 1.5];
         let mut calls = [0usize; 3];
-        let medians = median_times(&[0usize, 1, 2], 3, |c, slice| {
+        let timed = timings(&[0usize, 1, 2], 3, |c, slice| {
             assert!(slice < 3);
             calls[c] += 1;
             base[c] * if calls[c] == 2 { 10.0 } else { 1.0 }
         });
         assert_eq!(calls, [ROUNDS, ROUNDS, 1]);
-        assert_eq!(medians, vec![(0, 1.02), (1, 1.0), (2, 1.5)]);
-        assert_eq!(pick(&medians, 0), 0);
-        assert_eq!(pick(&medians, 2), 1);
-        assert_eq!(pick(&[(0, 1.1), (1, 1.0)], 0), 1);
+        let medians: Vec<(usize, f64, f64)> = timed.iter().map(|t| (t.candidate, t.median, t.spread)).collect();
+        assert_eq!(medians, vec![(0, 1.06, 0.0), (1, 1.0, 0.0), (2, 1.5, 0.0)]);
+        assert_eq!(pick(&timed, 0), 1);
+        assert_eq!(pick(&timed, 2), 1);
+        let timing = |candidate, median, spread| Timing {
+            candidate,
+            median,
+            spread,
+        };
+        // Within the margin, or within the spread of the preferred's times: kept.
+        assert_eq!(pick(&[timing(0, 1.02, 0.0), timing(1, 1.0, 0.0)], 0), 0);
+        assert_eq!(pick(&[timing(0, 1.08, 0.09), timing(1, 1.0, 0.01)], 0), 0);
+        assert_eq!(pick(&[timing(0, 1.08, 0.01), timing(1, 1.0, 0.09)], 0), 0);
+        assert_eq!(pick(&[timing(0, 1.08, 0.05), timing(1, 1.0, 0.05)], 0), 1);
     }
 }

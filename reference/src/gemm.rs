@@ -420,23 +420,28 @@ impl PackedWeights {
                     |panel: usize| layout.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
                 for group_start in panels.clone().step_by(group) {
                     let group_panels = group_start..(group_start + group).min(panels.end);
-                    let next_group = group_panels.end..(group_panels.end + group).min(panels.end);
-                    let tile_columns = group_panels.len().div_ceil(tile_panels);
+                    let next_group = NextGroup {
+                        panels: group_panels.end..(group_panels.end + group).min(panels.end),
+                        tiles,
+                        depth,
+                        tile_panels,
+                        panel_stride,
+                    };
                     for (t, tile) in row_tiles(row_start..row_end, tile_rows).enumerate() {
                         let (tile_start, tile_rows) = (tile.start, tile.len());
                         let tile_x = &pass_x[(tile_start - row_start) * depth..][..tile_rows * depth];
+                        // (Computed only for the variants that use it, once per tile: divisions
+                        // per call cost ~1% of the 12 x 16 kernel's many short calls.)
+                        let next_lines = if variant.prefetch_next_group {
+                            next_group.lines(t)
+                        } else {
+                            0..0
+                        };
                         for (c, first) in group_panels.clone().step_by(tile_panels).enumerate() {
                             let count = tile_panels.min(group_panels.end - first);
                             let start = pass_start(first);
                             let weights = &self.values[start..start + (count - 1) * panel_stride + depth * PANEL];
-                            // (Computed only for the variants that use it: its divisions cost
-                            // ~1% of the 12 x 16 kernel's many short calls.)
-                            let prefetch = if variant.prefetch_next_group {
-                                let share = t * tile_columns + c;
-                                self.prefetch_share(next_group.clone(), pass_start, depth, tiles * tile_columns, share)
-                            } else {
-                                &[]
-                            };
+                            let next = next_group.share(&self.values, pass_start, next_lines.clone(), c);
                             let column = first * PANEL - first_output;
                             let columns = (count * PANEL).min(last_output - first * PANEL);
                             let out = TileOutput {
@@ -450,40 +455,73 @@ impl PackedWeights {
                                 bias: (depth_start == 0).then(|| &bias[column..column + columns]),
                             };
                             // SAFETY: `out` describes a tile inside y.
-                            unsafe { variant.run(tile_x, tile_rows, weights, count, panel_stride, prefetch, out) };
+                            unsafe { variant.run(tile_x, tile_rows, weights, count, panel_stride, next, out) };
                         }
                     }
                 }
             }
         }
     }
+}
 
-    /// Share `share` of `shares` of the pass's weights of the `next` panels (`depth` steps of
-    /// each from `pass_start(panel)`), for one tile call to fetch into L2 while it runs, so that
-    /// the next group's first tile does not wait for memory. Each panel's lines are divided
-    /// between the shares that fall on it; none when there are fewer shares than panels, or a
-    /// single one (a single tile streams the weights once anyway, and its own prefetch ahead
-    /// covers them: XL/2's 28 adaLN at 1-2 rows ran 5-25% slower at the median with both).
-    fn prefetch_share(
-        &self,
-        next: Range<usize>,
-        pass_start: impl Fn(usize) -> usize,
-        depth: usize,
-        shares: usize,
-        share: usize,
-    ) -> &[f32] {
-        let panels = next.len();
-        if panels == 0 || shares < panels.max(2) {
-            return &[];
+/// The weights of the group of panels after the one a pass is sweeping, which the pass's tiles
+/// fetch into L2 while they run, so that the next group's first tile does not wait for memory:
+/// row tile `t` of `tiles` fetches its share of the lines of each of those panels' pass
+/// ([`Self::lines`]), and its call for tile column `c` those of the next group's tile column `c`
+/// ([`Self::share`]). A single tile fetches none: it streams the weights once anyway, and its own
+/// prefetch ahead covers them (XL/2's 28 adaLN at 1-2 rows ran 5-25% slower at the median with
+/// both).
+struct NextGroup {
+    panels: Range<usize>,
+    tiles: usize,
+    depth: usize,
+    tile_panels: usize,
+    panel_stride: usize,
+}
+
+impl NextGroup {
+    /// The lines (steps of the depth) row tile `t` fetches of each panel.
+    fn lines(&self, t: usize) -> Range<usize> {
+        if self.tiles < 2 || self.panels.is_empty() {
+            return 0..0;
         }
-        let panel = share * panels / shares;
-        let first_share = (panel * shares).div_ceil(panels);
-        let own_shares = ((panel + 1) * shares).div_ceil(panels) - first_share;
-        let part = share - first_share;
-        let (first_line, end_line) = (part * depth / own_shares, (part + 1) * depth / own_shares);
-        let start = pass_start(next.start + panel);
-        &self.values[start + first_line * PANEL..start + end_line * PANEL]
+        t * self.depth / self.tiles..(t + 1) * self.depth / self.tiles
     }
+
+    /// What the call for tile column `c` fetches: `lines` of the next group's panels of tile
+    /// column `c` (none if it has no such column), the pass of panel `p` from `pass_start(p)`.
+    fn share(&self, values: &[f32], pass_start: impl Fn(usize) -> usize, lines: Range<usize>, c: usize) -> NextWeights {
+        let first = self.panels.start + c * self.tile_panels;
+        if lines.is_empty() || first >= self.panels.end {
+            return NextWeights::NONE;
+        }
+        NextWeights {
+            start: values.as_ptr().wrapping_add(pass_start(first) + lines.start * PANEL),
+            lines: lines.len(),
+            panels: self.tile_panels.min(self.panels.end - first),
+            panel_stride: self.panel_stride,
+        }
+    }
+}
+
+/// Weights for a kernel call to fetch into L2 while it runs: `lines` lines of [`PANEL`] values
+/// from `start` in each of `panels` panels, `panel_stride` values apart. (A hint: prefetches
+/// never fault.)
+#[derive(Clone, Copy)]
+struct NextWeights {
+    start: *const f32,
+    lines: usize,
+    panels: usize,
+    panel_stride: usize,
+}
+
+impl NextWeights {
+    const NONE: NextWeights = NextWeights {
+        start: std::ptr::null(),
+        lines: 0,
+        panels: 0,
+        panel_stride: 0,
+    };
 }
 
 /// `rows` cut into as few register tiles as `tile_rows` allows, of as even sizes as possible: 32
@@ -701,8 +739,8 @@ impl PanelVariant {
     /// `out[r][j] (+)= sum_k x[k * rows + r] * w[(j / PANEL) * panel_stride + k * PANEL + j %
     /// PANEL]` for `r < rows`, `j < out.columns`, over the depth `x.len() / rows`: a tile of
     /// `rows` rows by `panels` panels, whose weights start `panel_stride` values apart in `w`.
-    /// Added to `out`, or with `out.bias`, plus the bias, stored. `prefetch` holds weights a
-    /// later tile reads, to fetch into L2 meanwhile.
+    /// Added to `out`, or with `out.bias`, plus the bias, stored. `next` are weights a later
+    /// tile reads, to fetch into L2 meanwhile.
     ///
     /// # Safety
     /// The variant runs on this CPU; `out.ptr` must be valid for `rows` rows of `out.columns`
@@ -715,7 +753,7 @@ impl PanelVariant {
         w: &[f32],
         panels: usize,
         panel_stride: usize,
-        prefetch: &[f32],
+        next: NextWeights,
         out: TileOutput,
     ) {
         let depth = x.len() / rows.max(1);
@@ -738,10 +776,10 @@ impl PanelVariant {
             // SAFETY: AVX-512F present (the caller's contract), the sizes checked above.
             Kernel::Avx512 => unsafe {
                 match panels {
-                    1 => avx512::tall_tile::<1>(rows, x, w, panel_stride, ahead, prefetch, out),
-                    2 => avx512::tall_tile::<2>(rows, x, w, panel_stride, ahead, prefetch, out),
-                    3 => avx512::wide_tile::<3>(rows, x, w, panel_stride, ahead, prefetch, out),
-                    _ => avx512::wide_tile::<4>(rows, x, w, panel_stride, ahead, prefetch, out),
+                    1 => avx512::tall_tile::<1>(rows, x, w, panel_stride, ahead, next, out),
+                    2 => avx512::tall_tile::<2>(rows, x, w, panel_stride, ahead, next, out),
+                    3 => avx512::wide_tile::<3>(rows, x, w, panel_stride, ahead, next, out),
+                    _ => avx512::wide_tile::<4>(rows, x, w, panel_stride, ahead, next, out),
                 }
             },
             #[cfg(target_arch = "x86_64")]
@@ -749,16 +787,16 @@ impl PanelVariant {
             // variant's), the sizes checked above.
             Kernel::Avx2Fma => unsafe {
                 match rows {
-                    6 => avx2::tile::<6>(x, w, ahead, prefetch, out),
-                    5 => avx2::tile::<5>(x, w, ahead, prefetch, out),
-                    4 => avx2::tile::<4>(x, w, ahead, prefetch, out),
-                    3 => avx2::tile::<3>(x, w, ahead, prefetch, out),
-                    2 => avx2::tile::<2>(x, w, ahead, prefetch, out),
-                    _ => avx2::tile::<1>(x, w, ahead, prefetch, out),
+                    6 => avx2::tile::<6>(x, w, ahead, next, out),
+                    5 => avx2::tile::<5>(x, w, ahead, next, out),
+                    4 => avx2::tile::<4>(x, w, ahead, next, out),
+                    3 => avx2::tile::<3>(x, w, ahead, next, out),
+                    2 => avx2::tile::<2>(x, w, ahead, next, out),
+                    _ => avx2::tile::<1>(x, w, ahead, next, out),
                 }
             },
             Kernel::Portable => {
-                let _ = (prefetch, ahead, panel_stride);
+                let _ = (next, ahead, panel_stride);
                 // The portable variant's tile: at most 6 rows by one panel.
                 assert!(
                     rows <= 6 && panels == 1,
@@ -793,12 +831,12 @@ impl PanelVariant {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{PANEL, TileOutput};
+    use super::{NextWeights, PANEL, TileOutput};
     use std::arch::x86_64::*;
 
     /// One tile of `ROWS` rows by [`PANEL`] outputs, accumulated in registers over the depth
-    /// `w.len() / PANEL`, fetching the lines of `prefetch` into L2 along the way and the
-    /// weights `ahead` steps ahead into L1.
+    /// `w.len() / PANEL`, fetching the lines of `next` into L2 along the way and the weights
+    /// `ahead` steps ahead into L1.
     ///
     /// # Safety
     /// AVX2 and FMA present; `x` holds depth x ROWS values; `out` is valid for ROWS rows (see
@@ -808,7 +846,7 @@ mod avx2 {
         x: &[f32],
         w: &[f32],
         ahead: usize,
-        prefetch: &[f32],
+        next: NextWeights,
         out: TileOutput,
     ) {
         // The tile of `out` is only touched after the sweep: fetch it now, while the sweep runs.
@@ -822,11 +860,11 @@ mod avx2 {
         let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
         let (mut xp, mut wp) = (x.as_ptr(), w.as_ptr());
         let ahead = ahead * PANEL;
-        // `prefetch`: lines of the next panel's weights for L2, one every `every` steps, so they
-        // are spread over the sweep.
-        let lines = prefetch.len() / PANEL;
+        // `next`: lines of the next panel's weights for L2 (one panel: the AVX2 variant's
+        // tiles have one), one every `every` steps, so they are spread over the sweep.
+        let lines = next.lines * next.panels.min(1);
         let every = depth.checked_div(lines).map_or(usize::MAX, |steps| steps.max(1));
-        let (mut pf, mut pf_left, mut countdown) = (prefetch.as_ptr(), lines, every);
+        let (mut pf, mut pf_left, mut countdown) = (next.start, lines, every);
         for _ in 0..depth {
             countdown -= 1;
             if countdown == 0 {
@@ -880,7 +918,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PANEL, TileOutput};
+    use super::{NextWeights, PANEL, TileOutput};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -938,14 +976,14 @@ mod avx512 {
         w: &[f32],
         panel_stride: usize,
         ahead: usize,
-        prefetch: &[f32],
+        next: NextWeights,
         out: TileOutput,
     ) {
         macro_rules! by_rows {
             ($($n:literal)*) => {
                 match rows {
                     // SAFETY: as this function's.
-                    $($n => unsafe { tile::<$n, PANELS>(x, w, panel_stride, ahead, prefetch, out) },)*
+                    $($n => unsafe { tile::<$n, PANELS>(x, w, panel_stride, ahead, next, out) },)*
                     _ => unreachable!("a tile of at most 14 rows"),
                 }
             };
@@ -965,14 +1003,14 @@ mod avx512 {
         w: &[f32],
         panel_stride: usize,
         ahead: usize,
-        prefetch: &[f32],
+        next: NextWeights,
         out: TileOutput,
     ) {
         macro_rules! by_rows {
             ($($n:literal)*) => {
                 match rows {
                     // SAFETY: as this function's.
-                    $($n => unsafe { tile::<$n, PANELS>(x, w, panel_stride, ahead, prefetch, out) },)*
+                    $($n => unsafe { tile::<$n, PANELS>(x, w, panel_stride, ahead, next, out) },)*
                     _ => unreachable!("a tile of at most 6 rows"),
                 }
             };
@@ -984,7 +1022,7 @@ mod avx512 {
     /// accumulated over the depth `x.len() / ROWS`: per step one weight load per panel and
     /// `ROWS x PANELS` FMAs, each row's value broadcast (from memory, into the FMA, with one
     /// panel). Panel `p`'s weights start `p * panel_stride` into `w`; each is prefetched into L1
-    /// `ahead` steps ahead, and the lines of `prefetch` into L2, spread over the sweep. Each
+    /// `ahead` steps ahead, and the lines of `next` into L2, spread over the sweep. Each
     /// output's sum is the same chain of FMAs as every other variant's.
     ///
     /// # Safety
@@ -996,7 +1034,7 @@ mod avx512 {
         w: &[f32],
         panel_stride: usize,
         ahead: usize,
-        prefetch: &[f32],
+        next: NextWeights,
         out: TileOutput,
     ) {
         // The tile of `out` is only touched after the sweep: fetch it now, while the sweep runs.
@@ -1034,13 +1072,15 @@ mod avx512 {
                 }
             };
         }
-        // `prefetch`: one line for L2 every `every` steps, then the rest of the sweep.
-        let lines = prefetch.len() / PANEL;
-        let every = depth.checked_div(lines).map_or(depth + 1, |steps| steps.max(1));
-        let prefetched = lines.min(depth / every);
-        let mut line = prefetch.as_ptr();
+        // `next`: one line of each of its panels for L2 every `every` steps, then the rest of
+        // the sweep.
+        let every = depth.checked_div(next.lines).map_or(depth + 1, |steps| steps.max(1));
+        let prefetched = next.lines.min(depth / every);
+        let mut line = next.start;
         for _ in 0..prefetched {
-            _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+            for p in 0..next.panels {
+                _mm_prefetch::<_MM_HINT_T1>(line.wrapping_add(p * next.panel_stride) as *const i8);
+            }
             line = line.wrapping_add(PANEL);
             for _ in 0..every {
                 step!();
@@ -1177,36 +1217,54 @@ mod tests {
         assert!(PanelVariant::candidates().iter().all(|v| v.runs_here()));
     }
 
-    /// Each line of the next group's pass is fetched by exactly one share when there are at
-    /// least as many shares as panels (and two), by none otherwise.
+    /// Each line of the next group's pass is fetched by exactly one call of the group's sweep
+    /// when it has at least two row tiles, by none otherwise.
     #[test]
-    fn the_prefetch_shares_cover_the_next_group_once() {
-        let packed = PackedWeights::pack(matrix(20 * PANEL, 300, 1).view());
+    fn the_next_group_is_fetched_once() {
+        let packed = PackedWeights::pack(matrix(40 * PANEL, 300, 1).view());
         let layout = packed.layout();
         for (depth_start, depth) in [(0, 256), (256, 44), (128, 128)] {
             let block_start = depth_start / DEPTH * DEPTH;
+            let panel_stride = DEPTH.min(300 - block_start) * PANEL;
             let pass_start =
                 |panel: usize| layout.slice_start(block_start, panel) + (depth_start - block_start) * PANEL;
-            for (next, shares) in [(3..4, 5), (4..8, 4), (4..12, 19), (2..18, 70), (5..6, 2)] {
+            // (this group's panels, the next group's, tiles, panels per tile)
+            for (group, next, tiles, tile_panels) in [
+                (0..8, 8..16, 22, 1),
+                (0..16, 16..32, 5, 2),
+                (0..16, 16..21, 3, 2),
+                (4..20, 20..36, 43, 4),
+                (0..16, 16..32, 1, 2),
+                (0..16, 16..16, 7, 2),
+            ] {
+                let next_group = NextGroup {
+                    panels: next.clone(),
+                    tiles,
+                    depth,
+                    tile_panels,
+                    panel_stride,
+                };
                 let mut fetched = vec![0usize; packed.values.len()];
-                for share in 0..shares {
-                    let lines = packed.prefetch_share(next.clone(), pass_start, depth, shares, share);
-                    let start = (lines.as_ptr() as usize - packed.values.as_ptr() as usize) / 4;
-                    (start..start + lines.len()).for_each(|i| fetched[i] += 1);
+                for t in 0..tiles {
+                    for c in 0..group.len().div_ceil(tile_panels) {
+                        let share = next_group.share(&packed.values, pass_start, next_group.lines(t), c);
+                        assert!(share.panels <= tile_panels);
+                        let start = (share.start as usize).wrapping_sub(packed.values.as_ptr() as usize) / 4;
+                        for p in 0..share.panels {
+                            for line in 0..share.lines {
+                                let at = start + p * share.panel_stride + line * PANEL;
+                                fetched[at..at + PANEL].iter_mut().for_each(|n| *n += 1);
+                            }
+                        }
+                    }
                 }
-                for panel in next.clone() {
-                    let pass = pass_start(panel)..pass_start(panel) + depth * PANEL;
-                    assert!(fetched[pass.clone()].iter().all(|&n| n == 1), "{next:?} by {shares}");
-                }
-                assert_eq!(fetched.iter().sum::<usize>(), next.len() * depth * PANEL);
-            }
-            for (next, shares) in [(3..7, 3), (3..4, 1), (3..3, 5)] {
-                for share in 0..shares {
-                    assert!(
-                        packed
-                            .prefetch_share(next.clone(), pass_start, depth, shares, share)
-                            .is_empty()
-                    );
+                let expected = if tiles > 1 { next.len() * depth * PANEL } else { 0 };
+                assert_eq!(fetched.iter().sum::<usize>(), expected, "{next:?} by {tiles} tiles");
+                if tiles > 1 {
+                    for panel in next.clone() {
+                        let pass = pass_start(panel)..pass_start(panel) + depth * PANEL;
+                        assert!(fetched[pass].iter().all(|&n| n == 1), "{next:?} by {tiles} tiles");
+                    }
                 }
             }
         }
