@@ -5,6 +5,8 @@ The module below is written from the specification (not copied from facebookrese
 same layers and shapes, timm-style attention via `scaled_dot_product_attention`.
 
     python3 bench/pytorch_dit_forward.py [--threads 2] [--runs 5] [--preset DiT-XL/2]
+
+It prints the CPU's model (as `dit_forward` does) so that each figure names its hardware.
 """
 import argparse
 import math
@@ -68,6 +70,23 @@ class DiT(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", out).reshape(b, -1, g * self.patch, g * self.patch)
 
 
+def cpu_model():
+    """The CPU's vendor, model name, family, model and stepping from /proc/cpuinfo."""
+    fields = ("vendor_id", "model name", "cpu family", "model", "stepping")
+    found = {}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if not line.strip():
+                    break
+                name, _, value = line.partition(":")
+                if name.strip() in fields:
+                    found[name.strip()] = value.strip()
+    except OSError:
+        return "unknown"
+    return "; ".join(f"{field}: {found[field]}" for field in fields if field in found)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
@@ -77,6 +96,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = DiT(*PRESETS[args.preset]).eval()
+    print(f"CPU: {cpu_model()}")
     print(f"PyTorch {torch.__version__}, {args.threads} threads, {args.preset}")
     with torch.inference_mode():
         for batch in (1, 2):
