@@ -10,8 +10,16 @@ use resca_gpu_kernels::{
     residual, taylor, tetc,
 };
 
-use super::launch;
+use super::{SimError, launch};
 use crate::pipeline::device::{Arg, Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, RawSlice, Slice};
+
+/// A kernel that failed a simulator check, as the pipeline's device error (the [`SimError`]
+/// itself is inside: `DeviceError::Kernel(e)` with `e.downcast_ref::<SimError>()`).
+impl From<SimError> for DeviceError {
+    fn from(error: SimError) -> Self {
+        DeviceError::Kernel(Box::new(error))
+    }
+}
 
 enum Storage {
     F32(Vec<f32>),
