@@ -1,6 +1,6 @@
 //! The device-generic pipeline: DiT forward passes, classifier-free guidance, both samplers and
-//! every caching method as one launch sequence over a [`Device`] (the simulator backend
-//! `crate::sim` and the CUDA backend `crate::cuda` implement it; nothing here names either).
+//! every caching method as one launch sequence over a [`Device`], which the backends implement
+//! (`crate::sim`, `crate::cuda`).
 //!
 //! * [`device`]: the [`Device`] trait (buffers, copies, launches by PTX entry name) and the
 //!   kernel-call description a backend executes;

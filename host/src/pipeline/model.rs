@@ -23,9 +23,9 @@ pub trait BranchHook<D: Device> {
     /// supplies them).
     fn is_full(&self) -> bool;
 
-    /// At a full step: block `block`'s `branch` output (rows N, D), just computed, before the
+    /// At a full step: the `branch` output (rows N, D) of block `l`, just computed, before the
     /// forward pass adds it to the hidden state.
-    fn store(&mut self, dev: &mut D, block: usize, branch: Branch, output: Slice<f32>) -> Result<(), PipelineError>;
+    fn store(&mut self, dev: &mut D, l: usize, branch: Branch, output: Slice<f32>) -> Result<(), PipelineError>;
 
     /// At a sparse step: `x += gate * branch` for the `branch` of block `l` (its layers
     /// `block`), the branch as the method supplies it; the gate of each row is in `modulation`
