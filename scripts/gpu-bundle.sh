@@ -3,7 +3,7 @@
 # no Rust toolchain: target/gpu-bundle.tar.xz holds the stripped `cuda_gpu` test binary (built
 # with the `cust` feature against the stub libcuda, so Rust-CUDA's backend is tested too), the
 # `sim_forward` and `sim_methods` test binaries (their tests run on every device present), the
-# `gpu` bench, the `resca` binary the CLI test runs, and this machine's OpenBLAS with its
+# `gpu` bench, the `resca` binary the CLI test runs, and the build machine's OpenBLAS with its
 # libraries. On the GPU machine, in a checkout of the same commit: scripts/gpu-run-bundle.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

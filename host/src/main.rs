@@ -1,5 +1,6 @@
-//! `resca`: DiT sampling with residual caching on the CPU reference, the simulator or a GPU.
-//! `resca --help` lists the subcommands; `src/cli/` holds one module per subcommand.
+//! `resca`: run DiT with residual caching on the CPU reference, the GPU simulator or a CUDA GPU.
+//! `resca --help` lists the subcommands; README.md ("The `resca` CLI") describes them, and
+//! `src/cli/` holds one module per subcommand.
 
 mod cli;
 
