@@ -1,39 +1,28 @@
 //! What a backend must offer the pipeline: typed buffers in device memory, copies to, from and
 //! within it, and kernel launches by PTX entry name with the kernel's launch geometry and its
-//! parameters in entry-point order. The simulator implements it now (`sim::SimDevice`); a CUDA
-//! driver binding implements it by `cuMemAlloc`/`cuMemcpy*`/`cuLaunchKernel`, passing each
-//! [`Arg`] as the entry point's parameter of the same position (see [`Arg`] for the layouts).
+//! parameters in entry-point order. The simulator implements it (`sim::SimDevice`), and so does
+//! the CUDA backend (`cuda::gpu::GpuDevice`), by `cuMemAlloc`/`cuMemcpy*`/`cuLaunchKernel`, passing each
+//! [`Arg`] as the entry point's parameter of the same position (see [`ParamKind`] for the
+//! layouts). Which kernels exist and what parameters they take comes from the kernel table of
+//! `resca-gpu-kernels` ([`Kernel`]); every backend checks a launch with [`KernelCall::check`].
 
 use std::marker::PhantomData;
 
-use resca_gpu_kernels::LaunchDims;
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
+use resca_gpu_kernels::{BufferElement, LaunchDims};
+/// The kernels' element types, entry points and their parameters, from the kernel table of
+/// `resca-gpu-kernels` (its `table` module).
+pub use resca_gpu_kernels::{DType, Kernel, Param, ParamKind};
 
 use crate::sim::SimError;
 
-/// Element types of device buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    U32,
-    F64,
-}
+/// A type that device buffers hold (f32, u32, f64: the kernels' [`BufferElement`]s).
+pub trait Element: BufferElement + Default + PartialEq + std::fmt::Debug + 'static {}
 
-/// A type that device buffers hold.
-pub trait Element: Copy + Default + PartialEq + std::fmt::Debug + 'static {
-    const DTYPE: DType;
-}
-
-impl Element for f32 {
-    const DTYPE: DType = DType::F32;
-}
-impl Element for u32 {
-    const DTYPE: DType = DType::U32;
-}
-impl Element for f64 {
-    const DTYPE: DType = DType::F64;
-}
+impl Element for f32 {}
+impl Element for u32 {}
+impl Element for f64 {}
 
 /// A device buffer of `len` elements of `T`: a handle, valid until the device is dropped.
 #[derive(Debug)]
@@ -125,10 +114,9 @@ pub struct RawSlice {
     pub len: usize,
 }
 
-/// One kernel parameter, in entry-point order. Layouts as the PTX entry points take them:
-/// `Read` / `Write` are a `Global` / `GlobalMut` (`#[repr(C)]` pointer to the slice's first
-/// element, then its length as u64: 16 bytes), `U32` / `F32` plain 4-byte values, `Ddim` /
-/// `Taylor` the `#[repr(C)]` coefficient structs (4 and 8 f32s).
+/// One kernel argument, in entry-point order, of the kind of the entry point's parameter
+/// ([`ParamKind`], which describes the layouts): `Read` / `Write` a slice for a `Global` /
+/// `GlobalMut`, `U32` / `F32` a plain value, `Ddim` / `Taylor` a coefficient struct.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arg {
     Read(RawSlice),
@@ -147,64 +135,18 @@ impl Arg {
     pub fn write<T: Element>(slice: Slice<T>) -> Self {
         Arg::Write(slice.raw())
     }
-}
 
-macro_rules! kernels {
-    ($($variant:ident => $name:literal,)*) => {
-        /// Every kernel entry point of `resca-gpu-kernels` (its `KERNELS` list, same order).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Kernel {
-            $($variant,)*
+    /// Whether the argument can be passed as a parameter of kind `kind`.
+    pub fn fits(&self, kind: ParamKind) -> bool {
+        match (*self, kind) {
+            (Arg::Read(s), ParamKind::Read(dtype)) | (Arg::Write(s), ParamKind::Write(dtype)) => s.dtype == dtype,
+            (Arg::U32(_), ParamKind::U32)
+            | (Arg::F32(_), ParamKind::F32)
+            | (Arg::Ddim(_), ParamKind::Ddim)
+            | (Arg::Taylor(_), ParamKind::Taylor) => true,
+            _ => false,
         }
-
-        impl Kernel {
-            pub const ALL: &[Kernel] = &[$(Kernel::$variant,)*];
-
-            /// The PTX entry name.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Kernel::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-kernels! {
-    TimestepFeatures => "timestep_features",
-    LinearRows => "linear_rows",
-    LinearRowsSilu => "linear_rows_silu",
-    LabelEmbedSilu => "label_embed_silu",
-    PatchEmbed => "patch_embed",
-    LayerNormModulate => "layer_norm_modulate",
-    GemmBias => "gemm_bias",
-    GemmBiasGelu => "gemm_bias_gelu",
-    GemmBiasGatedResidual => "gemm_bias_gated_residual",
-    Attention => "attention",
-    Unpatchify => "unpatchify",
-    CfgMix => "cfg_mix",
-    DdimStep => "ddim_step",
-    GatedAdd => "gated_add",
-    FlowEulerStep => "flow_euler_step",
-    TaylorUpdate => "taylor_update",
-    TaylorPredict => "taylor_predict",
-    TaylorPredictGatedAdd => "taylor_predict_gated_add",
-    RowNormalize => "row_normalize",
-    Similarity => "similarity",
-    SimilarityEma => "similarity_ema",
-    KmedoidsAssign => "kmedoids_assign",
-    KmedoidsUpdate => "kmedoids_update",
-    CenterRandomProxies => "center_random_proxies",
-    ClusterCounts => "cluster_counts",
-    ClusterMembers => "cluster_members",
-    KmeansAssignL1 => "kmeans_assign_l1",
-    KmeansUpdate => "kmeans_update",
-    CommitRows => "commit_rows",
-    CluscaPropagate => "clusca_propagate",
-    GatherRows => "gather_rows",
-    ScatterRows => "scatter_rows",
-    PddsProxyResiduals => "pdds_proxy_residuals",
-    PddsUpdate => "pdds_update",
+    }
 }
 
 /// A launch: which entry point, its geometry (from the kernel module's `*_dims`), its parameters.
@@ -213,6 +155,42 @@ pub struct KernelCall {
     pub kernel: Kernel,
     pub dims: LaunchDims,
     pub args: Vec<Arg>,
+}
+
+impl KernelCall {
+    /// Checks the arguments against the entry point's parameters ([`Kernel::params`]): their
+    /// number and each one's kind and element type. Slice bounds are the device's to check.
+    pub fn check(&self) -> Result<(), DeviceError> {
+        check_args(self, self.kernel.params())
+    }
+}
+
+/// Checks the arguments of `call` against `params` (the entry point's parameters, as
+/// [`Kernel::params`] lists them or a backend read them from its module).
+pub fn check_args(call: &KernelCall, params: &[Param]) -> Result<(), DeviceError> {
+    let name = call.kernel.name();
+    let (passed, taken) = (call.args.len(), params.len());
+    for (i, param) in params.iter().enumerate() {
+        let Some(arg) = call.args.get(i) else {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{name}`: parameter {i} `{}` ({:?}) missing: the call passes {passed} arguments for \
+                 {taken} parameters",
+                param.name, param.kind
+            )));
+        };
+        if !arg.fits(param.kind) {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{name}`: parameter {i} `{}` is {:?}, the call passes {arg:?}",
+                param.name, param.kind
+            )));
+        }
+    }
+    if passed != taken {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{name}`: {passed} arguments for {taken} parameters"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a device operation failed.
