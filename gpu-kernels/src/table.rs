@@ -19,7 +19,7 @@
 //! Everything else is expanded from the table:
 //! * the PTX entry points (`nvptx` module, `#[unsafe(no_mangle)] unsafe extern "ptx-kernel"`);
 //! * the Rust-CUDA `#[kernel]` entry points (`nvvm` module, feature `nvvm`);
-//! * [`KERNELS`](crate::KERNELS), [`Kernel`] with its [`Kernel::params`] signature and
+//! * [`KERNELS`], [`Kernel`] with its [`Kernel::params`] signature and
 //!   [`Kernel::static_shared_bytes`], which `resca-host` uses as its kernel enum and to check
 //!   and pack every launch (`cuda::params`);
 //! * [`Kernel::bind`] and [`BoundKernel::run`]: a call's arguments turned into the body's
@@ -41,6 +41,18 @@
 //!    table on stable.
 //!
 //! Nothing else names a kernel: the simulator, the CUDA backend and the manifest follow the table.
+//!
+//! Kernels that share a body but differ in a compile-time choice are separate entries over the
+//! same function (`linear_rows` / `linear_rows_silu`); the host launches such variants with one
+//! argument struct through `launch_as`.
+//!
+//! # Adding a parameter type
+//! A parameter type the table does not know yet (another buffer element type, another struct
+//! passed by value) needs: a [`DType`] or [`ParamKind`] variant (with its size and manifest
+//! name), its arms in `__kernel_param!` (below), an [`ArgSource`] method for a struct, and on the
+//! host an `Arg` variant, its arms in `pipeline::launch`'s `arg_field!`, the simulator's
+//! `ArgSource` and the CUDA backend's `cuda::params::pack` (and, for an element type, the host's
+//! `Element` impl and each device's buffer storage).
 
 use crate::ddim::DdimCoefficients;
 use crate::global::{Global, GlobalMut};

@@ -159,8 +159,17 @@ pub struct KernelCall {
 
 impl KernelCall {
     /// Checks the arguments against the entry point's parameters ([`Kernel::params`]): their
-    /// number and each one's kind and element type. Slice bounds are the device's to check.
+    /// number and each one's kind and element type; and the shared memory of the geometry
+    /// against the kernel's `.shared` buffer. Slice bounds are the device's to check.
     pub fn check(&self) -> Result<(), DeviceError> {
+        let declared = self.kernel.static_shared_bytes();
+        if self.dims.shared_bytes > declared {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{}`: the launch asks for {} bytes of shared memory, the kernel declares {declared}",
+                self.kernel.name(),
+                self.dims.shared_bytes
+            )));
+        }
         check_args(self, self.kernel.params())
     }
 }
@@ -238,5 +247,77 @@ pub trait Device {
         let mut out = vec![T::default(); src.len];
         self.download(src, &mut out)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use resca_gpu_kernels::tetc::elementwise_dims;
+
+    use super::*;
+
+    fn slice(dtype: DType) -> RawSlice {
+        RawSlice {
+            id: 0,
+            dtype,
+            offset: 0,
+            len: 4,
+        }
+    }
+
+    /// A `similarity_ema` call (s, smoothed, total, alpha, has_previous).
+    fn ema_call() -> KernelCall {
+        KernelCall {
+            kernel: Kernel::SimilarityEma,
+            dims: elementwise_dims(4),
+            args: vec![
+                Arg::Read(slice(DType::F32)),
+                Arg::Write(slice(DType::F32)),
+                Arg::U32(4),
+                Arg::F32(0.5),
+                Arg::U32(1),
+            ],
+        }
+    }
+
+    fn error(call: &KernelCall) -> String {
+        call.check().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_call_is_checked_against_the_kernel_table() {
+        assert!(ema_call().check().is_ok());
+        let mut call = ema_call();
+        call.args[1] = Arg::Read(slice(DType::F32));
+        assert!(error(&call).contains("parameter 1 `smoothed`"), "{}", error(&call));
+        call = ema_call();
+        call.args[0] = Arg::Read(slice(DType::U32));
+        assert!(error(&call).contains("parameter 0 `s`"), "{}", error(&call));
+        call = ema_call();
+        call.args[3] = Arg::U32(0);
+        assert!(error(&call).contains("parameter 3 `alpha`"), "{}", error(&call));
+        call = ema_call();
+        call.args.truncate(4);
+        assert!(error(&call).contains("parameter 4 `has_previous`"), "{}", error(&call));
+        call = ema_call();
+        call.args.push(Arg::U32(0));
+        assert!(
+            error(&call).contains("6 arguments for 5 parameters"),
+            "{}",
+            error(&call)
+        );
+    }
+
+    #[test]
+    fn shared_memory_beyond_the_kernels_buffer_is_an_error() {
+        let mut call = ema_call();
+        call.dims.shared_bytes = 16;
+        assert!(error(&call).contains("16 bytes of shared memory"), "{}", error(&call));
+        let gemm = Kernel::GemmBias;
+        assert_eq!(gemm.static_shared_bytes(), resca_gpu_kernels::gemm::GEMM_SHARED_BYTES);
+        assert_eq!(
+            resca_gpu_kernels::gemm::gemm_dims(8, 8).shared_bytes,
+            gemm.static_shared_bytes()
+        );
     }
 }

@@ -1048,3 +1048,82 @@ pub fn pdds_update<D: Device>(
     };
     launch(dev, pdds::pdds_update_dims(size(k, "rows", rows)?), args)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::device::{Buffer, Element};
+
+    /// A device that only records its launches.
+    #[derive(Default)]
+    struct Launches(Vec<KernelCall>);
+
+    impl Device for Launches {
+        fn name(&self) -> &'static str {
+            "launches"
+        }
+        fn alloc<T: Element>(&mut self, len: usize) -> Result<Buffer<T>, DeviceError> {
+            Ok(Buffer::from_id(0, len))
+        }
+        fn upload<T: Element>(&mut self, _: Slice<T>, _: &[T]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn download<T: Element>(&mut self, _: Slice<T>, _: &mut [T]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn copy<T: Element>(&mut self, _: Slice<T>, _: Slice<T>) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn free(&mut self, _: usize) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError> {
+            self.0.push(call.clone());
+            Ok(())
+        }
+        fn synchronize(&mut self) -> Result<(), DeviceError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_args_struct_becomes_the_arguments_in_entry_point_order() {
+        let dev = &mut Launches::default();
+        let (x, out) = (dev.alloc::<f32>(8).unwrap(), dev.alloc::<f32>(8).unwrap());
+        row_normalize(dev, x.all(), out.range(4, 4), 2, 4).unwrap();
+        let call = &dev.0[0];
+        assert_eq!(call.kernel, Kernel::RowNormalize);
+        assert_eq!(
+            call.args,
+            [
+                Arg::read(x.all()),
+                Arg::write(out.range(4, 4)),
+                Arg::U32(2),
+                Arg::U32(4)
+            ]
+        );
+        assert!(call.check().is_ok());
+    }
+
+    #[test]
+    fn a_variant_takes_only_the_arguments_of_its_own_parameters() {
+        let dev = &mut Launches::default();
+        let x = dev.alloc::<f32>(4).unwrap().all();
+        let args = args::RowNormalize {
+            x,
+            out: x,
+            rows: 1,
+            dim: 4,
+        };
+        // `similarity` takes the same kinds, under other names: refused.
+        let err = launch_as(dev, Kernel::Similarity, tetc::row_normalize_dims(1), args).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`similarity` does not take the parameters of `row_normalize`"),
+            "{err}"
+        );
+        assert!(dev.0.is_empty());
+        launch_as(dev, Kernel::RowNormalize, tetc::row_normalize_dims(1), args).unwrap();
+        assert_eq!(dev.0.len(), 1);
+    }
+}
