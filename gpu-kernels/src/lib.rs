@@ -1,14 +1,17 @@
 //! GPU kernels of the ResCa pipeline, written once in `#![no_std]` Rust and compiled three ways:
-//! to PTX with rustc's `nvptx64-nvidia-cuda` target (see `scripts/build-ptx.sh`), later through
-//! Rust-CUDA's `cuda_builder`, and for the host, where `resca-host`'s simulator runs every thread
-//! of a block with real barrier semantics and checks every memory access.
+//! to PTX with rustc's `nvptx64-nvidia-cuda` target (see `scripts/build-ptx.sh`), through
+//! Rust-CUDA's `cuda_builder` (feature `nvvm`), and for the host, where `resca-host`'s simulator
+//! runs every thread of a block with real barrier semantics and checks every memory access.
 //!
 //! Every kernel body is a generic function over a [`ThreadCtx`] (thread and block indices,
 //! `sync_threads`, shared memory, warp shuffles: cuda_std's names) that takes its buffers as
-//! [`Global`] / [`GlobalMut`] (pointer + length). Under `target_arch = "nvptx64"` the `nvptx`
-//! module adds one `#[no_mangle] unsafe extern "ptx-kernel"` entry point per kernel that builds
-//! the hardware context and calls the body. Each kernel module exports its launch geometry
-//! ([`LaunchDims`]) so that every backend launches it the same way.
+//! [`Global`] / [`GlobalMut`] (pointer + length). Every kernel is declared once, in the kernel
+//! table ([`table`]: name, parameters, body, shared memory), from which the entry points, the
+//! [`Kernel`] enum and the host's launch checks and simulator dispatch are expanded. Under
+//! `target_arch = "nvptx64"` the `nvptx` module holds one `#[no_mangle] unsafe extern
+//! "ptx-kernel"` entry point per kernel that builds the hardware context and calls the body.
+//! Each kernel module exports its launch geometry ([`LaunchDims`]) so that every backend launches
+//! it the same way.
 //!
 //! No allocation, no `std`, no panics on the GPU path: math functions live in [`math`].
 //!

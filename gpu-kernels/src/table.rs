@@ -39,6 +39,10 @@
 //!    commit `gpu-kernels/ptx/`; `bash scripts/build-ptx.sh --check` then says they are up to
 //!    date, and `cargo test -p resca-gpu-kernels --test ptx` checks the committed PTX against the
 //!    table on stable.
+//! 5. Test it on the simulator against the reference (`resca-host`'s `tests/sim_*.rs`). The
+//!    pipeline workload of `resca-host`'s `tests/support` must launch every kernel of the table:
+//!    `tests/cuda_backend.rs` packs each launch as the CUDA backend would, and `tests/cuda_gpu.rs`
+//!    compares each kernel on a GPU with the simulator.
 //!
 //! Nothing else names a kernel: the simulator, the CUDA backend and the manifest follow the table.
 //!

@@ -12,8 +12,10 @@ use std::collections::HashMap;
 
 use resca_gpu_kernels::ptx::{self, PtxModule};
 
+/// One parameter of an entry point (name and kind), as the kernel table declares it.
+pub use crate::pipeline::device::Param as ParamLayout;
+pub use crate::pipeline::device::ParamKind;
 use crate::pipeline::device::{Arg, DeviceError, Kernel, KernelCall, RawSlice, check_args};
-pub use crate::pipeline::device::{Param as ParamLayout, ParamKind};
 
 /// The parameter lists of every kernel of `module`, checked against the PTX declarations and the
 /// manifest: a module or manifest that does not describe the kernel table (a stale or hand-edited
