@@ -1,5 +1,6 @@
-//! Where the model comes from: a safetensors checkpoint (config given or inferred), a named preset
-//! with seeded random weights, or the embedded default.
+//! The model-selection flags (`--weights`, `--config`, `--heads`, `--model`) and where the model
+//! comes from: a safetensors checkpoint (config given or inferred), a named preset with seeded
+//! random weights, or the embedded default.
 
 use std::path::PathBuf;
 
@@ -52,7 +53,7 @@ impl ModelArgs {
             Some(path) => {
                 Dit::load(path, config, self.heads).with_context(|| format!("loading --weights {}", path.display()))
             }
-            None => crate::embedded::default_model(),
+            None => resca_host::embedded::default_model(),
         }
     }
 
@@ -65,7 +66,7 @@ impl ModelArgs {
     /// (it needs more guidance than DiT-XL/2), otherwise the papers' 1.5.
     pub fn default_cfg_scale(&self) -> f32 {
         if self.is_embedded() {
-            crate::embedded::DEFAULT_CFG_SCALE
+            resca_host::embedded::DEFAULT_CFG_SCALE
         } else {
             PAPER_CFG_SCALE
         }
@@ -84,6 +85,6 @@ impl ModelArgs {
             let file = resca_reference::safetensors_file::SafetensorsFile::open(path)?;
             return Ok(DitConfig::infer(&file, self.heads)?);
         }
-        Ok(crate::embedded::default_config())
+        Ok(resca_host::embedded::default_config())
     }
 }

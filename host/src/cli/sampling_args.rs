@@ -1,0 +1,57 @@
+//! The sampler and guidance flags shared by the subcommands that run (or plan) a sampler:
+//! `--sampler` with its defaults, and `--cfg-scale` with the selected model's default.
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use resca_reference::Sampler;
+use resca_reference::ddim::DdimSchedule;
+use resca_reference::flow::FlowSchedule;
+
+use super::model_args::ModelArgs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SamplerKind {
+    Ddim,
+    Flow,
+}
+
+impl SamplerKind {
+    /// The sampler of `steps` steps (`flow_shift`: the flow grid's time shift) and its name.
+    pub fn build(self, steps: usize, flow_shift: f64) -> Result<(Sampler, &'static str)> {
+        Ok(match self {
+            SamplerKind::Ddim => (Sampler::Ddim(DdimSchedule::new(steps)?), "ddim"),
+            SamplerKind::Flow => (Sampler::Flow(FlowSchedule::new(steps, flow_shift)?), "flow"),
+        })
+    }
+
+    /// Dense steps at the start when `--first-enhance` is not given: DiT uses 2, FLUX-style
+    /// flow 3.
+    pub fn default_first_enhance(self) -> usize {
+        match self {
+            SamplerKind::Ddim => 2,
+            SamplerKind::Flow => 3,
+        }
+    }
+}
+
+/// `--cfg-scale` of the commands that run the sampler.
+#[derive(clap::Args)]
+pub struct Guidance {
+    /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
+    /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
+    #[arg(long, allow_negative_numbers = true)]
+    cfg_scale: Option<f32>,
+}
+
+impl Guidance {
+    /// The scale given (checked), else the selected model's default.
+    pub fn scale(&self, model: &ModelArgs) -> Result<f32> {
+        match self.cfg_scale {
+            Some(scale) if !scale.is_finite() || scale < 0.0 => {
+                bail!("--cfg-scale {scale} must be a finite number >= 0")
+            }
+            Some(scale) => Ok(scale),
+            None => Ok(model.default_cfg_scale()),
+        }
+    }
+}
