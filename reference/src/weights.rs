@@ -16,13 +16,14 @@ use crate::lanes_gemm::LanePackedWeights;
 use crate::ops;
 use crate::safetensors_file::{OutTensor, SafetensorsFile};
 
-/// Where token layers are held plain for BLAS (CPUs without AVX-512), at most this many rows take
-/// a packed few-rows kernel instead: the tokens a cached method computes on a sparse step (ResCa's
+/// Where token layers are held plain for BLAS (CPUs without AVX-512, or wherever
+/// [`crate::calibration`] finds BLAS faster), at most this many rows take a packed few-rows kernel
+/// instead (unless BLAS is measured faster there too): the tokens a cached method computes on a sparse step (ResCa's
 /// K proxies, ClusCa's K picks, per batch row, [`crate::lanes_gemm`]). BLAS packs the whole
 /// weight matrix on every call, which for a few rows costs about as much as the product; for
 /// many rows it is as fast as the AVX2 packed kernel or faster (`cargo bench -p
 /// resca-reference --bench linear_kernels`). adaLN and the timestep MLP (one row per batch row)
-/// are always packed ([`crate::gemm`]), and on AVX-512 CPUs every layer is.
+/// are always packed ([`crate::gemm`]), and where the panel kernel is faster every layer is.
 pub const FEW_ROWS: usize = 64;
 
 /// An `nn.Linear`: weight (out, in) and bias (out).
@@ -35,7 +36,7 @@ pub struct Linear {
 /// How a layer holds its weight: the layout its products read.
 #[derive(Clone, Debug)]
 enum WeightStorage {
-    /// Token layers on CPUs where BLAS multiplies many rows fastest (AVX2): the plain (out, in)
+    /// Token layers where BLAS multiplies many rows fastest (AVX2 CPUs): the plain (out, in)
     /// matrix for BLAS, and a packed copy made the first time a product of [`FEW_ROWS`] or fewer
     /// rows needs it (only cached methods' sparse steps do), for the kernel that holds those
     /// rows in its SIMD lanes.
@@ -44,8 +45,8 @@ enum WeightStorage {
         packed: OnceLock<LanePackedWeights>,
     },
     /// Packed only, in the panel kernel's layout ([`crate::gemm`]): layers only ever applied to
-    /// a few rows (adaLN, the timestep MLP), and every token layer on CPUs where the panel
-    /// kernel multiplies many rows faster than BLAS (AVX-512). There it is as fast as the AVX2
+    /// a few rows (adaLN, the timestep MLP), and every token layer where the panel kernel
+    /// multiplies many rows faster than BLAS (AVX-512 CPUs). There it is as fast as the AVX2
     /// lanes kernel on a sparse step's few rows too, with the same bits, so no second copy is
     /// made.
     Packed(PackedWeights),
