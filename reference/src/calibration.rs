@@ -28,7 +28,12 @@
 //! few rows) change results within f32 rounding; the cache makes them the same from run to run
 //! on a machine.
 //!
+//! A measurement during which other work kept this process's threads off the cores (under three
+//! quarters of their time on them) times that work more than the kernels: the built-in rule then
+//! holds for the process, nothing is written, and a later process measures again.
+//!
 //! Environment variables, read once per process:
+//! - `RESCA_CPU_CALIBRATION=always`: calibrate, and keep what is measured even on a busy machine.
 //! - `RESCA_CPU_CALIBRATION=off` (or `0`, `false`, `no`): no measurement and no cache file; the
 //!   built-in rule (the panel kernel's 12 x 16 AVX-512 tile for every layer where the CPU has
 //!   AVX-512; else OpenBLAS for many rows, the lanes kernel for a few, the AVX2 panel kernel for
@@ -153,6 +158,9 @@ pub enum Forced {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub mode: Mode,
+    /// Keep what is measured while other work starves the process's threads (see
+    /// [`Calibrator`]): `RESCA_CPU_CALIBRATION=always`.
+    pub keep_busy_measurements: bool,
     /// The folder of the cache file (`.../resca`); none: measured choices last for the process.
     pub cache_dir: Option<PathBuf>,
 }
@@ -167,14 +175,16 @@ impl Settings {
     /// each variable ignored: [`CALIBRATION_VAR`], [`KERNEL_VAR`], `XDG_CACHE_HOME`, `HOME`.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
         let mut notes = Vec::new();
-        let calibrate = match var(CALIBRATION_VAR).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("" | "on" | "1" | "true" | "yes") => true,
-            Some("off" | "0" | "false" | "no") => false,
+        let value = var(CALIBRATION_VAR).map(|v| v.trim().to_ascii_lowercase());
+        let (calibrate, keep_busy_measurements) = match value.as_deref() {
+            None | Some("" | "on" | "1" | "true" | "yes") => (true, false),
+            Some("always") => (true, true),
+            Some("off" | "0" | "false" | "no") => (false, false),
             Some(other) => {
                 notes.push(format!(
-                    "{CALIBRATION_VAR}={other} is neither `on` nor `off`; the CPU kernels are calibrated"
+                    "{CALIBRATION_VAR}={other} is not `on`, `off` or `always`; the CPU kernels are calibrated"
                 ));
-                true
+                (true, false)
             }
         };
         let forced = match var(KERNEL_VAR).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
@@ -210,7 +220,14 @@ impl Settings {
         let cache_dir = absolute(var("XDG_CACHE_HOME"))
             .or_else(|| absolute(var("HOME")).map(|home| home.join(".cache")))
             .map(|cache| cache.join("resca"));
-        (Self { mode, cache_dir }, notes)
+        (
+            Self {
+                mode,
+                keep_busy_measurements,
+                cache_dir,
+            },
+            notes,
+        )
     }
 }
 
@@ -392,6 +409,9 @@ pub struct Calibrator {
     /// The cache file of this CPU and build, when choices are measured and a folder is known.
     file: Option<PathBuf>,
     table: Mutex<HashMap<Key, KernelChoice>>,
+    /// Choices for this process only: the built-in rule where a measurement was starved.
+    provisional: Mutex<HashMap<Key, KernelChoice>>,
+    keep_busy_measurements: bool,
     /// Held while a choice is measured: one measurement at a time, so that they do not slow
     /// each other down.
     measuring: Mutex<()>,
@@ -410,6 +430,7 @@ pub fn global() -> &'static Calibrator {
         if cfg!(test) {
             return Calibrator::new(Settings {
                 mode: Mode::BuiltIn,
+                keep_busy_measurements: false,
                 cache_dir: None,
             });
         }
@@ -437,6 +458,8 @@ impl Calibrator {
             cpu,
             file,
             table: Mutex::new(HashMap::new()),
+            provisional: Mutex::new(HashMap::new()),
+            keep_busy_measurements: settings.keep_busy_measurements,
             measuring: Mutex::new(()),
             measurements: AtomicUsize::new(0),
             measured_nanos: AtomicU64::new(0),
@@ -549,7 +572,10 @@ impl Calibrator {
     /// The recorded choice for `key`, else `measure`'s (which returns `key`'s choice and any
     /// other it learnt), recorded and written to the cache file; `rule` for products too small
     /// to time, and while another thread of the pool is measuring (a pool worker must not wait
-    /// for a lock whose holder may be waiting for that worker's jobs).
+    /// for a lock whose holder may be waiting for that worker's jobs). A measurement during
+    /// which other work kept this process's threads off the cores ([`starved`]) times that work
+    /// more than the kernels: `rule` then holds for the process, nothing is written, and a later
+    /// process measures again (unless [`Settings::keep_busy_measurements`]).
     fn choose(
         &self,
         key: Key,
@@ -559,7 +585,7 @@ impl Calibrator {
         if key.macs() < MIN_CALIBRATED_MACS {
             return rule;
         }
-        if let Some(&choice) = self.table().get(&key) {
+        if let Some(choice) = self.known(key) {
             return choice;
         }
         let _measuring = if rayon::current_thread_index().is_some() {
@@ -571,15 +597,25 @@ impl Calibrator {
         } else {
             self.measuring.lock().unwrap_or_else(PoisonError::into_inner)
         };
-        if let Some(&choice) = self.table().get(&key) {
+        if let Some(choice) = self.known(key) {
             return choice;
         }
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), process_cpu_seconds());
         // Timed as the model runs its products: on the pool with the workers awake.
         let learnt = parallel::with_workers_awake(measure);
-        self.measured_nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let wall = started.elapsed().as_secs_f64();
+        self.measured_nanos.fetch_add((wall * 1e9) as u64, Ordering::Relaxed);
         self.measurements.fetch_add(1, Ordering::Relaxed);
+        let cpu = process_cpu_seconds()
+            .zip(cpu_before)
+            .map(|(after, before)| after - before);
+        if !self.keep_busy_measurements && cpu.is_some_and(|cpu| starved(cpu, wall, rayon::current_num_threads())) {
+            self.provisional
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, rule);
+            return rule;
+        }
         let choice = {
             let mut table = self.table();
             table.extend(learnt);
@@ -587,6 +623,18 @@ impl Calibrator {
         };
         self.write_file();
         choice
+    }
+
+    /// The choice recorded for `key`, or held for this process.
+    fn known(&self, key: Key) -> Option<KernelChoice> {
+        let recorded = self.table().get(&key).copied();
+        recorded.or_else(|| {
+            self.provisional
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .copied()
+        })
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<Key, KernelChoice>> {
@@ -651,6 +699,25 @@ impl Calibrator {
             ));
         }
     }
+}
+
+/// The CPU time (user and system) of this process so far, from Linux's `/proc/self/stat` (in
+/// clock ticks of 1/100 s, Linux's `USER_HZ`); none elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (in parentheses, which may hold spaces): the state is
+    // field 3, utime field 14 and stime field 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Whether a measurement of `wall` seconds on `threads` threads (all busy: the workers are kept
+/// awake) got less than three quarters of their time on the cores: other work was running. Too
+/// short a measurement (under 0.2 s, 20 clock ticks) is not judged.
+fn starved(cpu: f64, wall: f64, threads: usize) -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    wall >= 0.2 && cpu < 0.75 * wall * threads.min(cores) as f64
 }
 
 /// Writes `text` to `path` through a temporary file in the same folder, renamed over `path`:
@@ -891,9 +958,12 @@ mod tests {
         Settings::from_vars(|name| vars.get(name).cloned())
     }
 
+    /// A calibrator measuring into `dir`, keeping what it measures even on a machine busy with
+    /// other work (tests run beside each other).
     fn calibrating_in(dir: &Path) -> Calibrator {
         Calibrator::new(Settings {
             mode: Mode::Calibrate,
+            keep_busy_measurements: true,
             cache_dir: Some(dir.to_path_buf()),
         })
     }
@@ -920,6 +990,12 @@ mod tests {
             assert_eq!(switched_off.mode, Mode::BuiltIn, "{off}");
             assert!(notes.is_empty());
         }
+        assert!(!default.keep_busy_measurements);
+        let (always, notes) = settings(&[(CALIBRATION_VAR, "always")]);
+        assert_eq!(
+            (always.mode, always.keep_busy_measurements, notes.len()),
+            (Mode::Calibrate, true, 0)
+        );
         let (unknown, notes) = settings(&[(CALIBRATION_VAR, "sometimes")]);
         assert_eq!((unknown.mode, notes.len()), (Mode::Calibrate, 1));
         assert!(notes[0].contains(CALIBRATION_VAR));
@@ -1090,6 +1166,7 @@ mod tests {
         for (mode, in_panels, variant, on_lanes) in modes {
             let calibrator = Calibrator::new(Settings {
                 mode,
+                keep_busy_measurements: false,
                 cache_dir: Some(dir.path().to_path_buf()),
             });
             assert_eq!(calibrator.token_layer_in_panels(w.view()), in_panels, "{mode:?}");
@@ -1100,6 +1177,45 @@ mod tests {
             assert_eq!((calibrator.measurements(), calibrator.cache_file()), (0, None));
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A measurement starved of the cores (here: one that sleeps, on a pool of one thread) keeps
+    /// the built-in choice for the process and writes nothing, unless told to keep it.
+    #[test]
+    fn a_starved_measurement_is_not_kept() {
+        assert!(starved(0.1, 1.0, 2) && starved(0.0, 0.5, 1));
+        assert!(!starved(1.9, 1.0, 2) && !starved(0.0, 0.1, 2));
+        let before = process_cpu_seconds().expect("Linux's /proc/self/stat");
+        let spin = Instant::now();
+        while spin.elapsed().as_secs_f64() < 0.1 {
+            std::hint::black_box(0);
+        }
+        assert!(process_cpu_seconds().unwrap() > before);
+        let key = Key {
+            product: Product::Panels,
+            rows: 256,
+            outputs: 4096,
+            inputs: 4096,
+            threads: 1,
+        };
+        let (rule, measured) = (KernelChoice::Panels(PanelVariant::built_in()), KernelChoice::Lanes);
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let sleeping = || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            vec![(key, measured)]
+        };
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mut calibrator = calibrating_in(dir.path());
+        calibrator.keep_busy_measurements = false;
+        assert_eq!(one_thread.install(|| calibrator.choose(key, rule, sleeping)), rule);
+        assert_eq!(one_thread.install(|| calibrator.choose(key, rule, sleeping)), rule);
+        assert_eq!(calibrator.measurements(), 1);
+        assert!(calibrator.choices().is_empty());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let keeping = calibrating_in(dir.path());
+        assert_eq!(one_thread.install(|| keeping.choose(key, rule, sleeping)), measured);
+        assert_eq!(keeping.choices().len(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     /// The timed slices are disjoint runs of whole panels inside the layer, the whole layer when
