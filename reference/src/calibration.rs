@@ -713,8 +713,10 @@ fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// Whether a measurement of `wall` seconds on `threads` threads (all busy: the workers are kept
-/// awake) got less than three quarters of their time on the cores: other work was running. Too
-/// short a measurement (under 0.2 s, 20 clock ticks) is not judged.
+/// awake) got less than three quarters of their time on the cores: other processes were running.
+/// (The time is the whole process's: other busy threads of the same process, such as tests run
+/// beside each other, hide it.) Too short a measurement (under 0.2 s, 20 clock ticks) is not
+/// judged.
 fn starved(cpu: f64, wall: f64, threads: usize) -> bool {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     wall >= 0.2 && cpu < 0.75 * wall * threads.min(cores) as f64
