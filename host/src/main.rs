@@ -593,15 +593,11 @@ fn trajectories(args: TrajectoriesArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes a text file atomically (temporary name, then rename).
+/// Writes a text file through the safe writer (temporary name, then rename).
 fn write_text(path: &std::path::Path, text: &str) -> Result<()> {
-    let temp = resca_reference::safetensors_file::temporary_sibling(path);
-    let written = std::fs::write(&temp, text).map_err(|source| resca_reference::Error::Io {
-        path: path.to_path_buf(),
-        source,
-    });
-    resca_reference::safetensors_file::finish_atomic_write(path, &temp, written)?;
-    Ok(())
+    resca_host::outputs::check_destinations(&[("output", path)], &[])?
+        .remove(0)
+        .write_text(text)
 }
 
 fn stability(args: StabilityArgs) -> Result<()> {

@@ -281,6 +281,12 @@ fn step_divergence(info: &StepInfo, sampler: &Sampler, source: NonFiniteSource, 
     ))
 }
 
+/// The error of a sampling step (of a device backend) whose model output is finite but whose
+/// updated state is not.
+pub fn update_divergence(sampler: &Sampler, position: usize, cfg_scale: Option<f32>) -> Error {
+    step_divergence(&sampler.step_info(position), sampler, NonFiniteSource::SamplerUpdate, cfg_scale)
+}
+
 /// The error of a sampling step (of a device backend) whose result is not finite: where the
 /// reference's full forward of the same input first goes non-finite (`input`: the step's model
 /// input, the guided `[x; x]` included), or that it stays finite.
