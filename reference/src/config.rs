@@ -266,7 +266,7 @@ impl DitConfig {
         let mlp = self.hidden_size as f64 * self.mlp_ratio;
         if !(self.mlp_ratio.is_finite() && mlp >= 1.0 && mlp <= MAX_MLP_HIDDEN as f64) {
             return fail(format!(
-                "mlp_ratio {} gives an MLP width of {mlp} with hidden_size {}; it must be between 1 and {MAX_MLP_HIDDEN}",
+                "mlp_ratio {:?} gives an MLP width of {mlp:?} with hidden_size {}; it must be between 1 and {MAX_MLP_HIDDEN}",
                 self.mlp_ratio, self.hidden_size
             ));
         }

@@ -14,7 +14,7 @@
 //! created exclusively, so a symbolic link planted there is never followed) and is renamed into
 //! place once complete, so a failed run leaves no partial file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -197,7 +197,7 @@ impl SafetensorsFile {
             path,
             source,
             data_start,
-            tensors: tensors.into_iter().collect(),
+            tensors,
             metadata: metadata.unwrap_or_default(),
         })
     }
@@ -416,7 +416,7 @@ fn header_length(declared: u64, file_len: u64) -> std::result::Result<usize, Str
     Ok(declared as usize)
 }
 
-type Header = (Option<HashMap<String, String>>, Vec<(String, TensorInfo)>);
+type Header = (Option<HashMap<String, String>>, HashMap<String, TensorInfo>);
 
 /// Parses the JSON header: an object of tensor entries and an optional `__metadata__` table of
 /// strings. A name given twice is refused (a JSON map would silently keep the last).
@@ -430,20 +430,25 @@ pub fn parse_header(header: &[u8]) -> std::result::Result<Header, String> {
             f.write_str("a JSON object of tensor entries")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Header, A::Error> {
-            let mut seen = HashSet::new();
             let mut metadata = None;
-            let mut tensors = Vec::new();
+            let mut tensors = HashMap::new();
+            let twice = |name: &str| A::Error::custom(format!("the header names `{name}` twice"));
             while let Some(name) = map.next_key::<String>()? {
-                if !seen.insert(name.clone()) {
-                    return Err(A::Error::custom(format!("the header names `{name}` twice")));
-                }
                 if name == "__metadata__" {
+                    if metadata.is_some() {
+                        return Err(twice(&name));
+                    }
                     metadata = Some(map.next_value_seed(UniqueStrings)?);
-                } else {
-                    let info: TensorInfo = map
-                        .next_value()
-                        .map_err(|e| A::Error::custom(format!("tensor `{name}`: {e}")))?;
-                    tensors.push((name, info));
+                    continue;
+                }
+                let info: TensorInfo = map
+                    .next_value()
+                    .map_err(|e| A::Error::custom(format!("tensor `{name}`: {e}")))?;
+                match tensors.entry(name) {
+                    std::collections::hash_map::Entry::Occupied(entry) => return Err(twice(entry.key())),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        entry.insert(info);
+                    }
                 }
             }
             Ok((metadata, tensors))
@@ -489,8 +494,8 @@ pub fn parse_header(header: &[u8]) -> std::result::Result<Header, String> {
 /// Checks that the tensors' data ranges tile the data section in offset order, each exactly as
 /// long as its dtype and shape say (checked arithmetic: shapes come from the file); returns the
 /// data section's length.
-fn check_layout(tensors: &[(String, TensorInfo)]) -> std::result::Result<usize, String> {
-    let mut by_offset: Vec<&(String, TensorInfo)> = tensors.iter().collect();
+fn check_layout(tensors: &HashMap<String, TensorInfo>) -> std::result::Result<usize, String> {
+    let mut by_offset: Vec<(&String, &TensorInfo)> = tensors.iter().collect();
     by_offset.sort_by_key(|(_, info)| info.data_offsets);
     let mut end = 0usize;
     for (name, info) in by_offset {
