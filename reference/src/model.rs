@@ -422,7 +422,9 @@ impl Dit {
     ) -> Result<Array4<f32>> {
         check_cfg_scale(cfg_scale)?;
         let combined = guided_input(x)?;
-        let mut out = self.forward_hooked(combined.view(), timesteps, labels, hook)?;
+        self.validate_inputs(combined.view(), timesteps, labels)?;
+        let features = ops::timestep_features(timesteps);
+        let mut out = self.forward_features(combined.view(), features.view(), labels, hook);
         apply_guidance(&mut out, cfg_scale);
         if !out.iter().all(|v| v.is_finite()) {
             return Err(crate::sampler::forward_divergence(
