@@ -1,5 +1,5 @@
 """Side-by-side anchor for `cargo bench -p resca-reference --bench dit_forward`: the same DiT
-forward pass (SPEC.md section 1) in PyTorch, random weights, float32, on the CPU.
+forward pass (docs/algorithms.md section 1) in PyTorch, random weights, float32, on the CPU.
 
 The module below is written from the specification (not copied from facebookresearch/DiT): the
 same layers and shapes, timm-style attention via `scaled_dot_product_attention`.

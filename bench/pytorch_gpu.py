@@ -10,7 +10,7 @@
   implicit-Euler form). This reproduces ResCa's cost profile in PyTorch; it is not checked
   numerically against the Rust reference (the Rust runs are).
 
-The model is written from the specification (SPEC.md section 1), as in
+The model is written from the specification (docs/algorithms.md section 1), as in
 `bench/pytorch_dit_forward.py`; random weights (speed only).
 
     python3 bench/pytorch_gpu.py [--device cuda] [--preset DiT-XL/2] [--steps 50] [--runs 10] [--json]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the kernel crate to PTX with rustc's own nvptx64 target (nightly + rust-src, see
-# shared/TOOLCHAIN.md) for sm_80 and sm_90, and writes gpu-kernels/ptx/resca_kernels.<arch>.ptx
+# docs/gpu.md) for sm_80 and sm_90, and writes gpu-kernels/ptx/resca_kernels.<arch>.ptx
 # plus gpu-kernels/ptx/manifest.json (entry points and their parameters, toolchain, source hash).
 #
 #   scripts/build-ptx.sh                 # both architectures, rewrite the committed files

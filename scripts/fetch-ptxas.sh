@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches ptxas from Debian's non-free `nvidia-cuda-toolkit` .deb without installing the toolkit
-# (shared/TOOLCHAIN.md): a private apt configuration that adds `non-free` to this machine's
+# (docs/gpu.md): a private apt configuration that adds `non-free` to the local
 # Debian sources, `apt-get download` of that one package, `dpkg -x`, keep only /usr/bin/ptxas.
 # The binary is cached under ${RESCA_CACHE:-~/.cache/resca}/ptxas-<version>/ptxas and reused.
 # Prints the path of ptxas on stdout; exits 2 (with the reason on stderr) where it cannot be had.

@@ -2,7 +2,7 @@
 # Packs the GPU tests and the GPU benchmark, built here, for a GPU machine that has a driver but
 # no Rust toolchain: target/gpu-bundle.tar.xz holds the stripped `cuda_gpu` test binary (built
 # with the `cust` feature against the stub libcuda, so Rust-CUDA's backend is tested too), the
-# `gpu` bench, the `resca` binary the CLI test runs, and this machine's OpenBLAS with its
+# `gpu` bench, the `resca` binary the CLI test runs, and the build machine's OpenBLAS with its
 # libraries. On the GPU machine, in a checkout of the same commit: scripts/gpu-run-bundle.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

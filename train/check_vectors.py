@@ -1,5 +1,5 @@
 """Checks dit.py (model, forward_with_cfg, DDIM-50) against the tensors made by the official
-PyTorch code in shared/vectors/tiny (see its README.md). Usage: python3 check_vectors.py [DIR]"""
+PyTorch code in tests/vectors/tiny (see its README.md). Usage: python3 check_vectors.py [DIR]"""
 import json
 import sys
 

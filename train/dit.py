@@ -1,4 +1,4 @@
-"""Class-conditional DiT exactly as facebookresearch/DiT models.py (SPEC.md section 1),
+"""Class-conditional DiT exactly as facebookresearch/DiT models.py (docs/algorithms.md section 1),
 written from the specification with the official state_dict key names."""
 import math
 
@@ -201,7 +201,7 @@ def get_1d_sincos_pos_embed_from_grid(embed_dim, pos):
 
 
 def ddim_timestep_map(steps=50, T=1000):
-    """SPEC section 2: kept timesteps round(i*(T-1)/(steps-1)), Python round (ties to even)."""
+    """docs/algorithms.md section 2: kept timesteps round(i*(T-1)/(steps-1)), Python round (ties to even)."""
     return [round(i * (T - 1) / (steps - 1)) for i in range(steps)]
 
 
@@ -212,7 +212,7 @@ def alphas_cumprod(T=1000):
 
 @torch.no_grad()
 def ddim_sample(model, noise, labels, cfg_scale, steps=50, null_label=10, clip=False):
-    """DDIM, eta 0, no clipping (SPEC section 2); `clip` clamps x0 to [-1, 1] (diagnostic only, not
+    """DDIM, eta 0, no clipping (docs/algorithms.md section 2); `clip` clamps x0 to [-1, 1] (diagnostic only, not
     what the project's samplers do). Returns the final sample (B, C, H, W)."""
     abar = alphas_cumprod()
     tmap = ddim_timestep_map(steps)

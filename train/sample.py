@@ -1,4 +1,4 @@
-"""DDIM-50 samples from the exported DiT (SPEC section 2), a PNG grid (row = class 0..9) and the
+"""DDIM-50 samples from the exported DiT (docs/algorithms.md section 2), a PNG grid (row = class 0..9) and the
 classifier's accuracy / Frechet distance on the samples for several guidance scales.
 
 python3 sample.py --weights out/dit-mnist.safetensors --classifier out/classifier.safetensors \

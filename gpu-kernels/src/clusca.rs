@@ -1,7 +1,7 @@
-//! ClusCa (SPEC.md section 6): K-means with L1 distance on the final block's tokens (assignment,
-//! centroid update with its convergence flag, commit of the rows that moved; the host loops), and
-//! the sparse-step propagation of each cluster's freshly computed MLP output into the order-0
-//! cache of its members.
+//! ClusCa (docs/algorithms.md section 6): K-means with L1 distance on the final block's tokens
+//! (assignment, centroid update with its convergence flag, commit of the rows that moved; the host
+//! loops), and the sparse-step propagation of each cluster's freshly computed MLP output into the
+//! order-0 cache of its members.
 //!
 //! Distances and centroid sums run sequentially in one thread, in the reference's order
 //! (`resca_reference::cache::clusca`), so the same tokens give the same clusters bit for bit.

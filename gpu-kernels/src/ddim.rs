@@ -1,5 +1,6 @@
-//! One DDIM update (eta = 0, no clipping), SPEC.md 2, with the schedule's coefficients computed
-//! on the host in float64 and rounded to float32 exactly as the reference does.
+//! One DDIM update (eta = 0, no clipping), docs/algorithms.md section 2, with the schedule's
+//! coefficients computed on the host in float64 and rounded to float32 exactly as the reference
+//! does.
 
 use crate::global::{Global, GlobalMut};
 use crate::thread::{Dim3, LaunchDims, ThreadCtx, div_ceil};

@@ -1,6 +1,7 @@
-//! The DiT input side (SPEC.md 1.1-1.4): sinusoidal timestep features, the small linear layers
-//! of the t-embedder and adaLN (one warp per output feature), the label embedding added to the
-//! timestep embedding, and the patch embedding with its bias and positional embedding.
+//! The DiT input side (docs/algorithms.md sections 1.1-1.4): sinusoidal timestep features, the
+//! small linear layers of the t-embedder and adaLN (one warp per output feature), the label
+//! embedding added to the timestep embedding, and the patch embedding with its bias and positional
+//! embedding.
 
 use crate::global::{Global, GlobalMut};
 use crate::math;

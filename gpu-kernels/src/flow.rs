@@ -1,5 +1,5 @@
-//! One Euler step of the rectified-flow sampler (SPEC.md 3): `x + dt v`, with `dt` computed on
-//! the host in float64 and rounded to float32 as the reference does.
+//! One Euler step of the rectified-flow sampler (docs/algorithms.md section 3): `x + dt v`, with
+//! `dt` computed on the host in float64 and rounded to float32 as the reference does.
 
 use crate::global::{Global, GlobalMut};
 use crate::thread::{Dim3, LaunchDims, ThreadCtx, div_ceil};

@@ -1,6 +1,6 @@
-//! Classifier-free guidance exactly as upstream `forward_with_cfg` (SPEC.md 1.8): the batch is
-//! `[cond; uncond]`, channels 0..3 of BOTH halves become `uncond + scale (cond - uncond)`, the
-//! other channels stay per row.
+//! Classifier-free guidance exactly as upstream `forward_with_cfg` (docs/algorithms.md
+//! section 1.8): the batch is `[cond; uncond]`, channels 0..3 of BOTH halves become
+//! `uncond + scale (cond - uncond)`, the other channels stay per row.
 
 use crate::global::GlobalMut;
 use crate::thread::{Dim3, LaunchDims, ThreadCtx, div_ceil};

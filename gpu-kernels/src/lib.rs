@@ -1,7 +1,7 @@
 //! GPU kernels of the ResCa pipeline, written once in `#![no_std]` Rust and compiled three ways:
-//! to PTX with rustc's `nvptx64-nvidia-cuda` target (see `scripts/build-ptx.sh`), later through
-//! Rust-CUDA's `cuda_builder`, and for the host, where `resca-host`'s simulator runs every thread
-//! of a block with real barrier semantics and checks every memory access.
+//! to PTX with rustc's `nvptx64-nvidia-cuda` target (see `scripts/build-ptx.sh`), through
+//! Rust-CUDA's `cuda_builder` (feature `nvvm`), and for the host, where `resca-host`'s simulator
+//! runs every thread of a block with real barrier semantics and checks every memory access.
 //!
 //! Every kernel body is a generic function over a [`ThreadCtx`] (thread and block indices,
 //! `sync_threads`, shared memory, warp shuffles: cuda_std's names) that takes its buffers as

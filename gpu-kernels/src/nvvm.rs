@@ -1,13 +1,14 @@
 //! Rust-CUDA entry points (feature `nvvm`): the same kernel bodies behind cuda_std-style
 //! `#[kernel] pub unsafe fn` entry points with a [`ThreadCtx`] over cuda_std's thread, shared
-//! memory and warp APIs, for `rustc_codegen_nvvm` / `cuda_builder` (see the README's "Rust-CUDA"
-//! section). Entry names and parameters are those of the `nvptx` module (and of
+//! memory and warp APIs, for `rustc_codegen_nvvm` / `cuda_builder` (see docs/gpu.md, "Rust-CUDA
+//! (cuda_builder)"). Entry names and parameters are those of the `nvptx` module (and of
 //! `ptx/manifest.json`), so the host launches either PTX the same way.
 //!
 //! What is verified here: with `--features nvvm` this module type-checks on the host against
 //! crates.io `cuda_std` 0.2.2, whose GPU-only functions (`#[gpu_only]`) compile to
-//! `unimplemented!` bodies off the GPU. What is not: NVVM code generation (the Rust-CUDA toolchain
-//! cannot be built on the project's machines), so no PTX from this path has been produced or run.
+//! `unimplemented!` bodies off the GPU. What is not: NVVM code generation (the Rust-CUDA toolchain,
+//! LLVM 7 with `rustc-dev`, was not available to build), so no PTX from this path has been
+//! produced or run.
 //!
 //! Differences from the `nvptx` module that a user of this path should know: rustc_codegen_nvvm
 //! contracts multiplies and adds into FMAs by default, so results differ from the simulator's in

@@ -1,7 +1,7 @@
-//! PDDS, proxy-driven denoising simulation (SPEC.md 5.2-5.4): the MLP outputs of the driven
-//! tokens of a sparse step, simulated by the implicit update (implicit Euler, implicit Taylor of
-//! order M, or BDF2) whose residuals blend each token's own cached residuals with its proxy's
-//! fresh one, weighted by the confidence `theta = max(0, cos)`.
+//! PDDS, proxy-driven denoising simulation (docs/algorithms.md sections 5.2-5.4): the MLP outputs
+//! of the driven tokens of a sparse step, simulated by the implicit update (implicit Euler,
+//! implicit Taylor of order M, or BDF2) whose residuals blend each token's own cached residuals
+//! with its proxy's fresh one, weighted by the confidence `theta = max(0, cos)`.
 //!
 //! The formulation is `resca_reference::cache::pdds`'s: residuals in the SAMPLING direction,
 //! `R^(m) = sign^m c[m]` for cached derivatives `c[m]` with respect to the sampler's step index

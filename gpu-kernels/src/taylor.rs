@@ -1,6 +1,6 @@
-//! TaylorSeer caches of branch outputs (SPEC.md section 4): the finite-difference update of the
-//! factors `F_0 .. F_k` at a computed step and the Taylor prediction `sum_i F_i d^i / i!` at a
-//! cached one, optionally fused with the gated residual add of adaLN-Zero.
+//! TaylorSeer caches of branch outputs (docs/algorithms.md section 4): the finite-difference update
+//! of the factors `F_0 .. F_k` at a computed step and the Taylor prediction `sum_i F_i d^i / i!` at
+//! a cached one, optionally fused with the gated residual add of adaLN-Zero.
 //!
 //! A cache is one buffer of `orders` slots of `len` elements each (`F_i` at `[i len ..]`); the
 //! host tracks how many slots hold factors, as `resca_reference::cache::taylor` tracks

@@ -1,7 +1,7 @@
-//! TETC, temporal-enhanced trajectory clustering (SPEC.md 5.1), per batch row of the final
-//! block's hidden state X (N, D): rows L2-normalised, the cosine similarity `S = Xn Xn^T`, its
-//! EMA over full steps, K-medoids on the smoothed similarity (assignment and medoid update, the
-//! host loops until no medoid changes) and the `center-random` proxy draw.
+//! TETC, temporal-enhanced trajectory clustering (docs/algorithms.md section 5.1), per batch row of
+//! the final block's hidden state X (N, D): rows L2-normalised, the cosine similarity
+//! `S = Xn Xn^T`, its EMA over full steps, K-medoids on the smoothed similarity (assignment and
+//! medoid update, the host loops until no medoid changes) and the `center-random` proxy draw.
 //!
 //! Every reduction that decides a cluster (the argmax of the assignment, the members' similarity
 //! sums of the medoid update, the weights of the proxy draw) runs sequentially in token order in

@@ -5,8 +5,8 @@
 //!
 //! `cargo bench -p resca-host --bench sampling_methods -- [PRESET] [STEPS] [FILTER] [ROUNDS]`
 //! (default DiT-B/2, 50 steps, every method, 1 round; FILTER keeps the methods whose name
-//! contains it, "" for all; full compute always runs as the baseline). The machine's speed
-//! drifts by 10-15% over minutes, so with ROUNDS > 1 every round runs full compute then each
+//! contains it, "" for all; full compute always runs as the baseline). A shared 2-core VM's
+//! speed drifts by 10-15% over minutes, so with ROUNDS > 1 every round runs full compute then each
 //! method, each method's wall speedup is taken against the full run of ITS round, and the table
 //! gives the median over the rounds (and the range of wall/FLOPs).
 

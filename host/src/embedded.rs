@@ -17,8 +17,8 @@ pub const CLASSIFIER_WEIGHTS: &[u8] = include_bytes!("../assets/classifier.safet
 /// Guidance scale used with the embedded model when `--cfg-scale` is not given. The papers sample
 /// DiT-XL/2 at 1.5; this 1.4 M-parameter model (16000 training steps) needs more guidance for
 /// legible digits: at 1.5 the classifier calls 86% of the compare run's samples right and 3, 4, 5,
-/// 8 and 9 come out rough, at 4.0 every class of the default grid is legible (README, "The
-/// embedded model", has both tables).
+/// 8 and 9 come out rough, at 4.0 every class of the default grid is legible (docs/benchmarks.md,
+/// "Quality at matched FLOPs", has both tables).
 pub const DEFAULT_CFG_SCALE: f32 = 4.0;
 
 fn dit_file() -> Result<SafetensorsFile> {

@@ -1,5 +1,5 @@
-//! `resca`: run DiT with residual caching on the CPU reference (and, in time, the simulator and
-//! CUDA backends). `resca --help` lists the subcommands; DESIGN.md holds the CLI contract.
+//! `resca`: run DiT with residual caching on the CPU reference, the GPU simulator or a CUDA GPU.
+//! `resca --help` lists the subcommands; README.md ("The `resca` CLI") describes them.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;

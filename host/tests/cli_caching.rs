@@ -27,7 +27,7 @@ fn json(output: &Output) -> serde_json::Value {
 
 #[test]
 fn plan_reproduces_the_papers_flops_for_dit_xl2() {
-    // SPEC.md section 7 (the released code's counts), each within 1%.
+    // docs/algorithms.md section 7 (the released code's counts), each within 1%.
     let cases: [(&[&str], f64); 4] = [
         (&["--method", "full"], 23.74),
         (&["--method", "resca", "--interval", "3", "--clusters", "16"], 9.20),

@@ -144,8 +144,8 @@ fn cuda_backend_without_a_driver_fails_with_a_clear_message() {
     }
 }
 
-/// On this machine (whatever it has), `probe` and `CudaDevice::open` return, never panic, and
-/// agree with each other.
+/// Wherever the test runs (with or without a GPU), `probe` and `CudaDevice::open` return, never
+/// panic, and agree with each other.
 #[test]
 fn probe_and_open_agree() {
     let probed = resca_host::cuda::probe();

@@ -56,7 +56,8 @@ fn forward_matches_reference_and_official_output() {
     let vs_reference = max_abs_diff(&ours, &reference);
     let vs_official = max_abs_diff(&ours, &official);
     eprintln!("forward: max |sim - reference| {vs_reference:.2e}, max |sim - official| {vs_official:.2e}");
-    // Budget 1e-5 absolute (the issue's); measured 7.2e-7 vs the reference and vs torch.
+    // Budget 1e-5 absolute (README.md, "Correctness"); measured 7.2e-7 vs the reference and vs
+    // torch.
     assert!(vs_reference < 1e-5, "sim vs reference {vs_reference}");
     assert!(vs_official < 1e-5, "sim vs official {vs_official}");
 }
@@ -134,8 +135,8 @@ fn guided_ddim_50_run_matches_reference_and_official_trajectory() {
         "cfg DDIM-50: x rel. to max|x|: {vs_reference:.2e} vs reference, {vs_official:.2e} vs official; \
          model_out {out_vs_reference:.2e} vs reference"
     );
-    // Budget 1e-4 relative to max|x| (the issue's); measured 6.2e-7 vs the reference and vs
-    // torch, model_out 6.4e-7. All 50 steps, 4 rows: about 5 s in the simulator.
+    // Budget 1e-4 relative to max|x| (README.md, "Correctness"); measured 6.2e-7 vs the reference
+    // and vs torch, model_out 6.4e-7. All 50 steps, 4 rows: about 5 s in the simulator.
     assert!(vs_reference < 1e-4, "x vs reference {vs_reference}");
     assert!(vs_official < 1e-4, "x vs official {vs_official}");
     assert!(out_vs_reference < 1e-4, "model_out vs reference {out_vs_reference}");

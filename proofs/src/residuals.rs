@@ -1,4 +1,4 @@
-//! The multi-order residuals of ResCa (supplement Eq. S4, SPEC.md 5.2):
+//! The multi-order residuals of ResCa (supplement Eq. S4, docs/algorithms.md section 5.2):
 //!
 //! ```text
 //! Delta^(0) x_t = x_t,    Delta^(m) x_t = Delta^(m-1) x_t - Delta^(m-1) x_{t+1}.

@@ -1,5 +1,5 @@
-//! The stability claims of the ResCa supplement (Sec. B.8) and SPEC section 9, each stated as
-//! exactly what holds. Tolerances are given where they are used, with the reason.
+//! The stability claims of the ResCa supplement (Sec. B.8) and docs/algorithms.md section 8, each
+//! stated as exactly what holds. Tolerances are given where they are used, with the reason.
 
 mod common;
 
@@ -177,7 +177,7 @@ fn implicit_taylor_order_3_is_not_a_stable() {
     assert_eq!(c.gain, report.max_gain_on_imaginary_axis);
 }
 
-/// SPEC section 9's figure: `|G(i)| = 1/sqrt(1 - 1/12 + 1/36) = 6/sqrt(34) = 1.0290`
+/// docs/algorithms.md section 8's figure: `|G(i)| = 1/sqrt(1 - 1/12 + 1/36) = 6/sqrt(34) = 1.0290`
 /// (tolerance 1e-14: one Horner evaluation at an O(1) point).
 #[test]
 fn implicit_taylor_order_3_gain_at_i_is_6_over_sqrt_34() {

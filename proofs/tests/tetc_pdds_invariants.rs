@@ -245,13 +245,13 @@ fn tiny_rows_are_not_normalised_to_unit_length() {
     assert!((s[[0, 1]] - 0.3).abs() < 1e-6, "{}", s[[0, 1]]);
 }
 
-/// COUNTEREXAMPLE to "medoids are members of their clusters" without the generic premise:
-/// three identical tokens, K = 2. The initial medoids are tokens 0 and 2; every token's
-/// similarity to both is exactly equal, so `assign`'s first-index tie rule puts all three in
-/// cluster 0; cluster 1 is empty and keeps its medoid 2 (as SPEC 5.1 prescribes); cluster 0's
-/// medoid stays 0, nothing changes, and the final labels put medoid 2 in cluster 0. With
-/// `center` proxies token 2 is then the proxy of an empty cluster while itself driven by
-/// cluster 0's proxy; `simulate` still gives it a fresh output (the proxy loop runs last).
+/// COUNTEREXAMPLE to "medoids are members of their clusters" without the generic premise: three
+/// identical tokens, K = 2. The initial medoids are tokens 0 and 2; every token's similarity to
+/// both is exactly equal, so `assign`'s first-index tie rule puts all three in cluster 0; cluster 1
+/// is empty and keeps its medoid 2 (as docs/algorithms.md section 5.1 prescribes); cluster 0's
+/// medoid stays 0, nothing changes, and the final labels put medoid 2 in cluster 0. With `center`
+/// proxies token 2 is then the proxy of an empty cluster while itself driven by cluster 0's proxy;
+/// `simulate` still gives it a fresh output (the proxy loop runs last).
 #[test]
 fn medoid_of_an_empty_cluster_need_not_be_its_member() {
     let x = array![[1.0f32, 2.0], [1.0, 2.0], [1.0, 2.0]];

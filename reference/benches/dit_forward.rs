@@ -2,7 +2,7 @@
 //! time over repeated runs, and the process's peak resident memory against the weights' size.
 //!
 //! `cargo bench -p resca-reference --bench dit_forward -- [PRESET] [RUNS]` (default DiT-XL/2, 5).
-//! The anchor (official PyTorch 2.15 CPU code, 2 threads, this machine class):
+//! A recorded PyTorch timing (PyTorch 2.15 CPU, 2 threads, a 2-core AMD EPYC), printed beside ours:
 //! batch 1: 2.24 s min / 2.49 s median; batch 2: 4.87 s min / 5.48 s median.
 
 use std::time::Instant;

@@ -5,7 +5,7 @@
 //! sparse step (2 x 16 rows) and adaLN (2 rows). On both cores each is split by output features, as the model does; on one core,
 //! one product at a time. Each product cycles through enough weight matrices (>= 40 MB) that they
 //! come from memory, as a sampling step's blocks' weights do. The two are timed alternately, 12
-//! rounds, best and median, to cancel this shared machine's drift.
+//! rounds, best and median, to cancel the drift of a shared virtual machine's speed.
 //!
 //! `cargo bench -p resca-reference --bench linear_kernels`
 

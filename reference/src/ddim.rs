@@ -1,5 +1,5 @@
-//! The DDIM sampler of guided-diffusion as DiT uses it (SPEC.md section 2): linear betas,
-//! respaced timesteps, eta = 0, no clipping.
+//! The DDIM sampler of guided-diffusion as DiT uses it (docs/algorithms.md section 2): linear
+//! betas, respaced timesteps, eta = 0, no clipping.
 
 use ndarray::{Array4, ArrayView4, Zip};
 

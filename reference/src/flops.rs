@@ -1,5 +1,5 @@
-//! FLOPs accounting (SPEC.md section 7): 2 FLOPs per multiply-add, per image, the CFG pair counted
-//! as two images.
+//! FLOPs accounting (docs/algorithms.md section 7): 2 FLOPs per multiply-add, per image, the CFG
+//! pair counted as two images.
 //!
 //! Per block and token row: qkv `2*3D^2`, attention `2*2*N*D` (QK^T and AV), proj `2*D^2`, MLP
 //! `2*2*D*H` (fc1 and fc2, H = mlp_ratio * D, i.e. `2*8*D^2` for ratio 4). Per image and step the
@@ -58,7 +58,7 @@ mod tests {
     fn dit_xl2_ddim50_with_guidance_is_23_74_tflops() {
         let config = DitConfig::preset("DiT-XL/2").unwrap();
         let total = run_flops(&config, vec![StepWork::full(&config); 50], 2) / 1e12;
-        // SPEC.md section 7: 23.74 TFLOPs; the block terms alone give 23.68.
+        // docs/algorithms.md section 7: 23.74 TFLOPs; the block terms alone give 23.68.
         assert!((total - 23.74).abs() / 23.74 < 0.01, "{total}");
     }
 }

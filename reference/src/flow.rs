@@ -1,5 +1,6 @@
-//! The rectified-flow Euler sampler (FLUX style, SPEC.md section 3): `dx/dt = v(x, t)` integrated
-//! from t = 1 (noise) to t = 0 on a uniform grid, optionally shifted towards the noisy end.
+//! The rectified-flow Euler sampler (FLUX style, docs/algorithms.md section 3): `dx/dt = v(x, t)`
+//! integrated from t = 1 (noise) to t = 0 on a uniform grid, optionally shifted towards the noisy
+//! end.
 
 use ndarray::{Array4, ArrayView4, Zip};
 

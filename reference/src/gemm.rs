@@ -30,14 +30,14 @@ pub const PANEL: usize = 16;
 const TILE_ROWS: usize = 6;
 
 /// Rows of `x` per register tile of the AVX-512 kernel: 12 accumulators of one register each
-/// and the weight register, of 32; each row's value is broadcast from memory by its FMA. On the
-/// 2-core Zen 4 machine, 512 x 4608 x 1152 (XL/2's fc1 at batch 2), tiles of 12 and 16 rows ran
-/// at the same speed, 8 rows ~5% slower (`gemm` probe, alternated rounds).
+/// and the weight register, of 32; each row's value is broadcast from memory by its FMA. On an
+/// AMD EPYC Zen 4 (2 cores, 1 MiB L2 per core), 512 x 4608 x 1152 (XL/2's fc1 at batch 2), tiles
+/// of 12 and 16 rows ran at the same speed, 8 rows ~5% slower (`gemm` probe, alternated rounds).
 const WIDE_TILE_ROWS: usize = 12;
 
 /// Panels the AVX-512 kernel sweeps per row tile, the tile staying in L1 while the group's
-/// weights (8 x 16 KiB) stay in L2: on the Zen 4 machine 8 gave 203-215 GFLOP/s for XL/2's fc1
-/// at batch 2, 4 gave 202, 16 199-209 and 32 196, one panel per sweep of every tile 190
+/// weights (8 x 16 KiB) stay in L2: on an AMD EPYC Zen 4, groups of 8 gave 203-215 GFLOP/s for
+/// XL/2's fc1 at batch 2, 4 gave 202, 16 199-209 and 32 196, one panel per sweep of every tile 190
 /// (alternated rounds, the same products).
 const WIDE_PANEL_GROUP: usize = 8;
 
@@ -46,10 +46,10 @@ const WIDE_PANEL_GROUP: usize = 8;
 pub(crate) const DEPTH: usize = 256;
 
 /// The packed rows of `x` of one pass (rows x pass depth) are at most this many values for the
-/// AVX2 kernel (256 KiB, half of the Zen 3 machine's 512 KiB L2)...
+/// AVX2 kernel (256 KiB, half of an AMD EPYC Zen 3 core's 512 KiB L2)...
 const PACKED_X_VALUES: usize = 64 * 1024;
 
-/// ... and for the AVX-512 kernel (512 KiB, half of the Zen 4 machine's 1 MiB L2: full-depth
+/// ... and for the AVX-512 kernel (512 KiB, half of an AMD EPYC Zen 4 core's 1 MiB L2: full-depth
 /// passes at 512 rows, XL/2's fc1 at batch 2 199 against 186 GFLOP/s with half this).
 const WIDE_PACKED_X_VALUES: usize = 128 * 1024;
 
@@ -178,7 +178,7 @@ impl PackedWeights {
     /// `x W^T + b` for token rows `x` (rows, in): the kernel's first pass over the depth stores
     /// its sums plus the bias, later passes add theirs. `x` is packed once; large products are
     /// then split over the cores by output panels, so each core streams only its share of the
-    /// weights (measured on the 2-core Zen 3 machine, DiT-XL/2 forward batch 2 with BLAS: 3.71 s
+    /// weights (measured on a 2-core AMD EPYC Zen 3, DiT-XL/2 forward batch 2 with BLAS: 3.71 s
     /// split by features, 4.07 s split by rows).
     pub fn linear(&self, x: ArrayView2<f32>, bias: ArrayView1<f32>) -> Array2<f32> {
         assert_eq!(
@@ -200,7 +200,7 @@ impl PackedWeights {
         let per_chunk = panels.div_ceil(chunks).max(1);
         // Each core writes its share of the outputs, bias included: the kernel's first pass
         // stores its sums plus the bias, so no pass writes the bias rows beforehand (1.4% of
-        // XL/2's forward at batch 2 on the Zen 4 machine).
+        // XL/2's forward at batch 2 on a 2-core AMD EPYC Zen 4).
         let mut y = Array2::<f32>::uninit((rows, self.outputs));
         let chunk_product = |(chunk, part): (usize, ArrayViewMut2<MaybeUninit<f32>>)| {
             let first = chunk * per_chunk;
@@ -465,9 +465,9 @@ impl Kernel {
     }
 
     /// Whether this kernel multiplies many rows faster than BLAS, so that token layers keep
-    /// their weights packed for it ([`crate::weights::Linear`]). On the 2-core Zen 4 machine
-    /// the AVX-512 kernel ran XL/2's products at 256 and 512 rows 2-12% faster than OpenBLAS
-    /// 0.3.21 (its Cooperlake kernel); on the Zen 3 machine the AVX2 kernel ran them 5-15% slower.
+    /// their weights packed for it ([`crate::weights::Linear`]). On a 2-core AMD EPYC Zen 4 the
+    /// AVX-512 kernel ran XL/2's products at 256 and 512 rows 2-12% faster than OpenBLAS 0.3.21
+    /// (its Cooperlake kernel); on a 2-core AMD EPYC Zen 3 the AVX2 kernel ran them 5-15% slower.
     pub(crate) fn beats_blas_on_many_rows(self) -> bool {
         self.is_avx512()
     }

@@ -45,7 +45,7 @@ const PREFETCH_AHEAD: usize = 64 * GROUP;
 /// The weights of an `nn.Linear` (out, in), packed in groups of [`GROUP`] outputs for
 /// products of a few rows (see the module doc).
 ///
-/// Measured on the 2-core Zen 3 machine, ResCa-IE with one full step then 48 sparse ones on
+/// Measured on a 2-core AMD EPYC Zen 3, ResCa-IE with one full step then 48 sparse ones on
 /// DiT-B/2 (2 x 16 proxies through fc1 and fc2 of 12 blocks per sparse step, both cores),
 /// three alternated pairs of runs: the proxies' MLP took 34-35 ms a sparse step against 43-45
 /// ms with [`crate::gemm::PackedWeights`], and the sparse step 49-50 ms against 60-62 ms.

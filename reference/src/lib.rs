@@ -1,5 +1,6 @@
 //! Pure-ndarray CPU reference of DiT and of the ResCa caching methods: the oracle the GPU kernels
-//! are checked against, and the engine of CPU runs. See SPEC.md for the exact algorithms.
+//! are checked against, and the engine of CPU runs. See docs/algorithms.md for the exact
+//! algorithms.
 
 // Links OpenBLAS, which ndarray's `blas` feature calls for every large matrix product.
 extern crate blas_src;

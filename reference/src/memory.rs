@@ -8,11 +8,11 @@
 //! next step's allocations then fault every page in again, zero-filled, which on a virtual
 //! machine is an exit to the hypervisor per page. rayon's workers each get their own arena too,
 //! whose heaps glibc unmaps once they are wholly free, and the forward pass runs on whichever
-//! worker is free. Measured on the project's 2-core VM, DiT-B/2, 50-step guided DDIM, three runs
+//! worker is free. Measured on a 2-core AMD EPYC Zen 3 VM, DiT-B/2, 50-step guided DDIM, three runs
 //! in one process: a ResCa-IE run took 82-93 K page faults (336-383 MB of fresh pages) with
 //! glibc's defaults, 28-31 K with only the thresholds raised, and with one arena as well 29 K in
 //! the first run (its caches' first touch) and under 10 in the next ones; full compute 6-14 K, then
-//! 0. (The time this saves, tens of ms a run, is below this machine's run-to-run noise.)
+//! 0. (The time this saves, tens of ms a run, is below that VM's run-to-run noise.)
 //!
 //! Process-wide allocator settings belong to the program, not to a library: the `resca` binary
 //! and the benchmarks call [`retain_freed_memory`] first thing; a host that links the reference

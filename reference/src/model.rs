@@ -1,6 +1,6 @@
-//! The DiT forward pass (facebookresearch/DiT `models.py`, SPEC.md section 1), with every block's
-//! attention and MLP branch outputs visible to, and replaceable by, a [`BranchHook`]: the caching
-//! methods plug in there.
+//! The DiT forward pass (facebookresearch/DiT `models.py`, docs/algorithms.md section 1), with
+//! every block's attention and MLP branch outputs visible to, and replaceable by, a [`BranchHook`]:
+//! the caching methods plug in there.
 
 use std::path::Path;
 

@@ -1,7 +1,8 @@
 //! The numerical building blocks of DiT, on row-major ndarray matrices (one row per token).
 //!
-//! Each function mirrors one line of facebookresearch/DiT `models.py` (SPEC.md section 1). They are
-//! also the oracle the GPU kernels are property-tested against, so they stay small and literal.
+//! Each function mirrors one line of facebookresearch/DiT `models.py` (docs/algorithms.md
+//! section 1). They are also the oracle the GPU kernels are property-tested against, so they stay
+//! small and literal.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip, s};
@@ -43,8 +44,8 @@ pub(crate) fn row_chunks(rows: usize, macs: usize) -> usize {
 /// `x W^T + b` for a PyTorch `nn.Linear` weight `w` of shape (out, in), by BLAS: the output
 /// starts as the bias rows and one GEMM with beta = 1 adds the product (no separate zeroing or
 /// bias pass). Large products are split over the cores by output features: each core then packs
-/// only its share of the weights, which do not fit in cache (measured on the 2-core Zen 3
-/// machine, DiT-XL/2 forward batch 2: 3.71 s split by features, 4.07 s split by rows). Products
+/// only its share of the weights, which do not fit in cache (measured on a 2-core AMD EPYC Zen 3,
+/// DiT-XL/2 forward batch 2: 3.71 s split by features, 4.07 s split by rows). Products
 /// of a few rows go to [`crate::gemm`] instead (see [`crate::weights::Linear`]).
 pub fn linear(x: ArrayView2<f32>, w: ArrayView2<f32>, b: ArrayView1<f32>) -> Array2<f32> {
     single_threaded_blas();

@@ -20,8 +20,9 @@ pub enum Sampler {
     Flow(FlowSchedule),
 }
 
-/// Direction of the sampler's own step counter: DDIM's step index counts DOWN from S-1 to 0,
-/// the flow sampler's counts UP from 0 to S-1 (SPEC.md 5.4 flips the residual signs).
+/// Direction of the sampler's own step counter: DDIM's step index counts DOWN from S-1 to 0, the
+/// flow sampler's counts UP from 0 to S-1 (docs/algorithms.md section 5.4 flips the residual
+/// signs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Orientation {
     CountingDown,

@@ -1,5 +1,5 @@
-//! DiT parameters under the official `state_dict` key names (SPEC.md section 1), loaded from
-//! safetensors (f32, or f16/bf16 converted) or drawn at random for benchmarks and smoke runs.
+//! DiT parameters under the official `state_dict` key names (docs/algorithms.md section 1), loaded
+//! from safetensors (f32, or f16/bf16 converted) or drawn at random for benchmarks and smoke runs.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;

@@ -1,5 +1,6 @@
-//! Property tests of the caching engine's pieces: the dense-step schedule, the Taylor cache,
-//! PDDS against the released code's formulas in both orientations (SPEC.md 5.3, 5.4), and blend.
+//! Property tests of the caching engine's pieces: the dense-step schedule, the Taylor cache, PDDS
+//! against the released code's formulas in both orientations (docs/algorithms.md sections 5.3,
+//! 5.4), and blend.
 
 use approx::assert_abs_diff_eq;
 use ndarray::{Array1, Array2, Array3, ArrayView2};
@@ -47,7 +48,8 @@ fn problem() -> impl Strategy<Value = Problem> {
     })
 }
 
-/// The released code's sparse-step update, DDIM orientation, transcribed from SPEC.md 5.3.
+/// The released code's sparse-step update, DDIM orientation, transcribed from docs/algorithms.md
+/// section 5.3.
 fn released_ddim(p: &Problem, solver: Solver) -> Array2<f32> {
     let c = &p.cache;
     let theta = |m: usize, i: usize, proxy: usize| confidence(c[m].row(i), c[m].row(proxy));
@@ -86,8 +88,8 @@ fn released_ddim(p: &Problem, solver: Solver) -> Array2<f32> {
     out
 }
 
-/// The flow orientation of SPEC.md 5.4: `proxy_next = f - x_t[p]`, IE `x_t + est`, IT `+1/m!`,
-/// BDF2 `4/3 x_t - 1/3 (x_t - r_t) + 2/3 est`.
+/// The flow orientation of docs/algorithms.md section 5.4: `proxy_next = f - x_t[p]`, IE
+/// `x_t + est`, IT `+1/m!`, BDF2 `4/3 x_t - 1/3 (x_t - r_t) + 2/3 est`.
 fn released_flow(p: &Problem, solver: Solver) -> Array2<f32> {
     let c = &p.cache;
     let theta = |m: usize, i: usize, proxy: usize| confidence(c[m].row(i), c[m].row(proxy));

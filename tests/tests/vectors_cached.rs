@@ -57,7 +57,7 @@ fn assert_matches(file_name: &str, trajectory: &Trajectory, budget: f32) {
 fn taylorseer_order_4_interval_4_matches_the_official_run() {
     let mut hook = caching_hook(MethodConfig::new(MethodKind::TaylorSeer, 4, 4));
     let trajectory = run("taylorseer_i4_o4.safetensors", &mut hook);
-    // Budget 1e-4 of max|x| (issue 3); measured 6.2e-7 (x) and 1.0e-6 (model_out).
+    // Budget 1e-4 of max|x| (README.md, "Correctness"); measured 6.2e-7 (x) and 1.0e-6 (model_out).
     assert_matches("taylorseer_i4_o4.safetensors", &trajectory, 1e-4);
 }
 

@@ -1,5 +1,5 @@
 //! The device-generic pipeline: DiT forward passes, classifier-free guidance, both samplers and
-//! every caching method as one launch sequence over a [`Device`] (the simulator now, CUDA next).
+//! every caching method as one launch sequence over a [`Device`] (the simulator or CUDA).
 //!
 //! * [`device`]: the [`Device`] trait (buffers, copies, launches by PTX entry name) and the
 //!   kernel-call description a backend executes;

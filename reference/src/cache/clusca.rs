@@ -1,6 +1,6 @@
-//! ClusCa (SPEC.md section 6), the clustering baseline: K-means with L1 distance on the final
-//! block's tokens at full steps; on sparse steps one random member per cluster goes through the
-//! MLP and its output is propagated into the order-0 cache of its cluster.
+//! ClusCa (docs/algorithms.md section 6), the clustering baseline: K-means with L1 distance on the
+//! final block's tokens at full steps; on sparse steps one random member per cluster goes through
+//! the MLP and its output is propagated into the order-0 cache of its cluster.
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;

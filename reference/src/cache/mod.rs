@@ -1,7 +1,7 @@
 //! The caching methods behind one interface: a [`CachingHook`] is consulted by the sampler at every
 //! step ([`StepHook::begin_step`]) and by the DiT forward for every block and branch
 //! ([`BranchHook::branch`]). Methods: `full`, `fora`, `taylorseer`, `clusca` and `resca`
-//! (SPEC.md sections 4-6).
+//! (docs/algorithms.md sections 4-6).
 
 pub mod clusca;
 pub mod pdds;
@@ -44,7 +44,7 @@ pub enum MethodKind {
     ResCa,
 }
 
-/// How ResCa's cached residuals are scaled (SPEC.md 5.3).
+/// How ResCa's cached residuals are scaled (docs/algorithms.md section 5.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResidualScaling {
     /// One-step residuals, as the paper's equations imply.

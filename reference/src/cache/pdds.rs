@@ -1,6 +1,6 @@
-//! PDDS, proxy-driven denoising simulation (SPEC.md 5.2-5.4): the MLP outputs of the driven
-//! tokens of a sparse step, simulated by an implicit update whose residuals blend the token's own
-//! cached residuals with its proxy's fresh one.
+//! PDDS, proxy-driven denoising simulation (docs/algorithms.md sections 5.2-5.4): the MLP outputs
+//! of the driven tokens of a sparse step, simulated by an implicit update whose residuals blend the
+//! token's own cached residuals with its proxy's fresh one.
 //!
 //! Everything is written with residuals in the SAMPLING direction (`R^(m)` = new minus old along
 //! the run, the paper's `F^(m)`), so one implementation serves DDIM (whose step index counts down)

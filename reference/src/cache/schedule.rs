@@ -1,4 +1,5 @@
-//! Which steps compute everything ("full") and which use the cache (SPEC.md section 4).
+//! Which steps compute everything ("full") and which use the cache (docs/algorithms.md
+//! section 4.1).
 //!
 //! The first `first_enhance` steps are full (DiT: 2, i.e. s = 49, 48 of DDIM-50; FLUX: 3); after
 //! that a counter, reset at each full step, makes every `interval`-th step full. For S = 50 and

@@ -1,5 +1,6 @@
-//! Taylor caches of branch outputs (TaylorSeer, SPEC.md section 4): order-0 is the last output,
-//! order i+1 the finite difference of order i between two updates divided by their step gap.
+//! Taylor caches of branch outputs (TaylorSeer, docs/algorithms.md section 4.2): order-0 is the
+//! last output, order i+1 the finite difference of order i between two updates divided by their
+//! step gap.
 
 use ndarray::{Array3, ArrayView3, Zip};
 

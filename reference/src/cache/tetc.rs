@@ -1,6 +1,6 @@
-//! TETC, temporal-enhanced trajectory clustering (SPEC.md 5.1), per batch row: cosine similarity
-//! of the final block's tokens, an EMA of it over full steps, K-medoids on the smoothed
-//! similarity, and one proxy token per cluster.
+//! TETC, temporal-enhanced trajectory clustering (docs/algorithms.md section 5.1), per batch row:
+//! cosine similarity of the final block's tokens, an EMA of it over full steps, K-medoids on the
+//! smoothed similarity, and one proxy token per cluster.
 
 use ndarray::{Array2, ArrayView2};
 use rand::Rng;
