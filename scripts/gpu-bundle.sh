@@ -2,6 +2,7 @@
 # Packs the GPU tests and the GPU benchmark, built here, for a GPU machine that has a driver but
 # no Rust toolchain: target/gpu-bundle.tar.xz holds the stripped `cuda_gpu` test binary (built
 # with the `cust` feature against the stub libcuda, so Rust-CUDA's backend is tested too), the
+# `sim_forward` and `sim_methods` test binaries (their tests run on every device present), the
 # `gpu` bench, the `resca` binary the CLI test runs, and the build machine's OpenBLAS with its
 # libraries. On the GPU machine, in a checkout of the same commit: scripts/gpu-run-bundle.sh.
 set -euo pipefail
@@ -15,14 +16,18 @@ for line in sys.stdin:
 stub=$(bash scripts/stub-libcuda.sh)
 tests=$(CUDA_LIBRARY_PATH="$stub" cargo test -q -p resca-host --features cust --test cuda_gpu --no-run \
     --message-format=json | executable cuda_gpu)
+sim_forward=$(cargo test -q -p resca-host --test sim_forward --no-run --message-format=json | executable sim_forward)
+sim_methods=$(cargo test -q -p resca-host --test sim_methods --no-run --message-format=json | executable sim_methods)
 bench=$(cargo bench -q -p resca-host --bench gpu --no-run --message-format=json | executable gpu)
 cargo build -q -p resca-host --bin resca
 work=$(mktemp -d)
 mkdir -p "$work/lib"
 cp "$tests" "$work/cuda_gpu"
+cp "$sim_forward" "$work/sim_forward"
+cp "$sim_methods" "$work/sim_methods"
 cp "$bench" "$work/gpu_bench"
 cp target/debug/resca "$work/resca"
-strip "$work/cuda_gpu" "$work/gpu_bench" "$work/resca"
+strip "$work/cuda_gpu" "$work/sim_forward" "$work/sim_methods" "$work/gpu_bench" "$work/resca"
 for lib in $(ldd "$work/resca" | awk '/openblas|gfortran|quadmath/ {print $3}'); do
     cp -L "$lib" "$work/lib/"
 done

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs what scripts/gpu-bundle.sh packed, on a GPU machine, from the root of a checkout of the
 # same commit: `resca info`, the GPU tests (cudarc and cust backends; the sm_90 module where the
-# GPU runs it, then the sm_80 one), compute-sanitizer's memcheck
-# and racecheck over every kernel's replayed launches (where compute-sanitizer is installed), and
-# the GPU benchmark with PyTorch beside it. Logs go to $OUT (default ./gpu-logs).
+# GPU runs it, then the sm_80 one; the GPU halves of `sim_forward` and `sim_methods`),
+# compute-sanitizer's memcheck and racecheck over every kernel's replayed launches (where
+# compute-sanitizer is installed), and the GPU benchmark with PyTorch beside it. Logs go to $OUT
+# (default ./gpu-logs).
 # Usage: scripts/gpu-run-bundle.sh [BUNDLE] (default target/gpu-bundle.tar.xz)
 set -uo pipefail
 bundle=$(realpath "${1:-target/gpu-bundle.tar.xz}")
@@ -37,6 +38,12 @@ status=0
 # The sm_80 module too, JIT-compiled for this GPU (on an sm_80 GPU this repeats the run above).
 RESCA_PTX_ARCH=sm_80 "$unpacked/cuda_gpu" --test-threads=1 --nocapture >"$out/tests-sm80.txt" 2>&1 || status=1
 echo "sm_80 module: $(grep -oE 'PTX sm_[0-9]+|test result: .*' "$out/tests-sm80.txt" | tr '\n' ' ')"
+# The tests that run one body on every device present: their GPU halves (`<test>::cuda`).
+: >"$out/every-device.txt"
+for test in sim_forward sim_methods; do
+    "$unpacked/$test" ::cuda --test-threads=1 --nocapture >>"$out/every-device.txt" 2>&1 || status=1
+done
+echo "every-device tests on the GPU: $(grep -oE 'test result: .*' "$out/every-device.txt" | tr '\n' ' ')"
 if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
         timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$unpacked/cuda_gpu" \

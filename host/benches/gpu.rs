@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use ndarray::Array4;
 use resca_host::cuda::CudaDevice;
+use resca_host::evaluation::metrics::rmse;
 use resca_host::inputs::seeded_noise;
-use resca_host::metrics::rmse;
+use resca_host::job::{SampleJob, final_samples};
 use resca_host::pipeline::{Buffer, Device, DeviceError, Element, KernelCall, Pipeline, Slice};
-use resca_host::run::{SampleJob, final_samples};
-use resca_host::sim::job::run_on_device;
+use resca_host::run::run_on_device;
 use resca_reference::cache::{MethodConfig, MethodKind};
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::{Dit, DitConfig, Sampler};

@@ -11,8 +11,9 @@
 //! gives the median over the rounds (and the range of wall/FLOPs).
 
 use resca_host::inputs::seeded_noise;
+use resca_host::job::SampleJob;
 use resca_host::report::RunStats;
-use resca_host::run::{SampleJob, run_reference};
+use resca_host::run::run_reference;
 use resca_reference::cache::pdds::Solver;
 use resca_reference::cache::{MethodConfig, MethodKind, build_hook};
 use resca_reference::ddim::DdimSchedule;

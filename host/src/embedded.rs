@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, DitConfig};
 
-use crate::classifier::Classifier;
+use crate::evaluation::classifier::Classifier;
 
 /// The DiT's weights, official key names, with its config in the metadata.
 pub const DIT_WEIGHTS: &[u8] = include_bytes!("../assets/dit-mnist.safetensors");

@@ -1,44 +1,200 @@
-//! A sampling job from the CLI's flags to its outputs: inputs, the run on a backend, statistics.
-
-use std::time::Instant;
+//! Sampling jobs and forward passes on a backend: the reference runner ([`run_reference`]), the
+//! device-generic runners ([`run_on_device`], [`forward_on_device`]) that serve the simulator and
+//! the CUDA backend alike, and the one switch from a [`Backend`] to the code that runs it
+//! ([`Backend::run`]), through which [`run_method`] and [`forward`] reach their backend.
 
 use std::path::Path;
+use std::time::Instant;
 
-use anyhow::{Context, Result};
-use ndarray::{Array4, Array5, Axis, s};
-use resca_reference::cache::{CachingHook, MethodConfig, build_hook, read_clusterings};
-use resca_reference::flops::{StepWork, run_flops};
+use anyhow::{Context, Result, anyhow};
+use ndarray::{Array4, ArrayView4, s};
+use resca_reference::cache::{
+    CachingHook, ClusteringRecord, MethodConfig, build_hook, check_replay_steps, read_clusterings,
+};
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::sampler::StepHook;
-use resca_reference::{Dit, Sampler, Trajectory, sample};
+use resca_reference::{Dit, sample};
 
+use crate::cuda::CudaDevice;
 use crate::inputs::guided_batch;
-use crate::report::RunStats;
+use crate::job::{SampleJob, SampleResult, stats};
+use crate::pipeline::{Device, Pipeline, SampleOptions};
+use crate::sim::SimDevice;
 
-/// Everything a sampling run needs besides the model.
-pub struct SampleJob {
-    /// Noise (B, C, H, W), one row per sample.
-    pub noise: Array4<f32>,
-    /// One label per sample.
-    pub labels: Vec<usize>,
-    /// Classifier-free guidance scale; guidance is used when it is above 1, as in DiT's sample.py.
-    pub cfg_scale: f32,
-    pub sampler: Sampler,
-    pub sampler_name: String,
+/// Where a run executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The pure-ndarray CPU reference.
+    Reference,
+    /// The GPU kernels, run by the CPU simulator (slow; checks every kernel like compute-sanitizer).
+    Sim,
+    /// The same kernels as PTX on an NVIDIA GPU (sm_80 or later) through the CUDA driver.
+    Cuda,
 }
 
-/// A finished run: the samples' trajectories (guided runs: the conditional half) and statistics.
-pub struct SampleResult {
-    /// (steps + 1, B, C, H, W).
-    pub x: Array5<f32>,
-    /// (steps, B, out_channels, H, W).
-    pub model_out: Array5<f32>,
-    pub stats: RunStats,
+/// Work that every backend runs: on the reference directly, or on the device-generic pipeline
+/// over whichever device the backend opens.
+pub trait BackendWork {
+    type Output;
+    /// On the pure-ndarray CPU reference.
+    fn on_reference(self) -> Result<Self::Output>;
+    /// On the pipeline over `dev`.
+    fn on_device<D: Device>(self, dev: D) -> Result<Self::Output>;
 }
 
-impl SampleJob {
-    pub fn guided(&self) -> bool {
-        self.cfg_scale > 1.0
+impl Backend {
+    /// Runs `work` on this backend: the one place that maps a backend to its code. The GPU is
+    /// opened here; without a driver or GPU the error says why, before any work.
+    pub fn run<W: BackendWork>(self, work: W) -> Result<W::Output> {
+        match self {
+            Backend::Reference => work.on_reference(),
+            Backend::Sim => work.on_device(SimDevice::new()),
+            Backend::Cuda => {
+                let dev = CudaDevice::open_default().map_err(|e| anyhow!("--backend cuda: {e}"))?;
+                work.on_device(dev)
+            }
+        }
+    }
+}
+
+/// Runs `job` with caching `method` on `backend`, replaying recorded clusterings from `replay` if
+/// given (see `CachingHook::replay_clusterings`).
+pub fn run_method(
+    model: &Dit,
+    job: &SampleJob,
+    method: &MethodConfig,
+    backend: Backend,
+    replay: Option<&Path>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SampleResult> {
+    let config = &model.config;
+    method.validate(config.tokens())?;
+    let records = match replay {
+        Some(path) => read_clusterings(
+            &SafetensorsFile::open(path)?,
+            model_rows(job),
+            config.tokens(),
+            method.clusters,
+        )
+        .with_context(|| format!("--replay-clusters {}", path.display()))?,
+        None => Vec::new(),
+    };
+    if let Some(path) = replay {
+        check_replay_steps(&format!("--replay-clusters {}", path.display()), &records, &full_steps(job, method))?;
+    }
+    backend.run(Sampling {
+        model,
+        job,
+        method,
+        records,
+        progress,
+    })
+}
+
+/// The sampler step indices of the full steps of `job` run with `method`, where the clustering
+/// methods cluster.
+fn full_steps(job: &SampleJob, method: &MethodConfig) -> Vec<i64> {
+    let sampler = &job.sampler;
+    method
+        .schedule()
+        .plan(sampler.steps())
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, full)| full)
+        .map(|(position, _)| sampler.step_info(position).index)
+        .collect()
+}
+
+/// The rows the model sees: the guided batch counts both halves.
+fn model_rows(job: &SampleJob) -> usize {
+    if job.guided() {
+        2 * job.noise.dim().0
+    } else {
+        job.noise.dim().0
+    }
+}
+
+/// The work of [`run_method`]: `job` with caching `method`, replaying `records` (recorded
+/// clusterings by full-step index; empty for none).
+struct Sampling<'a> {
+    model: &'a Dit,
+    job: &'a SampleJob,
+    method: &'a MethodConfig,
+    records: Vec<ClusteringRecord>,
+    progress: &'a mut dyn FnMut(usize, usize),
+}
+
+impl BackendWork for Sampling<'_> {
+    type Output = SampleResult;
+
+    fn on_reference(self) -> Result<SampleResult> {
+        let Sampling {
+            model,
+            job,
+            method,
+            records,
+            progress,
+        } = self;
+        let config = &model.config;
+        method.prepare(model);
+        let orientation = job.sampler.orientation();
+        let rows = model_rows(job);
+        let mut hook: Box<dyn StepHook> = if records.is_empty() {
+            build_hook(method, config, rows, orientation)?
+        } else {
+            let mut caching = CachingHook::new(method.clone(), config, rows, orientation)?;
+            caching.replay_clusterings(records);
+            Box::new(caching)
+        };
+        run_reference(model, job, &method.name(), hook.as_mut(), progress)
+    }
+
+    fn on_device<D: Device>(self, dev: D) -> Result<SampleResult> {
+        run_on_device(dev, self.model, self.job, self.method, self.records, self.progress)
+    }
+}
+
+/// `model(x, t, y)` (or `forward_with_cfg` at `cfg_scale`) on `backend`.
+pub fn forward(
+    model: &Dit,
+    x: ArrayView4<f32>,
+    timesteps: &[f32],
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+    backend: Backend,
+) -> Result<Array4<f32>> {
+    backend.run(ForwardPass {
+        model,
+        x,
+        timesteps,
+        labels,
+        cfg_scale,
+    })
+}
+
+/// The work of [`forward`].
+struct ForwardPass<'a> {
+    model: &'a Dit,
+    x: ArrayView4<'a, f32>,
+    timesteps: &'a [f32],
+    labels: &'a [usize],
+    cfg_scale: Option<f32>,
+}
+
+impl BackendWork for ForwardPass<'_> {
+    type Output = Array4<f32>;
+
+    fn on_reference(self) -> Result<Array4<f32>> {
+        Ok(match self.cfg_scale {
+            Some(scale) => self
+                .model
+                .forward_with_cfg(self.x, self.timesteps, self.labels, scale)?,
+            None => self.model.forward(self.x, self.timesteps, self.labels)?,
+        })
+    }
+
+    fn on_device<D: Device>(self, dev: D) -> Result<Array4<f32>> {
+        forward_on_device(dev, self.model, self.x, self.timesteps, self.labels, self.cfg_scale)
     }
 }
 
@@ -80,111 +236,65 @@ pub fn run_reference(
     })
 }
 
-/// Statistics of a run from the work each step did and the measured times.
-#[allow(clippy::too_many_arguments)]
-pub fn stats(
-    model: &Dit,
-    job: &SampleJob,
-    method_name: &str,
-    backend: &str,
-    trajectory: &Trajectory,
-    model_rows: usize,
-    samples: usize,
-    wall_s: f64,
-    timings: resca_reference::sampler::MethodTimings,
-) -> RunStats {
-    let config = &model.config;
-    let work = &trajectory.work;
-    let images_per_sample = if job.guided() { 2 } else { 1 };
-    let full = StepWork::full(config);
-    let flops = run_flops(config, work.iter().copied(), images_per_sample);
-    let full_flops = run_flops(config, vec![full; work.len()], images_per_sample);
-    let full_steps = work.iter().filter(|w| **w == full).count();
-    let seconds_of = |dense: bool| -> f64 {
-        work.iter()
-            .zip(&trajectory.step_seconds)
-            .filter(|(w, _)| (**w == full) == dense)
-            .fold(0.0, |total, (_, t)| total + t)
-    };
-    let (dense_s, sparse_s) = (seconds_of(true), seconds_of(false));
-    let share = |part: f64, whole: f64| if whole > 0.0 { 100.0 * part / whole } else { 0.0 };
-    RunStats {
-        backend: backend.to_string(),
-        method: method_name.to_string(),
-        sampler: job.sampler_name.clone(),
-        cfg_scale: job.cfg_scale,
-        steps: work.len(),
-        full_steps,
-        sparse_steps: work.len() - full_steps,
-        samples,
-        model_rows,
-        tflops: flops / 1e12,
-        full_tflops: full_flops / 1e12,
-        flops_speedup: full_flops / flops,
-        wall_s,
-        true_denoising_s: wall_s - timings.clustering_s - timings.simulated_s,
-        clustering_s: timings.clustering_s,
-        simulated_denoising_s: timings.simulated_s,
-        dense_steps_s: dense_s,
-        sparse_steps_s: sparse_s,
-        clustering_pct_of_dense: share(timings.clustering_s, dense_s),
-        simulated_pct_of_sparse: share(timings.simulated_s, sparse_s),
-    }
-}
-
-/// Where a run executes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// The pure-ndarray CPU reference.
-    Reference,
-    /// The GPU kernels, run by the CPU simulator (slow; checks every kernel like compute-sanitizer).
-    Sim,
-    /// The same kernels as PTX on an NVIDIA GPU (sm_80 or later) through the CUDA driver.
-    Cuda,
-}
-
-/// Runs `job` with caching `method` on `backend`, replaying recorded clusterings from `replay` if
-/// given (see `CachingHook::replay_clusterings`).
-pub fn run_method(
+/// Runs `job` with caching `method` on the kernels of `dev`, replaying `replay` (recorded
+/// clusterings by full-step index; empty for none). Statistics as the reference backend's (named
+/// after the device's backend), with the time split into true denoising, clustering and
+/// simulated denoising.
+pub fn run_on_device<D: Device>(
+    dev: D,
     model: &Dit,
     job: &SampleJob,
     method: &MethodConfig,
-    backend: Backend,
-    replay: Option<&Path>,
+    replay: Vec<ClusteringRecord>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleResult> {
-    let config = &model.config;
-    method.validate(config.tokens())?;
-    let rows = if job.guided() {
-        2 * job.noise.dim().0
+    let backend = dev.name();
+    let mut pipeline = Pipeline::new(dev, model)?;
+    let samples = job.noise.dim().0;
+    let (x, labels) = if job.guided() {
+        guided_batch(&job.noise, &job.labels, &model.config)
     } else {
-        job.noise.dim().0
+        (job.noise.clone(), job.labels.clone())
     };
-    let records = match replay {
-        Some(path) => read_clusterings(&SafetensorsFile::open(path)?, rows, config.tokens(), method.clusters)
-            .with_context(|| format!("--replay-clusters {}", path.display()))?,
-        None => Vec::new(),
+    let scale = job.guided().then_some(job.cfg_scale);
+    let options = SampleOptions {
+        replay,
+        record_clusterings: false,
     };
-    match backend {
-        Backend::Reference => {
-            method.prepare(model);
-            let orientation = job.sampler.orientation();
-            let mut hook: Box<dyn StepHook> = if records.is_empty() {
-                build_hook(method, config, rows, orientation)?
-            } else {
-                let mut caching = CachingHook::new(method.clone(), config, rows, orientation)?;
-                caching.replay_clusterings(records);
-                Box::new(caching)
-            };
-            run_reference(model, job, &method.name(), hook.as_mut(), progress)
-        }
-        Backend::Sim => crate::sim::job::run_sim(model, job, method, records, progress),
-        Backend::Cuda => crate::cuda::job::run_cuda(model, job, method, records, progress),
-    }
+    let start = Instant::now();
+    let output = pipeline.sample(x.view(), &labels, scale, &job.sampler, method, options, progress)?;
+    let wall_s = start.elapsed().as_secs_f64();
+    let trajectory = output.trajectory;
+    let stats = stats(
+        model,
+        job,
+        &method.name(),
+        backend,
+        &trajectory,
+        labels.len(),
+        samples,
+        wall_s,
+        output.timings,
+    );
+    Ok(SampleResult {
+        x: trajectory.x.slice(s![.., ..samples, .., .., ..]).to_owned(),
+        model_out: trajectory.model_out.slice(s![.., ..samples, .., .., ..]).to_owned(),
+        stats,
+    })
 }
 
-/// Final samples (B, C, H, W) of a result.
-pub fn final_samples(result: &SampleResult) -> Array4<f32> {
-    let last = result.x.dim().0 - 1;
-    result.x.index_axis(Axis(0), last).to_owned()
+/// `model(x, t, y)` (or `forward_with_cfg` at `cfg_scale`) on the kernels of `dev`.
+pub fn forward_on_device<D: Device>(
+    dev: D,
+    model: &Dit,
+    x: ArrayView4<f32>,
+    timesteps: &[f32],
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+) -> Result<Array4<f32>> {
+    let mut pipeline = Pipeline::new(dev, model)?;
+    Ok(match cfg_scale {
+        Some(scale) => pipeline.forward_with_cfg(x, timesteps, labels, scale)?,
+        None => pipeline.forward(x, timesteps, labels)?,
+    })
 }

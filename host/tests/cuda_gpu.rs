@@ -123,7 +123,7 @@ fn forward_matches_the_reference_and_the_official_output() {
     // Budget 1e-5 absolute, as the simulator's (measured there 7.2e-7).
     assert!(vs_reference < 1e-5, "gpu vs reference {vs_reference}");
     assert!(vs_official < 1e-5, "gpu vs official {vs_official}");
-    let sim = resca_host::sim::SimDit::new(&model)
+    let sim = Pipeline::new(SimDevice::new(), &model)
         .unwrap()
         .forward(x.view(), &t, &y)
         .unwrap()

@@ -1,9 +1,9 @@
 //! The embedded MNIST model under every method: the cached runs stay close to full compute.
 
 use resca_host::embedded;
+use resca_host::evaluation::trajectories::record;
 use resca_host::inputs::seeded_noise;
-use resca_host::run::SampleJob;
-use resca_host::trajectories::record;
+use resca_host::job::SampleJob;
 use resca_reference::Sampler;
 use resca_reference::cache::{MethodConfig, MethodKind, ResidualScaling};
 use resca_reference::ddim::DdimSchedule;

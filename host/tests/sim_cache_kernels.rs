@@ -14,7 +14,7 @@ use ndarray::{Array2, Array3, ArrayView2, Axis, s};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use resca_host::pipeline::caching::{self, KMeansBuffers, taylor_coefficients};
+use resca_host::pipeline::caching_engine::{self as caching, KMeansBuffers, taylor_coefficients};
 use resca_host::pipeline::device::{Device, Element, Slice};
 use resca_host::pipeline::launch;
 use resca_host::sim::SimDevice;

@@ -1,14 +1,19 @@
-//! The whole DiT forward, guided forward and a guided DDIM-50 run on the kernels through the
-//! simulator, against the reference backend and the official PyTorch tensors of `vectors/tiny`.
+//! The whole DiT forward, guided forward and a guided DDIM-50 run on the kernels, on every device
+//! present (the simulator, and the GPU where there is one), against the reference backend and the
+//! official PyTorch tensors of `vectors/tiny`.
+
+mod support;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ndarray::{ArrayD, Ix4};
-use resca_host::sim::SimDit;
+use ndarray::{ArrayD, ArrayView4, Ix4};
+use resca_host::pipeline::{Device, Pipeline, SampleOptions};
+use resca_reference::cache::MethodConfig;
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
-use resca_reference::{Dit, FullCompute, Sampler, sample};
+use resca_reference::{Dit, FullCompute, Sampler, Trajectory, sample};
+use support::{TestDevice, on_every_device};
 
 fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/tiny")
@@ -40,11 +45,25 @@ fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
     max_abs_diff(actual, expected) / scale
 }
 
-#[test]
-fn forward_matches_reference_and_official_output() {
+/// A whole DDIM run of the full (uncached) model on `pipeline`.
+fn sample_ddim<D: Device>(
+    pipeline: &mut Pipeline<D>,
+    noise: ArrayView4<f32>,
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+    schedule: &DdimSchedule,
+) -> Trajectory {
+    let sampler = Sampler::Ddim(schedule.clone());
+    let options = SampleOptions::default();
+    let full = MethodConfig::full();
+    let output = pipeline.sample(noise, labels, cfg_scale, &sampler, &full, options, &mut |_, _| {});
+    output.unwrap().trajectory
+}
+
+fn forward_matches_reference_and_official_output<D: TestDevice>() {
     let file = vectors("forward.safetensors");
     let model = tiny_model();
-    let sim = SimDit::new(&model).unwrap();
+    let mut sim = Pipeline::new(D::open(), &model).unwrap();
     let x = tensor(&file, "x").into_dimensionality::<Ix4>().unwrap();
     let t: Vec<f32> = ints(&file, "t").iter().map(|&v| v as f32).collect();
     let y: Vec<usize> = ints(&file, "y").iter().map(|&v| v as usize).collect();
@@ -61,12 +80,12 @@ fn forward_matches_reference_and_official_output() {
     assert!(vs_reference < 1e-5, "sim vs reference {vs_reference}");
     assert!(vs_official < 1e-5, "sim vs official {vs_official}");
 }
+on_every_device!(forward_matches_reference_and_official_output);
 
-#[test]
-fn guided_forward_matches_reference_and_official_output() {
+fn guided_forward_matches_reference_and_official_output<D: TestDevice>() {
     let file = vectors("forward.safetensors");
     let model = tiny_model();
-    let sim = SimDit::new(&model).unwrap();
+    let mut sim = Pipeline::new(D::open(), &model).unwrap();
     let x = tensor(&file, "cfg.x").into_dimensionality::<Ix4>().unwrap();
     let t: Vec<f32> = ints(&file, "cfg.t").iter().map(|&v| v as f32).collect();
     let y: Vec<usize> = ints(&file, "cfg.y").iter().map(|&v| v as usize).collect();
@@ -79,12 +98,12 @@ fn guided_forward_matches_reference_and_official_output() {
     assert!(vs_reference < 1e-5, "sim vs reference {vs_reference}");
     assert!(vs_official < 1e-5, "sim vs official {vs_official}");
 }
+on_every_device!(guided_forward_matches_reference_and_official_output);
 
-#[test]
-fn forward_is_bit_for_bit_deterministic() {
+fn forward_is_bit_for_bit_deterministic<D: TestDevice>() {
     let file = vectors("forward.safetensors");
     let model = tiny_model();
-    let sim = SimDit::new(&model).unwrap();
+    let mut sim = Pipeline::new(D::open(), &model).unwrap();
     let x = tensor(&file, "x").into_dimensionality::<Ix4>().unwrap();
     let t: Vec<f32> = ints(&file, "t").iter().map(|&v| v as f32).collect();
     let y: Vec<usize> = ints(&file, "y").iter().map(|&v| v as usize).collect();
@@ -92,30 +111,28 @@ fn forward_is_bit_for_bit_deterministic() {
     let first = bits(sim.forward(x.view(), &t, &y).unwrap());
     assert_eq!(first, bits(sim.forward(x.view(), &t, &y).unwrap()));
 }
+on_every_device!(forward_is_bit_for_bit_deterministic);
 
-#[test]
-fn odd_guided_batch_and_bad_labels_are_errors_not_panics() {
+fn odd_guided_batch_and_bad_labels_are_errors_not_panics<D: TestDevice>() {
     let model = tiny_model();
-    let sim = SimDit::new(&model).unwrap();
+    let mut sim = Pipeline::new(D::open(), &model).unwrap();
     let x = ndarray::Array4::<f32>::zeros((3, 4, 8, 8));
     let err = sim.forward_with_cfg(x.view(), &[0.0; 3], &[0, 1, 10], 1.5).unwrap_err();
     assert!(err.to_string().contains("even size"), "{err}");
     let err = sim.forward(x.view(), &[0.0; 3], &[0, 1, 11]).unwrap_err();
     assert!(err.to_string().contains("label 11"), "{err}");
 }
+on_every_device!(odd_guided_batch_and_bad_labels_are_errors_not_panics);
 
-#[test]
-fn guided_ddim_50_run_matches_reference_and_official_trajectory() {
+fn guided_ddim_50_run_matches_reference_and_official_trajectory<D: TestDevice>() {
     let file = vectors("ddim.safetensors");
     let model = tiny_model();
-    let sim = SimDit::new(&model).unwrap();
+    let mut sim = Pipeline::new(D::open(), &model).unwrap();
     let noise = tensor(&file, "cfg.noise").into_dimensionality::<Ix4>().unwrap();
     let y: Vec<usize> = ints(&file, "cfg.y").iter().map(|&v| v as usize).collect();
     let schedule = DdimSchedule::new(50).unwrap();
     let start = Instant::now();
-    let ours = sim
-        .sample_ddim(noise.view(), &y, Some(1.5), &schedule, &mut |_, _| {})
-        .unwrap();
+    let ours = sample_ddim(&mut sim, noise.view(), &y, Some(1.5), &schedule);
     eprintln!("sim guided DDIM-50 (B = 4): {:.2} s", start.elapsed().as_secs_f64());
     let reference = sample(
         &model,
@@ -141,11 +158,12 @@ fn guided_ddim_50_run_matches_reference_and_official_trajectory() {
     assert!(vs_official < 1e-4, "x vs official {vs_official}");
     assert!(out_vs_reference < 1e-4, "model_out vs reference {out_vs_reference}");
 }
+on_every_device!(guided_ddim_50_run_matches_reference_and_official_trajectory);
 
 #[test]
 fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
-    use resca_host::run::{SampleJob, run_reference};
-    use resca_host::sim::job::run_sim;
+    use resca_host::job::SampleJob;
+    use resca_host::run::{Backend, run_method, run_reference};
     use resca_reference::FullCompute;
     let file = vectors("ddim.safetensors");
     let model = tiny_model();
@@ -158,7 +176,7 @@ fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
         sampler_name: "ddim".to_string(),
     };
     let method = resca_reference::cache::MethodConfig::full();
-    let ours = run_sim(&model, &job, &method, Vec::new(), &mut |_, _| {}).unwrap();
+    let ours = run_method(&model, &job, &method, Backend::Sim, None, &mut |_, _| {}).unwrap();
     let reference = run_reference(&model, &job, "full", &mut FullCompute, &mut |_, _| {}).unwrap();
     assert_eq!(ours.stats.backend, "sim");
     assert_eq!(ours.stats.tflops, reference.stats.tflops);

@@ -7,12 +7,14 @@
 //! tolerances are absolute. Each tolerance is written beside its assertion with the largest error
 //! measured over 2,000 cases per kernel (`PROPTEST_CASES=2000`); CI runs 24 cases each.
 
+mod support;
+
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, Axis, s};
 use proptest::prelude::*;
-use resca_host::sim::dit::ddim_coefficients;
-use resca_host::sim::kernels::{self, Epilogue};
+use resca_host::pipeline::ddim_coefficients;
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::{model, ops};
+use support::kernels::{self, Epilogue};
 
 /// Deterministic uniform values in [-scale, scale] (xorshift64*).
 fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {

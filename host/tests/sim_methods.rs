@@ -1,5 +1,5 @@
-//! Every caching method and both samplers on the kernels (the device-generic pipeline on the
-//! simulator) against the reference backend, on the tiny model of `tests/vectors/tiny` with the
+//! Every caching method and both samplers on the kernels (the device-generic pipeline on every
+//! device present: the simulator, and the GPU where there is one) against the reference backend, on the tiny model of `tests/vectors/tiny` with the
 //! noise of `ddim.safetensors`, labels 7, 4 and guidance 1.5 (4 model rows).
 //!
 //! Where a method clusters with K-medoids, its clusterings can differ from the reference's at
@@ -16,12 +16,13 @@
 //! 14 sparse steps at interval 4. ResCa official with the released clusterings, and `full`, run
 //! through the CLI in `cli_sim.rs`.
 
+mod support;
+
 use std::path::PathBuf;
 
 use ndarray::{ArrayD, Ix4};
 use resca_host::inputs::guided_batch;
 use resca_host::pipeline::{Pipeline, SampleOptions, SampleOutput};
-use resca_host::sim::SimDevice;
 use resca_reference::cache::pdds::Solver;
 use resca_reference::cache::tetc::ProxyChoice;
 use resca_reference::cache::{
@@ -31,6 +32,7 @@ use resca_reference::ddim::DdimSchedule;
 use resca_reference::flow::FlowSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, Sampler, Trajectory, sample};
+use support::{TestDevice, on_every_device};
 
 fn vectors(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -57,10 +59,15 @@ fn flow(steps: usize) -> Sampler {
     Sampler::Flow(FlowSchedule::new(steps, 1.0).unwrap())
 }
 
-/// The method on the simulator, recording its clusterings and replaying `replay`.
-fn run_sim(model: &Dit, method: &MethodConfig, sampler: &Sampler, replay: Vec<ClusteringRecord>) -> SampleOutput {
+/// The method on a fresh device `D`, recording its clusterings and replaying `replay`.
+fn run_on<D: TestDevice>(
+    model: &Dit,
+    method: &MethodConfig,
+    sampler: &Sampler,
+    replay: Vec<ClusteringRecord>,
+) -> SampleOutput {
     let (x, y) = inputs(model);
-    let mut pipeline = Pipeline::new(SimDevice::new(), model).unwrap();
+    let mut pipeline = Pipeline::new(D::open(), model).unwrap();
     let options = SampleOptions {
         replay,
         record_clusterings: true,
@@ -129,14 +136,14 @@ fn released_resca() -> MethodConfig {
 /// Runs `method` on the simulator, then the reference replaying the simulator's clusterings,
 /// and compares. Returns the simulator's run and the clusterings the reference computed on its
 /// (replayed, hence nearly identical) states.
-fn check_against_replayed_reference(
+fn check_against_replayed_reference<D: TestDevice>(
     what: &str,
     method: &MethodConfig,
     sampler: &Sampler,
     budget: f32,
 ) -> (SampleOutput, Vec<ClusteringRecord>) {
     let model = model();
-    let ours = run_sim(&model, method, sampler, Vec::new());
+    let ours = run_on::<D>(&model, method, sampler, Vec::new());
     assert!(!ours.history.is_empty(), "{what}: no clustering recorded");
     let (reference, theirs) = run_reference(&model, method, sampler, ours.history.clone());
     assert_close(what, &ours.trajectory, &reference, budget);
@@ -149,11 +156,10 @@ fn check_against_replayed_reference(
 /// medoid has the largest similarity sum of its cluster, the first on ties, as the kernels decide
 /// them), and of the reference's similarity on the same states up to float rounding (`TIE`); the
 /// run agrees with the reference replaying these clusterings.
-#[test]
-fn resca_own_clusterings_are_k_medoids_fixed_points_and_the_rest_matches() {
+fn resca_own_clusterings_are_k_medoids_fixed_points_and_the_rest_matches<D: TestDevice>() {
     const TIE: f32 = 1e-5;
     let (ours, theirs) =
-        check_against_replayed_reference("resca official, own TETC", &released_resca(), &ddim(50), 1e-4);
+        check_against_replayed_reference::<D>("resca official, own TETC", &released_resca(), &ddim(50), 1e-4);
     assert_eq!(ours.history.len(), 14);
     let mut exact = 0;
     for (record, reference) in ours.history.iter().zip(&theirs) {
@@ -205,25 +211,25 @@ fn resca_own_clusterings_are_k_medoids_fixed_points_and_the_rest_matches() {
     eprintln!("{exact} of 56 clusterings identical to the reference's");
     assert!(exact >= 28, "only {exact} clusterings agree with the reference's");
 }
+on_every_device!(resca_own_clusterings_are_k_medoids_fixed_points_and_the_rest_matches);
 
-#[test]
-fn taylorseer_and_fora_match_the_reference() {
+fn taylorseer_and_fora_match_the_reference<D: TestDevice>() {
     let model = model();
     for (what, method, steps) in [
         ("taylorseer o2", MethodConfig::new(MethodKind::TaylorSeer, 4, 2), 50),
         ("taylorseer o4", MethodConfig::new(MethodKind::TaylorSeer, 3, 4), 20),
         ("fora", MethodConfig::new(MethodKind::Fora, 4, 0), 20),
     ] {
-        let ours = run_sim(&model, &method, &ddim(steps), Vec::new());
+        let ours = run_on::<D>(&model, &method, &ddim(steps), Vec::new());
         let (reference, _) = run_reference(&model, &method, &ddim(steps), Vec::new());
         // Budget 1e-4 of max|.|; measured (x): 9.1e-7 (o2, DDIM-50), 4.0e-7 (o4, interval 3,
         // DDIM-20), 3.9e-7 (fora, DDIM-20).
         assert_close(what, &ours.trajectory, &reference, 1e-4);
     }
 }
+on_every_device!(taylorseer_and_fora_match_the_reference);
 
-#[test]
-fn clusca_with_a_fixed_seed_matches_the_reference() {
+fn clusca_with_a_fixed_seed_matches_the_reference<D: TestDevice>() {
     let model = model();
     let method = MethodConfig {
         clusters: 4,
@@ -231,7 +237,7 @@ fn clusca_with_a_fixed_seed_matches_the_reference() {
         ..MethodConfig::new(MethodKind::ClusCa, 4, 1)
     };
     // No replay: K-means and the random members consume the same per-row ChaCha8 streams.
-    let ours = run_sim(&model, &method, &ddim(50), Vec::new());
+    let ours = run_on::<D>(&model, &method, &ddim(50), Vec::new());
     let (reference, theirs) = run_reference(&model, &method, &ddim(50), Vec::new());
     // Measured 7.9e-7 (x), 6.4e-7 (model_out) over guided DDIM-50; identical K-means labels.
     assert_close("clusca seed 3", &ours.trajectory, &reference, 1e-4);
@@ -242,9 +248,9 @@ fn clusca_with_a_fixed_seed_matches_the_reference() {
     };
     assert_eq!(labels(&ours.history), labels(&theirs), "K-means clusterings differ");
 }
+on_every_device!(clusca_with_a_fixed_seed_matches_the_reference);
 
-#[test]
-fn resca_implicit_taylor_and_bdf2_match_the_reference() {
+fn resca_implicit_taylor_and_bdf2_match_the_reference<D: TestDevice>() {
     for (what, solver, residuals) in [
         ("resca it2 paper", Solver::ImplicitTaylor(2), ResidualScaling::Paper),
         (
@@ -264,18 +270,18 @@ fn resca_implicit_taylor_and_bdf2_match_the_reference() {
         // Measured over guided DDIM-20 (6 full + 14 sparse steps), x (model_out): it2 paper
         // 3.4e-7 (9.2e-7), it3 official 2.8e-7 (6.0e-7), bdf2 paper 4.0e-7 (5.5e-7), ie paper
         // 2.8e-7 (6.0e-7).
-        check_against_replayed_reference(what, &method, &ddim(20), 1e-4);
+        check_against_replayed_reference::<D>(what, &method, &ddim(20), 1e-4);
     }
 }
+on_every_device!(resca_implicit_taylor_and_bdf2_match_the_reference);
 
-#[test]
-fn resca_center_random_and_feature_clustering_match_the_reference() {
+fn resca_center_random_and_feature_clustering_match_the_reference<D: TestDevice>() {
     let center_random = MethodConfig {
         proxy: ProxyChoice::CenterRandom,
         seed: 5,
         ..released_resca()
     };
-    let (ours, theirs) = check_against_replayed_reference("resca center-random", &center_random, &ddim(20), 1e-4);
+    let (ours, theirs) = check_against_replayed_reference::<D>("resca center-random", &center_random, &ddim(20), 1e-4);
     // Every proxy is a member of its cluster. Where the labels agree the proxies agree too unless
     // the medoids (whose similarity row weights the draw) were decided by a tie; the kernel
     // consumes the reference's random stream exactly (`sim_tetc_kernels.rs`).
@@ -306,17 +312,17 @@ fn resca_center_random_and_feature_clustering_match_the_reference() {
         ..released_resca()
     };
     // Measured 3.4e-7 (x), 5.5e-7 (model_out).
-    check_against_replayed_reference("resca feature clustering", &feature, &ddim(20), 1e-4);
+    check_against_replayed_reference::<D>("resca feature clustering", &feature, &ddim(20), 1e-4);
 }
+on_every_device!(resca_center_random_and_feature_clustering_match_the_reference);
 
-#[test]
-fn flow_sampler_runs_cached_methods_like_the_reference() {
+fn flow_sampler_runs_cached_methods_like_the_reference<D: TestDevice>() {
     let model = model();
     let taylor = MethodConfig {
         first_enhance: 3,
         ..MethodConfig::new(MethodKind::TaylorSeer, 4, 2)
     };
-    let ours = run_sim(&model, &taylor, &flow(20), Vec::new());
+    let ours = run_on::<D>(&model, &taylor, &flow(20), Vec::new());
     let (reference, _) = run_reference(&model, &taylor, &flow(20), Vec::new());
     // Flow-20, first_enhance 3: measured 2.0e-7 (x), 1.7e-6 (model_out).
     assert_close("flow taylorseer", &ours.trajectory, &reference, 1e-4);
@@ -326,19 +332,19 @@ fn flow_sampler_runs_cached_methods_like_the_reference() {
         ..released_resca()
     };
     // Paper residuals, sign +1: measured 1.9e-7 (x), 3.8e-6 (model_out).
-    check_against_replayed_reference("flow resca", &resca, &flow(20), 1e-4);
+    check_against_replayed_reference::<D>("flow resca", &resca, &flow(20), 1e-4);
 }
+on_every_device!(flow_sampler_runs_cached_methods_like_the_reference);
 
-#[test]
-fn repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit() {
+fn repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit<D: TestDevice>() {
     let model = model();
     let (x, y) = inputs(&model);
     let method = MethodConfig {
         clusters: 4,
         ..MethodConfig::new(MethodKind::ResCa, 2, 1)
     };
-    let mut pipeline = Pipeline::new(SimDevice::new(), &model).unwrap();
-    let run = |pipeline: &mut Pipeline<SimDevice>| {
+    let mut pipeline = Pipeline::new(D::open(), &model).unwrap();
+    let run = |pipeline: &mut Pipeline<D>| {
         let out = pipeline
             .sample(
                 x.view(),
@@ -357,3 +363,4 @@ fn repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit() {
     assert_eq!(resident, resident_again, "a run leaves buffers behind");
     assert_eq!(first, second);
 }
+on_every_device!(repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit);

@@ -8,7 +8,6 @@
 //!   launches), so that every binding launches the same way;
 //! * [`params`]: each entry point's parameter list and the packing of launch arguments;
 //! * [`replay`]: launches recorded on the simulator and replayed on a GPU (per-kernel checks);
-//! * [`job`]: sampling jobs and forward passes on the GPU, the counterparts of `sim::job`;
 //! * `cust_driver` (feature `cust`): the same device over Rust-CUDA's `cust`.
 //!
 //! Without a driver or GPU every entry point returns [`CudaUnavailable`] (a clear message, never
@@ -18,7 +17,6 @@
 pub mod cust_driver;
 pub mod driver;
 pub mod gpu;
-pub mod job;
 pub mod params;
 pub mod replay;
 

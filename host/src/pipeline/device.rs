@@ -1,6 +1,6 @@
 //! What a backend must offer the pipeline: typed buffers in device memory, copies to, from and
 //! within it, and kernel launches by PTX entry name with the kernel's launch geometry and its
-//! parameters in entry-point order. The simulator implements it now (`sim::SimDevice`); a CUDA
+//! parameters in entry-point order. The simulator backend implements it on host vectors; a CUDA
 //! driver binding implements it by `cuMemAlloc`/`cuMemcpy*`/`cuLaunchKernel`, passing each
 //! [`Arg`] as the entry point's parameter of the same position (see [`Arg`] for the layouts).
 
@@ -9,8 +9,6 @@ use std::marker::PhantomData;
 use resca_gpu_kernels::LaunchDims;
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
-
-use crate::sim::SimError;
 
 /// Element types of device buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,9 +216,10 @@ pub struct KernelCall {
 /// Why a device operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    /// A kernel failed a simulator check.
+    /// A kernel failed a check of the backend that ran it (the simulator's bounds, race and
+    /// barrier checks); the backend's own error is inside (downcast it to inspect it).
     #[error(transparent)]
-    Sim(#[from] SimError),
+    Kernel(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A buffer, slice or parameter that does not fit (a pipeline bug or unsupported sizes).
     #[error("{0}")]
     Invalid(String),

@@ -1,21 +1,25 @@
 //! The device-generic pipeline: DiT forward passes, classifier-free guidance, both samplers and
-//! every caching method as one launch sequence over a [`Device`] (the simulator or CUDA).
+//! every caching method as one launch sequence over a [`Device`], which the backends implement
+//! (`crate::sim`, `crate::cuda`).
 //!
 //! * [`device`]: the [`Device`] trait (buffers, copies, launches by PTX entry name) and the
 //!   kernel-call description a backend executes;
 //! * [`launch`]: one typed function per kernel (parameters in entry-point order, the kernel's
 //!   own launch geometry);
-//! * [`model`]: the DiT weights on a device and the forward pass;
-//! * [`caching`]: the caching methods (schedule, Taylor caches, TETC/PDDS, ClusCa) as host
-//!   control flow over kernels;
+//! * [`model`]: the DiT weights on a device and the forward pass, whose block branches a
+//!   [`BranchHook`] may store or supply;
+//! * [`caching_engine`]: the caching methods (schedule, Taylor caches, TETC/PDDS, ClusCa) as host
+//!   control flow over kernels, the forward pass's [`BranchHook`] under a caching method;
+//! * [`error`]: why a run fails ([`PipelineError`]);
 //! * [`Pipeline`]: a model on a device, with `forward`, `forward_with_cfg` and `sample`.
 //!
 //! The host decides control flow and draws the methods' random numbers (per-row ChaCha8
 //! generators, as the reference); every tensor operation runs in a kernel. Results agree with
 //! `resca_reference` within float rounding (see `host/tests/sim_methods.rs`).
 
-pub mod caching;
+pub mod caching_engine;
 pub mod device;
+pub mod error;
 pub mod launch;
 pub mod model;
 
@@ -27,23 +31,10 @@ use resca_reference::flops::StepWork;
 use resca_reference::sampler::MethodTimings;
 use resca_reference::{Dit, Sampler, Trajectory};
 
-pub use caching::Engine;
+pub use caching_engine::CachingEngine;
 pub use device::{Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, Slice};
-use model::{Activations, DeviceDit};
-
-/// Why a pipeline run failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// A device operation failed (a simulator check, a driver error, a buffer that does not fit).
-    #[error(transparent)]
-    Device(#[from] DeviceError),
-    /// Bad inputs or method settings, as the reference reports them.
-    #[error(transparent)]
-    Model(#[from] resca_reference::Error),
-    /// A model or setting the kernels do not support.
-    #[error("the kernel backend does not support this: {0}")]
-    Unsupported(String),
-}
+pub use error::PipelineError;
+use model::{Activations, BranchHook, DeviceDit};
 
 /// Extras of a sampling run besides the trajectory.
 #[derive(Clone, Debug, Default)]
@@ -222,7 +213,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
         let mut engine = match method.kind {
             MethodKind::Full => None,
             _ => {
-                let mut engine = Engine::new(&mut self.dev, method.clone(), &c, b, sampler.orientation())?;
+                let mut engine = CachingEngine::new(&mut self.dev, method.clone(), &c, b, sampler.orientation())?;
                 engine.replay_clusterings(options.replay);
                 engine.record_clusterings(options.record_clusterings);
                 Some(engine)
@@ -254,13 +245,8 @@ impl<'m, D: Device> Pipeline<'m, D> {
                 }
                 None => self.dev.copy(x.all(), act.image.all())?,
             }
-            model::forward(
-                &mut self.dev,
-                &self.weights,
-                &act,
-                engine.as_mut(),
-                &vec![info.timestep; b],
-            )?;
+            let hook = engine.as_mut().map(|e| e as &mut dyn BranchHook<D>);
+            model::forward(&mut self.dev, &self.weights, &act, hook, &vec![info.timestep; b])?;
             if let Some(scale) = cfg_scale {
                 launch::cfg_mix(&mut self.dev, act.out.all(), b / 2, oc, side * side, scale)?;
             }
@@ -308,7 +294,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
                 .assign(&ndarray::ArrayView4::from_shape((b, ch, side, side), &state).expect("sized"));
             outs.slice_mut(s![position, .., .., .., ..])
                 .assign(&ndarray::ArrayView4::from_shape((b, oc, side, side), &out).expect("sized"));
-            work.push(engine.as_ref().map_or(StepWork::full(&c), Engine::step_work));
+            work.push(engine.as_ref().map_or(StepWork::full(&c), CachingEngine::step_work));
             step_seconds.push(started.elapsed().as_secs_f64());
             progress(position + 1, steps);
         }

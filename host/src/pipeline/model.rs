@@ -1,7 +1,7 @@
 //! The DiT on a [`Device`]: weights uploaded once ([`DeviceDit`]), the activations of a batch
 //! ([`Activations`]) and the forward pass as a launch sequence ([`forward`]), with every block
-//! branch either computed (and, under a caching method, stored in its Taylor cache) or supplied
-//! by the caching [`Engine`] at sparse steps.
+//! branch either computed (and handed to a [`BranchHook`], which a caching method uses to fill
+//! its Taylor caches) or supplied by the hook at sparse steps.
 
 use ndarray::Array;
 use resca_gpu_kernels::attention::ATTN_MAX_HEAD_DIM;
@@ -10,10 +10,39 @@ use resca_reference::model::Branch;
 use resca_reference::weights::Linear;
 use resca_reference::{Dit, DitConfig};
 
-use super::PipelineError;
-use super::caching::Engine;
 use super::device::{Buffer, Device, DeviceError, Slice};
+use super::error::PipelineError;
 use super::launch::{self, Epilogue};
+
+/// What the forward pass asks of a caching method, the device twin of
+/// `resca_reference::model::BranchHook`: whether the step computes every branch; at such a full
+/// step each computed branch output, to keep; at a sparse step each branch, gated into the
+/// hidden state.
+pub trait BranchHook<D: Device> {
+    /// Whether the current step computes every branch (else [`BranchHook::supply_gated_add`]
+    /// supplies them).
+    fn is_full(&self) -> bool;
+
+    /// At a full step: the `branch` output (rows N, D) of block `l`, just computed, before the
+    /// forward pass adds it to the hidden state.
+    fn store(&mut self, dev: &mut D, l: usize, branch: Branch, output: Slice<f32>) -> Result<(), PipelineError>;
+
+    /// At a sparse step: `x += gate * branch` for the `branch` of block `l` (its layers
+    /// `block`), the branch as the method supplies it; the gate of each row is in `modulation`
+    /// (rows, 6D) at `2D` (attention) or `5D` (MLP).
+    fn supply_gated_add(
+        &mut self,
+        dev: &mut D,
+        block: &DeviceBlock,
+        l: usize,
+        branch: Branch,
+        x: Slice<f32>,
+        modulation: Slice<f32>,
+    ) -> Result<(), PipelineError>;
+
+    /// After block `l`, with its output `x` (rows N, D).
+    fn after_block(&mut self, dev: &mut D, l: usize, x: Slice<f32>) -> Result<(), PipelineError>;
+}
 
 /// An `nn.Linear` in device memory.
 pub struct DeviceLinear {
@@ -278,14 +307,14 @@ pub fn mlp_branch<D: Device>(
 }
 
 /// `model(image, t, labels)` into `act.out`: `act.image` and `act.labels` hold the inputs; the
-/// timesteps (one per row) are uploaded here. Without an engine every branch is computed (the
-/// gated residual fused into the GEMM); with one, each branch is computed and cached at full
-/// steps and supplied by the engine at sparse steps.
+/// timesteps (one per row) are uploaded here. Without a hook every branch is computed (the
+/// gated residual fused into the GEMM); with one, each branch is computed and handed to the hook
+/// at full steps and supplied by the hook at sparse steps.
 pub fn forward<D: Device>(
     dev: &mut D,
     model: &DeviceDit,
     act: &Activations,
-    mut engine: Option<&mut Engine>,
+    mut hook: Option<&mut dyn BranchHook<D>>,
     timesteps: &[f32],
 ) -> Result<(), PipelineError> {
     let c = &model.config;
@@ -328,7 +357,7 @@ pub fn forward<D: Device>(
     let (x, m) = (act.tokens.all(), act.modulation.all());
     for (l, block) in model.blocks.iter().enumerate() {
         block.ada_ln.rows(dev, act.silu_c.all(), m, b, false)?;
-        let full = engine.as_ref().is_none_or(|e| e.is_full());
+        let full = hook.as_ref().is_none_or(|h| h.is_full());
 
         // Attention: x += gate_msa * proj(attn(modulate(LN(x), shift_msa, scale_msa))).
         if full {
@@ -337,18 +366,18 @@ pub fn forward<D: Device>(
                 .qkv
                 .gemm(dev, act.normed.all(), act.qkv.all(), rows, Epilogue::Bias)?;
             launch::attention(dev, act.qkv.all(), act.heads.all(), b, n, c.num_heads, c.head_dim())?;
-            match engine.as_deref_mut() {
-                Some(e) => {
+            match hook.as_deref_mut() {
+                Some(h) => {
                     block
                         .proj
                         .gemm(dev, act.heads.all(), act.branch.all(), rows, Epilogue::Bias)?;
-                    e.store(dev, l, Branch::Attention, act.branch.all())?;
+                    h.store(dev, l, Branch::Attention, act.branch.all())?;
                     launch::gated_add(dev, x, act.branch.all(), m, rows, d, n, 6 * d, 2 * d)?;
                 }
                 None => block.proj.gemm_gated(dev, act.heads.all(), x, m, rows, n, 2 * d)?,
             }
-        } else if let Some(e) = engine.as_deref_mut() {
-            e.predict_gated_add(dev, l, Branch::Attention, x, m, 2 * d)?;
+        } else if let Some(h) = hook.as_deref_mut() {
+            h.supply_gated_add(dev, block, l, Branch::Attention, x, m)?;
         }
 
         // MLP: x += gate_mlp * fc2(GELU(fc1(modulate(LN(x), shift_mlp, scale_mlp)))).
@@ -357,22 +386,22 @@ pub fn forward<D: Device>(
             block
                 .fc1
                 .gemm(dev, act.normed.all(), act.hidden.all(), rows, Epilogue::BiasGelu)?;
-            match engine.as_deref_mut() {
-                Some(e) => {
+            match hook.as_deref_mut() {
+                Some(h) => {
                     block
                         .fc2
                         .gemm(dev, act.hidden.all(), act.branch.all(), rows, Epilogue::Bias)?;
-                    e.store(dev, l, Branch::Mlp, act.branch.all())?;
+                    h.store(dev, l, Branch::Mlp, act.branch.all())?;
                     launch::gated_add(dev, x, act.branch.all(), m, rows, d, n, 6 * d, 5 * d)?;
                 }
                 None => block.fc2.gemm_gated(dev, act.hidden.all(), x, m, rows, n, 5 * d)?,
             }
-        } else if let Some(e) = engine.as_deref_mut() {
-            e.sparse_mlp(dev, block, l, x, m)?;
+        } else if let Some(h) = hook.as_deref_mut() {
+            h.supply_gated_add(dev, block, l, Branch::Mlp, x, m)?;
         }
 
-        if let Some(e) = engine.as_deref_mut() {
-            e.after_block(dev, l, x)?;
+        if let Some(h) = hook.as_deref_mut() {
+            h.after_block(dev, l, x)?;
         }
     }
 

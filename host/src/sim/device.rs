@@ -10,8 +10,16 @@ use resca_gpu_kernels::{
     residual, taylor, tetc,
 };
 
-use super::launch;
+use super::{SimError, launch};
 use crate::pipeline::device::{Arg, Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, RawSlice, Slice};
+
+/// A kernel that failed a simulator check, as the pipeline's device error (the [`SimError`]
+/// itself is inside: `DeviceError::Kernel(e)` with `e.downcast_ref::<SimError>()`).
+impl From<SimError> for DeviceError {
+    fn from(error: SimError) -> Self {
+        DeviceError::Kernel(Box::new(error))
+    }
+}
 
 enum Storage {
     F32(Vec<f32>),
@@ -549,5 +557,38 @@ impl Params<'_> {
             }
         };
         result.map_err(DeviceError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use resca_gpu_kernels::embed::TIMESTEP_FEATURES;
+
+    use super::*;
+    use crate::pipeline::launch;
+    use crate::sim::Access;
+
+    /// A kernel that fails a simulator check reaches the pipeline as `DeviceError::Kernel`, with
+    /// the simulator's typed error inside.
+    #[test]
+    fn a_failed_check_is_a_kernel_error_holding_the_sim_error() {
+        let mut dev = SimDevice::new();
+        let t = dev.upload_new(&[1.0f32, 2.0]).unwrap();
+        // Room for one row of timestep features where the kernel writes two.
+        let out = dev.alloc::<f32>(TIMESTEP_FEATURES as usize).unwrap();
+        let err = launch::timestep_features(&mut dev, t.all(), out.all()).unwrap_err();
+        let DeviceError::Kernel(inner) = &err else {
+            panic!("not a kernel error: {err}");
+        };
+        let sim = inner.downcast_ref::<SimError>().expect("the simulator's error");
+        let out_of_bounds_store = matches!(
+            sim,
+            SimError::OutOfBounds {
+                access: Access::Store,
+                ..
+            }
+        );
+        assert!(out_of_bounds_store, "{sim}");
+        assert_eq!(err.to_string(), sim.to_string());
     }
 }

@@ -16,14 +16,10 @@
 //! Shared memory starts every block filled with a NaN pattern, like the garbage of real shared
 //! memory, so a kernel that reads before writing produces NaNs instead of plausible numbers.
 //!
-//! [`SimDevice`] is the pipeline's `Device` on the simulator (`crate::pipeline`), [`SimDit`] the
-//! pipeline on it with a `&self` interface, [`kernels`] slice-in/slice-out launches for tests,
-//! [`job`] the CLI's `--backend sim` jobs.
+//! [`SimDevice`] (in [`device`]) is the pipeline's `Device` on the simulator
+//! (`crate::pipeline`): the CLI's `--backend sim`.
 
 pub mod device;
-pub mod dit;
-pub mod job;
-pub mod kernels;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -34,7 +30,6 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};
 
 pub use device::SimDevice;
-pub use dit::{SimDit, SimDitError};
 
 /// Largest block CUDA allows.
 pub const MAX_THREADS_PER_BLOCK: u64 = 1024;

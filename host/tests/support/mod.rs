@@ -1,14 +1,20 @@
-//! Shared by the CUDA tests: models, inputs, and a workload that drives every kernel through the
-//! pipeline (forwards, guidance, both samplers, every caching method) on any device.
+//! Shared by the host's tests: models, inputs, a workload that drives every kernel through the
+//! pipeline (forwards, guidance, both samplers, every caching method) on any device,
+//! [`on_every_device!`] (one test body on the simulator and, where there is one, the GPU), the
+//! project's SKIP line, and slice-in, slice-out kernel launches ([`kernels`]).
 
 #![allow(dead_code)] // each test file uses a part
+
+pub mod kernels;
 
 use std::path::PathBuf;
 
 use ndarray::{Array4, Ix4};
 use resca_gpu_kernels::taylor::TaylorCoefficients;
+use resca_host::cuda::CudaDevice;
 use resca_host::inputs::guided_batch;
 use resca_host::pipeline::{Device, Pipeline, SampleOptions, SampleOutput, launch};
+use resca_host::sim::SimDevice;
 use resca_reference::cache::pdds::Solver;
 use resca_reference::cache::tetc::ProxyChoice;
 use resca_reference::cache::{ClusteringSource, MethodConfig, MethodKind, ResidualScaling};
@@ -221,3 +227,62 @@ pub fn gpu_or_skip(test: &str) -> bool {
         }
     }
 }
+
+/// A device a test opens afresh: the simulator, or the GPU.
+pub trait TestDevice: Device + Sized {
+    /// A fresh device (the GPU: the one `RESCA_CUDA_DEVICE` names, default 0).
+    fn open() -> Self;
+    /// Elements held by live buffers.
+    fn resident_elements(&self) -> usize;
+}
+
+impl TestDevice for SimDevice {
+    fn open() -> Self {
+        SimDevice::new()
+    }
+    fn resident_elements(&self) -> usize {
+        SimDevice::resident_elements(self)
+    }
+}
+
+impl TestDevice for CudaDevice {
+    fn open() -> Self {
+        CudaDevice::open_default().unwrap()
+    }
+    fn resident_elements(&self) -> usize {
+        CudaDevice::resident_elements(self)
+    }
+}
+
+/// Runs a test function, generic over its device type, on every device present, each device its
+/// own test: `<test>::sim` on the simulator always, `<test>::cuda` on the GPU where there is one,
+/// else printing `SKIP: <test> on cuda: no CUDA driver/GPU (<why>)`. The function opens the
+/// devices it needs with `D::open()`:
+///
+/// ```ignore
+/// fn forward_matches_the_reference<D: TestDevice>() {
+///     let mut pipeline = Pipeline::new(D::open(), &model).unwrap();
+///     ...
+/// }
+/// on_every_device!(forward_matches_the_reference);
+/// ```
+#[allow(unused_macros)] // each test file uses a part
+macro_rules! on_every_device {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn sim() {
+                super::$test::<resca_host::sim::SimDevice>();
+            }
+
+            #[test]
+            fn cuda() {
+                if $crate::support::gpu_or_skip(concat!(stringify!($test), " on cuda")) {
+                    super::$test::<resca_host::cuda::CudaDevice>();
+                }
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use on_every_device;

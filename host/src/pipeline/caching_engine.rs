@@ -1,4 +1,4 @@
-//! The caching methods on a [`Device`]: the host-side twin of
+//! The caching methods on a [`Device`]: [`CachingEngine`], the host-side twin of
 //! `resca_reference::cache::CachingHook`. The host keeps the control state (schedule, step gaps,
 //! how many Taylor factors each cache holds, per-row ChaCha8 generators seeded as the reference
 //! seeds them) and reads back only what decides control flow or random draws: the K medoids of
@@ -35,10 +35,10 @@ use resca_reference::flops::StepWork;
 use resca_reference::model::Branch;
 use resca_reference::sampler::{MethodTimings, Orientation, StepInfo};
 
-use super::PipelineError;
 use super::device::{Buffer, Device, DeviceError, Element, Slice};
+use super::error::PipelineError;
 use super::launch;
-use super::model::{DeviceBlock, mlp_branch};
+use super::model::{BranchHook, DeviceBlock, mlp_branch};
 
 /// Taylor order cached for `branch` (`MethodConfig`'s rule: ResCa caps every order at 1 but its
 /// `it` MLP cache).
@@ -120,7 +120,7 @@ struct ClusterBuffers {
 }
 
 /// The per-run state of a caching method on a device.
-pub struct Engine {
+pub struct CachingEngine {
     method: MethodConfig,
     config: DitConfig,
     rows: usize,
@@ -142,7 +142,7 @@ pub struct Engine {
     record: bool,
     history: Vec<ClusteringRecord>,
     replay: Vec<ClusteringRecord>,
-    /// Every buffer the engine allocated (released by [`Engine::release`]).
+    /// Every buffer the engine allocated (released by [`CachingEngine::release`]).
     owned: Vec<usize>,
 }
 
@@ -158,7 +158,7 @@ fn alloc<D: Device, T: Element>(dev: &mut D, owned: &mut Vec<usize>, len: usize)
     Ok(buffer)
 }
 
-impl Engine {
+impl CachingEngine {
     /// A fresh engine for `rows` model rows (the guided batch counts both halves).
     pub fn new<D: Device>(
         dev: &mut D,
@@ -273,7 +273,7 @@ impl Engine {
         self.record = record;
     }
 
-    /// The clusterings recorded so far (see [`Engine::record_clusterings`]).
+    /// The clusterings recorded so far (see [`CachingEngine::record_clusterings`]).
     pub fn clustering_history(&self) -> &[ClusteringRecord] {
         &self.history
     }
@@ -287,11 +287,6 @@ impl Engine {
 
     pub fn timings(&self) -> MethodTimings {
         self.timings
-    }
-
-    /// Whether the current step computes every branch.
-    pub fn is_full(&self) -> bool {
-        self.full
     }
 
     /// What the current step computes per image (FLOPs accounting).
@@ -320,49 +315,6 @@ impl Engine {
         }
     }
 
-    /// Updates the Taylor cache of (`block`, `branch`) with a new output (rows N, D), by
-    /// `CachingHook`'s rule: derivatives over the gap between the last two full steps, except
-    /// ResCa's MLP cache in paper scaling (one-step differences on sparse steps; on full steps
-    /// the factors of the full steps alone, copied in).
-    pub fn store<D: Device>(
-        &mut self,
-        dev: &mut D,
-        block: usize,
-        branch: Branch,
-        output: Slice<f32>,
-    ) -> Result<(), PipelineError> {
-        let order = cached_order(&self.method, branch);
-        let full_gap = self.schedule.full_step_gap().unwrap_or(0) as f32;
-        let slot = Self::slot(branch);
-        if one_step_residuals(&self.method, branch) && self.full {
-            let anchor = &mut self.full_step_mlp[block];
-            launch::taylor_update(
-                dev,
-                anchor.factors.all(),
-                output,
-                anchor.len,
-                anchor.stored,
-                order,
-                full_gap,
-            )?;
-            anchor.stored = anchor.stored.min(order) + 1;
-            let cache = &mut self.caches[block][slot];
-            dev.copy(anchor.factors.all(), cache.factors.all())?;
-            cache.stored = anchor.stored;
-            return Ok(());
-        }
-        let gap = if one_step_residuals(&self.method, branch) {
-            let index = self.current()?.index;
-            self.previous_index.map_or(0, |p| index - p) as f32
-        } else {
-            full_gap
-        };
-        let cache = &mut self.caches[block][slot];
-        launch::taylor_update(dev, cache.factors.all(), output, cache.len, cache.stored, order, gap)?;
-        cache.stored = cache.stored.min(order) + 1;
-        Ok(())
-    }
-
     fn coefficients(&self) -> Result<TaylorCoefficients, PipelineError> {
         let last = self
             .schedule
@@ -373,7 +325,7 @@ impl Engine {
 
     /// `x += gate * (Taylor prediction of (block, branch))`, the gate at `gate_offset` of the
     /// modulation (rows, 6D).
-    pub fn predict_gated_add<D: Device>(
+    fn predict_gated_add<D: Device>(
         &mut self,
         dev: &mut D,
         block: usize,
@@ -402,7 +354,7 @@ impl Engine {
     }
 
     /// The MLP branch of a sparse step, gated residual included.
-    pub fn sparse_mlp<D: Device>(
+    fn sparse_mlp<D: Device>(
         &mut self,
         dev: &mut D,
         block: &DeviceBlock,
@@ -560,14 +512,6 @@ impl Engine {
         Ok(())
     }
 
-    /// After block `l`: at a full step, the clustering methods cluster the last block's output.
-    pub fn after_block<D: Device>(&mut self, dev: &mut D, l: usize, x: Slice<f32>) -> Result<(), PipelineError> {
-        if self.full && self.clusters.is_some() && l + 1 == self.config.depth {
-            self.cluster(dev, x)?;
-        }
-        Ok(())
-    }
-
     /// Clusters every row's final-block tokens (TETC for ResCa, K-means for ClusCa).
     fn cluster<D: Device>(&mut self, dev: &mut D, x: Slice<f32>) -> Result<(), PipelineError> {
         dev.synchronize()?;
@@ -721,6 +665,80 @@ impl Engine {
             k,
             d,
         )?;
+        Ok(())
+    }
+}
+
+/// The forward pass's hook under a caching method: full steps fill the Taylor caches, sparse
+/// steps predict (and ClusCa and ResCa compute their K tokens' MLP), and the last block's output
+/// is clustered after full steps.
+impl<D: Device> BranchHook<D> for CachingEngine {
+    /// Whether the current step computes every branch.
+    fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Updates the Taylor cache of (`block`, `branch`) with a new output (rows N, D), by
+    /// `CachingHook`'s rule: derivatives over the gap between the last two full steps, except
+    /// ResCa's MLP cache in paper scaling (one-step differences on sparse steps; on full steps
+    /// the factors of the full steps alone, copied in).
+    fn store(&mut self, dev: &mut D, block: usize, branch: Branch, output: Slice<f32>) -> Result<(), PipelineError> {
+        let order = cached_order(&self.method, branch);
+        let full_gap = self.schedule.full_step_gap().unwrap_or(0) as f32;
+        let slot = Self::slot(branch);
+        if one_step_residuals(&self.method, branch) && self.full {
+            let anchor = &mut self.full_step_mlp[block];
+            launch::taylor_update(
+                dev,
+                anchor.factors.all(),
+                output,
+                anchor.len,
+                anchor.stored,
+                order,
+                full_gap,
+            )?;
+            anchor.stored = anchor.stored.min(order) + 1;
+            let cache = &mut self.caches[block][slot];
+            dev.copy(anchor.factors.all(), cache.factors.all())?;
+            cache.stored = anchor.stored;
+            return Ok(());
+        }
+        let gap = if one_step_residuals(&self.method, branch) {
+            let index = self.current()?.index;
+            self.previous_index.map_or(0, |p| index - p) as f32
+        } else {
+            full_gap
+        };
+        let cache = &mut self.caches[block][slot];
+        launch::taylor_update(dev, cache.factors.all(), output, cache.len, cache.stored, order, gap)?;
+        cache.stored = cache.stored.min(order) + 1;
+        Ok(())
+    }
+
+    /// At a sparse step: attention is the Taylor prediction, the MLP the method's own (`sparse_mlp`).
+    fn supply_gated_add(
+        &mut self,
+        dev: &mut D,
+        block: &DeviceBlock,
+        l: usize,
+        branch: Branch,
+        x: Slice<f32>,
+        modulation: Slice<f32>,
+    ) -> Result<(), PipelineError> {
+        match branch {
+            Branch::Attention => {
+                let gate = 2 * self.config.hidden_size;
+                self.predict_gated_add(dev, l, Branch::Attention, x, modulation, gate)
+            }
+            Branch::Mlp => self.sparse_mlp(dev, block, l, x, modulation),
+        }
+    }
+
+    /// After block `l`: at a full step, the clustering methods cluster the last block's output.
+    fn after_block(&mut self, dev: &mut D, l: usize, x: Slice<f32>) -> Result<(), PipelineError> {
+        if self.full && self.clusters.is_some() && l + 1 == self.config.depth {
+            self.cluster(dev, x)?;
+        }
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
-//! Slice-in, slice-out launches of the DiT kernels on a fresh [`SimDevice`], for tests and
-//! tools: the inputs are uploaded, the kernel launched through the same typed launch function
-//! the pipeline uses (`pipeline::launch`), the outputs read back. A wrong length shows up as an
+//! Slice-in, slice-out launches of the DiT kernels on a fresh `SimDevice`, for the kernel tests:
+//! the inputs are uploaded, the kernel launched through the same typed launch function the
+//! pipeline uses (`pipeline::launch`), the outputs read back. A wrong length shows up as an
 //! out-of-bounds error of the kernel, exactly as on a GPU under compute-sanitizer.
 
 // One parameter per kernel parameter, as the kernels take them.
@@ -8,11 +8,11 @@
 
 use resca_gpu_kernels::ddim::DdimCoefficients;
 
-use super::SimDevice;
-use crate::pipeline::device::{Device, DeviceError, Element, Slice};
-use crate::pipeline::launch;
+use resca_host::pipeline::device::{Device, DeviceError, Element, Slice};
+use resca_host::pipeline::launch;
+use resca_host::sim::SimDevice;
 
-pub use crate::pipeline::launch::Epilogue;
+pub use resca_host::pipeline::launch::Epilogue;
 
 /// Uploads `data` to a new buffer of `dev`.
 fn input<T: Element>(dev: &mut SimDevice, data: &[T]) -> Result<Slice<T>, DeviceError> {

@@ -11,9 +11,10 @@ use resca_reference::ddim::DdimSchedule;
 use resca_reference::{Dit, Sampler};
 use serde::Serialize;
 
-use crate::classifier::{Classifier, feature_statistics};
-use crate::metrics::{accuracy, frechet_distance, psnr, rmse};
-use crate::run::{Backend, SampleJob, SampleResult, final_samples, run_method};
+use super::classifier::{Classifier, feature_statistics};
+use super::metrics::{accuracy, frechet_distance, psnr, rmse};
+use crate::job::{SampleJob, SampleResult, final_samples};
+use crate::run::{Backend, run_method};
 
 /// One entry of the comparison: a caching method, or plain DDIM with fewer steps.
 #[derive(Clone, Debug)]

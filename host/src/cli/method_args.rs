@@ -9,6 +9,8 @@ use resca_reference::cache::pdds::Solver;
 use resca_reference::cache::tetc::ProxyChoice;
 use resca_reference::cache::{ClusteringSource, MethodConfig, MethodKind, ResidualScaling};
 
+use super::value_parsers::{non_negative, positive};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Method {
     /// Every step computes every block for every token.
@@ -107,24 +109,6 @@ pub struct MethodArgs {
     /// `clus.proxy_indices`), as the reference vectors hold them.
     #[arg(long, value_name = "FILE.safetensors")]
     pub replay_clusters: Option<PathBuf>,
-}
-
-/// Parses an integer >= 1, naming the problem otherwise.
-pub fn positive(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<i64>() {
-        Ok(v) if v >= 1 => Ok(v as usize),
-        Ok(v) => Err(format!("{v} is not a positive integer (it must be at least 1)")),
-        Err(_) => Err(format!("`{text}` is not an integer")),
-    }
-}
-
-/// Parses an integer >= 0, naming the problem otherwise.
-pub fn non_negative(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<i64>() {
-        Ok(v) if v >= 0 => Ok(v as usize),
-        Ok(v) => Err(format!("{v} is negative")),
-        Err(_) => Err(format!("`{text}` is not an integer")),
-    }
 }
 
 impl MethodArgs {

@@ -1,10 +1,13 @@
-//! Where the model comes from: a safetensors checkpoint (config given or inferred), a named preset
-//! with seeded random weights, or the embedded default.
+//! The model-selection flags (`--weights`, `--config`, `--heads`, `--model`) and where the model
+//! comes from: a safetensors checkpoint (config given or inferred), a named preset with seeded
+//! random weights, or the embedded default.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use resca_reference::{Dit, DitConfig};
+
+use super::value_parsers::{positive, seed};
 
 /// Guidance scale of the papers, the default for every model but the embedded one.
 pub const PAPER_CFG_SCALE: f32 = 1.5;
@@ -20,14 +23,14 @@ pub struct ModelArgs {
     #[arg(long, value_name = "C.json", conflicts_with = "heads")]
     pub config: Option<PathBuf>,
     /// Attention heads, the one hyper-parameter the weights' shapes cannot tell.
-    #[arg(long, value_name = "H")]
+    #[arg(long, value_name = "H", allow_negative_numbers = true, value_parser = positive)]
     pub heads: Option<usize>,
     /// A preset (DiT-XL/2, DiT-L/2, DiT-B/2, DiT-S/2 and /4, /8 variants, tiny, small) with seeded
     /// random weights, for benchmarks and smoke runs.
     #[arg(long, value_name = "PRESET", conflicts_with = "weights")]
     pub model: Option<String>,
     /// Seed of the random weights of `--model`.
-    #[arg(long, default_value_t = 0, requires = "model")]
+    #[arg(long, default_value_t = 0, requires = "model", allow_negative_numbers = true, value_parser = seed)]
     pub weights_seed: u64,
 }
 
@@ -52,8 +55,13 @@ impl ModelArgs {
             Some(path) => {
                 Dit::load(path, config, self.heads).with_context(|| format!("loading --weights {}", path.display()))
             }
-            None => crate::embedded::default_model(),
+            None => resca_host::embedded::default_model(),
         }
+    }
+
+    /// The files these flags read, by flag (outputs must not replace them).
+    pub fn input_files(&self) -> Vec<(&'static str, Option<&Path>)> {
+        vec![("--weights", self.weights.as_deref()), ("--config", self.config.as_deref())]
     }
 
     /// Whether these flags select the embedded default model (no `--weights`, no `--model`).
@@ -65,7 +73,7 @@ impl ModelArgs {
     /// (it needs more guidance than DiT-XL/2), otherwise the papers' 1.5.
     pub fn default_cfg_scale(&self) -> f32 {
         if self.is_embedded() {
-            crate::embedded::DEFAULT_CFG_SCALE
+            resca_host::embedded::DEFAULT_CFG_SCALE
         } else {
             PAPER_CFG_SCALE
         }
@@ -78,12 +86,17 @@ impl ModelArgs {
             return Ok(DitConfig::from_json_file(path)?);
         }
         if let Some(preset) = &self.model {
-            return Ok(DitConfig::preset(preset)?);
+            let mut config = DitConfig::preset(preset)?;
+            if let Some(heads) = self.heads {
+                config.num_heads = heads;
+                config.validate()?;
+            }
+            return Ok(config);
         }
         if let Some(path) = &self.weights {
             let file = resca_reference::safetensors_file::SafetensorsFile::open(path)?;
             return Ok(DitConfig::infer(&file, self.heads)?);
         }
-        Ok(crate::embedded::default_config())
+        Ok(resca_host::embedded::default_config())
     }
 }

@@ -1,9 +1,9 @@
-//! The CLI's figures: titled panels of sample grids placed side by side (full compute next to a
-//! cached method, or every method of a comparison).
+//! Titled panels of sample grids, placed side by side (full compute next to a cached method) or
+//! stacked (every method of a comparison).
 
 use ndarray::ArrayView4;
 
-use crate::canvas::{Canvas, DARK, WHITE};
+use super::canvas::{Canvas, DARK, WHITE};
 
 /// One titled grid: images (B, C, H, W) laid out `cols` per row.
 pub struct Panel<'a> {
