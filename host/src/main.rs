@@ -15,7 +15,6 @@ use resca_host::outputs::{StdoutError, remove_temporaries_on_signals};
 const BROKEN_PIPE_STATUS: u8 = 141;
 
 fn main() -> ExitCode {
-    // Before any thread starts: every thread inherits the blocked signals.
     remove_temporaries_on_signals();
     resca_reference::memory::retain_freed_memory();
     match cli::Cli::parse().command.run() {

@@ -15,7 +15,7 @@
 //! planted at a predictable name), then renamed over the destination once complete and synced.
 //! An existing destination keeps its permission bits (a file of mode 600 stays 600; its owner
 //! becomes the writing user, as with any replacing rename). The temporary file is removed on an
-//! error, on a panic (its guard's drop) and on SIGINT, SIGTERM or SIGHUP
+//! error, on a panic (when the temporary file's guard is dropped) and on SIGINT, SIGTERM or SIGHUP
 //! ([`remove_temporaries_on_signals`]); only SIGKILL or a power cut can leave one behind.
 
 use std::io::Write;
@@ -237,50 +237,72 @@ impl Destination {
     }
 }
 
+/// The pipe's write end through which the signal handler hands a signal to the cleanup thread.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The signal handler: only writes the signal's number to the pipe (`write` is
+/// async-signal-safe; locking or removing files here is not).
+extern "C" fn hand_over_signal(signal: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let byte = signal as u8;
+    // SAFETY: writes one byte from a local to a pipe opened before the handler was installed.
+    unsafe {
+        libc::write(fd, (&byte as *const u8).cast(), 1);
+    }
+}
+
 /// Removes the temporary output files of a run interrupted by SIGINT, SIGTERM or SIGHUP, then
-/// ends the process by the same signal (so a shell sees the usual status). Call it first thing
-/// in `main`, before any thread starts: the three signals are blocked in every thread and taken
-/// by one thread made for them, which may lock and remove files (a signal handler may not).
+/// ends the process by the same signal (so a shell sees the usual status). The handler, which
+/// runs on whichever thread the signal reaches (threads the BLAS library starts before `main`
+/// included), hands the signal through a pipe to a thread made for it, which may lock and
+/// remove files. A signal ignored when the program starts (`nohup`, a background job's SIGINT)
+/// stays ignored. Call it first thing in `main`.
 pub fn remove_temporaries_on_signals() {
-    // SAFETY: plain libc calls on a local signal set; the mask is set before other threads
-    // exist, so they all inherit it.
-    let signals = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    let mut fds = [0; 2];
+    // SAFETY: creates a pipe into a local array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    let [read_end, write_end] = fds;
+    SIGNAL_PIPE.store(write_end, std::sync::atomic::Ordering::Relaxed);
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
         loop {
-            let mut signal = 0;
-            // SAFETY: waits on the set built above.
-            if unsafe { libc::sigwait(&signals, &mut signal) } != 0 {
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a local from the pipe's read end, which stays open.
+            let read = unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) };
+            if read != 1 {
                 continue;
             }
             for path in live_temporaries().drain(..) {
                 let _ = std::fs::remove_file(path);
             }
-            // SAFETY: restores the default action and re-raises on this thread, where it is
-            // unblocked: the process ends by the signal, as without this thread.
+            let signal = libc::c_int::from(byte);
+            // SAFETY: restores the default action and re-raises: the process ends by the
+            // signal, as it would have without the handler.
             unsafe {
                 libc::signal(signal, libc::SIG_DFL);
-                let mut one: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut one);
-                libc::sigaddset(&mut one, signal);
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
                 libc::raise(signal);
             }
             std::process::exit(128 + signal);
         }
     });
     if spawned.is_err() {
-        // No thread to take them: deliver the signals as before rather than ignore them.
-        // SAFETY: as above.
+        return;
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: reads the current action, then installs the handler above (which only
+        // writes to a pipe) unless the signal is ignored.
         unsafe {
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, &signals, std::ptr::null_mut());
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current);
+            if current.sa_sigaction == libc::SIG_IGN {
+                continue;
+            }
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = hand_over_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
 }

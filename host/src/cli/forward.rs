@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, value_name = "OUT.safetensors")]
     out: PathBuf,
     /// Run `forward_with_cfg` at this scale (the batch must be [x; x] with labels [y; null]).
-    #[arg(long, allow_negative_numbers = true, value_parser = cfg_scale)]
+    #[arg(long, allow_hyphen_values = true, value_parser = cfg_scale)]
     cfg_scale: Option<f32>,
     #[arg(long, value_enum, default_value_t = Backend::Reference)]
     backend: Backend,
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut inputs = args.model.input_files();
     inputs.push(("--input", Some(args.input.as_path())));
     let out_file = check_outputs(&[("--out", Some(args.out.as_path()))], &inputs)?.remove(0);
-    let input = SafetensorsFile::open(&args.input)?;
+    let input = SafetensorsFile::open(&args.input).with_context(|| format!("reading --input {}", args.input.display()))?;
     let config = args.model.config_only()?;
     let rows = input.nonempty_shape("x")?[0];
     check_samples(rows, &format!("--input {} (tensor `x`)", args.input.display()))?;

@@ -38,7 +38,9 @@ impl ModelArgs {
     /// Loads (or builds) the model these flags select.
     pub fn load(&self) -> Result<Dit> {
         let config = match &self.config {
-            Some(path) => Some(DitConfig::from_json_file(path)?),
+            Some(path) => {
+                Some(DitConfig::from_json_file(path).with_context(|| format!("reading --config {}", path.display()))?)
+            }
             None => None,
         };
         if let Some(preset) = &self.model {
@@ -83,7 +85,7 @@ impl ModelArgs {
     /// weights file's shapes, or the embedded default.
     pub fn config_only(&self) -> Result<DitConfig> {
         if let Some(path) = &self.config {
-            return Ok(DitConfig::from_json_file(path)?);
+            return DitConfig::from_json_file(path).with_context(|| format!("reading --config {}", path.display()));
         }
         if let Some(preset) = &self.model {
             let mut config = DitConfig::preset(preset)?;
@@ -94,7 +96,8 @@ impl ModelArgs {
             return Ok(config);
         }
         if let Some(path) = &self.weights {
-            let file = resca_reference::safetensors_file::SafetensorsFile::open(path)?;
+            let file = resca_reference::safetensors_file::SafetensorsFile::open(path)
+                .with_context(|| format!("reading --weights {}", path.display()))?;
             return Ok(DitConfig::infer(&file, self.heads)?);
         }
         Ok(resca_host::embedded::default_config())

@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = step_count)]
     steps: usize,
     /// Guidance doubles the model rows per sample when above 1.
-    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true, value_parser = cfg_scale)]
+    #[arg(long, default_value_t = 1.5, allow_hyphen_values = true, value_parser = cfg_scale)]
     cfg_scale: f32,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     sampler: SamplerKind,

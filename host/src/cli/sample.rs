@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use resca_host::evaluation::metrics::{psnr, rmse};
 use resca_host::figures::panels::{Panel, panels};
 use resca_host::inputs::{check_labels, class_grid, load_noise, seeded_noise};
@@ -52,7 +52,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     sampler: SamplerKind,
     /// Time shift of the flow sampler's grid (default 1, uniform; --sampler flow only).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     flow_shift: Option<f64>,
     #[arg(long, value_enum, default_value_t = Backend::Reference)]
     backend: Backend,
@@ -96,7 +96,8 @@ pub fn run(args: Args) -> Result<()> {
     let samples = match (&args.noise, &args.batch, &args.labels) {
         _ if grid => grid_samples(args.seeds, config.num_classes)?,
         (Some(path), _, _) => {
-            let rows = SafetensorsFile::open(path)?.nonempty_shape("noise")?[0];
+            let file = SafetensorsFile::open(path).with_context(|| format!("reading --noise {}", path.display()))?;
+            let rows = file.nonempty_shape("noise")?[0];
             check_samples(rows, &format!("--noise {}", path.display()))?;
             rows
         }

@@ -27,7 +27,13 @@ impl SamplerKind {
                 }
                 (Sampler::Ddim(DdimSchedule::new(steps)?), "ddim")
             }
-            SamplerKind::Flow => (Sampler::Flow(FlowSchedule::new(steps, flow_shift.unwrap_or(1.0))?), "flow"),
+            SamplerKind::Flow => {
+                let shift = flow_shift.unwrap_or(1.0);
+                if !(shift.is_finite() && shift > 0.0) {
+                    bail!("--flow-shift {shift} must be a positive finite number");
+                }
+                (Sampler::Flow(FlowSchedule::new(steps, shift)?), "flow")
+            }
         })
     }
 
@@ -46,7 +52,7 @@ impl SamplerKind {
 pub struct Guidance {
     /// Classifier-free guidance scale, used when above 1 (default: 4.0 for the embedded model,
     /// which needs it for legible digits; 1.5, the papers' value, for --weights and --model).
-    #[arg(long, allow_negative_numbers = true, value_parser = cfg_scale)]
+    #[arg(long, allow_hyphen_values = true, value_parser = cfg_scale)]
     cfg_scale: Option<f32>,
 }
 
