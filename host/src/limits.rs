@@ -47,7 +47,12 @@ mod tests {
 
     #[test]
     fn sample_counts_are_bounded_without_overflow() {
-        assert!(grid_samples(usize::MAX, 1000).unwrap_err().to_string().contains("above the limit"));
+        assert!(
+            grid_samples(usize::MAX, 1000)
+                .unwrap_err()
+                .to_string()
+                .contains("above the limit")
+        );
         assert_eq!(grid_samples(2, 10).unwrap(), 20);
         assert!(check_samples(70_000, "--noise n.safetensors").is_err());
     }
@@ -59,8 +64,13 @@ mod tests {
             working: 1 << 29,
             results: 1 << 32,
         };
-        let error = check_memory(&needed, Some(2 << 30), "sampling").unwrap_err().to_string();
-        assert!(error.contains("about 5.5 GiB") && error.contains("--no-memory-check"), "{error}");
+        let error = check_memory(&needed, Some(2 << 30), "sampling")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("about 5.5 GiB") && error.contains("--no-memory-check"),
+            "{error}"
+        );
         assert!(check_memory(&needed, Some(8 << 30), "sampling").is_ok());
         assert!(check_memory(&needed, None, "sampling").is_ok());
     }

@@ -15,8 +15,9 @@ use resca_host::outputs::{StdoutError, remove_temporaries_on_signals};
 const BROKEN_PIPE_STATUS: u8 = 141;
 
 fn main() -> ExitCode {
-    remove_temporaries_on_signals();
+    // Allocator settings first: they are meant to be made before any thread starts.
     resca_reference::memory::retain_freed_memory();
+    remove_temporaries_on_signals();
     match cli::Cli::parse().command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<StdoutError>().is_some_and(StdoutError::is_broken_pipe) => {

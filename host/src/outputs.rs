@@ -52,6 +52,21 @@ fn file_id(metadata: &std::fs::Metadata) -> FileId {
     (metadata.dev(), metadata.ino())
 }
 
+/// Where an output lands: its folder's (device, inode) and its name, and the file's own
+/// (device, inode) when it exists (so hard links and aliases through linked folders match).
+struct OutputIdentity {
+    flag: String,
+    folder: FileId,
+    name: std::ffi::OsString,
+    file: Option<FileId>,
+}
+
+impl OutputIdentity {
+    fn same_file(&self, other: &Self) -> bool {
+        (self.folder, &self.name) == (other.folder, &other.name) || (self.file.is_some() && self.file == other.file)
+    }
+}
+
 /// Checks every output (flag, path) before a run: see the module documentation. `inputs` are
 /// the (flag, path) of every file the command reads; one that does not exist is skipped (its
 /// own loading reports it).
@@ -60,9 +75,7 @@ pub fn check_destinations(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -
         .iter()
         .filter_map(|&(flag, path)| std::fs::metadata(path).ok().map(|m| (flag, path, file_id(&m))))
         .collect();
-    // Each output's identity: its folder's (device, inode) and its name, and the file's own
-    // (device, inode) when it exists (hard links and aliases through linked folders included).
-    let mut seen: Vec<(&str, &Path, (FileId, std::ffi::OsString), Option<FileId>)> = Vec::new();
+    let mut seen: Vec<OutputIdentity> = Vec::new();
     let mut destinations = Vec::new();
     for &(flag, path) in outputs {
         let destination = check_destination(flag, path)?;
@@ -76,21 +89,24 @@ pub fn check_destinations(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -
                 input_path.display()
             );
         }
-        let folder_id = file_id(&std::fs::metadata(&destination.folder).with_context(|| {
-            format!("{flag} {}: cannot read its folder", path.display())
-        })?);
-        let name = path.file_name().expect("checked by check_destination").to_os_string();
-        let identity = (folder_id, name);
-        if let Some((other_flag, _, _, _)) = seen
-            .iter()
-            .find(|(_, _, other, other_file)| *other == identity || (existing.is_some() && *other_file == existing))
-        {
+        let folder = file_id(
+            &std::fs::metadata(&destination.folder)
+                .with_context(|| format!("{flag} {}: cannot read its folder", path.display()))?,
+        );
+        let identity = OutputIdentity {
+            flag: flag.to_string(),
+            folder,
+            name: path.file_name().expect("checked by check_destination").to_os_string(),
+            file: existing,
+        };
+        if let Some(other) = seen.iter().find(|other| other.same_file(&identity)) {
             bail!(
-                "{other_flag} and {flag} both name {}: each output needs its own file",
+                "{} and {flag} both name {}: each output needs its own file",
+                other.flag,
                 path.display()
             );
         }
-        seen.push((flag, path, identity, existing));
+        seen.push(identity);
         destinations.push(destination);
     }
     Ok(destinations)
@@ -323,7 +339,9 @@ impl StdoutError {
 /// panicking as `println!` does when standard output is closed or full.
 pub fn print_line(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").and_then(|()| out.flush()).map_err(StdoutError)?;
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(StdoutError)?;
     Ok(())
 }
 

@@ -80,7 +80,11 @@ pub fn run_method(
         None => Vec::new(),
     };
     if let Some(path) = replay {
-        check_replay_steps(&format!("--replay-clusters {}", path.display()), &records, &full_steps(job, method))?;
+        check_replay_steps(
+            &format!("--replay-clusters {}", path.display()),
+            &records,
+            &full_steps(job, method),
+        )?;
     }
     backend.run(Sampling {
         model,

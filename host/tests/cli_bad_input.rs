@@ -102,14 +102,32 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     for (out_flag, out) in [("--out", "in.safetensors"), ("--out", "w.safetensors")] {
         refused(
             folder.path(),
-            &["forward", "--weights", "w.safetensors", "--input", "in.safetensors", out_flag, out],
+            &[
+                "forward",
+                "--weights",
+                "w.safetensors",
+                "--input",
+                "in.safetensors",
+                out_flag,
+                out,
+            ],
             &["is the same file as"],
             &both,
         );
     }
     refused(
         folder.path(),
-        &["sample", "--weights", "w.safetensors", "--steps", "2", "--batch", "1", "--png", "w.safetensors"],
+        &[
+            "sample",
+            "--weights",
+            "w.safetensors",
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--png",
+            "w.safetensors",
+        ],
         &["--png w.safetensors is the same file as --weights"],
         &both,
     );
@@ -120,7 +138,13 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
 #[test]
 fn special_destinations_are_refused_before_the_run() {
     let folder = tempfile::tempdir().unwrap();
-    assert!(Command::new("mkfifo").arg(folder.path().join("fifo")).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(folder.path().join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
     std::os::unix::fs::symlink("/tmp/elsewhere.png", folder.path().join("link.png")).unwrap();
     let leave = ["fifo", "link.png"];
     for (flag, destination, kind) in [
@@ -132,7 +156,17 @@ fn special_destinations_are_refused_before_the_run() {
         let started = Instant::now();
         refused(
             folder.path(),
-            &["sample", "--model", "tiny", "--steps", "50", "--batch", "2", flag, destination],
+            &[
+                "sample",
+                "--model",
+                "tiny",
+                "--steps",
+                "50",
+                "--batch",
+                "2",
+                flag,
+                destination,
+            ],
             &[flag, kind],
             &leave,
         );
@@ -172,8 +206,19 @@ fn a_run_diverging_at_its_last_step_writes_nothing_and_names_the_step() {
         refused(
             folder.path(),
             &[
-                "sample", "--weights", "w.safetensors", "--steps", "1", "--batch", "2", "--sampler", sampler,
-                "--out", "o.safetensors", "--png", "o.png",
+                "sample",
+                "--weights",
+                "w.safetensors",
+                "--steps",
+                "1",
+                "--batch",
+                "2",
+                "--sampler",
+                sampler,
+                "--out",
+                "o.safetensors",
+                "--png",
+                "o.png",
             ],
             &["step 1 of 1", "block 0's attention branch", "weights"],
             &["w.safetensors"],
@@ -182,7 +227,12 @@ fn a_run_diverging_at_its_last_step_writes_nothing_and_names_the_step() {
     refused(
         folder.path(),
         &[
-            "forward", "--weights", "w.safetensors", "--input", text(&vectors("forward.safetensors")), "--out",
+            "forward",
+            "--weights",
+            "w.safetensors",
+            "--input",
+            text(&vectors("forward.safetensors")),
+            "--out",
             "o.safetensors",
         ],
         &["forward pass", "block 0's attention branch"],
@@ -198,13 +248,35 @@ fn non_finite_guidance_scales_and_timesteps_are_refused() {
     for scale in ["NaN", "inf", "-inf"] {
         refused(
             folder.path(),
-            &["forward", "--weights", text(&weights), "--input", text(&input), "--out", "o.safetensors", "--cfg-scale", scale],
+            &[
+                "forward",
+                "--weights",
+                text(&weights),
+                "--input",
+                text(&input),
+                "--out",
+                "o.safetensors",
+                "--cfg-scale",
+                scale,
+            ],
             &["--cfg-scale"],
             &[],
         );
         refused(
             folder.path(),
-            &["sample", "--model", "tiny", "--steps", "2", "--batch", "2", "--cfg-scale", scale, "--out", "o.safetensors"],
+            &[
+                "sample",
+                "--model",
+                "tiny",
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--cfg-scale",
+                scale,
+                "--out",
+                "o.safetensors",
+            ],
             &["--cfg-scale"],
             &[],
         );
@@ -225,7 +297,15 @@ fn non_finite_guidance_scales_and_timesteps_are_refused() {
     .unwrap();
     refused(
         folder.path(),
-        &["forward", "--weights", text(&weights), "--input", "in.safetensors", "--out", "o.safetensors"],
+        &[
+            "forward",
+            "--weights",
+            text(&weights),
+            "--input",
+            "in.safetensors",
+            "--out",
+            "o.safetensors",
+        ],
         &["timestep inf"],
         &["in.safetensors"],
     );
@@ -241,13 +321,44 @@ fn absurd_sizes_are_refused_before_allocating() {
     )
     .unwrap();
     for (args, expected) in [
-        (&["sample", "--model", "tiny", "--batch", "10000000"][..], "above the limit of 65536"),
-        (&["sample", "--model", "tiny", "--seeds", "18446744073709551615"][..], "above the limit of 65536"),
-        (&["sample", "--model", "tiny", "--sampler", "flow", "--steps", "1000000000000"][..], "above the limit"),
-        (&["sample", "--model", "tiny", "--config", "c.json", "--steps", "2"][..], "input_size 4294967296"),
+        (
+            &["sample", "--model", "tiny", "--batch", "10000000"][..],
+            "above the limit of 65536",
+        ),
+        (
+            &["sample", "--model", "tiny", "--seeds", "18446744073709551615"][..],
+            "above the limit of 65536",
+        ),
+        (
+            &[
+                "sample",
+                "--model",
+                "tiny",
+                "--sampler",
+                "flow",
+                "--steps",
+                "1000000000000",
+            ][..],
+            "above the limit",
+        ),
+        (
+            &["sample", "--model", "tiny", "--config", "c.json", "--steps", "2"][..],
+            "input_size 4294967296",
+        ),
         (&["plan", "--config", "c.json"][..], "input_size 4294967296"),
         (
-            &["sample", "--model", "DiT-XL/2", "--batch", "65536", "--sampler", "flow", "--steps", "100000", "--no-png"][..],
+            &[
+                "sample",
+                "--model",
+                "DiT-XL/2",
+                "--batch",
+                "65536",
+                "--sampler",
+                "flow",
+                "--steps",
+                "100000",
+                "--no-png",
+            ][..],
             "--no-memory-check",
         ),
     ] {
@@ -274,7 +385,13 @@ fn negative_seeds_and_flags_that_do_not_apply_are_named() {
 #[test]
 fn a_fifo_or_a_folder_as_input_is_refused_without_hanging() {
     let folder = tempfile::tempdir().unwrap();
-    assert!(Command::new("mkfifo").arg(folder.path().join("fifo")).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(folder.path().join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
     std::fs::create_dir(folder.path().join("sub")).unwrap();
     for input in ["fifo", "sub"] {
         for flag in ["--weights", "--config"] {
@@ -309,7 +426,9 @@ fn duplicate_header_keys_are_refused() {
 fn invalid_replay_files_are_refused() {
     let folder = tempfile::tempdir().unwrap();
     // Tiny model, guided batch of 1 (2 rows), 16 tokens, K = 4.
-    let ints = |shape: &[usize], values: Vec<i64>| OutTensor::I64(ndarray::ArrayD::from_shape_vec(shape.to_vec(), values).unwrap());
+    let ints = |shape: &[usize], values: Vec<i64>| {
+        OutTensor::I64(ndarray::ArrayD::from_shape_vec(shape.to_vec(), values).unwrap())
+    };
     let labels: Vec<i64> = (0..2 * 16).map(|i| (i % 4) as i64).collect();
     let write = |name: &str, steps: Vec<i64>, proxies: Vec<i64>| {
         write_safetensors(
@@ -333,8 +452,25 @@ fn invalid_replay_files_are_refused() {
         ("no_step.safetensors", "step 5 matches no full step"),
     ] {
         let args = [
-            "sample", "--weights", text(&weights), "--steps", "10", "--batch", "1", "--cfg-scale", "1.5", "--method",
-            "resca", "--clusters", "4", "--interval", "4", "--replay-clusters", replay, "--out", "o.safetensors",
+            "sample",
+            "--weights",
+            text(&weights),
+            "--steps",
+            "10",
+            "--batch",
+            "1",
+            "--cfg-scale",
+            "1.5",
+            "--method",
+            "resca",
+            "--clusters",
+            "4",
+            "--interval",
+            "4",
+            "--replay-clusters",
+            replay,
+            "--out",
+            "o.safetensors",
         ];
         refused(folder.path(), &args, &[replay, expected], &files);
     }
@@ -350,7 +486,10 @@ fn closed_or_full_standard_output_does_not_panic() {
         .unwrap();
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!message.contains("panicked"), "{message}");
-    assert!(message.contains("status 0") || message.contains("status 141"), "{message}");
+    assert!(
+        message.contains("status 0") || message.contains("status 141"),
+        "{message}"
+    );
     let full = Command::new(env!("CARGO_BIN_EXE_resca"))
         .args(["plan", "--json"])
         .stdout(std::fs::File::options().write(true).open("/dev/full").unwrap())
@@ -358,7 +497,10 @@ fn closed_or_full_standard_output_does_not_panic() {
         .unwrap();
     let message = String::from_utf8_lossy(&full.stderr);
     assert_eq!(full.status.code(), Some(1), "{message}");
-    assert!(message.contains("cannot write to standard output") && !message.contains("panicked"), "{message}");
+    assert!(
+        message.contains("cannot write to standard output") && !message.contains("panicked"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -55,8 +55,14 @@ fn a_libcuda_missing_functions_is_reported_without_a_panic_message() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(!text.contains("panicked") && !text.contains("stack backtrace"), "{args:?}: {text}");
-        assert!(text.contains("the driver lacks a function cudarc needs"), "{args:?}: {text}");
+        assert!(
+            !text.contains("panicked") && !text.contains("stack backtrace"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            text.contains("the driver lacks a function cudarc needs"),
+            "{args:?}: {text}"
+        );
         if args[0] == "forward" {
             assert!(!output.status.success(), "{text}");
             assert!(!folder.path().join("o.safetensors").exists());

@@ -17,7 +17,9 @@ fn diverging_model() -> Dit {
 }
 
 fn noise() -> Array4<f32> {
-    Array4::from_shape_fn((2, 4, 8, 8), |(b, c, h, w)| ((b + 3 * c + 5 * h + 7 * w) % 11) as f32 / 5.0 - 1.0)
+    Array4::from_shape_fn((2, 4, 8, 8), |(b, c, h, w)| {
+        ((b + 3 * c + 5 * h + 7 * w) % 11) as f32 / 5.0 - 1.0
+    })
 }
 
 #[test]
@@ -44,7 +46,10 @@ fn a_diverging_sim_run_names_the_step_block_and_branch() {
         .forward(noise().view(), &[10.0, 10.0], &[3, 4])
         .unwrap_err()
         .to_string();
-    assert!(error.contains("forward pass") && error.contains("block 1's attention branch"), "{error}");
+    assert!(
+        error.contains("forward pass") && error.contains("block 1's attention branch"),
+        "{error}"
+    );
 }
 
 #[test]

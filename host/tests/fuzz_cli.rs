@@ -108,7 +108,10 @@ fn run(folder: &Path, args: &[String]) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let output = child.wait_with_output().unwrap();
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 proptest! {
@@ -150,7 +153,13 @@ proptest! {
 #[test]
 fn command_lines_found_by_the_fuzzer() {
     let folder = tempfile::tempdir().unwrap();
-    assert!(Command::new("mkfifo").arg(folder.path().join("fifo")).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(folder.path().join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
     for args in [
         // Read a FIFO as the weights: blocked in open() before.
         &["plan", "--weights", "fifo"][..],
@@ -165,7 +174,10 @@ fn command_lines_found_by_the_fuzzer() {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let (status, message) = run(folder.path(), &args);
         assert!(matches!(status, Some(1 | 2)), "{args:?}: {status:?} {message}");
-        assert!(message.contains("error") && !message.contains("panicked"), "{args:?}: {message}");
+        assert!(
+            message.contains("error") && !message.contains("panicked"),
+            "{args:?}: {message}"
+        );
         assert!(!message.contains("unexpected argument '-"), "{args:?}: {message}");
     }
 }

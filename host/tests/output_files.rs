@@ -49,7 +49,10 @@ fn an_output_that_is_an_input_is_refused_even_through_a_hard_link() {
     let weights = folder.path().join("w.safetensors");
     std::fs::write(&weights, "weights").unwrap();
     let error = refusal(&[("--out", &weights)], &[("--weights", &weights)]);
-    assert!(error.contains("--out") && error.contains("is the same file as --weights"), "{error}");
+    assert!(
+        error.contains("--out") && error.contains("is the same file as --weights"),
+        "{error}"
+    );
     let alias = folder.path().join("alias.safetensors");
     std::fs::hard_link(&weights, &alias).unwrap();
     let error = refusal(&[("--png", &alias)], &[("--weights", &weights)]);
@@ -70,7 +73,13 @@ fn two_outputs_naming_one_file_are_refused() {
 fn special_files_links_and_folders_are_refused_as_destinations() {
     let folder = tempfile::tempdir().unwrap();
     let fifo = folder.path().join("fifo");
-    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let link = folder.path().join("link.png");
     std::os::unix::fs::symlink(folder.path().join("target.png"), &link).unwrap();
     for (path, kind) in [

@@ -200,7 +200,9 @@ impl DitConfig {
             ))
         })?;
         let Some(input_size) = grid.checked_mul(patch_size) else {
-            return fail(format!("a {grid}x{grid} grid of {patch_size}-pixel patches is too large"));
+            return fail(format!(
+                "a {grid}x{grid} grid of {patch_size}-pixel patches is too large"
+            ));
         };
         let config = DitConfig {
             input_size,
@@ -213,9 +215,13 @@ impl DitConfig {
             num_classes: table[0] - 1,
             learn_sigma,
         };
-        config
-            .validate()
-            .map_err(|e| Error::Config(format!("{} (inferred from {})", strip_config_prefix(&e), file.path().display())))?;
+        config.validate().map_err(|e| {
+            Error::Config(format!(
+                "{} (inferred from {})",
+                strip_config_prefix(&e),
+                file.path().display()
+            ))
+        })?;
         Ok(config)
     }
 

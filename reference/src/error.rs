@@ -21,7 +21,11 @@ pub enum Error {
     #[error("{path} is {kind}, not a regular file; give the path of a file")]
     NotAFile { path: PathBuf, kind: &'static str },
     #[error("{path}: cannot read tensor `{name}`: {reason}")]
-    TensorRead { path: PathBuf, name: String, reason: String },
+    TensorRead {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
     #[error("{path}: tensor `{name}` has shape {shape:?}: it is 0-dimensional or empty, and values are expected here")]
     EmptyTensor {
         path: PathBuf,

@@ -453,9 +453,7 @@ impl Dit {
 /// Fails unless the guidance scale is a finite number.
 pub fn check_cfg_scale(cfg_scale: f32) -> Result<()> {
     if !cfg_scale.is_finite() {
-        return Err(Error::Input(format!(
-            "--cfg-scale {cfg_scale} is not a finite number"
-        )));
+        return Err(Error::Input(format!("--cfg-scale {cfg_scale} is not a finite number")));
     }
     Ok(())
 }

@@ -254,25 +254,30 @@ impl SafetensorsFile {
                 dst.copy_from_slice(&bytes[from..from + dst.len()]);
                 Ok(())
             }
-            Source::File { file, .. } => {
-                file.read_exact_at(dst, self.data_start + start as u64)
-                    .map_err(|source| Error::TensorRead {
-                        path: self.path.clone(),
-                        name: name.to_string(),
-                        reason: match source.kind() {
-                            std::io::ErrorKind::UnexpectedEof => {
-                                "the file ended early: it was truncated or rewritten while it was being read".to_string()
-                            }
-                            _ => source.to_string(),
-                        },
-                    })
-            }
+            Source::File { file, .. } => file
+                .read_exact_at(dst, self.data_start + start as u64)
+                .map_err(|source| Error::TensorRead {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    reason: match source.kind() {
+                        std::io::ErrorKind::UnexpectedEof => {
+                            "the file ended early: it was truncated or rewritten while it was being read".to_string()
+                        }
+                        _ => source.to_string(),
+                    },
+                }),
         }
     }
 
     /// Decodes tensor `name` element by element: `element_bytes` bytes per value, converted by
     /// `decode`, read in chunks (no copy of the whole tensor's bytes besides the result).
-    fn decode<T>(&self, name: &str, info: &TensorInfo, element_bytes: usize, decode: impl Fn(&[u8]) -> T) -> Result<Vec<T>> {
+    fn decode<T>(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+        element_bytes: usize,
+        decode: impl Fn(&[u8]) -> T,
+    ) -> Result<Vec<T>> {
         let total = info.data_offsets.1 - info.data_offsets.0;
         let mut values = Vec::with_capacity(total / element_bytes);
         let chunk = CONVERSION_CHUNK_BYTES - CONVERSION_CHUNK_BYTES % element_bytes;
@@ -355,10 +360,14 @@ impl SafetensorsFile {
 
     /// Fails with [`Error::WrongShape`] unless tensor `name` exists with shape `expected`.
     pub fn check_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
-        let found = &self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-        })?.shape;
+        let found = &self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?
+            .shape;
         if found != expected {
             return Err(Error::WrongShape {
                 path: self.path.clone(),
@@ -512,7 +521,12 @@ fn check_layout(tensors: &HashMap<String, TensorInfo>) -> std::result::Result<us
             .and_then(|n| n.checked_mul(info.dtype.bitsize()))
             .filter(|bits| bits % 8 == 0)
             .map(|bits| bits / 8)
-            .ok_or_else(|| format!("tensor `{name}`: shape {:?} of {:?} is too large", info.shape, info.dtype))?;
+            .ok_or_else(|| {
+                format!(
+                    "tensor `{name}`: shape {:?} of {:?} is too large",
+                    info.shape, info.dtype
+                )
+            })?;
         if stop - begin != bytes {
             return Err(format!(
                 "tensor `{name}` has {} data bytes, its shape {:?} of {:?} needs {bytes}",
@@ -671,8 +685,14 @@ mod tests {
         let b_bytes: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
         let library = safetensors::serialize(
             [
-                ("a", safetensors::tensor::TensorView::new(Dtype::F32, vec![2, 3], &a_bytes).unwrap()),
-                ("b", safetensors::tensor::TensorView::new(Dtype::I64, vec![4], &b_bytes).unwrap()),
+                (
+                    "a",
+                    safetensors::tensor::TensorView::new(Dtype::F32, vec![2, 3], &a_bytes).unwrap(),
+                ),
+                (
+                    "b",
+                    safetensors::tensor::TensorView::new(Dtype::I64, vec![4], &b_bytes).unwrap(),
+                ),
             ],
             None,
         )
@@ -699,7 +719,10 @@ mod tests {
         let file = SafetensorsFile::from_static("f", Box::leak(bytes.into_boxed_slice())).unwrap();
         for name in ["s", "e"] {
             let error = file.read_f32(name).unwrap_err().to_string();
-            assert!(error.contains(&format!("tensor `{name}`")) && error.contains("empty"), "{error}");
+            assert!(
+                error.contains(&format!("tensor `{name}`")) && error.contains("empty"),
+                "{error}"
+            );
             assert!(file.nonempty_shape(name).is_err());
         }
     }

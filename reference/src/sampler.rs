@@ -261,7 +261,9 @@ impl NonFiniteSource {
             Self::Guidance => "lower --cfg-scale, or check the weights".to_string(),
             Self::CachedPrediction => "use a shorter --interval or another method".to_string(),
             Self::Backend => "please report it with the command that produced it".to_string(),
-            _ => format!("the weights drive the activations beyond float32's range: check the weights file{lower_scale}"),
+            _ => {
+                format!("the weights drive the activations beyond float32's range: check the weights file{lower_scale}")
+            }
         }
     }
 }
@@ -285,7 +287,12 @@ fn step_divergence(info: &StepInfo, sampler: &Sampler, source: NonFiniteSource, 
 /// The error of a sampling step (of a device backend) whose model output is finite but whose
 /// updated state is not.
 pub fn update_divergence(sampler: &Sampler, position: usize, cfg_scale: Option<f32>) -> Error {
-    step_divergence(&sampler.step_info(position), sampler, NonFiniteSource::SamplerUpdate, cfg_scale)
+    step_divergence(
+        &sampler.step_info(position),
+        sampler,
+        NonFiniteSource::SamplerUpdate,
+        cfg_scale,
+    )
 }
 
 /// The error of a sampling step (of a device backend) whose result is not finite: where the

@@ -104,7 +104,9 @@ fn header_and_data() -> impl Strategy<Value = (String, Vec<u8>)> {
             parts.push(r#""__metadata__":{"config":"{\"num_heads\": 4}"}"#.to_string());
         }
         for (name, dtype, shape, consistent, length) in entries {
-            let elements = shape.iter().try_fold(1u64, |n, d| d.parse::<u64>().ok().and_then(|d| n.checked_mul(d)));
+            let elements = shape
+                .iter()
+                .try_fold(1u64, |n, d| d.parse::<u64>().ok().and_then(|d| n.checked_mul(d)));
             let size = match (dtype, elements) {
                 ("F32" | "I32", Some(n)) => n.checked_mul(4),
                 ("F16" | "BF16", Some(n)) => n.checked_mul(2),
@@ -210,16 +212,27 @@ fn error_of(path: &Path, heads: Option<usize>) -> String {
 fn a_zero_dimensional_tensor_where_inference_reads_a_shape_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let scalar = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), 1.0f32);
-    let path = write_tensors(dir.path(), "s.safetensors", vec![("x_embedder.proj.weight".into(), OutTensor::F32(scalar))]);
+    let path = write_tensors(
+        dir.path(),
+        "s.safetensors",
+        vec![("x_embedder.proj.weight".into(), OutTensor::F32(scalar))],
+    );
     let error = error_of(&path, Some(4));
-    assert!(error.contains("tensor `x_embedder.proj.weight` has shape []") && error.contains("0-dimensional"), "{error}");
+    assert!(
+        error.contains("tensor `x_embedder.proj.weight` has shape []") && error.contains("0-dimensional"),
+        "{error}"
+    );
 }
 
 #[test]
 fn a_size_zero_dimension_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let empty = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[64, 4, 0, 0]));
-    let path = write_tensors(dir.path(), "e.safetensors", vec![("x_embedder.proj.weight".into(), OutTensor::F32(empty))]);
+    let path = write_tensors(
+        dir.path(),
+        "e.safetensors",
+        vec![("x_embedder.proj.weight".into(), OutTensor::F32(empty))],
+    );
     let error = error_of(&path, Some(4));
     assert!(error.contains("[64, 4, 0, 0]") && error.contains("empty"), "{error}");
 }
@@ -230,26 +243,56 @@ fn a_size_zero_dimension_is_named() {
 fn absurd_shapes_are_refused_by_their_limits() {
     let dir = tempfile::tempdir().unwrap();
     let one = |shape: &[usize]| OutTensor::F32(ndarray::ArrayD::zeros(ndarray::IxDyn(shape)));
-    let path = write_tensors(dir.path(), "p.safetensors", vec![("x_embedder.proj.weight".into(), one(&[4, 1, 100, 100]))]);
+    let path = write_tensors(
+        dir.path(),
+        "p.safetensors",
+        vec![("x_embedder.proj.weight".into(), one(&[4, 1, 100, 100]))],
+    );
     let error = error_of(&path, Some(4));
     assert!(error.contains("patch size 100, above the limit of 64"), "{error}");
     // A header declaring 2^32 x 2^32 elements overflows its byte count: refused at open.
     let header = r#"{"pos_embed":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}"#;
     std::fs::write(dir.path().join("o.safetensors"), file_bytes(header, &[])).unwrap();
-    let error = SafetensorsFile::open(dir.path().join("o.safetensors")).err().unwrap().to_string();
-    assert!(error.contains("tensor `pos_embed`") && error.contains("too large"), "{error}");
+    let error = SafetensorsFile::open(dir.path().join("o.safetensors"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("tensor `pos_embed`") && error.contains("too large"),
+        "{error}"
+    );
 }
 
 #[test]
 fn absurd_json_configs_are_refused_before_any_allocation() {
     let base = r#"{"input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 4.0, "num_classes": 10, "learn_sigma": true}"#;
     for (from, to, expected) in [
-        (r#""depth": 2"#, r#""depth": 1000000"#, "depth 1000000 must be between 1 and 1024"),
-        (r#""input_size": 8"#, r#""input_size": 4294967296"#, "input_size 4294967296 must be between 1 and 4096"),
+        (
+            r#""depth": 2"#,
+            r#""depth": 1000000"#,
+            "depth 1000000 must be between 1 and 1024",
+        ),
+        (
+            r#""input_size": 8"#,
+            r#""input_size": 4294967296"#,
+            "input_size 4294967296 must be between 1 and 4096",
+        ),
         (r#""mlp_ratio": 4.0"#, r#""mlp_ratio": 1e300"#, "mlp_ratio 1e300"),
-        (r#""hidden_size": 64"#, r#""hidden_size": 1000000000"#, "hidden_size 1000000000 must be between 1 and 32768"),
-        (r#""num_classes": 10"#, r#""num_classes": 18446744073709551615"#, "num_classes 18446744073709551615"),
-        (r#""patch_size": 2"#, r#""patch_size": 0"#, "patch_size 0 must be between 1 and 64"),
+        (
+            r#""hidden_size": 64"#,
+            r#""hidden_size": 1000000000"#,
+            "hidden_size 1000000000 must be between 1 and 32768",
+        ),
+        (
+            r#""num_classes": 10"#,
+            r#""num_classes": 18446744073709551615"#,
+            "num_classes 18446744073709551615",
+        ),
+        (
+            r#""patch_size": 2"#,
+            r#""patch_size": 0"#,
+            "patch_size 0 must be between 1 and 64",
+        ),
     ] {
         let started = Instant::now();
         let error = DitConfig::from_json(&base.replace(from, to)).unwrap_err().to_string();
@@ -266,7 +309,10 @@ fn duplicate_header_keys_are_refused() {
     let path = dir.path().join("d.safetensors");
     std::fs::write(&path, file_bytes(header, &[0; 8])).unwrap();
     let error = SafetensorsFile::open(&path).err().unwrap().to_string();
-    assert!(error.contains("d.safetensors") && error.contains("names `a` twice"), "{error}");
+    assert!(
+        error.contains("d.safetensors") && error.contains("names `a` twice"),
+        "{error}"
+    );
 }
 
 /// A 32 MB header (310,000 tensors) opens and serves lookups in seconds: the header is
@@ -313,7 +359,10 @@ fn a_fifo_a_folder_and_a_device_are_refused_by_name_without_blocking() {
         (Path::new("/dev/null"), "a character device"),
     ] {
         let error = SafetensorsFile::open(path).err().unwrap().to_string();
-        assert!(error.contains(&path.display().to_string()) && error.contains(kind), "{error}");
+        assert!(
+            error.contains(&path.display().to_string()) && error.contains(kind),
+            "{error}"
+        );
         let error = DitConfig::from_json_file(path).unwrap_err().to_string();
         assert!(error.contains(kind), "{error}");
     }
@@ -335,7 +384,10 @@ fn a_checkpoint_truncated_while_loading_is_an_error_not_a_signal() {
         .set_len(1000)
         .unwrap();
     let error = DitWeights::load(&file, &config).unwrap_err().to_string();
-    assert!(error.contains("w.safetensors") && error.contains("cannot read tensor"), "{error}");
+    assert!(
+        error.contains("w.safetensors") && error.contains("cannot read tensor"),
+        "{error}"
+    );
     assert!(error.contains("truncated or rewritten"), "{error}");
 }
 

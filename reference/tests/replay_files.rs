@@ -11,7 +11,8 @@ use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safete
 /// A replay file of one row of 4 tokens in 2 clusters.
 fn replay(dir: &tempfile::TempDir, steps: &[i64], labels: [i64; 4], proxies: [i64; 2]) -> PathBuf {
     let s = steps.len();
-    let ints = |shape: &[usize], values: Vec<i64>| OutTensor::I64(ArrayD::from_shape_vec(IxDyn(shape), values).unwrap());
+    let ints =
+        |shape: &[usize], values: Vec<i64>| OutTensor::I64(ArrayD::from_shape_vec(IxDyn(shape), values).unwrap());
     let path = dir.path().join(format!("replay{}.safetensors", steps.len()));
     write_safetensors(
         &path,
@@ -62,7 +63,9 @@ fn a_step_recorded_twice_or_at_no_full_step_is_refused() {
     let error = read(&replay(&dir, &[49, 49], [0, 1, 1, 0], [0, 1])).unwrap_err();
     assert!(error.contains("holds step 49 twice"), "{error}");
     let records = read(&replay(&dir, &[37], [0, 1, 1, 0], [0, 1])).unwrap();
-    let error = check_replay_steps("r.safetensors", &records, &[49, 48, 43]).unwrap_err().to_string();
+    let error = check_replay_steps("r.safetensors", &records, &[49, 48, 43])
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("r.safetensors: the clustering recorded at step 37 matches no full step of this run"),
         "{error}"
@@ -73,5 +76,8 @@ fn a_step_recorded_twice_or_at_no_full_step_is_refused() {
 fn a_replay_file_without_records_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let error = read(&replay(&dir, &[], [0, 1, 1, 0], [0, 1])).unwrap_err();
-    assert!(error.contains("`clus.cluster_step` has shape [0]") && error.contains("empty"), "{error}");
+    assert!(
+        error.contains("`clus.cluster_step` has shape [0]") && error.contains("empty"),
+        "{error}"
+    );
 }

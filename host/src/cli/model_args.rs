@@ -63,7 +63,10 @@ impl ModelArgs {
 
     /// The files these flags read, by flag (outputs must not replace them).
     pub fn input_files(&self) -> Vec<(&'static str, Option<&Path>)> {
-        vec![("--weights", self.weights.as_deref()), ("--config", self.config.as_deref())]
+        vec![
+            ("--weights", self.weights.as_deref()),
+            ("--config", self.config.as_deref()),
+        ]
     }
 
     /// Whether these flags select the embedded default model (no `--weights`, no `--model`).

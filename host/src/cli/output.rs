@@ -34,7 +34,10 @@ pub fn check_outputs(outputs: &[(&str, Option<&Path>)], inputs: &[(&str, Option<
 
 /// The (flag, path) pairs whose path is given.
 fn given<'a>(pairs: &[(&'a str, Option<&'a Path>)]) -> Vec<(&'a str, &'a Path)> {
-    pairs.iter().filter_map(|&(flag, path)| path.map(|p| (flag, p))).collect()
+    pairs
+        .iter()
+        .filter_map(|&(flag, path)| path.map(|p| (flag, p)))
+        .collect()
 }
 
 /// `--no-memory-check`, shared by the subcommands that run the model.

@@ -23,7 +23,9 @@ impl SamplerKind {
         Ok(match self {
             SamplerKind::Ddim => {
                 if let Some(shift) = flow_shift {
-                    bail!("--flow-shift {shift} does not apply to --sampler ddim (only the flow sampler shifts its grid)");
+                    bail!(
+                        "--flow-shift {shift} does not apply to --sampler ddim (only the flow sampler shifts its grid)"
+                    );
                 }
                 (Sampler::Ddim(DdimSchedule::new(steps)?), "ddim")
             }

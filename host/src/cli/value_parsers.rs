@@ -4,7 +4,9 @@
 /// Parses an integer (of any size, so that a huge one is named as such, not as "not an
 /// integer").
 fn integer(text: &str) -> Result<i128, String> {
-    text.trim().parse::<i128>().map_err(|_| format!("`{text}` is not an integer"))
+    text.trim()
+        .parse::<i128>()
+        .map_err(|_| format!("`{text}` is not an integer"))
 }
 
 /// Parses an integer >= 1, naming the problem otherwise.
@@ -66,15 +68,30 @@ mod tests {
     #[test]
     fn values_are_bounded_and_named() {
         assert_eq!(sample_count("8"), Ok(8));
-        assert!(sample_count("10000000").unwrap_err().contains("above the limit of 65536"));
+        assert!(
+            sample_count("10000000")
+                .unwrap_err()
+                .contains("above the limit of 65536")
+        );
         assert!(sample_count("0").unwrap_err().contains("at least 1"));
-        assert!(step_count("1000000000000").unwrap_err().contains("above the limit of 100000 steps"));
+        assert!(
+            step_count("1000000000000")
+                .unwrap_err()
+                .contains("above the limit of 100000 steps")
+        );
         assert_eq!(seed("18446744073709551615"), Ok(u64::MAX));
         assert!(seed("-1").unwrap_err().contains("-1 is negative"));
-        assert!(seed("18446744073709551616").unwrap_err().contains("above the largest seed"));
+        assert!(
+            seed("18446744073709551616")
+                .unwrap_err()
+                .contains("above the largest seed")
+        );
         assert_eq!(cfg_scale("1.5"), Ok(1.5));
         for bad in ["NaN", "inf", "-inf", "-1"] {
-            assert!(cfg_scale(bad).unwrap_err().contains("not a finite number >= 0"), "{bad}");
+            assert!(
+                cfg_scale(bad).unwrap_err().contains("not a finite number >= 0"),
+                "{bad}"
+            );
         }
     }
 }

@@ -175,7 +175,8 @@ impl<'m, D: Device> Pipeline<'m, D> {
                 Some(_) => resca_reference::model::guided_input(x)?,
                 None => x.to_owned(),
             };
-            let error = resca_reference::sampler::forward_divergence(self.model, input.view(), timesteps, labels, cfg_scale);
+            let error =
+                resca_reference::sampler::forward_divergence(self.model, input.view(), timesteps, labels, cfg_scale);
             return Err(error.into());
         }
         Ok(Array4::from_shape_vec((b, oc, side, side), out).expect("sized by the model"))
