@@ -1,16 +1,15 @@
 //! Writes `gpu-kernels/ptx/manifest.json`: every entry point of the committed PTX modules with its
-//! parameters (Rust name and type from `src/nvptx.rs`, PTX type, size, alignment), the toolchain
-//! that built them and a hash of the kernel source. Run by `scripts/build-ptx.sh`:
+//! parameters (Rust name and type from the kernel table, `src/table.rs`; PTX type, size and
+//! alignment from the module), the toolchain that built them and a hash of the kernel source. Run
+//! by `scripts/build-ptx.sh`:
 //!
 //! `cargo run -p resca-gpu-kernels --example ptx_manifest -- --ptx-dir DIR --out FILE
 //!  --rustc VERSION --llvm VERSION --rustflags FLAGS --source-sha256 HASH`
 
-#[path = "../tests/support/entry_points.rs"]
-mod entry_points;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use resca_gpu_kernels::Kernel;
 use resca_gpu_kernels::ptx::{MODULES, entries, isa_version, target};
 use serde::Serialize;
 
@@ -62,7 +61,6 @@ fn main() {
     let arg = |key: &str| args.get(key).cloned().unwrap_or_else(|| panic!("--{key} is required"));
     let dir = PathBuf::from(arg("ptx-dir"));
 
-    let rust = entry_points::rust_entries(&entry_points::nvptx_source());
     let mut modules = Vec::new();
     let mut listed: Option<Vec<Entry>> = None;
     for m in MODULES {
@@ -71,21 +69,22 @@ fn main() {
         assert_eq!(target(&ptx), Some(m.arch), "{}: wrong .target", path.display());
         let mut these = Vec::new();
         for e in entries(&ptx) {
-            let declared = rust
+            let declared = Kernel::ALL
                 .iter()
-                .find(|r| r.name == e.name)
-                .unwrap_or_else(|| panic!("{}: entry {} is not in src/nvptx.rs", path.display(), e.name));
+                .find(|k| k.name() == e.name)
+                .unwrap_or_else(|| panic!("{}: entry {} is not in the kernel table", path.display(), e.name))
+                .params();
             let ptx_params: Vec<_> = e
                 .params()
                 .map(|p| p.unwrap_or_else(|| panic!("{}: unreadable parameter", e.name)))
                 .collect();
-            assert_eq!(ptx_params.len(), declared.params.len(), "{}: parameter count", e.name);
+            assert_eq!(ptx_params.len(), declared.len(), "{}: parameter count", e.name);
             let params = ptx_params
                 .iter()
-                .zip(&declared.params)
-                .map(|(p, (name, ty))| Param {
-                    name: name.clone(),
-                    rust: ty.clone(),
+                .zip(declared)
+                .map(|(p, declared)| Param {
+                    name: declared.name.to_string(),
+                    rust: declared.kind.rust_type().to_string(),
                     ptx: if p.ty == ".b8" && p.size > 1 {
                         format!(".align {} .b8[{}]", p.align, p.size)
                     } else {

@@ -5,10 +5,13 @@
 //!
 //! Every kernel body is a generic function over a [`ThreadCtx`] (thread and block indices,
 //! `sync_threads`, shared memory, warp shuffles: cuda_std's names) that takes its buffers as
-//! [`Global`] / [`GlobalMut`] (pointer + length). Under `target_arch = "nvptx64"` the `nvptx`
-//! module adds one `#[no_mangle] unsafe extern "ptx-kernel"` entry point per kernel that builds
-//! the hardware context and calls the body. Each kernel module exports its launch geometry
-//! ([`LaunchDims`]) so that every backend launches it the same way.
+//! [`Global`] / [`GlobalMut`] (pointer + length). Every kernel is declared once, in the kernel
+//! table ([`table`]: name, parameters, body, shared memory), from which the entry points, the
+//! [`Kernel`] enum and the host's launch checks and simulator dispatch are expanded. Under
+//! `target_arch = "nvptx64"` the `nvptx` module holds one `#[no_mangle] unsafe extern
+//! "ptx-kernel"` entry point per kernel that builds the hardware context and calls the body.
+//! Each kernel module exports its launch geometry ([`LaunchDims`]) so that every backend launches
+//! it the same way.
 //!
 //! No allocation, no `std`, no panics on the GPU path: math functions live in [`math`].
 //!
@@ -55,6 +58,7 @@ pub mod pdds;
 pub mod ptx;
 pub mod reduce;
 pub mod residual;
+pub mod table;
 pub mod taylor;
 pub mod tetc;
 pub mod thread;
@@ -67,43 +71,5 @@ pub mod nvptx;
 pub mod nvvm;
 
 pub use global::{Global, GlobalMut};
-
-/// The name of every PTX entry point (`nvptx` module), as a driver looks them up in the module
-/// that `scripts/build-ptx.sh` writes to `gpu-kernels/ptx/resca_kernels.sm_{80,90}.ptx` (see [`ptx`]).
-pub const KERNELS: &[&str] = &[
-    "timestep_features",
-    "linear_rows",
-    "linear_rows_silu",
-    "label_embed_silu",
-    "patch_embed",
-    "layer_norm_modulate",
-    "gemm_bias",
-    "gemm_bias_gelu",
-    "gemm_bias_gated_residual",
-    "attention",
-    "unpatchify",
-    "cfg_mix",
-    "ddim_step",
-    "gated_add",
-    "flow_euler_step",
-    "taylor_update",
-    "taylor_predict",
-    "taylor_predict_gated_add",
-    "row_normalize",
-    "similarity",
-    "similarity_ema",
-    "kmedoids_assign",
-    "kmedoids_update",
-    "center_random_proxies",
-    "cluster_counts",
-    "cluster_members",
-    "kmeans_assign_l1",
-    "kmeans_update",
-    "commit_rows",
-    "clusca_propagate",
-    "gather_rows",
-    "scatter_rows",
-    "pdds_proxy_residuals",
-    "pdds_update",
-];
+pub use table::{ArgSource, BoundKernel, BufferElement, DType, KERNELS, Kernel, Param, ParamKind};
 pub use thread::{Dim3, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};

@@ -1,74 +1,25 @@
-//! Kernel parameters as the PTX entry points take them: each entry's parameter list (kind and
-//! element type from `gpu-kernels/ptx/manifest.json`, byte size from the PTX module itself) and
-//! the packing of a launch's [`Arg`]s into the bytes `cuLaunchKernel` copies.
+//! Kernel parameters as the PTX entry points take them: each entry's parameter list (the kernel
+//! table's [`Kernel::params`], checked against the PTX module's declarations and
+//! `gpu-kernels/ptx/manifest.json`) and the packing of a launch's [`Arg`]s into the bytes
+//! `cuLaunchKernel` copies.
 //!
-//! A launch is checked as the simulator checks it: the number of parameters, each one's kind
-//! (read-only slice, writable slice, u32, f32, coefficient struct), each slice's element type and
-//! bounds. A wrong call is a [`DeviceError::Invalid`], never a kernel reading the wrong bytes.
+//! A launch is checked as the simulator checks it ([`check_args`]): the number of parameters,
+//! each one's kind (read-only slice, writable slice, u32, f32, coefficient struct) and element
+//! type, then each slice's bounds. A wrong call is a [`DeviceError::Invalid`], never a kernel
+//! reading the wrong bytes.
 
 use std::collections::HashMap;
 
-use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::ptx::{self, PtxModule};
-use resca_gpu_kernels::taylor::TaylorCoefficients;
 
-use crate::pipeline::device::{Arg, DType, DeviceError, Kernel, KernelCall, RawSlice};
+/// One parameter of an entry point (name and kind), as the kernel table declares it.
+pub use crate::pipeline::device::Param as ParamLayout;
+pub use crate::pipeline::device::ParamKind;
+use crate::pipeline::device::{Arg, DeviceError, Kernel, KernelCall, RawSlice, check_args};
 
-/// What one parameter of an entry point is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamKind {
-    /// `Global<T>`: a pointer and a length (16 bytes).
-    Read(DType),
-    /// `GlobalMut<T>`.
-    Write(DType),
-    U32,
-    F32,
-    Ddim,
-    Taylor,
-}
-
-impl ParamKind {
-    /// From the Rust type the manifest records (`Global<'_, f32>`, `u32`, ...).
-    pub fn from_rust(ty: &str) -> Option<Self> {
-        let element = |inner: &str| match inner.rsplit(',').next()?.trim().trim_end_matches('>').trim() {
-            "f32" => Some(DType::F32),
-            "u32" => Some(DType::U32),
-            "f64" => Some(DType::F64),
-            _ => None,
-        };
-        Some(match ty {
-            "u32" => ParamKind::U32,
-            "f32" => ParamKind::F32,
-            "DdimCoefficients" => ParamKind::Ddim,
-            "TaylorCoefficients" => ParamKind::Taylor,
-            t if t.starts_with("GlobalMut<") => ParamKind::Write(element(t)?),
-            t if t.starts_with("Global<") => ParamKind::Read(element(t)?),
-            _ => return None,
-        })
-    }
-
-    /// Bytes of the parameter as the host packs it (the Rust type's size).
-    pub fn size(self) -> usize {
-        match self {
-            ParamKind::Read(_) | ParamKind::Write(_) => 16,
-            ParamKind::U32 | ParamKind::F32 => 4,
-            ParamKind::Ddim => size_of::<DdimCoefficients>(),
-            ParamKind::Taylor => size_of::<TaylorCoefficients>(),
-        }
-    }
-}
-
-/// One parameter of an entry point.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParamLayout {
-    /// The Rust parameter name (for messages).
-    pub name: String,
-    pub kind: ParamKind,
-}
-
-/// The parameter lists of every kernel of `module`, checked against the PTX declarations: a
-/// manifest that does not describe the module (a stale or hand-edited file) is an error here,
-/// before anything is launched.
+/// The parameter lists of every kernel of `module`, checked against the PTX declarations and the
+/// manifest: a module or manifest that does not describe the kernel table (a stale or hand-edited
+/// file) is an error here, before anything is launched.
 pub fn layouts(module: &PtxModule) -> Result<HashMap<Kernel, Vec<ParamLayout>>, String> {
     let manifest: serde_json::Value =
         serde_json::from_str(ptx::MANIFEST).map_err(|e| format!("gpu-kernels/ptx/manifest.json: {e}"))?;
@@ -78,6 +29,7 @@ pub fn layouts(module: &PtxModule) -> Result<HashMap<Kernel, Vec<ParamLayout>>, 
     let mut out = HashMap::new();
     for &kernel in Kernel::ALL {
         let name = kernel.name();
+        let params = kernel.params();
         let entry = ptx::entry(module.ptx, name).ok_or_else(|| format!("{}: no entry `{name}`", module.file))?;
         let declared = listed
             .iter()
@@ -85,34 +37,34 @@ pub fn layouts(module: &PtxModule) -> Result<HashMap<Kernel, Vec<ParamLayout>>, 
             .and_then(|e| e["params"].as_array())
             .ok_or_else(|| format!("manifest.json: no entry `{name}`"))?;
         let ptx_params: Vec<_> = entry.params().collect();
-        if ptx_params.len() != declared.len() {
+        if ptx_params.len() != params.len() || declared.len() != params.len() {
             return Err(format!(
-                "`{name}`: {} parameters in {}, {} in manifest.json",
+                "`{name}`: {} parameters in the kernel table, {} in {}, {} in manifest.json",
+                params.len(),
                 ptx_params.len(),
                 module.file,
                 declared.len()
             ));
         }
-        let mut params = Vec::with_capacity(declared.len());
-        for (i, (p, d)) in ptx_params.iter().zip(declared).enumerate() {
+        for (i, ((p, d), param)) in ptx_params.iter().zip(declared).zip(params).enumerate() {
             let p = p.ok_or_else(|| format!("`{name}` parameter {i}: unreadable PTX declaration"))?;
-            let rust = d["rust"].as_str().unwrap_or("");
-            let kind = ParamKind::from_rust(rust)
-                .ok_or_else(|| format!("`{name}` parameter {i}: unknown parameter type `{rust}`"))?;
-            if kind.size() != p.size as usize {
+            let rust = param.kind.rust_type();
+            if d["name"] != param.name || d["rust"] != rust {
+                return Err(format!(
+                    "`{name}` parameter {i}: `{}: {rust}` in the kernel table, `{}: {}` in manifest.json",
+                    param.name, d["name"], d["rust"]
+                ));
+            }
+            if param.kind.size() != p.size as usize {
                 return Err(format!(
                     "`{name}` parameter {i} ({rust}): {} bytes on the host, {} in {}",
-                    kind.size(),
+                    param.kind.size(),
                     p.size,
                     module.file
                 ));
             }
-            params.push(ParamLayout {
-                name: d["name"].as_str().unwrap_or("?").to_string(),
-                kind,
-            });
         }
-        out.insert(kernel, params);
+        out.insert(kernel, params.to_vec());
     }
     Ok(out)
 }
@@ -135,37 +87,22 @@ pub fn pack(
     params: &[ParamLayout],
     mut pointer: impl FnMut(RawSlice, &str) -> Result<u64, DeviceError>,
 ) -> Result<Vec<ParamBytes>, DeviceError> {
+    check_args(call, params)?;
     let name = call.kernel.name();
-    if call.args.len() != params.len() {
-        return Err(DeviceError::Invalid(format!(
-            "kernel `{name}`: {} arguments for {} parameters",
-            call.args.len(),
-            params.len()
-        )));
-    }
     let mut out = Vec::with_capacity(params.len());
     for (i, (arg, param)) in call.args.iter().zip(params).enumerate() {
-        let mismatch = || {
-            DeviceError::Invalid(format!(
-                "kernel `{name}`: parameter {i} `{}` is {:?}, the call passes {arg:?}",
-                param.name, param.kind
-            ))
-        };
         let mut bytes = ParamBytes::default();
-        match (param.kind, *arg) {
-            (ParamKind::Read(dtype), Arg::Read(slice)) | (ParamKind::Write(dtype), Arg::Write(slice)) => {
-                if slice.dtype != dtype {
-                    return Err(mismatch());
-                }
+        match *arg {
+            Arg::Read(slice) | Arg::Write(slice) => {
                 let what = format!("kernel `{name}` parameter {i} `{}`", param.name);
                 let address = pointer(slice, &what)?;
                 // `Global` / `GlobalMut`: `#[repr(C)] { ptr, len: usize }`.
                 bytes.put(0, &address.to_ne_bytes());
                 bytes.put(8, &(slice.len as u64).to_ne_bytes());
             }
-            (ParamKind::U32, Arg::U32(v)) => bytes.put(0, &v.to_ne_bytes()),
-            (ParamKind::F32, Arg::F32(v)) => bytes.put(0, &v.to_ne_bytes()),
-            (ParamKind::Ddim, Arg::Ddim(c)) => {
+            Arg::U32(v) => bytes.put(0, &v.to_ne_bytes()),
+            Arg::F32(v) => bytes.put(0, &v.to_ne_bytes()),
+            Arg::Ddim(c) => {
                 for (k, v) in [c.recip, c.recip_m1, c.sqrt_prev, c.sqrt_one_minus_prev]
                     .iter()
                     .enumerate()
@@ -173,7 +110,7 @@ pub fn pack(
                     bytes.put(4 * k, &v.to_ne_bytes());
                 }
             }
-            (ParamKind::Taylor, Arg::Taylor(c)) => {
+            Arg::Taylor(c) => {
                 let fields = [
                     c.scale1, c.power1, c.scale2, c.power2, c.scale3, c.power3, c.scale4, c.power4,
                 ];
@@ -181,7 +118,6 @@ pub fn pack(
                     bytes.put(4 * k, &v.to_ne_bytes());
                 }
             }
-            _ => return Err(mismatch()),
         }
         out.push(bytes);
     }
@@ -190,24 +126,18 @@ pub fn pack(
 
 #[cfg(test)]
 mod tests {
+    use resca_gpu_kernels::ddim::DdimCoefficients;
+
     use super::*;
+    use crate::pipeline::device::DType;
 
     #[test]
-    fn kinds_from_rust_types() {
-        assert_eq!(
-            ParamKind::from_rust("Global<'_, f32>"),
-            Some(ParamKind::Read(DType::F32))
-        );
-        assert_eq!(
-            ParamKind::from_rust("GlobalMut<'_, u32>"),
-            Some(ParamKind::Write(DType::U32))
-        );
-        assert_eq!(
-            ParamKind::from_rust("Global<'_, f64>"),
-            Some(ParamKind::Read(DType::F64))
-        );
-        assert_eq!(ParamKind::from_rust("Global<'_, i8>"), None);
-        assert_eq!(ParamKind::from_rust("TaylorCoefficients"), Some(ParamKind::Taylor));
+    fn kinds_and_their_rust_types() {
+        assert_eq!(ParamKind::Read(DType::F32).rust_type(), "Global<'_, f32>");
+        assert_eq!(ParamKind::Write(DType::U32).rust_type(), "GlobalMut<'_, u32>");
+        assert_eq!(ParamKind::Read(DType::F64).rust_type(), "Global<'_, f64>");
+        assert_eq!(ParamKind::Taylor.rust_type(), "TaylorCoefficients");
+        assert_eq!(ParamKind::Read(DType::F64).size(), 16);
         assert_eq!(ParamKind::Taylor.size(), 32);
         assert_eq!(ParamKind::Ddim.size(), 16);
     }

@@ -1,37 +1,25 @@
 //! What a backend must offer the pipeline: typed buffers in device memory, copies to, from and
 //! within it, and kernel launches by PTX entry name with the kernel's launch geometry and its
-//! parameters in entry-point order. The simulator backend implements it on host vectors; a CUDA
-//! driver binding implements it by `cuMemAlloc`/`cuMemcpy*`/`cuLaunchKernel`, passing each
-//! [`Arg`] as the entry point's parameter of the same position (see [`Arg`] for the layouts).
+//! parameters in entry-point order. Each backend implements it: the simulator on host vectors,
+//! a CUDA driver binding by `cuMemAlloc`/`cuMemcpy*`/`cuLaunchKernel`, passing each [`Arg`] as the
+//! entry point's parameter of the same position (see [`ParamKind`] for the layouts). Which kernels exist and what parameters they take comes from the kernel table of
+//! `resca-gpu-kernels` ([`Kernel`]); every backend checks a launch with [`KernelCall::check`].
 
 use std::marker::PhantomData;
 
-use resca_gpu_kernels::LaunchDims;
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
+use resca_gpu_kernels::{BufferElement, LaunchDims};
+/// The kernels' element types, entry points and their parameters, from the kernel table of
+/// `resca-gpu-kernels` (its `table` module).
+pub use resca_gpu_kernels::{DType, Kernel, Param, ParamKind};
 
-/// Element types of device buffers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    U32,
-    F64,
-}
+/// A type that device buffers hold (f32, u32, f64: the kernels' [`BufferElement`]s).
+pub trait Element: BufferElement + Default + PartialEq + std::fmt::Debug + 'static {}
 
-/// A type that device buffers hold.
-pub trait Element: Copy + Default + PartialEq + std::fmt::Debug + 'static {
-    const DTYPE: DType;
-}
-
-impl Element for f32 {
-    const DTYPE: DType = DType::F32;
-}
-impl Element for u32 {
-    const DTYPE: DType = DType::U32;
-}
-impl Element for f64 {
-    const DTYPE: DType = DType::F64;
-}
+impl Element for f32 {}
+impl Element for u32 {}
+impl Element for f64 {}
 
 /// A device buffer of `len` elements of `T`: a handle, valid until the device is dropped.
 #[derive(Debug)]
@@ -123,10 +111,9 @@ pub struct RawSlice {
     pub len: usize,
 }
 
-/// One kernel parameter, in entry-point order. Layouts as the PTX entry points take them:
-/// `Read` / `Write` are a `Global` / `GlobalMut` (`#[repr(C)]` pointer to the slice's first
-/// element, then its length as u64: 16 bytes), `U32` / `F32` plain 4-byte values, `Ddim` /
-/// `Taylor` the `#[repr(C)]` coefficient structs (4 and 8 f32s).
+/// One kernel argument, in entry-point order, of the kind of the entry point's parameter
+/// ([`ParamKind`], which describes the layouts): `Read` / `Write` a slice for a `Global` /
+/// `GlobalMut`, `U32` / `F32` a plain value, `Ddim` / `Taylor` a coefficient struct.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arg {
     Read(RawSlice),
@@ -145,64 +132,18 @@ impl Arg {
     pub fn write<T: Element>(slice: Slice<T>) -> Self {
         Arg::Write(slice.raw())
     }
-}
 
-macro_rules! kernels {
-    ($($variant:ident => $name:literal,)*) => {
-        /// Every kernel entry point of `resca-gpu-kernels` (its `KERNELS` list, same order).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Kernel {
-            $($variant,)*
+    /// Whether the argument can be passed as a parameter of kind `kind`.
+    pub fn fits(&self, kind: ParamKind) -> bool {
+        match (*self, kind) {
+            (Arg::Read(s), ParamKind::Read(dtype)) | (Arg::Write(s), ParamKind::Write(dtype)) => s.dtype == dtype,
+            (Arg::U32(_), ParamKind::U32)
+            | (Arg::F32(_), ParamKind::F32)
+            | (Arg::Ddim(_), ParamKind::Ddim)
+            | (Arg::Taylor(_), ParamKind::Taylor) => true,
+            _ => false,
         }
-
-        impl Kernel {
-            pub const ALL: &[Kernel] = &[$(Kernel::$variant,)*];
-
-            /// The PTX entry name.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Kernel::$variant => $name,)*
-                }
-            }
-        }
-    };
-}
-
-kernels! {
-    TimestepFeatures => "timestep_features",
-    LinearRows => "linear_rows",
-    LinearRowsSilu => "linear_rows_silu",
-    LabelEmbedSilu => "label_embed_silu",
-    PatchEmbed => "patch_embed",
-    LayerNormModulate => "layer_norm_modulate",
-    GemmBias => "gemm_bias",
-    GemmBiasGelu => "gemm_bias_gelu",
-    GemmBiasGatedResidual => "gemm_bias_gated_residual",
-    Attention => "attention",
-    Unpatchify => "unpatchify",
-    CfgMix => "cfg_mix",
-    DdimStep => "ddim_step",
-    GatedAdd => "gated_add",
-    FlowEulerStep => "flow_euler_step",
-    TaylorUpdate => "taylor_update",
-    TaylorPredict => "taylor_predict",
-    TaylorPredictGatedAdd => "taylor_predict_gated_add",
-    RowNormalize => "row_normalize",
-    Similarity => "similarity",
-    SimilarityEma => "similarity_ema",
-    KmedoidsAssign => "kmedoids_assign",
-    KmedoidsUpdate => "kmedoids_update",
-    CenterRandomProxies => "center_random_proxies",
-    ClusterCounts => "cluster_counts",
-    ClusterMembers => "cluster_members",
-    KmeansAssignL1 => "kmeans_assign_l1",
-    KmeansUpdate => "kmeans_update",
-    CommitRows => "commit_rows",
-    CluscaPropagate => "clusca_propagate",
-    GatherRows => "gather_rows",
-    ScatterRows => "scatter_rows",
-    PddsProxyResiduals => "pdds_proxy_residuals",
-    PddsUpdate => "pdds_update",
+    }
 }
 
 /// A launch: which entry point, its geometry (from the kernel module's `*_dims`), its parameters.
@@ -211,6 +152,51 @@ pub struct KernelCall {
     pub kernel: Kernel,
     pub dims: LaunchDims,
     pub args: Vec<Arg>,
+}
+
+impl KernelCall {
+    /// Checks the arguments against the entry point's parameters ([`Kernel::params`]): their
+    /// number and each one's kind and element type; and the shared memory of the geometry
+    /// against the kernel's `.shared` buffer. Slice bounds are the device's to check.
+    pub fn check(&self) -> Result<(), DeviceError> {
+        let declared = self.kernel.static_shared_bytes();
+        if self.dims.shared_bytes > declared {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{}`: the launch asks for {} bytes of shared memory, the kernel declares {declared}",
+                self.kernel.name(),
+                self.dims.shared_bytes
+            )));
+        }
+        check_args(self, self.kernel.params())
+    }
+}
+
+/// Checks the arguments of `call` against `params` (the entry point's parameters, as
+/// [`Kernel::params`] lists them or a backend read them from its module).
+pub fn check_args(call: &KernelCall, params: &[Param]) -> Result<(), DeviceError> {
+    let name = call.kernel.name();
+    let (passed, taken) = (call.args.len(), params.len());
+    for (i, param) in params.iter().enumerate() {
+        let Some(arg) = call.args.get(i) else {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{name}`: parameter {i} `{}` ({:?}) missing: the call passes {passed} arguments for \
+                 {taken} parameters",
+                param.name, param.kind
+            )));
+        };
+        if !arg.fits(param.kind) {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{name}`: parameter {i} `{}` is {:?}, the call passes {arg:?}",
+                param.name, param.kind
+            )));
+        }
+    }
+    if passed != taken {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{name}`: {passed} arguments for {taken} parameters"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a device operation failed.
@@ -259,5 +245,77 @@ pub trait Device {
         let mut out = vec![T::default(); src.len];
         self.download(src, &mut out)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use resca_gpu_kernels::tetc::elementwise_dims;
+
+    use super::*;
+
+    fn slice(dtype: DType) -> RawSlice {
+        RawSlice {
+            id: 0,
+            dtype,
+            offset: 0,
+            len: 4,
+        }
+    }
+
+    /// A `similarity_ema` call (s, smoothed, total, alpha, has_previous).
+    fn ema_call() -> KernelCall {
+        KernelCall {
+            kernel: Kernel::SimilarityEma,
+            dims: elementwise_dims(4),
+            args: vec![
+                Arg::Read(slice(DType::F32)),
+                Arg::Write(slice(DType::F32)),
+                Arg::U32(4),
+                Arg::F32(0.5),
+                Arg::U32(1),
+            ],
+        }
+    }
+
+    fn error(call: &KernelCall) -> String {
+        call.check().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_call_is_checked_against_the_kernel_table() {
+        assert!(ema_call().check().is_ok());
+        let mut call = ema_call();
+        call.args[1] = Arg::Read(slice(DType::F32));
+        assert!(error(&call).contains("parameter 1 `smoothed`"), "{}", error(&call));
+        call = ema_call();
+        call.args[0] = Arg::Read(slice(DType::U32));
+        assert!(error(&call).contains("parameter 0 `s`"), "{}", error(&call));
+        call = ema_call();
+        call.args[3] = Arg::U32(0);
+        assert!(error(&call).contains("parameter 3 `alpha`"), "{}", error(&call));
+        call = ema_call();
+        call.args.truncate(4);
+        assert!(error(&call).contains("parameter 4 `has_previous`"), "{}", error(&call));
+        call = ema_call();
+        call.args.push(Arg::U32(0));
+        assert!(
+            error(&call).contains("6 arguments for 5 parameters"),
+            "{}",
+            error(&call)
+        );
+    }
+
+    #[test]
+    fn shared_memory_beyond_the_kernels_buffer_is_an_error() {
+        let mut call = ema_call();
+        call.dims.shared_bytes = 16;
+        assert!(error(&call).contains("16 bytes of shared memory"), "{}", error(&call));
+        let gemm = Kernel::GemmBias;
+        assert_eq!(gemm.static_shared_bytes(), resca_gpu_kernels::gemm::GEMM_SHARED_BYTES);
+        assert_eq!(
+            resca_gpu_kernels::gemm::gemm_dims(8, 8).shared_bytes,
+            gemm.static_shared_bytes()
+        );
     }
 }

@@ -1,7 +1,12 @@
 //! One typed function per kernel: buffers and sizes in, the kernel's own launch geometry (the
-//! `*_dims` functions of `resca-gpu-kernels`) and its parameters in entry-point order out, one
-//! [`Device::launch`]. Every backend launches a kernel through these, so the sim and CUDA
-//! backends run the same launch sequence. Empty launches (a zero size) are skipped.
+//! `*_dims` functions of `resca-gpu-kernels`) and its arguments (an [`args`] struct, expanded
+//! from the kernel table) out, one [`Device::launch`]. Every backend launches a kernel through
+//! these, so the sim and CUDA backends run the same launch sequence. Empty launches (a zero size)
+//! are skipped.
+//!
+//! A new kernel's launch function checks the sizes it supports, converts them with `size` (a
+//! clear error when one does not fit a u32), computes the geometry and calls
+//! `launch(dev, dims, args::NewKernel { .. })`.
 
 // One parameter per kernel parameter, as the kernels take them.
 #![allow(clippy::too_many_arguments)]
@@ -15,6 +20,70 @@ use resca_gpu_kernels::{
 
 use super::device::{Arg, Device, DeviceError, Kernel, KernelCall, Slice};
 
+/// The arguments of one kernel, as the kernel table declares its parameters (see [`args`]).
+pub trait KernelArgs {
+    /// The kernel whose parameters these are.
+    const KERNEL: Kernel;
+    /// The arguments in entry-point order.
+    fn into_args(self) -> Vec<Arg>;
+}
+
+/// A field of an [`args`] struct for a table parameter type (`type ...`), and the [`Arg`] it
+/// becomes (`arg ..., value`).
+macro_rules! arg_field {
+    (type Global<$t:ident>) => { Slice<$t> };
+    (type GlobalMut<$t:ident>) => { Slice<$t> };
+    (type u32) => { u32 };
+    (type f32) => { f32 };
+    (type DdimCoefficients) => { DdimCoefficients };
+    (type TaylorCoefficients) => { TaylorCoefficients };
+    (arg Global<$t:ident>, $value:expr) => { Arg::read($value) };
+    (arg GlobalMut<$t:ident>, $value:expr) => { Arg::write($value) };
+    (arg u32, $value:expr) => { Arg::U32($value) };
+    (arg f32, $value:expr) => { Arg::F32($value) };
+    (arg DdimCoefficients, $value:expr) => { Arg::Ddim($value) };
+    (arg TaylorCoefficients, $value:expr) => { Arg::Taylor($value) };
+}
+
+/// One [`KernelArgs`] struct per kernel of the table.
+macro_rules! kernel_args {
+    ($(
+        $(#[$attr:meta])*
+        $variant:ident = $name:ident($($param:ident: $kind:ident $(<$elem:ident>)?),* $(,)?)
+            => $module:ident :: $body:ident $(::<$($generic:tt),*>)?
+            $(, shared $shared_module:ident :: $shared_bytes:ident)?;
+    )*) => {
+        $(
+            $(#[$attr])*
+            #[doc = ""]
+            #[doc = concat!("The arguments of `", stringify!($name), "`: a field per parameter.")]
+            #[derive(Clone, Copy, Debug)]
+            pub struct $variant {
+                $(pub $param: arg_field!(type $kind $(<$elem>)?),)*
+            }
+
+            impl KernelArgs for $variant {
+                const KERNEL: Kernel = Kernel::$variant;
+
+                fn into_args(self) -> Vec<Arg> {
+                    vec![$(arg_field!(arg $kind $(<$elem>)?, self.$param)),*]
+                }
+            }
+        )*
+    };
+}
+
+/// The arguments of every kernel as a struct named after its [`Kernel`] variant
+/// (`args::GemmBias { a, w, bias, out, m, n, k }`), expanded from the kernel table: one field
+/// per entry-point parameter, of the same name, a [`Slice`] for a buffer (read-only or writable
+/// as the parameter is) and the value itself otherwise. A launch thus names every parameter and
+/// cannot pass them in the wrong order or of the wrong kind.
+pub mod args {
+    use super::{Arg, DdimCoefficients, Kernel, KernelArgs, Slice, TaylorCoefficients};
+
+    resca_gpu_kernels::kernel_table!(kernel_args);
+}
+
 /// A size as a kernel's u32 parameter.
 fn size(kernel: Kernel, name: &str, value: usize) -> Result<u32, DeviceError> {
     u32::try_from(value).map_err(|_| {
@@ -25,16 +94,31 @@ fn size(kernel: Kernel, name: &str, value: usize) -> Result<u32, DeviceError> {
     })
 }
 
-fn run<D: Device>(dev: &mut D, kernel: Kernel, dims: LaunchDims, args: Vec<Arg>) -> Result<(), DeviceError> {
-    dev.launch(&KernelCall { kernel, dims, args })
+/// Launches `A::KERNEL` with `args` and the geometry `dims`.
+pub fn launch<D: Device, A: KernelArgs>(dev: &mut D, dims: LaunchDims, args: A) -> Result<(), DeviceError> {
+    launch_as(dev, A::KERNEL, dims, args)
 }
 
-fn read<T: crate::pipeline::device::Element>(s: Slice<T>) -> Arg {
-    Arg::read(s)
-}
-
-fn write<T: crate::pipeline::device::Element>(s: Slice<T>) -> Arg {
-    Arg::write(s)
+/// Launches `kernel` with the arguments of another kernel of the same parameters (a variant
+/// such as `linear_rows_silu` of `linear_rows`); other parameters are an error.
+pub fn launch_as<D: Device, A: KernelArgs>(
+    dev: &mut D,
+    kernel: Kernel,
+    dims: LaunchDims,
+    args: A,
+) -> Result<(), DeviceError> {
+    if kernel.params() != A::KERNEL.params() {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}` does not take the parameters of `{}`",
+            kernel.name(),
+            A::KERNEL.name()
+        )));
+    }
+    dev.launch(&KernelCall {
+        kernel,
+        dims,
+        args: args.into_args(),
+    })
 }
 
 /// Timestep features (B, 256) of the model times `t` (B).
@@ -44,7 +128,7 @@ pub fn timestep_features<D: Device>(dev: &mut D, t: Slice<f32>, out: Slice<f32>)
         return Ok(());
     }
     let dims = embed::timestep_features_dims(size(k, "batch", t.len)?);
-    run(dev, k, dims, vec![read(t), write(out)])
+    launch(dev, dims, args::TimestepFeatures { t, out })
 }
 
 /// `out (rows, out_f) = x W^T + b`, SiLU'd when `silu_out`: the GEMV of the t-embedder and adaLN.
@@ -68,16 +152,16 @@ pub fn linear_rows<D: Device>(
         return Ok(());
     }
     let o = size(k, "out_features", out_features)?;
-    let args = vec![
-        read(x),
-        read(w),
-        read(bias),
-        write(out),
-        Arg::U32(size(k, "rows", rows)?),
-        Arg::U32(size(k, "in_features", in_features)?),
-        Arg::U32(o),
-    ];
-    run(dev, k, embed::linear_rows_dims(o), args)
+    let args = args::LinearRows {
+        x,
+        w,
+        bias,
+        out,
+        rows: size(k, "rows", rows)?,
+        in_features: size(k, "in_features", in_features)?,
+        out_features: o,
+    };
+    launch_as(dev, k, embed::linear_rows_dims(o), args)
 }
 
 /// `silu_c (B, D) = SiLU(t_emb + table[labels])`.
@@ -93,14 +177,16 @@ pub fn label_embed_silu<D: Device>(
     if labels.len == 0 || hidden == 0 {
         return Ok(());
     }
-    let h = size(k, "hidden", hidden)?;
-    let dims = embed::label_embed_silu_dims(size(k, "batch", labels.len)?, h);
-    run(
-        dev,
-        k,
-        dims,
-        vec![read(t_emb), read(table), read(labels), write(silu_c), Arg::U32(h)],
-    )
+    let hidden = size(k, "hidden", hidden)?;
+    let dims = embed::label_embed_silu_dims(size(k, "batch", labels.len)?, hidden);
+    let args = args::LabelEmbedSilu {
+        t_emb,
+        table,
+        labels,
+        silu_c,
+        hidden,
+    };
+    launch(dev, dims, args)
 }
 
 /// Patch embedding + bias + pos_embed: images (B, C, S, S) to tokens (B N, D).
@@ -130,18 +216,18 @@ pub fn patch_embed<D: Device>(
     }
     let tokens = (side / patch) * (side / patch);
     let dims = embed::patch_embed_dims(size(k, "batch", batch)?, size(k, "tokens", tokens)?);
-    let args = vec![
-        read(x),
-        read(w),
-        read(bias),
-        read(pos),
-        write(out),
-        Arg::U32(size(k, "channels", channels)?),
-        Arg::U32(size(k, "side", side)?),
-        Arg::U32(size(k, "patch", patch)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-    ];
-    run(dev, k, dims, args)
+    let args = args::PatchEmbed {
+        x,
+        w,
+        bias,
+        pos,
+        out,
+        channels: size(k, "channels", channels)?,
+        side: size(k, "side", side)?,
+        patch: size(k, "patch", patch)?,
+        hidden: size(k, "hidden", hidden)?,
+    };
+    launch(dev, dims, args)
 }
 
 /// `out = LN(x) (1 + scale) + shift` for token rows (rows, D); row r uses sample `r / tokens`'s
@@ -162,19 +248,19 @@ pub fn layer_norm_modulate<D: Device>(
     if rows == 0 {
         return Ok(());
     }
-    let r = size(k, "rows", rows)?;
-    let args = vec![
-        read(x),
-        read(modulation),
-        write(out),
-        Arg::U32(r),
-        Arg::U32(size(k, "hidden", hidden)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "mod_stride", mod_stride)?),
-        Arg::U32(size(k, "shift_offset", shift_offset)?),
-        Arg::U32(size(k, "scale_offset", scale_offset)?),
-    ];
-    run(dev, k, norm::layer_norm_modulate_dims(r), args)
+    let rows = size(k, "rows", rows)?;
+    let args = args::LayerNormModulate {
+        x,
+        modulation,
+        out,
+        rows,
+        hidden: size(k, "hidden", hidden)?,
+        tokens: size(k, "tokens", tokens)?,
+        mod_stride: size(k, "mod_stride", mod_stride)?,
+        shift_offset: size(k, "shift_offset", shift_offset)?,
+        scale_offset: size(k, "scale_offset", scale_offset)?,
+    };
+    launch(dev, norm::layer_norm_modulate_dims(rows), args)
 }
 
 /// The GEMM epilogue to run.
@@ -206,16 +292,16 @@ pub fn gemm<D: Device>(
         return Ok(());
     }
     let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
-    let args = vec![
-        read(a),
-        read(w),
-        read(bias),
-        write(out),
-        Arg::U32(m),
-        Arg::U32(n),
-        Arg::U32(size(k, "k", k_len)?),
-    ];
-    run(dev, k, gemm::gemm_dims(m, n), args)
+    let args = args::GemmBias {
+        a,
+        w,
+        bias,
+        out,
+        m,
+        n,
+        k: size(k, "k", k_len)?,
+    };
+    launch_as(dev, k, gemm::gemm_dims(m, n), args)
 }
 
 /// `x (M, N) += gate * (A W^T + b)`, row r gated by `gate[(r / tokens) gate_stride + gate_offset ..]`.
@@ -238,20 +324,20 @@ pub fn gemm_gated_residual<D: Device>(
         return Ok(());
     }
     let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
-    let args = vec![
-        read(a),
-        read(w),
-        read(bias),
-        write(x),
-        read(gate),
-        Arg::U32(m),
-        Arg::U32(n),
-        Arg::U32(size(k, "k", k_len)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "gate_stride", gate_stride)?),
-        Arg::U32(size(k, "gate_offset", gate_offset)?),
-    ];
-    run(dev, k, gemm::gemm_dims(m, n), args)
+    let args = args::GemmBiasGatedResidual {
+        a,
+        w,
+        bias,
+        x,
+        gate,
+        m,
+        n,
+        k: size(k, "k", k_len)?,
+        tokens: size(k, "tokens", tokens)?,
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
+    };
+    launch(dev, gemm::gemm_dims(m, n), args)
 }
 
 /// Multi-head attention: `qkv` (B N, 3 H hd) to `out` (B N, H hd), scale `1/sqrt(hd)`.
@@ -280,15 +366,15 @@ pub fn attention<D: Device>(
         size(k, "tokens", tokens)?,
         size(k, "heads", heads)?,
     );
-    let args = vec![
-        read(qkv),
-        write(out),
-        Arg::U32(n),
-        Arg::U32(h),
-        Arg::U32(size(k, "head_dim", head_dim)?),
-        Arg::F32(scale),
-    ];
-    run(dev, k, attention::attention_dims(b, n, h), args)
+    let args = args::Attention {
+        qkv,
+        out,
+        tokens: n,
+        heads: h,
+        head_dim: size(k, "head_dim", head_dim)?,
+        scale,
+    };
+    launch(dev, attention::attention_dims(b, n, h), args)
 }
 
 /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).
@@ -306,15 +392,15 @@ pub fn unpatchify<D: Device>(
     if total == 0 {
         return Ok(());
     }
-    let args = vec![
-        read(tokens),
-        write(out),
-        Arg::U32(size(k, "batch", batch)?),
-        Arg::U32(size(k, "out_channels", out_channels)?),
-        Arg::U32(size(k, "side", side)?),
-        Arg::U32(size(k, "patch", patch)?),
-    ];
-    run(dev, k, final_layer::unpatchify_dims(size(k, "total", total)?), args)
+    let args = args::Unpatchify {
+        tokens,
+        out,
+        batch: size(k, "batch", batch)?,
+        out_channels: size(k, "out_channels", out_channels)?,
+        side: size(k, "side", side)?,
+        patch: size(k, "patch", patch)?,
+    };
+    launch(dev, final_layer::unpatchify_dims(size(k, "total", total)?), args)
 }
 
 /// Guidance in place on a (2 pairs, C_out, pixels) model output.
@@ -330,13 +416,15 @@ pub fn cfg_mix<D: Device>(
     if pairs == 0 || out_channels == 0 || pixels == 0 {
         return Ok(());
     }
-    let (p, oc, hw) = (
-        size(k, "pairs", pairs)?,
-        size(k, "out_channels", out_channels)?,
-        size(k, "pixels", pixels)?,
-    );
-    let args = vec![write(out), Arg::U32(p), Arg::U32(oc), Arg::U32(hw), Arg::F32(scale)];
-    run(dev, k, guidance::cfg_mix_dims(p, oc, hw), args)
+    let args = args::CfgMix {
+        out,
+        pairs: size(k, "pairs", pairs)?,
+        out_channels: size(k, "out_channels", out_channels)?,
+        pixels: size(k, "pixels", pixels)?,
+        scale,
+    };
+    let dims = guidance::cfg_mix_dims(args.pairs, args.out_channels, args.pixels);
+    launch(dev, dims, args)
 }
 
 /// One DDIM step: `out` (B, C, pixels) from `x` and the model output (B, C_out, pixels); `out`
@@ -356,17 +444,17 @@ pub fn ddim_step<D: Device>(
         return Ok(());
     }
     let total = size(k, "total", x.len)?;
-    let args = vec![
-        read(x),
-        read(model_out),
-        write(out),
-        Arg::U32(total),
-        Arg::U32(size(k, "channels", channels)?),
-        Arg::U32(size(k, "out_channels", out_channels)?),
-        Arg::U32(size(k, "pixels", pixels)?),
-        Arg::Ddim(coef),
-    ];
-    run(dev, k, ddim::ddim_step_dims(total), args)
+    let args = args::DdimStep {
+        x,
+        model_out,
+        out,
+        total,
+        channels: size(k, "channels", channels)?,
+        out_channels: size(k, "out_channels", out_channels)?,
+        pixels: size(k, "pixels", pixels)?,
+        coef,
+    };
+    launch(dev, ddim::ddim_step_dims(total), args)
 }
 
 /// One flow Euler step `out = x + dt v`; `out` may be `x`.
@@ -385,17 +473,17 @@ pub fn flow_euler_step<D: Device>(
         return Ok(());
     }
     let total = size(k, "total", x.len)?;
-    let args = vec![
-        read(x),
-        read(model_out),
-        write(out),
-        Arg::U32(total),
-        Arg::U32(size(k, "channels", channels)?),
-        Arg::U32(size(k, "out_channels", out_channels)?),
-        Arg::U32(size(k, "pixels", pixels)?),
-        Arg::F32(dt),
-    ];
-    run(dev, k, flow::flow_euler_step_dims(total), args)
+    let args = args::FlowEulerStep {
+        x,
+        model_out,
+        out,
+        total,
+        channels: size(k, "channels", channels)?,
+        out_channels: size(k, "out_channels", out_channels)?,
+        pixels: size(k, "pixels", pixels)?,
+        dt,
+    };
+    launch(dev, flow::flow_euler_step_dims(total), args)
 }
 
 /// `x (rows, D) += gate * branch`, row r gated by `gate[(r / tokens) gate_stride + gate_offset ..]`.
@@ -415,17 +503,17 @@ pub fn gated_add<D: Device>(
         return Ok(());
     }
     let total = size(k, "total", rows * hidden)?;
-    let args = vec![
-        write(x),
-        read(branch),
-        read(gate),
-        Arg::U32(size(k, "rows", rows)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "gate_stride", gate_stride)?),
-        Arg::U32(size(k, "gate_offset", gate_offset)?),
-    ];
-    run(dev, k, residual::gated_add_dims(total), args)
+    let args = args::GatedAdd {
+        x,
+        branch,
+        gate,
+        rows: size(k, "rows", rows)?,
+        hidden: size(k, "hidden", hidden)?,
+        tokens: size(k, "tokens", tokens)?,
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
+    };
+    launch(dev, residual::gated_add_dims(total), args)
 }
 
 /// The Taylor-cache update with a new output `new` (`len` elements per factor).
@@ -442,16 +530,16 @@ pub fn taylor_update<D: Device>(
     if len == 0 {
         return Ok(());
     }
-    let l = size(k, "len", len)?;
-    let args = vec![
-        write(factors),
-        read(new),
-        Arg::U32(l),
-        Arg::U32(size(k, "stored", stored)?),
-        Arg::U32(size(k, "max_order", max_order)?),
-        Arg::F32(gap),
-    ];
-    run(dev, k, taylor::taylor_dims(l), args)
+    let len = size(k, "len", len)?;
+    let args = args::TaylorUpdate {
+        factors,
+        new,
+        len,
+        stored: size(k, "stored", stored)?,
+        max_order: size(k, "max_order", max_order)?,
+        gap,
+    };
+    launch(dev, taylor::taylor_dims(len), args)
 }
 
 /// `out = sum_i F_i d^i / i!` over the `stored` factors.
@@ -467,15 +555,15 @@ pub fn taylor_predict<D: Device>(
     if len == 0 {
         return Ok(());
     }
-    let l = size(k, "len", len)?;
-    let args = vec![
-        read(factors),
-        write(out),
-        Arg::U32(l),
-        Arg::U32(size(k, "stored", stored)?),
-        Arg::Taylor(coef),
-    ];
-    run(dev, k, taylor::taylor_dims(l), args)
+    let len = size(k, "len", len)?;
+    let args = args::TaylorPredict {
+        factors,
+        out,
+        len,
+        stored: size(k, "stored", stored)?,
+        coef,
+    };
+    launch(dev, taylor::taylor_dims(len), args)
 }
 
 /// `x += gate * prediction` for token rows (rows, D).
@@ -497,19 +585,19 @@ pub fn taylor_predict_gated_add<D: Device>(
         return Ok(());
     }
     let total = size(k, "total", rows * hidden)?;
-    let args = vec![
-        write(x),
-        read(factors),
-        read(gate),
-        Arg::U32(size(k, "rows", rows)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "gate_stride", gate_stride)?),
-        Arg::U32(size(k, "gate_offset", gate_offset)?),
-        Arg::U32(size(k, "stored", stored)?),
-        Arg::Taylor(coef),
-    ];
-    run(dev, k, taylor::taylor_dims(total), args)
+    let args = args::TaylorPredictGatedAdd {
+        x,
+        factors,
+        gate,
+        rows: size(k, "rows", rows)?,
+        hidden: size(k, "hidden", hidden)?,
+        tokens: size(k, "tokens", tokens)?,
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
+        stored: size(k, "stored", stored)?,
+        coef,
+    };
+    launch(dev, taylor::taylor_dims(total), args)
 }
 
 /// `out[r] = x[r] / max(|x[r]|, 1e-6)` for rows (rows, D).
@@ -524,9 +612,14 @@ pub fn row_normalize<D: Device>(
     if rows == 0 {
         return Ok(());
     }
-    let r = size(k, "rows", rows)?;
-    let args = vec![read(x), write(out), Arg::U32(r), Arg::U32(size(k, "dim", dim)?)];
-    run(dev, k, tetc::row_normalize_dims(r), args)
+    let rows = size(k, "rows", rows)?;
+    let args = args::RowNormalize {
+        x,
+        out,
+        rows,
+        dim: size(k, "dim", dim)?,
+    };
+    launch(dev, tetc::row_normalize_dims(rows), args)
 }
 
 /// `s (B, N, N) = xn_b xn_b^T`.
@@ -543,8 +636,13 @@ pub fn similarity<D: Device>(
         return Ok(());
     }
     let (b, n) = (size(k, "batch", batch)?, size(k, "tokens", tokens)?);
-    let args = vec![read(xn), write(s), Arg::U32(n), Arg::U32(size(k, "dim", dim)?)];
-    run(dev, k, tetc::similarity_dims(b, n), args)
+    let args = args::Similarity {
+        xn,
+        s,
+        tokens: n,
+        dim: size(k, "dim", dim)?,
+    };
+    launch(dev, tetc::similarity_dims(b, n), args)
 }
 
 /// `smoothed = alpha s + (1 - alpha) smoothed`, or `smoothed = s` without a previous one.
@@ -560,14 +658,14 @@ pub fn similarity_ema<D: Device>(
         return Ok(());
     }
     let total = size(k, "total", s.len)?;
-    let args = vec![
-        read(s),
-        write(smoothed),
-        Arg::U32(total),
-        Arg::F32(alpha),
-        Arg::U32(u32::from(has_previous)),
-    ];
-    run(dev, k, tetc::elementwise_dims(total), args)
+    let args = args::SimilarityEma {
+        s,
+        smoothed,
+        total,
+        alpha,
+        has_previous: u32::from(has_previous),
+    };
+    launch(dev, tetc::elementwise_dims(total), args)
 }
 
 /// `labels[b, i] = argmax_c s[b, i, medoids[b, c]]`.
@@ -585,15 +683,15 @@ pub fn kmedoids_assign<D: Device>(
         return Ok(());
     }
     let (b, n) = (size(k, "batch", batch)?, size(k, "tokens", tokens)?);
-    let args = vec![
-        read(s),
-        read(medoids),
-        write(labels),
-        Arg::U32(b),
-        Arg::U32(n),
-        Arg::U32(size(k, "clusters", clusters)?),
-    ];
-    run(dev, k, tetc::per_item_dims(b, n), args)
+    let args = args::KmedoidsAssign {
+        s,
+        medoids,
+        labels,
+        batch: b,
+        tokens: n,
+        clusters: size(k, "clusters", clusters)?,
+    };
+    launch(dev, tetc::per_item_dims(b, n), args)
 }
 
 /// The medoid update into `next`.
@@ -612,15 +710,15 @@ pub fn kmedoids_update<D: Device>(
         return Ok(());
     }
     let c = size(k, "clusters", clusters)?;
-    let args = vec![
-        read(s),
-        read(labels),
-        read(medoids),
-        write(next),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(c),
-    ];
-    run(dev, k, tetc::kmedoids_update_dims(size(k, "batch", batch)?, c), args)
+    let args = args::KmedoidsUpdate {
+        s,
+        labels,
+        medoids,
+        next,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: c,
+    };
+    launch(dev, tetc::kmedoids_update_dims(size(k, "batch", batch)?, c), args)
 }
 
 /// `center-random` proxies from the host's uniform numbers (B K, f64).
@@ -640,17 +738,17 @@ pub fn center_random_proxies<D: Device>(
         return Ok(());
     }
     let (b, c) = (size(k, "batch", batch)?, size(k, "clusters", clusters)?);
-    let args = vec![
-        read(s),
-        read(labels),
-        read(medoids),
-        read(uniforms),
-        write(proxies),
-        Arg::U32(b),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(c),
-    ];
-    run(dev, k, tetc::per_item_dims(b, c), args)
+    let args = args::CenterRandomProxies {
+        s,
+        labels,
+        medoids,
+        uniforms,
+        proxies,
+        batch: b,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: c,
+    };
+    launch(dev, tetc::per_item_dims(b, c), args)
 }
 
 /// `counts[b, c]` = size of cluster c of batch row b.
@@ -667,14 +765,14 @@ pub fn cluster_counts<D: Device>(
         return Ok(());
     }
     let (b, c) = (size(k, "batch", batch)?, size(k, "clusters", clusters)?);
-    let args = vec![
-        read(labels),
-        write(counts),
-        Arg::U32(b),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(c),
-    ];
-    run(dev, k, tetc::per_item_dims(b, c), args)
+    let args = args::ClusterCounts {
+        labels,
+        counts,
+        batch: b,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: c,
+    };
+    launch(dev, tetc::per_item_dims(b, c), args)
 }
 
 /// `members[b, c]` = the member of rank `ranks[b, c]` of cluster c.
@@ -692,15 +790,15 @@ pub fn cluster_members<D: Device>(
         return Ok(());
     }
     let (b, c) = (size(k, "batch", batch)?, size(k, "clusters", clusters)?);
-    let args = vec![
-        read(labels),
-        read(ranks),
-        write(members),
-        Arg::U32(b),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(c),
-    ];
-    run(dev, k, tetc::per_item_dims(b, c), args)
+    let args = args::ClusterMembers {
+        labels,
+        ranks,
+        members,
+        batch: b,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: c,
+    };
+    launch(dev, tetc::per_item_dims(b, c), args)
 }
 
 /// K-means assignment by L1 distance.
@@ -719,16 +817,16 @@ pub fn kmeans_assign_l1<D: Device>(
         return Ok(());
     }
     let (b, n) = (size(k, "batch", batch)?, size(k, "tokens", tokens)?);
-    let args = vec![
-        read(x),
-        read(centroids),
-        write(labels),
-        Arg::U32(b),
-        Arg::U32(n),
-        Arg::U32(size(k, "clusters", clusters)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-    ];
-    run(dev, k, tetc::per_item_dims(b, n), args)
+    let args = args::KmeansAssignL1 {
+        x,
+        centroids,
+        labels,
+        batch: b,
+        tokens: n,
+        clusters: size(k, "clusters", clusters)?,
+        hidden: size(k, "hidden", hidden)?,
+    };
+    launch(dev, tetc::per_item_dims(b, n), args)
 }
 
 /// K-means centroid update into `next`, with the per-(row, cluster) `moved` flags.
@@ -749,17 +847,17 @@ pub fn kmeans_update<D: Device>(
         return Ok(());
     }
     let c = size(k, "clusters", clusters)?;
-    let args = vec![
-        read(x),
-        read(labels),
-        read(centroids),
-        write(next),
-        write(moved),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(c),
-        Arg::U32(size(k, "hidden", hidden)?),
-    ];
-    run(dev, k, clusca::kmeans_update_dims(size(k, "batch", batch)?, c), args)
+    let args = args::KmeansUpdate {
+        x,
+        labels,
+        centroids,
+        next,
+        moved,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: c,
+        hidden: size(k, "hidden", hidden)?,
+    };
+    launch(dev, clusca::kmeans_update_dims(size(k, "batch", batch)?, c), args)
 }
 
 /// `dst[b] = src[b]` for the batch rows with `mask[b] != 0` (rows of `row_len` elements).
@@ -775,14 +873,14 @@ pub fn commit_rows<D: Device>(
         return Ok(());
     }
     let total = size(k, "total", dst.len)?;
-    let args = vec![
-        read(src),
-        write(dst),
-        read(mask),
-        Arg::U32(total),
-        Arg::U32(size(k, "row_len", row_len)?),
-    ];
-    run(dev, k, tetc::elementwise_dims(total), args)
+    let args = args::CommitRows {
+        src,
+        dst,
+        mask,
+        total,
+        row_len: size(k, "row_len", row_len)?,
+    };
+    launch(dev, tetc::elementwise_dims(total), args)
 }
 
 /// ClusCa's propagation into the order-0 MLP cache.
@@ -804,19 +902,19 @@ pub fn clusca_propagate<D: Device>(
     if total == 0 {
         return Ok(());
     }
-    let args = vec![
-        write(cache0),
-        read(fresh),
-        read(labels),
-        read(picks),
-        read(ranks),
-        Arg::U32(size(k, "batch", batch)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "clusters", clusters)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-        Arg::F32(gamma),
-    ];
-    run(dev, k, tetc::elementwise_dims(size(k, "total", total)?), args)
+    let args = args::CluscaPropagate {
+        cache0,
+        fresh,
+        labels,
+        picks,
+        ranks,
+        batch: size(k, "batch", batch)?,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: size(k, "clusters", clusters)?,
+        hidden: size(k, "hidden", hidden)?,
+        gamma,
+    };
+    launch(dev, tetc::elementwise_dims(size(k, "total", total)?), args)
 }
 
 /// `out[b K + c] = src[b N + indices[b K + c]]`.
@@ -835,16 +933,16 @@ pub fn gather_rows<D: Device>(
     if total == 0 {
         return Ok(());
     }
-    let args = vec![
-        read(src),
-        read(indices),
-        write(out),
-        Arg::U32(size(k, "batch", batch)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "per_row", per_row)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-    ];
-    run(dev, k, gather::gather_dims(size(k, "total", total)?), args)
+    let args = args::GatherRows {
+        src,
+        indices,
+        out,
+        batch: size(k, "batch", batch)?,
+        tokens: size(k, "tokens", tokens)?,
+        per_row: size(k, "per_row", per_row)?,
+        hidden: size(k, "hidden", hidden)?,
+    };
+    launch(dev, gather::gather_dims(size(k, "total", total)?), args)
 }
 
 /// `dst[b N + indices[b K + c]] = rows[b K + c]` (last cluster wins).
@@ -863,16 +961,16 @@ pub fn scatter_rows<D: Device>(
     if total == 0 {
         return Ok(());
     }
-    let args = vec![
-        read(rows),
-        read(indices),
-        write(dst),
-        Arg::U32(size(k, "batch", batch)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "per_row", per_row)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-    ];
-    run(dev, k, gather::gather_dims(size(k, "total", total)?), args)
+    let args = args::ScatterRows {
+        rows,
+        indices,
+        dst,
+        batch: size(k, "batch", batch)?,
+        tokens: size(k, "tokens", tokens)?,
+        per_row: size(k, "per_row", per_row)?,
+        hidden: size(k, "hidden", hidden)?,
+    };
+    launch(dev, gather::gather_dims(size(k, "total", total)?), args)
 }
 
 /// The proxies' residuals of orders 1..=`order` (`order` slots of B K D).
@@ -895,20 +993,20 @@ pub fn pdds_proxy_residuals<D: Device>(
     if total == 0 {
         return Ok(());
     }
-    let args = vec![
-        read(fresh),
-        read(cache),
-        read(proxies),
-        write(residuals),
-        Arg::U32(size(k, "batch", batch)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "clusters", clusters)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-        Arg::U32(size(k, "order", order)?),
-        Arg::U32(size(k, "stored", stored)?),
-        Arg::F32(sign),
-    ];
-    run(dev, k, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
+    let args = args::PddsProxyResiduals {
+        fresh,
+        cache,
+        proxies,
+        residuals,
+        batch: size(k, "batch", batch)?,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: size(k, "clusters", clusters)?,
+        hidden: size(k, "hidden", hidden)?,
+        order: size(k, "order", order)?,
+        stored: size(k, "stored", stored)?,
+        sign,
+    };
+    launch(dev, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
 }
 
 /// The implicit update of every token row; `bdf2` selects BDF2, else IE / IT of `order`.
@@ -933,21 +1031,99 @@ pub fn pdds_update<D: Device>(
     if rows == 0 {
         return Ok(());
     }
-    let solver = if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR };
-    let args = vec![
-        read(cache),
-        read(labels),
-        read(proxies),
-        read(residuals),
-        write(out),
-        Arg::U32(size(k, "batch", batch)?),
-        Arg::U32(size(k, "tokens", tokens)?),
-        Arg::U32(size(k, "clusters", clusters)?),
-        Arg::U32(size(k, "hidden", hidden)?),
-        Arg::U32(size(k, "order", order)?),
-        Arg::U32(size(k, "stored", stored)?),
-        Arg::F32(sign),
-        Arg::U32(solver),
-    ];
-    run(dev, k, pdds::pdds_update_dims(size(k, "rows", rows)?), args)
+    let args = args::PddsUpdate {
+        cache,
+        labels,
+        proxies,
+        residuals,
+        out,
+        batch: size(k, "batch", batch)?,
+        tokens: size(k, "tokens", tokens)?,
+        clusters: size(k, "clusters", clusters)?,
+        hidden: size(k, "hidden", hidden)?,
+        order: size(k, "order", order)?,
+        stored: size(k, "stored", stored)?,
+        sign,
+        solver: if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR },
+    };
+    launch(dev, pdds::pdds_update_dims(size(k, "rows", rows)?), args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::device::{Buffer, Element};
+
+    /// A device that only records its launches.
+    #[derive(Default)]
+    struct Launches(Vec<KernelCall>);
+
+    impl Device for Launches {
+        fn name(&self) -> &'static str {
+            "launches"
+        }
+        fn alloc<T: Element>(&mut self, len: usize) -> Result<Buffer<T>, DeviceError> {
+            Ok(Buffer::from_id(0, len))
+        }
+        fn upload<T: Element>(&mut self, _: Slice<T>, _: &[T]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn download<T: Element>(&mut self, _: Slice<T>, _: &mut [T]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn copy<T: Element>(&mut self, _: Slice<T>, _: Slice<T>) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn free(&mut self, _: usize) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError> {
+            self.0.push(call.clone());
+            Ok(())
+        }
+        fn synchronize(&mut self) -> Result<(), DeviceError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_args_struct_becomes_the_arguments_in_entry_point_order() {
+        let dev = &mut Launches::default();
+        let (x, out) = (dev.alloc::<f32>(8).unwrap(), dev.alloc::<f32>(8).unwrap());
+        row_normalize(dev, x.all(), out.range(4, 4), 2, 4).unwrap();
+        let call = &dev.0[0];
+        assert_eq!(call.kernel, Kernel::RowNormalize);
+        assert_eq!(
+            call.args,
+            [
+                Arg::read(x.all()),
+                Arg::write(out.range(4, 4)),
+                Arg::U32(2),
+                Arg::U32(4)
+            ]
+        );
+        assert!(call.check().is_ok());
+    }
+
+    #[test]
+    fn a_variant_takes_only_the_arguments_of_its_own_parameters() {
+        let dev = &mut Launches::default();
+        let x = dev.alloc::<f32>(4).unwrap().all();
+        let args = args::RowNormalize {
+            x,
+            out: x,
+            rows: 1,
+            dim: 4,
+        };
+        // `similarity` takes the same kinds, under other names: refused.
+        let err = launch_as(dev, Kernel::Similarity, tetc::row_normalize_dims(1), args).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`similarity` does not take the parameters of `row_normalize`"),
+            "{err}"
+        );
+        assert!(dev.0.is_empty());
+        launch_as(dev, Kernel::RowNormalize, tetc::row_normalize_dims(1), args).unwrap();
+        assert_eq!(dev.0.len(), 1);
+    }
 }
