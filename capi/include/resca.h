@@ -13,74 +13,74 @@
 // The interface version of this header; compare it with `resca_api_version()` at startup.
 #define RESCA_API_VERSION 1
 
-// `RescaSampleOptions::sampler`: DDIM (eta 0), DiT's sampler.
+// `RescaSampleOptions.sampler`: DDIM (eta 0), DiT's sampler.
 #define RESCA_SAMPLER_DDIM 0
 
-// `RescaSampleOptions::sampler`: flow matching, Euler steps.
+// `RescaSampleOptions.sampler`: flow matching, Euler steps.
 #define RESCA_SAMPLER_FLOW 1
 
-// `RescaSampleOptions::method`: every block of every step.
+// `RescaSampleOptions.method`: every block of every step.
 #define RESCA_METHOD_FULL 0
 
-// `RescaSampleOptions::method`: reuse the last full step's branch outputs.
+// `RescaSampleOptions.method`: reuse the last full step's branch outputs.
 #define RESCA_METHOD_FORA 1
 
-// `RescaSampleOptions::method`: Taylor prediction of every branch (order 0-4).
+// `RescaSampleOptions.method`: Taylor prediction of every branch (order 0-4).
 #define RESCA_METHOD_TAYLORSEER 2
 
-// `RescaSampleOptions::method`: K-means clusters, one member per cluster recomputed.
+// `RescaSampleOptions.method`: K-means clusters, one member per cluster recomputed.
 #define RESCA_METHOD_CLUSCA 3
 
-// `RescaSampleOptions::method`: residual caching: TETC clusters, K proxies, PDDS.
+// `RescaSampleOptions.method`: residual caching: TETC clusters, K proxies, PDDS.
 #define RESCA_METHOD_RESCA 4
 
-// `RescaSampleOptions::solver`: implicit Euler (ResCa-IE).
+// `RescaSampleOptions.solver`: implicit Euler (ResCa-IE).
 #define RESCA_SOLVER_IE 0
 
-// `RescaSampleOptions::solver`: implicit Taylor of order `order` (ResCa-IT, 1-4).
+// `RescaSampleOptions.solver`: implicit Taylor of order `order` (ResCa-IT, 1-4).
 #define RESCA_SOLVER_IT 1
 
-// `RescaSampleOptions::solver`: BDF2 (ResCa-IB).
+// `RescaSampleOptions.solver`: BDF2 (ResCa-IB).
 #define RESCA_SOLVER_BDF2 2
 
-// `RescaSampleOptions::proxy`: the cluster's medoid.
+// `RescaSampleOptions.proxy`: the cluster's medoid.
 #define RESCA_PROXY_MEDOID 0
 
-// `RescaSampleOptions::proxy`: a member drawn around the medoid, weighted by similarity.
+// `RescaSampleOptions.proxy`: a member drawn around the medoid, weighted by similarity.
 #define RESCA_PROXY_CENTER_RANDOM 1
 
-// `RescaSampleOptions::residuals`: one-step residuals, as the paper's equations.
+// `RescaSampleOptions.residuals`: one-step residuals, as the paper's equations.
 #define RESCA_RESIDUALS_PAPER 0
 
-// `RescaSampleOptions::residuals`: the released code's scaling by the full-step gap.
+// `RescaSampleOptions.residuals`: the released code's scaling by the full-step gap.
 #define RESCA_RESIDUALS_OFFICIAL 1
 
-// `RescaSampleOptions::clustering`: TETC, the EMA of the similarity over full steps.
+// `RescaSampleOptions.clustering`: TETC, the EMA of the similarity over full steps.
 #define RESCA_CLUSTERING_TRAJECTORY 0
 
-// `RescaSampleOptions::clustering`: the current similarity only (ablation).
+// `RescaSampleOptions.clustering`: the current similarity only (ablation).
 #define RESCA_CLUSTERING_FEATURE 1
 
-// [`RescaArg::kind`]: a buffer of `float` (a `Global<f32>` / `GlobalMut<f32>` parameter).
+// `RescaArg.kind`: a buffer of `float` (a `Global<f32>` / `GlobalMut<f32>` parameter).
 #define RESCA_ARG_BUFFER_F32 1
 
-// [`RescaArg::kind`]: a buffer of `uint32_t`.
+// `RescaArg.kind`: a buffer of `uint32_t`.
 #define RESCA_ARG_BUFFER_U32 2
 
-// [`RescaArg::kind`]: a buffer of `double`.
+// `RescaArg.kind`: a buffer of `double`.
 #define RESCA_ARG_BUFFER_F64 3
 
-// [`RescaArg::kind`]: a `uint32_t` value (`value_u32`).
+// `RescaArg.kind`: a `uint32_t` value (`value_u32`).
 #define RESCA_ARG_U32 4
 
-// [`RescaArg::kind`]: a `float` value (`value_f32`).
+// `RescaArg.kind`: a `float` value (`value_f32`).
 #define RESCA_ARG_F32 5
 
-// [`RescaArg::kind`]: `DdimCoefficients` (`coefficients[0..4]`: recip, recip_m1, sqrt_prev,
+// `RescaArg.kind`: `DdimCoefficients` (`coefficients[0..4]`: recip, recip_m1, sqrt_prev,
 // sqrt_one_minus_prev).
 #define RESCA_ARG_DDIM 6
 
-// [`RescaArg::kind`]: `TaylorCoefficients` (`coefficients[0..8]`: scale1, power1, scale2,
+// `RescaArg.kind`: `TaylorCoefficients` (`coefficients[0..8]`: scale1, power1, scale2,
 // power2, scale3, power3, scale4, power4).
 #define RESCA_ARG_TAYLOR 7
 
