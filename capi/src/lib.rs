@@ -27,6 +27,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod reference;
 
 use std::ffi::c_char;
 
