@@ -144,7 +144,8 @@ impl RescaGpu {
             unsafe { sys::cuModuleGetFunction(&mut function, module.0, entry.as_ptr()) }
                 .result()
                 .map_err(cuda(&format!("loading kernel `{}` from {}", kernel.name(), ptx.file)))?;
-            let attributes = function_attributes(function).map_err(|e| Error::new(RescaStatus::Cuda, e))?;
+            // SAFETY: a function of the module just loaded.
+            let attributes = unsafe { function_attributes(function) }.map_err(|e| Error::new(RescaStatus::Cuda, e))?;
             let params = all_layouts[&kernel].clone();
             kernels.insert(
                 kernel,

@@ -226,10 +226,13 @@ pub fn load_module(module: &PtxModule) -> Result<sys::CUmodule, String> {
 
 /// What the driver compiled for `function` (registers, static shared and local memory, the
 /// largest block).
-pub fn function_attributes(function: sys::CUfunction) -> Result<FunctionAttributes, String> {
+///
+/// # Safety
+/// `function` is a function of a module loaded in a live context.
+pub unsafe fn function_attributes(function: sys::CUfunction) -> Result<FunctionAttributes, String> {
     use sys::CUfunction_attribute_enum as A;
     let get = |a| {
-        // SAFETY: a function of a loaded module.
+        // SAFETY: the caller's contract.
         unsafe { result::function::get_function_attribute(function, a) }.map_err(driver_error)
     };
     Ok(FunctionAttributes {
@@ -311,7 +314,8 @@ impl Driver for Cudarc {
     }
 
     fn attributes(&mut self, function: &Self::Function) -> Result<FunctionAttributes, String> {
-        function_attributes(*function)
+        // SAFETY: a function of the loaded module, which lives as long as `self`.
+        unsafe { function_attributes(*function) }
     }
 
     unsafe fn launch(
