@@ -3,6 +3,9 @@
 //! is a thin command-line layer over these modules. From the bottom layer up (each imports only
 //! from the layers below it):
 //!
+//! * [`outputs`], [`limits`]: writing output files safely (destinations checked before a run,
+//!   fresh exclusive temporary files, removal on signals) and the bounds on what a command line
+//!   may ask for (samples, steps, memory); they import nothing from the layers above;
 //! * [`pipeline`]: the device-generic pipeline (DiT forward, guidance, DDIM and flow sampling,
 //!   every caching method) as a launch sequence over a [`pipeline::Device`];
 //! * [`sim`]: the GPU-semantics simulator that runs the `resca-gpu-kernels` bodies on the CPU,
@@ -25,6 +28,8 @@ pub mod evaluation;
 pub mod figures;
 pub mod inputs;
 pub mod job;
+pub mod limits;
+pub mod outputs;
 pub mod pipeline;
 pub mod plan;
 pub mod report;

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use ndarray::{Array4, ArrayView4, s};
-use resca_reference::cache::{CachingHook, ClusteringRecord, MethodConfig, build_hook, read_clusterings};
+use resca_reference::cache::{
+    CachingHook, ClusteringRecord, MethodConfig, build_hook, check_replay_steps, read_clusterings,
+};
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::sampler::StepHook;
 use resca_reference::{Dit, sample};
@@ -77,6 +79,13 @@ pub fn run_method(
         .with_context(|| format!("--replay-clusters {}", path.display()))?,
         None => Vec::new(),
     };
+    if let Some(path) = replay {
+        check_replay_steps(
+            &format!("--replay-clusters {}", path.display()),
+            &records,
+            &full_steps(job, method),
+        )?;
+    }
     backend.run(Sampling {
         model,
         job,
@@ -84,6 +93,20 @@ pub fn run_method(
         records,
         progress,
     })
+}
+
+/// The sampler step indices of the full steps of `job` run with `method`, where the clustering
+/// methods cluster.
+fn full_steps(job: &SampleJob, method: &MethodConfig) -> Vec<i64> {
+    let sampler = &job.sampler;
+    method
+        .schedule()
+        .plan(sampler.steps())
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, full)| full)
+        .map(|(position, _)| sampler.step_info(position).index)
+        .collect()
 }
 
 /// The rows the model sees: the guided batch counts both halves.

@@ -32,6 +32,26 @@ fn default_mlp_ratio() -> f64 {
 /// shapes match one of them, converted from the official `.pt` without metadata, gets its heads.
 const OFFICIAL_HEADS: [(usize, usize, usize); 4] = [(1152, 28, 16), (1024, 24, 16), (768, 12, 12), (384, 12, 6)];
 
+/// Upper bounds of a config's sizes, far above every DiT trained (DiT-XL/2 at 512x512: a 64x64
+/// latent, hidden 1152, depth 28, 1000 classes) and low enough that every size derived from
+/// them (patch areas, token counts, weight shapes, the parameter count) fits in 64 bits. A config
+/// beyond them is refused with a message naming the field before anything is allocated.
+pub const MAX_INPUT_SIZE: usize = 4096;
+pub const MAX_PATCH_SIZE: usize = 64;
+/// Tokens per image (a 256x256 grid).
+pub const MAX_TOKENS: usize = 65_536;
+pub const MAX_CHANNELS: usize = 1024;
+pub const MAX_HIDDEN_SIZE: usize = 32_768;
+pub const MAX_DEPTH: usize = 1024;
+pub const MAX_CLASSES: usize = 1 << 20;
+/// Width of the MLP's hidden layer.
+pub const MAX_MLP_HIDDEN: usize = 262_144;
+/// Parameters in all (2^36: 256 GiB of f32 weights).
+pub const MAX_PARAMETERS: u64 = 1 << 36;
+
+/// Largest JSON config file read (a config is a few hundred bytes).
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
 /// Preset names accepted by [`DitConfig::preset`] (`/2`, `/4` or `/8` selects the patch size).
 pub const PRESET_NAMES: &[&str] = &["DiT-XL", "DiT-L", "DiT-B", "DiT-S", "tiny", "small"];
 
@@ -106,10 +126,7 @@ impl DitConfig {
 
     /// Reads and parses a JSON config file.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::safetensors_file::read_small_text_file(path, MAX_CONFIG_FILE_BYTES)?;
         Self::from_json(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
@@ -117,60 +134,60 @@ impl DitConfig {
     /// not visible in the shapes: it comes from `heads`, else from a `config` JSON in the file's
     /// metadata; without either this fails with a message asking for `--heads`.
     pub fn infer(file: &SafetensorsFile, heads: Option<usize>) -> Result<Self> {
-        let shape = |name: &str| {
-            file.shape(name).ok_or_else(|| Error::MissingTensor {
-                path: file.path().to_path_buf(),
-                name: name.to_string(),
-            })
-        };
+        let shape = |name: &str| file.nonempty_shape(name);
+        let fail = |msg: String| Err(Error::Config(format!("{}: {msg}", file.path().display())));
         let embed = shape("x_embedder.proj.weight")?;
         let [hidden_size, in_channels, patch_size, patch_w] = embed[..] else {
-            return Err(Error::Config(format!(
-                "x_embedder.proj.weight must be 4-D, found {embed:?}"
-            )));
+            return fail(format!("x_embedder.proj.weight must be 4-D, found {embed:?}"));
         };
-        if patch_size != patch_w || patch_size == 0 {
-            return Err(Error::Config(format!(
-                "x_embedder.proj.weight has a non-square patch {embed:?}"
-            )));
+        if patch_size != patch_w {
+            return fail(format!("x_embedder.proj.weight has a non-square patch {embed:?}"));
+        }
+        if patch_size > MAX_PATCH_SIZE {
+            return fail(format!(
+                "x_embedder.proj.weight has patch size {patch_size}, above the limit of {MAX_PATCH_SIZE}"
+            ));
         }
         let pos = shape("pos_embed")?;
         let tokens = match pos[..] {
             [1, n, d] if d == hidden_size => n,
-            _ => {
-                return Err(Error::Config(format!(
-                    "pos_embed must be [1, N, {hidden_size}], found {pos:?}"
-                )));
-            }
+            _ => return fail(format!("pos_embed must be [1, N, {hidden_size}], found {pos:?}")),
         };
         let grid = (tokens as f64).sqrt().round() as usize;
-        if grid * grid != tokens {
-            return Err(Error::Config(format!(
-                "pos_embed has {tokens} tokens, not a square grid"
-            )));
+        if grid.checked_mul(grid) != Some(tokens) {
+            return fail(format!("pos_embed has {tokens} tokens, not a square grid"));
         }
-        let depth = (0..)
+        // Blocks are counted up to one past the limit: validate() names a depth beyond it.
+        let depth = (0..=MAX_DEPTH)
             .take_while(|l| file.shape(&format!("blocks.{l}.attn.qkv.weight")).is_some())
             .count();
+        if depth == 0 {
+            return fail("no blocks: tensor `blocks.0.attn.qkv.weight` is missing".to_string());
+        }
         let mlp_hidden = shape("blocks.0.mlp.fc1.weight")?[0];
         let table = shape("y_embedder.embedding_table.weight")?;
         let out_features = shape("final_layer.linear.weight")?[0];
-        let out_channels = out_features / (patch_size * patch_size);
+        let patch_area = patch_size * patch_size;
+        if !out_features.is_multiple_of(patch_area) {
+            return fail(format!(
+                "final_layer.linear has {out_features} outputs, not a multiple of the patch area {patch_area}"
+            ));
+        }
+        let out_channels = out_features / patch_area;
         let learn_sigma = match out_channels {
-            c if c == 2 * in_channels => true,
+            c if Some(c) == in_channels.checked_mul(2) => true,
             c if c == in_channels => false,
             c => {
-                return Err(Error::Config(format!(
-                    "final_layer.linear gives {c} output channels per pixel; expected {in_channels} or {}",
-                    2 * in_channels
-                )));
+                return fail(format!(
+                    "final_layer.linear gives {c} output channels per pixel; expected {in_channels} or twice that"
+                ));
             }
         };
         let from_metadata = file
             .metadata("config")
             .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
             .and_then(|v| v.get("num_heads").and_then(|h| h.as_u64()))
-            .map(|h| h as usize);
+            .and_then(|h| usize::try_from(h).ok());
         // A converted official checkpoint carries no metadata: its width and depth name the preset.
         let from_preset = OFFICIAL_HEADS
             .iter()
@@ -182,31 +199,65 @@ impl DitConfig {
                 file.path().display()
             ))
         })?;
+        let Some(input_size) = grid.checked_mul(patch_size) else {
+            return fail(format!(
+                "a {grid}x{grid} grid of {patch_size}-pixel patches is too large"
+            ));
+        };
         let config = DitConfig {
-            input_size: grid * patch_size,
+            input_size,
             patch_size,
             in_channels,
             hidden_size,
             depth,
             num_heads,
             mlp_ratio: mlp_hidden as f64 / hidden_size as f64,
-            num_classes: table[0].saturating_sub(1),
+            num_classes: table[0] - 1,
             learn_sigma,
         };
-        config.validate()?;
+        config.validate().map_err(|e| {
+            Error::Config(format!(
+                "{} (inferred from {})",
+                strip_config_prefix(&e),
+                file.path().display()
+            ))
+        })?;
         Ok(config)
     }
 
-    /// Checks the internal consistency of the config.
+    /// Checks the config: every size within its limit (the `MAX_*` constants), then the
+    /// internal consistency. Every size derived later (tokens, weight shapes, the parameter
+    /// count) then fits in 64 bits.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Config(msg));
-        if self.patch_size == 0 || self.input_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
+        for (field, value, limit) in [
+            ("input_size", self.input_size, MAX_INPUT_SIZE),
+            ("patch_size", self.patch_size, MAX_PATCH_SIZE),
+            ("in_channels", self.in_channels, MAX_CHANNELS),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN_SIZE),
+            ("depth", self.depth, MAX_DEPTH),
+            ("num_heads", self.num_heads, MAX_HIDDEN_SIZE),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+        ] {
+            if value == 0 || value > limit {
+                return fail(format!("{field} {value} must be between 1 and {limit}"));
+            }
+        }
+        if !self.input_size.is_multiple_of(self.patch_size) {
             return fail(format!(
                 "input_size {} must be a positive multiple of patch_size {}",
                 self.input_size, self.patch_size
             ));
         }
-        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
+        if self.tokens() > MAX_TOKENS {
+            return fail(format!(
+                "input_size {} with patch_size {} gives {} tokens, above the limit of {MAX_TOKENS}",
+                self.input_size,
+                self.patch_size,
+                self.tokens()
+            ));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return fail(format!(
                 "num_heads {} does not divide hidden_size {}",
                 self.num_heads, self.hidden_size
@@ -218,11 +269,18 @@ impl DitConfig {
                 self.hidden_size
             ));
         }
-        if self.depth == 0 || self.in_channels == 0 || self.num_classes == 0 {
-            return fail("depth, in_channels and num_classes must be positive".to_string());
+        let mlp = self.hidden_size as f64 * self.mlp_ratio;
+        if !(self.mlp_ratio.is_finite() && mlp >= 1.0 && mlp <= MAX_MLP_HIDDEN as f64) {
+            return fail(format!(
+                "mlp_ratio {:?} gives an MLP width of {mlp:?} with hidden_size {}; it must be between 1 and {MAX_MLP_HIDDEN}",
+                self.mlp_ratio, self.hidden_size
+            ));
         }
-        if !(self.mlp_ratio > 0.0 && self.mlp_hidden() > 0) {
-            return fail(format!("mlp_ratio {} gives an empty MLP", self.mlp_ratio));
+        let parameters = self.parameter_count() as u64;
+        if parameters > MAX_PARAMETERS {
+            return fail(format!(
+                "the config has {parameters} parameters, above the limit of {MAX_PARAMETERS}"
+            ));
         }
         Ok(())
     }
@@ -259,17 +317,29 @@ impl DitConfig {
         self.num_classes
     }
 
-    /// Number of parameters, pos_embed included (675M for DiT-XL/2).
+    /// Number of parameters, pos_embed included (675M for DiT-XL/2), of a config whose sizes are
+    /// within the `MAX_*` limits (computed in 128 bits, which [`Self::validate`] relies on
+    /// before it compares the count with [`MAX_PARAMETERS`]).
     pub fn parameter_count(&self) -> usize {
-        let (d, c, p) = (self.hidden_size, self.in_channels, self.patch_size);
-        let m = self.mlp_hidden();
-        let embed = d * c * p * p + d + self.tokens() * d;
+        let wide = |v: usize| v as u128;
+        let (d, c, p) = (wide(self.hidden_size), wide(self.in_channels), wide(self.patch_size));
+        let m = wide(self.mlp_hidden());
+        let grid = wide(self.input_size / self.patch_size.max(1));
+        let embed = d * c * p * p + d + grid * grid * d;
         let t_embed = 256 * d + d + d * d + d;
-        let y_embed = (self.num_classes + 1) * d;
+        let y_embed = (wide(self.num_classes) + 1) * d;
         let block = (6 * d * d + 6 * d) + (3 * d * d + 3 * d) + (d * d + d) + (m * d + m) + (d * m + d);
-        let out = p * p * self.out_channels();
+        let out = p * p * wide(self.out_channels());
         let final_layer = (2 * d * d + 2 * d) + (out * d + out);
-        embed + t_embed + y_embed + self.depth * block + final_layer
+        let total = embed + t_embed + y_embed + wide(self.depth) * block + final_layer;
+        total.min(usize::MAX as u128) as usize
+    }
+}
+
+fn strip_config_prefix(error: &Error) -> String {
+    match error {
+        Error::Config(msg) => msg.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -12,6 +12,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is {kind}, not a regular file; give the path of a file")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("{path}: cannot read tensor `{name}`: {reason}")]
+    TensorRead {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error("{path}: tensor `{name}` has shape {shape:?}: it is 0-dimensional or empty, and values are expected here")]
+    EmptyTensor {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+    },
     #[error("{path} is not a valid safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
     #[error("{path}: tensor `{name}` is missing")]
@@ -32,6 +52,9 @@ pub enum Error {
     },
     #[error("{what} contains a non-finite value (NaN or infinity) at flat index {index}")]
     NonFinite { what: String, index: usize },
+    /// A run produced NaN or infinity: where it first appeared and what to check.
+    #[error("{0}")]
+    Diverged(String),
     #[error("invalid model config: {0}")]
     Config(String),
     #[error("invalid input: {0}")]

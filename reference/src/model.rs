@@ -218,8 +218,10 @@ impl Dit {
                 labels.len()
             )));
         }
-        if let Some(&t) = timesteps.iter().find(|&&t| t.is_nan() || t < 0.0) {
-            return Err(Error::Input(format!("timestep {t} is negative or NaN")));
+        if let Some(&t) = timesteps.iter().find(|&&t| !(t.is_finite() && t >= 0.0)) {
+            return Err(Error::Input(format!(
+                "timestep {t} is negative, NaN or infinite; timesteps are finite numbers >= 0"
+            )));
         }
         if let Some(&y) = labels.iter().find(|&&y| y > c.null_label()) {
             return Err(Error::Input(format!(
@@ -395,7 +397,11 @@ impl Dit {
         hook: &mut dyn BranchHook,
     ) -> Result<Array4<f32>> {
         self.validate_inputs(x, timesteps, labels)?;
-        Ok(self.forward_features(x, ops::timestep_features(timesteps).view(), labels, hook))
+        let out = self.forward_features(x, ops::timestep_features(timesteps).view(), labels, hook);
+        if !out.iter().all(|v| v.is_finite()) {
+            return Err(crate::sampler::forward_divergence(self, x, timesteps, labels, None));
+        }
+        Ok(out)
     }
 
     /// The uncached `model(x, t, y)`: (B, out_channels, H, W).
@@ -414,9 +420,21 @@ impl Dit {
         cfg_scale: f32,
         hook: &mut dyn BranchHook,
     ) -> Result<Array4<f32>> {
+        check_cfg_scale(cfg_scale)?;
         let combined = guided_input(x)?;
-        let mut out = self.forward_hooked(combined.view(), timesteps, labels, hook)?;
+        self.validate_inputs(combined.view(), timesteps, labels)?;
+        let features = ops::timestep_features(timesteps);
+        let mut out = self.forward_features(combined.view(), features.view(), labels, hook);
         apply_guidance(&mut out, cfg_scale);
+        if !out.iter().all(|v| v.is_finite()) {
+            return Err(crate::sampler::forward_divergence(
+                self,
+                combined.view(),
+                timesteps,
+                labels,
+                Some(cfg_scale),
+            ));
+        }
         Ok(out)
     }
 
@@ -430,6 +448,14 @@ impl Dit {
     ) -> Result<Array4<f32>> {
         self.forward_with_cfg_hooked(x, timesteps, labels, cfg_scale, &mut FullCompute)
     }
+}
+
+/// Fails unless the guidance scale is a finite number.
+pub fn check_cfg_scale(cfg_scale: f32) -> Result<()> {
+    if !cfg_scale.is_finite() {
+        return Err(Error::Input(format!("--cfg-scale {cfg_scale} is not a finite number")));
+    }
+    Ok(())
 }
 
 /// The model input of a guided batch `[x; x]`: the FIRST half of `x`, twice (as upstream's

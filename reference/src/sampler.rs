@@ -3,14 +3,14 @@
 
 use std::collections::VecDeque;
 
-use ndarray::{Array4, Array5, ArrayView4, Axis, s};
+use ndarray::{Array3, Array4, Array5, ArrayView3, ArrayView4, Axis, s};
 
 use crate::config::DitConfig;
 use crate::ddim::DdimSchedule;
 use crate::error::{Error, Result};
 use crate::flops::StepWork;
 use crate::flow::FlowSchedule;
-use crate::model::{BranchHook, Dit, FullCompute, apply_guidance, guided_input};
+use crate::model::{Branch, BranchHook, BranchInput, Dit, FullCompute, apply_guidance, check_cfg_scale, guided_input};
 use crate::ops;
 
 /// Which sampler integrates the trajectory.
@@ -141,10 +141,8 @@ pub fn sample(
     let steps = sampler.steps();
     let b = noise.dim().0;
     model.validate_inputs(noise, &vec![0.0; b], labels)?;
-    if let Some(scale) = cfg_scale
-        && !scale.is_finite()
-    {
-        return Err(Error::Input(format!("--cfg-scale {scale} is not finite")));
+    if let Some(scale) = cfg_scale {
+        check_cfg_scale(scale)?;
     }
     let c = &model.config;
     let (side, out_ch) = (c.input_size, c.out_channels());
@@ -177,7 +175,18 @@ pub fn sample(
         if let Some(scale) = cfg_scale {
             apply_guidance(&mut out, scale);
         }
-        x = sampler.advance(&info, x.view(), out.view());
+        let advanced = sampler.advance(&info, x.view(), out.view());
+        if !(all_finite(out.iter()) && all_finite(advanced.iter())) {
+            let source = match all_finite(out.iter()) {
+                true => NonFiniteSource::SamplerUpdate,
+                false => match locate_non_finite(model, input.view(), info.timestep, labels, cfg_scale) {
+                    NonFiniteSource::NotInFullForward => NonFiniteSource::CachedPrediction,
+                    located => located,
+                },
+            };
+            return Err(step_divergence(&info, sampler, source, cfg_scale));
+        }
+        x = advanced;
         xs.index_axis_mut(Axis(0), position + 1).assign(&x);
         outs.index_axis_mut(Axis(0), position).assign(&out);
         work.push(hook.last_step_work(c));
@@ -190,6 +199,219 @@ pub fn sample(
         work,
         step_seconds,
     })
+}
+
+/// Whether every value is finite.
+pub fn all_finite<'a>(mut values: impl Iterator<Item = &'a f32>) -> bool {
+    values.all(|v| v.is_finite())
+}
+
+/// Where a run first produced a non-finite value (NaN or infinity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonFiniteSource {
+    /// The timestep and class conditioning (the embeddings and adaLN modulations).
+    Conditioning,
+    /// A block branch's output.
+    Branch { block: usize, branch: Branch },
+    /// A block's gated residual sum (its branch outputs are finite).
+    BlockSum { block: usize },
+    /// The final layer (adaLN, linear, unpatchify).
+    FinalLayer,
+    /// Classifier-free guidance's mix of the two halves' outputs.
+    Guidance,
+    /// The sampler's update of the state (the model output is finite).
+    SamplerUpdate,
+    /// The caching method's prediction: a full forward of the same input stays finite.
+    CachedPrediction,
+    /// A device backend's result: the reference's full forward of the same input stays finite.
+    Backend,
+    /// Not found in a full forward of the same input (the caller says which case it is).
+    NotInFullForward,
+}
+
+impl NonFiniteSource {
+    fn describe(&self, cfg_scale: Option<f32>) -> String {
+        let branch_name = |branch: &Branch| match branch {
+            Branch::Attention => "attention",
+            Branch::Mlp => "MLP",
+        };
+        match self {
+            Self::Conditioning => "the timestep and class conditioning (adaLN modulation)".to_string(),
+            Self::Branch { block, branch } => format!("block {block}'s {} branch", branch_name(branch)),
+            Self::BlockSum { block } => format!("block {block}'s gated residual sum"),
+            Self::FinalLayer => "the final layer".to_string(),
+            Self::Guidance => format!(
+                "the classifier-free guidance mix at --cfg-scale {}",
+                cfg_scale.unwrap_or(f32::NAN)
+            ),
+            Self::SamplerUpdate => "the sampler's update of the state".to_string(),
+            Self::CachedPrediction => {
+                "the caching method's prediction (a full forward of the same input stays finite)".to_string()
+            }
+            Self::Backend => {
+                "the backend's result (the CPU reference's full forward of the same input stays finite)".to_string()
+            }
+            Self::NotInFullForward => "a place a full forward of the same input does not reach".to_string(),
+        }
+    }
+
+    fn advice(&self, cfg_scale: Option<f32>) -> String {
+        let lower_scale = cfg_scale.map_or(String::new(), |s| format!(", or lower --cfg-scale (now {s})"));
+        match self {
+            Self::Guidance => "lower --cfg-scale, or check the weights".to_string(),
+            Self::CachedPrediction => "use a shorter --interval or another method".to_string(),
+            Self::Backend => "please report it with the command that produced it".to_string(),
+            _ => {
+                format!("the weights drive the activations beyond float32's range: check the weights file{lower_scale}")
+            }
+        }
+    }
+}
+
+/// The error of step `info` producing a non-finite value first in `source`.
+fn step_divergence(info: &StepInfo, sampler: &Sampler, source: NonFiniteSource, cfg_scale: Option<f32>) -> Error {
+    let name = match sampler {
+        Sampler::Ddim(_) => "DDIM",
+        Sampler::Flow(_) => "flow",
+    };
+    Error::Diverged(format!(
+        "{name} step {} of {} (timestep {}) produced a non-finite value (NaN or infinity), first in {}; {}",
+        info.position + 1,
+        info.steps,
+        info.timestep,
+        source.describe(cfg_scale),
+        source.advice(cfg_scale)
+    ))
+}
+
+/// The error of a sampling step (of a device backend) whose model output is finite but whose
+/// updated state is not.
+pub fn update_divergence(sampler: &Sampler, position: usize, cfg_scale: Option<f32>) -> Error {
+    step_divergence(
+        &sampler.step_info(position),
+        sampler,
+        NonFiniteSource::SamplerUpdate,
+        cfg_scale,
+    )
+}
+
+/// The error of a sampling step (of a device backend) whose result is not finite: where the
+/// reference's full forward of the same input first goes non-finite (`input`: the step's model
+/// input, the guided `[x; x]` included), or that it stays finite.
+pub fn sampling_divergence(
+    model: &Dit,
+    sampler: &Sampler,
+    position: usize,
+    input: ArrayView4<f32>,
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+    cached_step: bool,
+) -> Error {
+    let info = sampler.step_info(position);
+    let source = match locate_non_finite(model, input, info.timestep, labels, cfg_scale) {
+        NonFiniteSource::NotInFullForward if cached_step => NonFiniteSource::CachedPrediction,
+        NonFiniteSource::NotInFullForward => NonFiniteSource::Backend,
+        located => located,
+    };
+    step_divergence(&info, sampler, source, cfg_scale)
+}
+
+/// The error of one forward pass (`model(x, t, y)`, guided at `cfg_scale` if given, `x` the
+/// model input) whose output is not finite, with where it first goes non-finite.
+pub fn forward_divergence(
+    model: &Dit,
+    x: ArrayView4<f32>,
+    timesteps: &[f32],
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+) -> Error {
+    let b = x.dim().0;
+    let features = ops::timestep_features(timesteps);
+    let source = locate_in_forward(model, x, features.view(), labels, cfg_scale, b);
+    let source = match source {
+        NonFiniteSource::NotInFullForward => NonFiniteSource::Backend,
+        located => located,
+    };
+    Error::Diverged(format!(
+        "the forward pass produced a non-finite value (NaN or infinity), first in {}; {}",
+        source.describe(cfg_scale),
+        source.advice(cfg_scale)
+    ))
+}
+
+/// Runs the full forward of `input` (model rows, the guided `[x; x]` included) at `timestep`
+/// and says where a value first goes non-finite: the conditioning, a block's branch or sum, the
+/// final layer, the guidance mix, or nowhere ([`NonFiniteSource::NotInFullForward`]).
+pub fn locate_non_finite(
+    model: &Dit,
+    input: ArrayView4<f32>,
+    timestep: f32,
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+) -> NonFiniteSource {
+    let b = input.dim().0;
+    let features = ops::timestep_features(&vec![timestep; b]);
+    locate_in_forward(model, input, features.view(), labels, cfg_scale, b)
+}
+
+fn locate_in_forward(
+    model: &Dit,
+    input: ArrayView4<f32>,
+    features: ndarray::ArrayView2<f32>,
+    labels: &[usize],
+    cfg_scale: Option<f32>,
+    rows: usize,
+) -> NonFiniteSource {
+    if labels.len() != rows {
+        return NonFiniteSource::NotInFullForward;
+    }
+    let cond = model.conditioning(features, labels);
+    let conditioning_finite = cond.block_modulation.iter().all(|m| all_finite(m.iter()))
+        && all_finite(cond.final_modulation.iter())
+        && all_finite(cond.silu_c.iter());
+    if !conditioning_finite {
+        return NonFiniteSource::Conditioning;
+    }
+    let mut watch = FiniteWatch::default();
+    let mut out = model.forward_conditioned(input, &cond, &mut watch);
+    if let Some(first) = watch.first {
+        return first;
+    }
+    if !all_finite(out.iter()) {
+        return NonFiniteSource::FinalLayer;
+    }
+    if let Some(scale) = cfg_scale {
+        apply_guidance(&mut out, scale);
+        if !all_finite(out.iter()) {
+            return NonFiniteSource::Guidance;
+        }
+    }
+    NonFiniteSource::NotInFullForward
+}
+
+/// The full forward, noting the first branch output or block sum that is not finite.
+#[derive(Default)]
+struct FiniteWatch {
+    first: Option<NonFiniteSource>,
+}
+
+impl BranchHook for FiniteWatch {
+    fn branch(&mut self, input: &BranchInput<'_>) -> Array3<f32> {
+        let out = input.compute();
+        if self.first.is_none() && !all_finite(out.iter()) {
+            self.first = Some(NonFiniteSource::Branch {
+                block: input.block,
+                branch: input.branch,
+            });
+        }
+        out
+    }
+
+    fn after_block(&mut self, block: usize, x: ArrayView3<f32>) {
+        if self.first.is_none() && !all_finite(x.iter()) {
+            self.first = Some(NonFiniteSource::BlockSum { block });
+        }
+    }
 }
 
 /// Rows of one conditioning product: a sampler computes the conditioning (adaLN modulations)

@@ -209,6 +209,7 @@ impl DitWeights {
             check_finite(&format!("{}: tensor `{name}`", file.path().display()), values.iter())?;
             tensors.insert(name, values);
         }
+        file.check_unchanged()?;
         Ok(Self::from_tensors(config, tensors))
     }
 

@@ -3,16 +3,19 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use resca_host::embedded;
 use resca_host::evaluation::compare::{compare, contenders, first, markdown, samples};
 use resca_host::figures::panels::{Panel, panel_column};
 use resca_host::inputs::class_grid;
+use resca_host::limits::grid_samples;
+use resca_reference::cache::{MethodConfig, MethodKind};
+use resca_reference::memory::{RunMemory, sampling_estimate};
 
 use super::model_args::ModelArgs;
-use super::output::{progress_bar, write_text};
+use super::output::{MemoryCheck, check_outputs, print_line, progress_bar};
 use super::sampling_args::Guidance;
-use super::value_parsers::positive;
+use super::value_parsers::{sample_count, seed, step_count};
 
 /// Every caching method at matched FLOPs on the same samples: speed, error, quality.
 #[derive(clap::Args)]
@@ -20,12 +23,12 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// Seeds per class (samples = classes x seeds).
-    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true, value_parser = sample_count)]
     seeds: usize,
     /// First seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = seed)]
     seed: u64,
-    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = step_count)]
     steps: usize,
     #[command(flatten)]
     guidance: Guidance,
@@ -38,11 +41,39 @@ pub struct Args {
     /// The same seeds across methods, one row per method.
     #[arg(long, value_name = "FILE.png", default_value = "compare.png")]
     png: PathBuf,
+    #[command(flatten)]
+    memory: MemoryCheck,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let destinations = check_outputs(
+        &[
+            ("--png", Some(args.png.as_path())),
+            ("--json", args.json.as_deref()),
+            ("--markdown", args.markdown.as_deref()),
+        ],
+        &args.model.input_files(),
+    )?;
+    let mut destinations = destinations.into_iter();
+    let png = destinations.next().expect("--png has a default");
+    let (json, markdown_file) = (
+        args.json.as_ref().and_then(|_| destinations.next()),
+        args.markdown.as_ref().and_then(|_| destinations.next()),
+    );
+    let config = args.model.config_only()?;
+    let cfg_scale = args.guidance.scale(&args.model);
+    let count = grid_samples(args.seeds, config.num_classes)?;
+    let rows = if cfg_scale > 1.0 { 2 * count } else { count };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    // Every contender's trajectory is kept for the table; the largest caches are ResCa's.
+    let one = sampling_estimate(&config, &MethodConfig::new(MethodKind::ResCa, 5, 1), rows, count, args.steps, threads);
+    let runs = contenders(args.steps).len() as u64 + 1;
+    let needed = RunMemory {
+        results: one.results.saturating_mul(runs),
+        ..one
+    };
+    args.memory.check(&needed, "this comparison")?;
     let model = args.model.load()?;
-    let cfg_scale = args.guidance.scale(&args.model)?;
     let (noise, labels) = class_grid(&model.config, args.seeds, args.seed);
     // The digit classifier measures quality only for the model it was trained with.
     let embedded = args.model.is_embedded();
@@ -78,24 +109,21 @@ pub fn run(args: Args) -> Result<()> {
             .collect::<Vec<_>>(),
         2,
     );
-    figure
-        .write_png(&args.png)
-        .with_context(|| format!("writing --png {}", args.png.display()))?;
-    if let Some(path) = &args.json {
+    png.write(|w| figure.encode_png(w))?;
+    if let Some(destination) = &json {
         let json = serde_json::json!({
             "cfg_scale": cfg_scale,
             "steps": args.steps,
             "note": comparison.real_data_frechet_note,
             "rows": comparison.rows,
         });
-        write_text(path, &serde_json::to_string_pretty(&json)?)?;
+        destination.write_text(&serde_json::to_string_pretty(&json)?)?;
     }
-    if let Some(path) = &args.markdown {
-        write_text(path, &table)?;
+    if let Some(destination) = &markdown_file {
+        destination.write_text(&table)?;
     }
-    println!(
+    print_line(&format!(
         "guided DDIM-{}, guidance scale {cfg_scale}\n\n{table}\n{}",
         args.steps, comparison.real_data_frechet_note
-    );
-    Ok(())
+    ))
 }

@@ -6,9 +6,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use ndarray::Ix4;
 use resca_host::run::{Backend, forward};
-use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors};
+use resca_host::limits::check_samples;
+use resca_reference::memory::forward_estimate;
+use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors_to};
 
 use super::model_args::ModelArgs;
+use super::output::{MemoryCheck, check_outputs};
+use super::value_parsers::cfg_scale;
 
 /// One forward pass: reads `x`, `t`, `y` from --input, writes `out` to --out.
 #[derive(clap::Args)]
@@ -22,15 +26,25 @@ pub struct Args {
     #[arg(long, value_name = "OUT.safetensors")]
     out: PathBuf,
     /// Run `forward_with_cfg` at this scale (the batch must be [x; x] with labels [y; null]).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = cfg_scale)]
     cfg_scale: Option<f32>,
     #[arg(long, value_enum, default_value_t = Backend::Reference)]
     backend: Backend,
+    #[command(flatten)]
+    memory: MemoryCheck,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let mut inputs = args.model.input_files();
+    inputs.push(("--input", Some(args.input.as_path())));
+    let out_file = check_outputs(&[("--out", Some(args.out.as_path()))], &inputs)?.remove(0);
+    let input = SafetensorsFile::open(&args.input).with_context(|| format!("reading --input {}", args.input.display()))?;
+    let config = args.model.config_only()?;
+    let rows = input.nonempty_shape("x")?[0];
+    check_samples(rows, &format!("--input {} (tensor `x`)", args.input.display()))?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    args.memory.check(&forward_estimate(&config, rows, threads), "this forward pass")?;
     let model = args.model.load()?;
-    let input = SafetensorsFile::open(&args.input)?;
     let x = input.read_f32("x")?;
     let side = model.config.input_size;
     let shape_ok = matches!(x.shape(), [_, c, h, w] if (*c, *h, *w) == (model.config.in_channels, side, side));
@@ -44,6 +58,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     let x = x.into_dimensionality::<Ix4>()?;
     let t = read_timesteps(&input, "t")?;
+    if let Some(&bad) = t.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+        bail!(
+            "{}: tensor `t` holds timestep {bad}; timesteps are finite numbers >= 0",
+            args.input.display()
+        );
+    }
     let y = input.read_i64("y")?;
     if let Some(&bad) = y.iter().find(|&&v| v < 0 || v as usize > model.config.null_label()) {
         bail!(
@@ -57,13 +77,8 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("running the model on {}", args.input.display()))?;
     let mut metadata = HashMap::new();
     metadata.insert("config".to_string(), serde_json::to_string(&model.config)?);
-    write_safetensors(
-        &args.out,
-        vec![("out".to_string(), OutTensor::F32(out.into_dyn()))],
-        metadata,
-    )
-    .with_context(|| format!("writing --out {}", args.out.display()))?;
-    Ok(())
+    let tensors = [("out".to_string(), OutTensor::F32(out.into_dyn()))];
+    out_file.write(|w| write_safetensors_to(w, &tensors, &metadata))
 }
 
 /// Timesteps as the model's f32 time input, from an integer or a float tensor.

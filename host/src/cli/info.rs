@@ -7,6 +7,5 @@ use anyhow::Result;
 pub struct Args {}
 
 pub fn run(_args: Args) -> Result<()> {
-    print!("{}", resca_host::cuda::info_text());
-    Ok(())
+    super::output::print_line(resca_host::cuda::info_text().trim_end())
 }

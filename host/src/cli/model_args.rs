@@ -2,10 +2,12 @@
 //! comes from: a safetensors checkpoint (config given or inferred), a named preset with seeded
 //! random weights, or the embedded default.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use resca_reference::{Dit, DitConfig};
+
+use super::value_parsers::{positive, seed};
 
 /// Guidance scale of the papers, the default for every model but the embedded one.
 pub const PAPER_CFG_SCALE: f32 = 1.5;
@@ -21,14 +23,14 @@ pub struct ModelArgs {
     #[arg(long, value_name = "C.json", conflicts_with = "heads")]
     pub config: Option<PathBuf>,
     /// Attention heads, the one hyper-parameter the weights' shapes cannot tell.
-    #[arg(long, value_name = "H")]
+    #[arg(long, value_name = "H", allow_negative_numbers = true, value_parser = positive)]
     pub heads: Option<usize>,
     /// A preset (DiT-XL/2, DiT-L/2, DiT-B/2, DiT-S/2 and /4, /8 variants, tiny, small) with seeded
     /// random weights, for benchmarks and smoke runs.
     #[arg(long, value_name = "PRESET", conflicts_with = "weights")]
     pub model: Option<String>,
     /// Seed of the random weights of `--model`.
-    #[arg(long, default_value_t = 0, requires = "model")]
+    #[arg(long, default_value_t = 0, requires = "model", allow_negative_numbers = true, value_parser = seed)]
     pub weights_seed: u64,
 }
 
@@ -36,7 +38,9 @@ impl ModelArgs {
     /// Loads (or builds) the model these flags select.
     pub fn load(&self) -> Result<Dit> {
         let config = match &self.config {
-            Some(path) => Some(DitConfig::from_json_file(path)?),
+            Some(path) => {
+                Some(DitConfig::from_json_file(path).with_context(|| format!("reading --config {}", path.display()))?)
+            }
             None => None,
         };
         if let Some(preset) = &self.model {
@@ -55,6 +59,14 @@ impl ModelArgs {
             }
             None => resca_host::embedded::default_model(),
         }
+    }
+
+    /// The files these flags read, by flag (outputs must not replace them).
+    pub fn input_files(&self) -> Vec<(&'static str, Option<&Path>)> {
+        vec![
+            ("--weights", self.weights.as_deref()),
+            ("--config", self.config.as_deref()),
+        ]
     }
 
     /// Whether these flags select the embedded default model (no `--weights`, no `--model`).
@@ -76,13 +88,19 @@ impl ModelArgs {
     /// weights file's shapes, or the embedded default.
     pub fn config_only(&self) -> Result<DitConfig> {
         if let Some(path) = &self.config {
-            return Ok(DitConfig::from_json_file(path)?);
+            return DitConfig::from_json_file(path).with_context(|| format!("reading --config {}", path.display()));
         }
         if let Some(preset) = &self.model {
-            return Ok(DitConfig::preset(preset)?);
+            let mut config = DitConfig::preset(preset)?;
+            if let Some(heads) = self.heads {
+                config.num_heads = heads;
+                config.validate()?;
+            }
+            return Ok(config);
         }
         if let Some(path) = &self.weights {
-            let file = resca_reference::safetensors_file::SafetensorsFile::open(path)?;
+            let file = resca_reference::safetensors_file::SafetensorsFile::open(path)
+                .with_context(|| format!("reading --weights {}", path.display()))?;
             return Ok(DitConfig::infer(&file, self.heads)?);
         }
         Ok(resca_host::embedded::default_config())

@@ -6,17 +6,18 @@ use resca_host::plan::Plan;
 use super::method_args::MethodArgs;
 use super::model_args::ModelArgs;
 use super::sampling_args::SamplerKind;
-use super::value_parsers::positive;
+use super::output::print_line;
+use super::value_parsers::{cfg_scale, step_count};
 
 /// Print a method's step schedule and FLOPs without running the model.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = step_count)]
     steps: usize,
     /// Guidance doubles the model rows per sample when above 1.
-    #[arg(long, default_value_t = 1.5, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.5, allow_hyphen_values = true, value_parser = cfg_scale)]
     cfg_scale: f32,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     sampler: SamplerKind,
@@ -33,9 +34,8 @@ pub fn run(args: Args) -> Result<()> {
     method.validate(config.tokens())?;
     let plan = Plan::new(&config, &method, args.steps, args.cfg_scale > 1.0);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        print_line(&serde_json::to_string_pretty(&plan)?)
     } else {
-        println!("{}", plan.table());
+        print_line(&plan.table())
     }
-    Ok(())
 }

@@ -13,13 +13,16 @@ use resca_host::job::{SampleJob, SampleResult, final_samples};
 use resca_host::run::{Backend, run_method};
 use resca_reference::Dit;
 use resca_reference::cache::MethodKind;
-use resca_reference::safetensors_file::{OutTensor, write_safetensors};
+use resca_host::limits::{check_samples, grid_samples};
+use resca_host::outputs::Destination;
+use resca_reference::memory::{RunMemory, sampling_estimate};
+use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors_to};
 
 use super::method_args::{Method, MethodArgs};
 use super::model_args::ModelArgs;
-use super::output::progress_bar;
+use super::output::{MemoryCheck, check_outputs, print_line, progress_bar};
 use super::sampling_args::{Guidance, SamplerKind};
-use super::value_parsers::positive;
+use super::value_parsers::{sample_count, seed, step_count};
 
 /// Sample images with a caching method and report steps, FLOPs and wall time.
 #[derive(clap::Args)]
@@ -30,13 +33,13 @@ pub struct Args {
     #[arg(long, value_name = "N.safetensors", conflicts_with_all = ["seed", "batch"])]
     noise: Option<PathBuf>,
     /// Seed of the Gaussian noise.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = seed)]
     seed: u64,
     /// Seeds of the default classes x seeds grid (used when none of --noise, --batch, --labels).
-    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true, value_parser = sample_count)]
     seeds: usize,
     /// Number of samples (default: one per label).
-    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, allow_negative_numbers = true, value_parser = sample_count)]
     batch: Option<usize>,
     /// Class labels, one per sample, comma separated (default: 0, 1, 2, ... cycling).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
@@ -44,13 +47,13 @@ pub struct Args {
     #[command(flatten)]
     guidance: Guidance,
     /// Sampling steps.
-    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = positive)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = step_count)]
     steps: usize,
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
     sampler: SamplerKind,
-    /// Time shift of the flow sampler's grid (1 = uniform).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    flow_shift: f64,
+    /// Time shift of the flow sampler's grid (default 1, uniform; --sampler flow only).
+    #[arg(long, allow_hyphen_values = true)]
+    flow_shift: Option<f64>,
     #[arg(long, value_enum, default_value_t = Backend::Reference)]
     backend: Backend,
     #[command(flatten)]
@@ -67,34 +70,43 @@ pub struct Args {
     /// Print the statistics as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    memory: MemoryCheck,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = args.model.load()?;
-    let config = &model.config;
-    let cfg_scale = args.guidance.scale(&args.model)?;
     // Without --noise, --batch or --labels: the classes x seeds grid of the default run.
     let grid = args.noise.is_none() && args.batch.is_none() && args.labels.is_none();
-    let (noise, labels) = if grid {
-        class_grid(config, args.seeds, args.seed)
-    } else {
-        let noise = match &args.noise {
-            Some(path) => load_noise(path, config)?,
-            None => seeded_noise(
-                args.seed,
-                args.batch.or(args.labels.as_ref().map(Vec::len)).unwrap_or(1),
-                config,
-            ),
-        };
-        let batch = noise.dim().0;
-        let labels = match &args.labels {
-            Some(labels) if labels.len() != batch => {
-                bail!("--labels gives {} labels for a batch of {batch} samples", labels.len())
-            }
-            Some(labels) => check_labels(labels, config)?,
-            None => (0..batch).map(|i| i % config.num_classes).collect(),
-        };
-        (noise, labels)
+    let png = match args.no_png {
+        true => None,
+        false => args.png.clone().or_else(|| grid.then(|| PathBuf::from("sample.png"))),
+    };
+    // Every output is checked before anything is loaded or run.
+    let mut inputs = args.model.input_files();
+    inputs.extend([
+        ("--noise", args.noise.as_deref()),
+        ("--replay-clusters", args.method.replay_clusters.as_deref()),
+    ]);
+    let mut destinations = check_outputs(&[("--out", args.out.as_deref()), ("--png", png.as_deref())], &inputs)?.into_iter();
+    let out = args.out.as_ref().and_then(|_| destinations.next());
+    let png = png.as_ref().and_then(|_| destinations.next());
+
+    let config = args.model.config_only()?;
+    let cfg_scale = args.guidance.scale(&args.model);
+    let samples = match (&args.noise, &args.batch, &args.labels) {
+        _ if grid => grid_samples(args.seeds, config.num_classes)?,
+        (Some(path), _, _) => {
+            let file = SafetensorsFile::open(path).with_context(|| format!("reading --noise {}", path.display()))?;
+            let rows = file.nonempty_shape("noise")?[0];
+            check_samples(rows, &format!("--noise {}", path.display()))?;
+            rows
+        }
+        (None, Some(batch), _) => *batch,
+        (None, None, Some(labels)) => {
+            check_samples(labels.len(), "--labels")?;
+            labels.len()
+        }
+        (None, None, None) => 1,
     };
     let (sampler, sampler_name) = args.sampler.build(args.steps, args.flow_shift)?;
     let first_enhance = args.sampler.default_first_enhance();
@@ -116,6 +128,38 @@ pub fn run(args: Args) -> Result<()> {
     for method in &methods {
         method.validate(config.tokens())?;
     }
+    let rows = if cfg_scale > 1.0 { 2 * samples } else { samples };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let needed = methods
+        .iter()
+        .map(|method| sampling_estimate(&config, method, rows, samples, args.steps, threads))
+        .fold(RunMemory::default(), |all, run| RunMemory {
+            weights: all.weights.max(run.weights),
+            working: all.working.max(run.working),
+            // Every run's trajectory is kept until the outputs are written.
+            results: all.results.saturating_add(run.results),
+        });
+    args.memory.check(&needed, "this sampling run")?;
+
+    let model = args.model.load()?;
+    let config = &model.config;
+    let (noise, labels) = if grid {
+        class_grid(config, args.seeds, args.seed)
+    } else {
+        let noise = match &args.noise {
+            Some(path) => load_noise(path, config)?,
+            None => seeded_noise(args.seed, samples, config),
+        };
+        let batch = noise.dim().0;
+        let labels = match &args.labels {
+            Some(labels) if labels.len() != batch => {
+                bail!("--labels gives {} labels for a batch of {batch} samples", labels.len())
+            }
+            Some(labels) => check_labels(labels, config)?,
+            None => (0..batch).map(|i| i % config.num_classes).collect(),
+        };
+        (noise, labels)
+    };
     let job = SampleJob {
         noise,
         labels,
@@ -137,7 +181,7 @@ pub fn run(args: Args) -> Result<()> {
         bar.finish_and_clear();
         results.push(result);
     }
-    write_outputs(&args, &model, &job, &results, grid)?;
+    write_outputs(out.as_ref(), png.as_ref(), &model, &job, &results, grid)?;
     let stats: Vec<_> = results.iter().map(|r| &r.stats).collect();
     if args.json {
         let json = if stats.len() == 1 {
@@ -145,21 +189,21 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             serde_json::to_value(&stats)?
         };
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        print_line(&serde_json::to_string_pretty(&json)?)?;
     } else {
         for s in &stats {
-            println!("{}\n", s.table());
+            print_line(&format!("{}\n", s.table()))?;
         }
         if let [full, cached] = &results[..] {
             let (a, b) = (final_samples(full), final_samples(cached));
-            println!(
+            print_line(&format!(
                 "{} vs full compute: {:.2}x fewer FLOPs, {:.2}x faster, final samples RMSE {:.4}, PSNR {:.1} dB",
                 cached.stats.method,
                 cached.stats.flops_speedup,
                 full.stats.wall_s / cached.stats.wall_s,
                 rmse(a.view(), b.view()),
                 psnr(a.view(), b.view(), 2.0)
-            );
+            ))?;
         }
     }
     Ok(())
@@ -167,9 +211,16 @@ pub fn run(args: Args) -> Result<()> {
 
 /// `--out`: the last run's trajectory (with the full-compute one as `x_full` when two ran);
 /// `--png`: one panel per run, laid out classes x seeds in grid mode.
-fn write_outputs(args: &Args, model: &Dit, job: &SampleJob, results: &[SampleResult], grid: bool) -> Result<()> {
+fn write_outputs(
+    out: Option<&Destination>,
+    png: Option<&Destination>,
+    model: &Dit,
+    job: &SampleJob,
+    results: &[SampleResult],
+    grid: bool,
+) -> Result<()> {
     let last = results.last().expect("at least one run");
-    if let Some(path) = &args.out {
+    if let Some(out) = out {
         let mut metadata = HashMap::new();
         metadata.insert("config".to_string(), serde_json::to_string(&model.config)?);
         metadata.insert("stats".to_string(), serde_json::to_string(&last.stats)?);
@@ -186,14 +237,9 @@ fn write_outputs(args: &Args, model: &Dit, job: &SampleJob, results: &[SampleRes
         if results.len() > 1 {
             tensors.push(("x_full".to_string(), OutTensor::F32(results[0].x.clone().into_dyn())));
         }
-        write_safetensors(path, tensors, metadata).with_context(|| format!("writing --out {}", path.display()))?;
+        out.write(|w| write_safetensors_to(w, &tensors, &metadata))?;
     }
-    let png = if args.no_png {
-        None
-    } else {
-        args.png.clone().or_else(|| grid.then(|| PathBuf::from("sample.png")))
-    };
-    if let Some(path) = &png {
+    if let Some(png) = png {
         let cols = if grid { model.config.num_classes } else { 8 };
         let samples: Vec<_> = results.iter().map(final_samples).collect();
         let figure = panels(
@@ -208,9 +254,7 @@ fn write_outputs(args: &Args, model: &Dit, job: &SampleJob, results: &[SampleRes
                 .collect::<Vec<_>>(),
             3,
         );
-        figure
-            .write_png(path)
-            .with_context(|| format!("writing --png {}", path.display()))?;
+        png.write(|w| figure.encode_png(w))?;
     }
     Ok(())
 }

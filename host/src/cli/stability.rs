@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use resca_host::figures::canvas::Canvas;
+
+use super::output::{check_outputs, print_line};
+use super::value_parsers::non_negative;
 
 /// Stability of the explicit/implicit Taylor and BDF2 updates on y' = lambda y.
 #[derive(clap::Args)]
@@ -12,7 +16,7 @@ pub struct Args {
     #[arg(long)]
     scheme: resca_proofs::Scheme,
     /// Order M (1-4 for the Taylor schemes, 2 for BDF2).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = order)]
     order: u32,
     /// Draw the stability region (|G| <= 1) into this PNG.
     #[arg(long, value_name = "FILE.png")]
@@ -21,16 +25,28 @@ pub struct Args {
     json: bool,
 }
 
+/// An order: a non-negative integer that fits 32 bits (the analysis checks its range).
+fn order(text: &str) -> Result<u32, String> {
+    let value = non_negative(text)?;
+    u32::try_from(value).map_err(|_| format!("{value} is too large for an order"))
+}
+
 pub fn run(args: Args) -> Result<()> {
+    let png = check_outputs(&[("--png", args.png.as_deref())], &[])?.into_iter().next();
     let report = resca_proofs::analyse(args.scheme, args.order)?;
-    if let Some(path) = &args.png {
-        resca_proofs::render_stability_png(args.scheme, args.order, path, 500, 400)
-            .with_context(|| format!("writing --png {}", path.display()))?;
+    if let Some(png) = &png {
+        let image = resca_proofs::render_stability_image(args.scheme, args.order, 500, 400)?;
+        let canvas = Canvas {
+            width: image.width as usize,
+            height: image.height as usize,
+            rgb: image.pixels.concat(),
+        };
+        png.write(|w| canvas.encode_png(w))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print_line(&serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!(
+        print_line(&format!(
             "{} order {}: A-stable: {}; max |G| on the imaginary axis: {}",
             args.scheme,
             args.order,
@@ -40,9 +56,12 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 "unbounded".to_string()
             }
-        );
+        ))?;
         if let Some(c) = report.counterexample {
-            println!("counterexample: z = {:.6} {:+.6}i, |G| = {:.6}", c.re, c.im, c.gain);
+            print_line(&format!(
+                "counterexample: z = {:.6} {:+.6}i, |G| = {:.6}",
+                c.re, c.im, c.gain
+            ))?;
         }
     }
     Ok(())

@@ -1,13 +1,12 @@
 //! A small RGB raster for the CLI's pictures (sample grids, trajectory plots): filled
 //! rectangles, lines, dots, images and text in a built-in 5x7 pixel font, written as PNG
-//! atomically (temporary file, then rename).
+//! through [`crate::outputs`] (a fresh temporary file, then a rename).
 
-use std::io::BufWriter;
+use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ndarray::ArrayView3;
-use resca_reference::safetensors_file::{finish_atomic_write, temporary_sibling};
 
 pub type Rgb = [u8; 3];
 
@@ -137,22 +136,18 @@ impl Canvas {
 
     /// Writes an 8-bit RGB PNG (temporary file, then renamed; nothing is left on failure).
     pub fn write_png(&self, path: &Path) -> Result<()> {
-        let temp = temporary_sibling(path);
-        let written = (|| -> Result<()> {
-            let file = std::fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
-            let mut encoder = png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
-            encoder.set_color(png::ColorType::Rgb);
-            encoder.set_depth(png::BitDepth::Eight);
-            let mut writer = encoder.write_header()?;
-            writer.write_image_data(&self.rgb)?;
-            writer.finish()?;
-            Ok(())
-        })();
-        let written = written.map_err(|e| resca_reference::Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!("{e:#}")),
-        });
-        Ok(finish_atomic_write(path, &temp, written)?)
+        let destination = crate::outputs::check_destinations(&[("the PNG", path)], &[])?.remove(0);
+        destination.write(|w| self.encode_png(w))
+    }
+
+    /// The PNG encoding of the canvas (8-bit RGB).
+    pub fn encode_png(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut encoder = png::Encoder::new(out, self.width as u32, self.height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        writer.write_image_data(&self.rgb).map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)
     }
 }
 

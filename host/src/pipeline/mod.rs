@@ -128,6 +128,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
         cfg_scale: f32,
     ) -> Result<Array4<f32>, PipelineError> {
         self.model.validate_inputs(x, timesteps, labels)?;
+        resca_reference::model::check_cfg_scale(cfg_scale)?;
         let b = x.dim().0;
         if !b.is_multiple_of(2) {
             return Err(
@@ -169,6 +170,15 @@ impl<'m, D: Device> Pipeline<'m, D> {
             launch::cfg_mix(&mut self.dev, act.out.all(), b / 2, oc, side * side, scale)?;
         }
         let out = self.dev.download_vec(act.out.all())?;
+        if !out.iter().all(|v| v.is_finite()) {
+            let input = match cfg_scale {
+                Some(_) => resca_reference::model::guided_input(x)?,
+                None => x.to_owned(),
+            };
+            let error =
+                resca_reference::sampler::forward_divergence(self.model, input.view(), timesteps, labels, cfg_scale);
+            return Err(error.into());
+        }
         Ok(Array4::from_shape_vec((b, oc, side, side), out).expect("sized by the model"))
     }
 
@@ -191,9 +201,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
         let b = noise.dim().0;
         self.model.validate_inputs(noise, &vec![0.0; b], labels)?;
         if let Some(scale) = cfg_scale {
-            if !scale.is_finite() {
-                return Err(resca_reference::Error::Input(format!("--cfg-scale {scale} is not finite")).into());
-            }
+            resca_reference::model::check_cfg_scale(scale)?;
             if !b.is_multiple_of(2) {
                 return Err(resca_reference::Error::Input(format!(
                     "a guided batch needs an even size ([x; x]), got {b}"
@@ -256,6 +264,33 @@ impl<'m, D: Device> Pipeline<'m, D> {
             }
             let state = self.dev.download_vec(x.all())?;
             let out = self.dev.download_vec(act.out.all())?;
+            if !(state.iter().all(|v| v.is_finite()) && out.iter().all(|v| v.is_finite())) {
+                // Where it first goes wrong, from the reference's forward of the step's input.
+                let before = xs.index_axis(Axis(0), position);
+                let input = match cfg_scale {
+                    Some(_) => resca_reference::model::guided_input(before)?,
+                    None => before.to_owned(),
+                };
+                let cached_step = engine.as_ref().is_some_and(|e| e.step_work() != StepWork::full(&c));
+                let error = match out.iter().all(|v| v.is_finite()) {
+                    true => resca_reference::sampler::update_divergence(sampler, position, cfg_scale),
+                    false => resca_reference::sampler::sampling_divergence(
+                        self.model,
+                        sampler,
+                        position,
+                        input.view(),
+                        labels,
+                        cfg_scale,
+                        cached_step,
+                    ),
+                };
+                self.activations = Some(act);
+                self.dev.free(x.id())?;
+                if let Some(e) = engine {
+                    e.release(&mut self.dev)?;
+                }
+                return Err(error.into());
+            }
             xs.slice_mut(s![position + 1, .., .., .., ..])
                 .assign(&ndarray::ArrayView4::from_shape((b, ch, side, side), &state).expect("sized"));
             outs.slice_mut(s![position, .., .., .., ..])

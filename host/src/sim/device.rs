@@ -10,7 +10,7 @@ use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{ArgSource, BufferElement, Global, GlobalMut};
 
 use super::{SimError, launch};
-use crate::pipeline::device::{Arg, Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, RawSlice, Slice};
+use crate::pipeline::device::{Arg, Buffer, DType, Device, DeviceError, Element, KernelCall, RawSlice, Slice};
 
 /// A kernel that failed a simulator check, as the pipeline's device error (the [`SimError`]
 /// itself is inside: `DeviceError::Kernel(e)` with `e.downcast_ref::<SimError>()`).

@@ -575,7 +575,7 @@ pub fn read_clusterings(
     }
     let labels: Vec<usize> = labels.iter().map(|&v| v as usize).collect();
     let proxies: Vec<usize> = proxies.iter().map(|&v| v as usize).collect();
-    Ok(steps
+    let records: Vec<ClusteringRecord> = steps
         .iter()
         .enumerate()
         .map(|(k, &step_index)| ClusteringRecord {
@@ -588,7 +588,54 @@ pub fn read_clusterings(
                 .collect(),
             similarity: Vec::new(),
         })
-        .collect())
+        .collect();
+    check_recorded_clusters(&records, clusters).map_err(|e| Error::Input(format!("{path}: {e}")))?;
+    Ok(records)
+}
+
+/// Checks recorded clusterings for what a run relies on: each step index once, every one of
+/// the `clusters` clusters of every row non-empty, and each cluster's proxy one of its members.
+fn check_recorded_clusters(records: &[ClusteringRecord], clusters: usize) -> std::result::Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for record in records {
+        let step = record.step_index;
+        if !seen.insert(step) {
+            return Err(format!("`clus.cluster_step` holds step {step} twice"));
+        }
+        for (row, clustering) in record.rows.iter().enumerate() {
+            let mut members = vec![0usize; clusters];
+            for &label in &clustering.labels {
+                members[label] += 1;
+            }
+            if let Some(empty) = members.iter().position(|&m| m == 0) {
+                return Err(format!(
+                    "step {step}, row {row}: cluster {empty} has no token in `clus.cluster_indices`"
+                ));
+            }
+            for (cluster, &proxy) in clustering.proxies.iter().enumerate() {
+                if clustering.labels[proxy] != cluster {
+                    return Err(format!(
+                        "step {step}, row {row}: `clus.proxy_indices` names token {proxy} as the proxy of cluster {cluster}, but that token is in cluster {}",
+                        clustering.labels[proxy]
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fails unless every recorded clustering is at one of the run's full steps (`full_steps`, the
+/// sampler step indices at which the method clusters): a record at any other step would never
+/// be used. `source` names the file in the message.
+pub fn check_replay_steps(source: &str, records: &[ClusteringRecord], full_steps: &[i64]) -> Result<()> {
+    if let Some(record) = records.iter().find(|r| !full_steps.contains(&r.step_index)) {
+        return Err(Error::Input(format!(
+            "{source}: the clustering recorded at step {} matches no full step of this run (full steps: {:?}); check --steps, --interval and --first-enhance",
+            record.step_index, full_steps
+        )));
+    }
+    Ok(())
 }
 
 /// The step hook of `method`: the plain forward for `full`, else a [`CachingHook`].
