@@ -47,6 +47,7 @@ done
 echo "every-device tests on the GPU: $(grep -oE 'test result: .*' "$out/every-device.txt" | tr '\n' ' ')"
 # The example hosts of libresca: their kernel launches on this GPU against the simulator.
 "$unpacked/c_host" tests/vectors/tiny >"$out/examples.txt" 2>&1 || status=1
+RESCA_PTX_ARCH=sm_80 "$unpacked/c_host" tests/vectors/tiny >>"$out/examples.txt" 2>&1 || status=1
 if python3 -c 'import torch' 2>/dev/null || python3 -c 'import numpy' 2>/dev/null; then
     python3 examples/python_host/resca_host.py --library "$unpacked/libresca.so" >>"$out/examples.txt" 2>&1 || status=1
 else

@@ -108,3 +108,45 @@ pub extern "C" fn resca_status_name(status: i32) -> *const c_char {
     };
     name.as_ptr().cast()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY: the library's NUL-terminated message.
+        unsafe { CStr::from_ptr(resca_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_with_its_message() {
+        let status = entry(|| panic!("an index out of range"));
+        assert_eq!(status, RescaStatus::Internal);
+        assert!(last().contains("internal error in libresca"), "{}", last());
+        assert!(last().contains("an index out of range"), "{}", last());
+        let status = entry(|| Err(Error::new(RescaStatus::Io, "a file\0with a NUL")));
+        assert_eq!(status, RescaStatus::Io);
+        assert_eq!(last(), "a file?with a NUL");
+        assert_eq!(entry(|| Ok(())), RescaStatus::Ok);
+        assert_eq!(last(), "a file?with a NUL", "a success leaves the message");
+    }
+
+    #[test]
+    fn every_status_has_its_name() {
+        // SAFETY: static NUL-terminated names.
+        let name = |s: i32| {
+            unsafe { CStr::from_ptr(resca_status_name(s)) }
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(name(RescaStatus::Ok as i32), "RESCA_STATUS_OK");
+        assert_eq!(name(RescaStatus::Kernel as i32), "RESCA_STATUS_KERNEL");
+        assert_eq!(name(RescaStatus::Internal as i32), "RESCA_STATUS_INTERNAL");
+        assert_eq!(name(42), "unknown status");
+    }
+}

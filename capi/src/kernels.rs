@@ -497,7 +497,7 @@ impl Params<'_> {
         if per_item == 0 {
             return Ok(0);
         }
-        if len % per_item != 0 {
+        if !len.is_multiple_of(per_item) {
             return Err(DeviceError::Invalid(format!(
                 "kernel `{}`: `{name}` holds {len} elements, not a whole number of {rule} = {per_item} \
                  (its length sets the batch)",
@@ -627,7 +627,8 @@ pub fn rule(kernel: Kernel) -> Rule {
             plan: |dev, p| {
                 let (c, side, patch, hidden) = (p.u("channels"), p.u("side"), p.u("patch"), p.u("hidden"));
                 let batch = p.count("x", product(&[c, side, side]), "channels side²")?;
-                let tokens = if patch == 0 { 0 } else { (side / patch) * (side / patch) };
+                let grid_side = side.checked_div(patch).unwrap_or(0);
+                let tokens = grid_side * grid_side;
                 p.need("w", product(&[hidden, c, patch, patch]), "hidden channels patch²")?;
                 p.need("bias", hidden as u128, "hidden")?;
                 p.need("pos", product(&[tokens, hidden]), "tokens hidden")?;
@@ -1134,7 +1135,7 @@ fn step_sizes(p: &Params) -> std::result::Result<(usize, usize, usize, usize), D
     let (total, c, oc, pixels) = (p.u("total"), p.u("channels"), p.u("out_channels"), p.u("pixels"));
     let name = p.kernel().name();
     let image = c * pixels;
-    if total > 0 && (image == 0 || total % image != 0 || oc < c) {
+    if total > 0 && (image == 0 || !total.is_multiple_of(image) || oc < c) {
         return Err(DeviceError::Invalid(format!(
             "kernel `{name}`: total {total} must be a multiple of channels pixels = {image}, and out_channels \
              {oc} at least channels {c}"

@@ -6,6 +6,7 @@
  * the simulator. Without a GPU it prints `SKIP: GPU path: <why>`.
  *
  * Usage: c_host [VECTORS_DIR]   (default tests/vectors/tiny; run from the repository root)
+ * RESCA_PTX_ARCH=sm_80 loads the sm_80 PTX module on a newer GPU instead of the newest it runs.
  * Exit status: 0 when every check passes. */
 #include <math.h>
 #include <stdarg.h>
@@ -543,7 +544,8 @@ int main(int argc, char **argv) {
             cuda.cuDeviceGet(&device, 0);
             Backend probe = {.name = "gpu", .cuda = &cuda};
             cuda_check(&probe, cuda.cuCtxCreate(&context, 0, device), "cuCtxCreate");
-            opened = resca_gpu_open(context, NULL, &kernels);
+            /* RESCA_PTX_ARCH=sm_80 loads the Ampere module on a newer GPU (NULL: the newest). */
+            opened = resca_gpu_open(context, getenv("RESCA_PTX_ARCH"), &kernels);
             if (opened == RESCA_STATUS_NO_GPU) snprintf(why, sizeof why, "%s", resca_last_error());
             else check(opened, "resca_gpu_open");
         }
