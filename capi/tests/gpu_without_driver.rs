@@ -20,7 +20,7 @@ fn last_error() -> String {
 fn without_a_driver_opening_fails_with_the_reason_and_null_handles_are_refused() {
     // SAFETY: the only test of this process, and it starts no thread before this.
     unsafe { std::env::set_var("RESCA_CUDA_DISABLE", "1") };
-    let mut gpu = 1usize as *mut resca::gpu::RescaGpu;
+    let mut gpu = std::ptr::dangling_mut::<resca::gpu::RescaGpu>();
     // SAFETY: a place for the handle; no context is touched without a driver.
     let status = unsafe { resca_gpu_open(null_mut(), null(), &mut gpu) };
     assert_eq!(status, RescaStatus::NoGpu, "{}", last_error());
