@@ -58,7 +58,7 @@ thread_local! {
 fn set_last_error(message: &str) {
     // A NUL inside a message (from a file name, say) would end the C string early: shown as `?`.
     let text = CString::new(message.replace('\0', "?")).expect("no NUL left");
-    LAST_ERROR.with(|last| *last.borrow_mut() = text);
+    let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = text);
 }
 
 /// Runs the body of an entry point: its result becomes the status, its error the thread's last
@@ -89,7 +89,10 @@ pub fn entry(body: impl FnOnce() -> Result<()>) -> RescaStatus {
 /// failing call on the same thread; copy it to keep it longer. Never free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn resca_last_error() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ptr())
+    // `try_with`: no panic even while the thread's storage is being torn down.
+    LAST_ERROR
+        .try_with(|last| last.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// The name of a status (`"RESCA_STATUS_INVALID_ARGUMENT"`; `"unknown status"` for a value

@@ -12,8 +12,9 @@
 //!
 //! Conventions of every entry point:
 //! * it returns a [`RescaStatus`] (`RESCA_STATUS_OK` = 0) and, on failure, leaves a message for
-//!   the calling thread (`resca_last_error`); nothing panics across the boundary (a bug is
-//!   `RESCA_STATUS_INTERNAL`);
+//!   the calling thread (`resca_last_error`); nothing panics across the boundary: every entry
+//!   that can fail runs under `catch_unwind` (a bug is `RESCA_STATUS_INTERNAL`), the others
+//!   (versions, names, defaults) cannot panic;
 //! * null pointers, lengths that do not match the sizes and unknown names are refused with a
 //!   message; lengths are in elements;
 //! * ownership is stated per function: handles (`RescaModel`, `RescaGpu`) belong to the host
@@ -60,11 +61,14 @@ pub extern "C" fn resca_kernel_count() -> usize {
 #[unsafe(no_mangle)]
 pub extern "C" fn resca_kernel_name(index: usize) -> *const c_char {
     static NAMES: std::sync::OnceLock<Vec<std::ffi::CString>> = std::sync::OnceLock::new();
-    let names = NAMES.get_or_init(|| {
-        resca_host::pipeline::Kernel::ALL
-            .iter()
-            .map(|k| std::ffi::CString::new(k.name()).expect("kernel names have no NUL"))
-            .collect()
-    });
-    names.get(index).map_or(std::ptr::null(), |n| n.as_ptr())
+    std::panic::catch_unwind(|| {
+        let names = NAMES.get_or_init(|| {
+            resca_host::pipeline::Kernel::ALL
+                .iter()
+                .map(|k| std::ffi::CString::new(k.name()).expect("kernel names have no NUL"))
+                .collect()
+        });
+        names.get(index).map_or(std::ptr::null(), |n| n.as_ptr())
+    })
+    .unwrap_or(std::ptr::null())
 }
