@@ -15,6 +15,8 @@ mkdir -p target/examples
 # --print native-static-libs`): OpenBLAS and the C runtime's.
 gcc -std=c11 -O2 -Wall -Wextra -Werror -Icapi/include examples/c_host/*.c target/debug/libresca.a \
     -lopenblas -ldl -lgcc_s -lutil -lrt -lpthread -lm -lc -o target/examples/c_host
+# The header is C++ as well (everything `extern "C"`).
+g++ -std=c++17 -Wall -Wextra -Werror -fsyntax-only -Icapi/include -x c++ capi/include/resca.h
 [ "${1:-}" = "--build-only" ] && exit 0
 echo "== examples/c_host (static libresca.a)"
 target/examples/c_host tests/vectors/tiny
