@@ -3,8 +3,10 @@
 # no Rust toolchain: target/gpu-bundle.tar.xz holds the stripped `cuda_gpu` test binary (built
 # with the `cust` feature against the stub libcuda, so Rust-CUDA's backend is tested too), the
 # `sim_forward` and `sim_methods` test binaries (their tests run on every device present), the
-# `gpu` bench, the `resca` binary the CLI test runs, and the build machine's OpenBLAS with its
-# libraries. On the GPU machine, in a checkout of the same commit: scripts/gpu-run-bundle.sh.
+# `gpu` bench, the `resca` binary the CLI test runs, the example hosts of libresca (the C host,
+# linked statically, and libresca.so for the Python host; examples/run.sh builds them), and the
+# build machine's OpenBLAS with its libraries. On the GPU machine, in a checkout of the same
+# commit: scripts/gpu-run-bundle.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 executable() { # the path of the executable cargo built for one target, from its JSON messages
@@ -20,6 +22,7 @@ sim_forward=$(cargo test -q -p resca-host --test sim_forward --no-run --message-
 sim_methods=$(cargo test -q -p resca-host --test sim_methods --no-run --message-format=json | executable sim_methods)
 bench=$(cargo bench -q -p resca-host --bench gpu --no-run --message-format=json | executable gpu)
 cargo build -q -p resca-host --bin resca
+bash examples/run.sh --build-only
 work=$(mktemp -d)
 mkdir -p "$work/lib"
 cp "$tests" "$work/cuda_gpu"
@@ -27,7 +30,10 @@ cp "$sim_forward" "$work/sim_forward"
 cp "$sim_methods" "$work/sim_methods"
 cp "$bench" "$work/gpu_bench"
 cp target/debug/resca "$work/resca"
-strip "$work/cuda_gpu" "$work/sim_forward" "$work/sim_methods" "$work/gpu_bench" "$work/resca"
+cp target/examples/c_host "$work/c_host"
+cp target/debug/libresca.so "$work/libresca.so"
+strip "$work/cuda_gpu" "$work/sim_forward" "$work/sim_methods" "$work/gpu_bench" "$work/resca" "$work/c_host" \
+    "$work/libresca.so"
 for lib in $(ldd "$work/resca" | awk '/openblas|gfortran|quadmath/ {print $3}'); do
     cp -L "$lib" "$work/lib/"
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs what scripts/gpu-bundle.sh packed, on a GPU machine, from the root of a checkout of the
 # same commit: `resca info`, the GPU tests (cudarc and cust backends; the sm_90 module where the
-# GPU runs it, then the sm_80 one; the GPU halves of `sim_forward` and `sim_methods`),
+# GPU runs it, then the sm_80 one; the GPU halves of `sim_forward` and `sim_methods`), the GPU
+# path of the example hosts of libresca (C; Python where PyTorch with CUDA is installed),
 # compute-sanitizer's memcheck and racecheck over every kernel's replayed launches (where
 # compute-sanitizer is installed), and the GPU benchmark with PyTorch beside it. Logs go to $OUT
 # (default ./gpu-logs).
@@ -44,6 +45,15 @@ for test in sim_forward sim_methods; do
     "$unpacked/$test" ::cuda --test-threads=1 --nocapture >>"$out/every-device.txt" 2>&1 || status=1
 done
 echo "every-device tests on the GPU: $(grep -oE 'test result: .*' "$out/every-device.txt" | tr '\n' ' ')"
+# The example hosts of libresca: their kernel launches on this GPU against the simulator.
+"$unpacked/c_host" tests/vectors/tiny >"$out/examples.txt" 2>&1 || status=1
+RESCA_PTX_ARCH=sm_80 "$unpacked/c_host" tests/vectors/tiny >>"$out/examples.txt" 2>&1 || status=1
+if python3 -c 'import torch' 2>/dev/null || python3 -c 'import numpy' 2>/dev/null; then
+    python3 examples/python_host/resca_host.py --library "$unpacked/libresca.so" >>"$out/examples.txt" 2>&1 || status=1
+else
+    echo "SKIP: examples/python_host: python3 has neither torch nor numpy" >>"$out/examples.txt"
+fi
+grep -E 'GPU|SKIP|FAILED|passed|failed' "$out/examples.txt" | sed 's/^/examples: /'
 if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
         timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 "$unpacked/cuda_gpu" \

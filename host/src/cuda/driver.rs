@@ -59,7 +59,8 @@ impl CudaInfo {
     }
 }
 
-fn driver_error(e: result::DriverError) -> String {
+/// A driver error as `NAME: description`.
+pub fn driver_error(e: result::DriverError) -> String {
     let name = e.error_name().map(|n| n.to_string_lossy().into_owned());
     let text = e.error_string().map(|n| n.to_string_lossy().into_owned());
     match (name, text) {
@@ -182,7 +183,9 @@ pub fn chosen_module(major: u32, minor: u32) -> Result<&'static PtxModule, Strin
     module_choice(major, minor, std::env::var("RESCA_PTX_ARCH").ok().as_deref())
 }
 
-fn module_choice(major: u32, minor: u32, forced: Option<&str>) -> Result<&'static PtxModule, String> {
+/// The committed PTX module for a GPU of compute capability `major.minor`: the one named by
+/// `forced` (`sm_80`, `sm_90`; none or empty: the newest the GPU runs), or why there is none.
+pub fn module_choice(major: u32, minor: u32, forced: Option<&str>) -> Result<&'static PtxModule, String> {
     let too_old = || format!("sm_{major}{minor}, and the kernels need sm_80 or later");
     let Some(arch) = forced.filter(|a| !a.is_empty()) else {
         return module_for(major, minor).ok_or_else(too_old);
@@ -210,6 +213,61 @@ pub fn default_ordinal() -> usize {
         .unwrap_or(0)
 }
 
+/// JIT-compiles `module` into the context current on the calling thread
+/// (`cuModuleLoadDataEx`, with the JIT's error log in the error).
+pub fn load_module(module: &PtxModule) -> Result<sys::CUmodule, String> {
+    let source = CString::new(module.ptx).map_err(|_| format!("{}: a NUL byte in the PTX", module.file))?;
+    let mut log = vec![0u8; 16 * 1024];
+    let mut options = [
+        sys::CUjit_option_enum::CU_JIT_ERROR_LOG_BUFFER,
+        sys::CUjit_option_enum::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+    ];
+    let mut values = [log.as_mut_ptr().cast::<c_void>(), log.len() as *mut c_void];
+    let mut handle = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated PTX image and two JIT options with their values (a buffer and
+    // its size passed by value, as the driver API specifies); a context is current (the
+    // caller's contract).
+    let loaded = unsafe {
+        sys::cuModuleLoadDataEx(
+            &mut handle,
+            source.as_ptr().cast(),
+            options.len() as u32,
+            options.as_mut_ptr(),
+            values.as_mut_ptr(),
+        )
+    }
+    .result();
+    if let Err(e) = loaded {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        return Err(format!(
+            "JIT-compiling {} failed: {}: {}",
+            module.file,
+            driver_error(e),
+            String::from_utf8_lossy(&log[..end]).trim()
+        ));
+    }
+    Ok(handle)
+}
+
+/// What the driver compiled for `function` (registers, static shared and local memory, the
+/// largest block).
+///
+/// # Safety
+/// `function` is a function of a module loaded in a live context.
+pub unsafe fn function_attributes(function: sys::CUfunction) -> Result<FunctionAttributes, String> {
+    use sys::CUfunction_attribute_enum as A;
+    let get = |a| {
+        // SAFETY: the caller's contract.
+        unsafe { result::function::get_function_attribute(function, a) }.map_err(driver_error)
+    };
+    Ok(FunctionAttributes {
+        registers: get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
+        static_shared_bytes: get(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
+        local_bytes: get(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
+        max_threads_per_block: get(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
+    })
+}
+
 /// The cudarc binding: a primary context, the loaded module, the null stream.
 pub struct Cudarc {
     ctx: Arc<CudaContext>,
@@ -222,35 +280,7 @@ impl Cudarc {
         let ctx = quietly(|| CudaContext::new(ordinal))
             .ok_or_else(|| format!("device {ordinal}: the driver lacks a function cudarc needs"))?
             .map_err(|e| format!("device {ordinal}: {}", driver_error(e)))?;
-        let source = CString::new(module.ptx).map_err(|_| format!("{}: a NUL byte in the PTX", module.file))?;
-        let mut log = vec![0u8; 16 * 1024];
-        let mut options = [
-            sys::CUjit_option_enum::CU_JIT_ERROR_LOG_BUFFER,
-            sys::CUjit_option_enum::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
-        ];
-        let mut values = [log.as_mut_ptr().cast::<c_void>(), log.len() as *mut c_void];
-        let mut handle = std::ptr::null_mut();
-        // SAFETY: a NUL-terminated PTX image and two JIT options with their values (a buffer and
-        // its size passed by value, as the driver API specifies); the context is current.
-        let loaded = unsafe {
-            sys::cuModuleLoadDataEx(
-                &mut handle,
-                source.as_ptr().cast(),
-                options.len() as u32,
-                options.as_mut_ptr(),
-                values.as_mut_ptr(),
-            )
-        }
-        .result();
-        if let Err(e) = loaded {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            return Err(format!(
-                "JIT-compiling {} failed: {}: {}",
-                module.file,
-                driver_error(e),
-                String::from_utf8_lossy(&log[..end]).trim()
-            ));
-        }
+        let handle = load_module(module)?;
         Ok(Self { ctx, module: handle })
     }
 
@@ -311,17 +341,8 @@ impl Driver for Cudarc {
     }
 
     fn attributes(&mut self, function: &Self::Function) -> Result<FunctionAttributes, String> {
-        use sys::CUfunction_attribute_enum as A;
-        let get = |a| {
-            // SAFETY: a function of the loaded module.
-            unsafe { result::function::get_function_attribute(*function, a) }.map_err(driver_error)
-        };
-        Ok(FunctionAttributes {
-            registers: get(A::CU_FUNC_ATTRIBUTE_NUM_REGS)?,
-            static_shared_bytes: get(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?,
-            local_bytes: get(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?,
-            max_threads_per_block: get(A::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?,
-        })
+        // SAFETY: a function of the loaded module, which lives as long as `self`.
+        unsafe { function_attributes(*function) }
     }
 
     unsafe fn launch(

@@ -182,25 +182,26 @@ impl<D: Driver> GpuDevice<D> {
         }
         Ok(buffer.address + (slice.offset * element_size(slice.dtype)) as u64)
     }
+}
 
-    /// Checks a launch's geometry against what the kernel was compiled for.
-    fn check_dims(&self, call: &KernelCall, attributes: FunctionAttributes) -> Result<(), DeviceError> {
-        let name = call.kernel.name();
-        let threads = call.dims.block.count();
-        if threads == 0 || threads > attributes.max_threads_per_block as u64 {
-            return Err(DeviceError::Invalid(format!(
-                "kernel `{name}`: {threads} threads per block, the compiled kernel allows {}",
-                attributes.max_threads_per_block
-            )));
-        }
-        if call.dims.shared_bytes as i64 > attributes.static_shared_bytes as i64 {
-            return Err(DeviceError::Invalid(format!(
-                "kernel `{name}`: the launch expects {} bytes of shared memory, the kernel declares {}",
-                call.dims.shared_bytes, attributes.static_shared_bytes
-            )));
-        }
-        Ok(())
+/// Checks a launch's geometry against what the kernel was compiled for (its attributes as the
+/// driver reports them): the threads per block and the static shared memory.
+pub fn check_dims(call: &KernelCall, attributes: FunctionAttributes) -> Result<(), DeviceError> {
+    let name = call.kernel.name();
+    let threads = call.dims.block.count();
+    if threads == 0 || threads > attributes.max_threads_per_block as u64 {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{name}`: {threads} threads per block, the compiled kernel allows {}",
+            attributes.max_threads_per_block
+        )));
     }
+    if call.dims.shared_bytes as i64 > attributes.static_shared_bytes as i64 {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{name}`: the launch expects {} bytes of shared memory, the kernel declares {}",
+            call.dims.shared_bytes, attributes.static_shared_bytes
+        )));
+    }
+    Ok(())
 }
 
 impl<D: Driver> Device for GpuDevice<D> {
@@ -303,7 +304,7 @@ impl<D: Driver> Device for GpuDevice<D> {
     fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError> {
         let kernel = &self.kernels[&call.kernel];
         let attributes = kernel.attributes;
-        self.check_dims(call, attributes)?;
+        check_dims(call, attributes)?;
         let params = pack(call, &kernel.params, |slice, what| self.address(slice, what))?;
         if call.dims.grid.count() == 0 {
             return Ok(());
