@@ -412,6 +412,9 @@ pub struct Calibrator {
     /// Choices for this process only: the built-in rule where a measurement was starved.
     provisional: Mutex<HashMap<Key, KernelChoice>>,
     keep_busy_measurements: bool,
+    /// The CPU time of this process so far ([`process_cpu_seconds`]); the tests give a clock
+    /// that other tests' threads cannot move.
+    cpu_clock: fn() -> Option<f64>,
     /// Held while a choice is measured: one measurement at a time, so that they do not slow
     /// each other down.
     measuring: Mutex<()>,
@@ -460,6 +463,7 @@ impl Calibrator {
             table: Mutex::new(HashMap::new()),
             provisional: Mutex::new(HashMap::new()),
             keep_busy_measurements: settings.keep_busy_measurements,
+            cpu_clock: process_cpu_seconds,
             measuring: Mutex::new(()),
             measurements: AtomicUsize::new(0),
             measured_nanos: AtomicU64::new(0),
@@ -600,15 +604,13 @@ impl Calibrator {
         if let Some(choice) = self.known(key) {
             return choice;
         }
-        let (started, cpu_before) = (Instant::now(), process_cpu_seconds());
+        let (started, cpu_before) = (Instant::now(), (self.cpu_clock)());
         // Timed as the model runs its products: on the pool with the workers awake.
         let learnt = parallel::with_workers_awake(measure);
         let wall = started.elapsed().as_secs_f64();
         self.measured_nanos.fetch_add((wall * 1e9) as u64, Ordering::Relaxed);
         self.measurements.fetch_add(1, Ordering::Relaxed);
-        let cpu = process_cpu_seconds()
-            .zip(cpu_before)
-            .map(|(after, before)| after - before);
+        let cpu = (self.cpu_clock)().zip(cpu_before).map(|(after, before)| after - before);
         if !self.keep_busy_measurements && cpu.is_some_and(|cpu| starved(cpu, wall, rayon::current_num_threads())) {
             self.provisional
                 .lock()
@@ -1181,8 +1183,10 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
-    /// A measurement starved of the cores (here: one that sleeps, on a pool of one thread) keeps
-    /// the built-in choice for the process and writes nothing, unless told to keep it.
+    /// A measurement starved of the cores (here: one that sleeps, on a pool of one thread, timed
+    /// by a CPU clock of this measurement alone, since the tests beside it keep the process's
+    /// clock running) keeps the built-in choice for the process and writes nothing, unless told
+    /// to keep it.
     #[test]
     fn a_starved_measurement_is_not_kept() {
         assert!(starved(0.1, 1.0, 2) && starved(0.0, 0.5, 1));
@@ -1209,6 +1213,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let mut calibrator = calibrating_in(dir.path());
         calibrator.keep_busy_measurements = false;
+        calibrator.cpu_clock = || Some(0.0);
         assert_eq!(one_thread.install(|| calibrator.choose(key, rule, sleeping)), rule);
         assert_eq!(one_thread.install(|| calibrator.choose(key, rule, sleeping)), rule);
         assert_eq!(calibrator.measurements(), 1);
