@@ -103,6 +103,21 @@ impl ThreadCtx for NvptxCtx {
     }
 
     #[inline(always)]
+    fn fma(&self, a: f32, b: f32, c: f32) -> f32 {
+        let r: u32;
+        unsafe {
+            asm!(
+                "fma.rn.f32 {r}, {a}, {b}, {c};",
+                r = out(reg32) r,
+                a = in(reg32) a.to_bits(),
+                b = in(reg32) b.to_bits(),
+                c = in(reg32) c.to_bits(),
+            )
+        };
+        f32::from_bits(r)
+    }
+
+    #[inline(always)]
     fn shfl_xor_f32(&self, value: f32, lane_mask: u32) -> f32 {
         let r: u32;
         unsafe {

@@ -60,6 +60,23 @@ macro_rules! shuffle {
     };
 }
 
+/// `fma.rn.f32` (cuda_std 0.2.2's float functions go through libdevice, not named here).
+#[gpu_only]
+#[inline(always)]
+fn fma_rn(a: f32, b: f32, c: f32) -> f32 {
+    let r: u32;
+    unsafe {
+        core::arch::asm!(
+            "fma.rn.f32 {r}, {a}, {b}, {c};",
+            r = out(reg32) r,
+            a = in(reg32) a.to_bits(),
+            b = in(reg32) b.to_bits(),
+            c = in(reg32) c.to_bits(),
+        )
+    };
+    f32::from_bits(r)
+}
+
 shuffle!(shfl_bfly, "bfly");
 shuffle!(shfl_down, "down");
 shuffle!(shfl_idx, "idx");
@@ -117,6 +134,11 @@ impl ThreadCtx for NvvmCtx {
     #[inline(always)]
     fn sync_threads(&self) {
         thread::sync_threads()
+    }
+
+    #[inline(always)]
+    fn fma(&self, a: f32, b: f32, c: f32) -> f32 {
+        fma_rn(a, b, c)
     }
 
     #[inline(always)]

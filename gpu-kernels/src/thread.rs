@@ -131,6 +131,12 @@ pub trait ThreadCtx {
     #[track_caller]
     fn shfl_idx_f32(&self, value: f32, src_lane: u32) -> f32;
 
+    /// `fma.rn.f32`: `a * b + c` with one rounding. Exact to model on the CPU (`f32::mul_add`),
+    /// so kernels that use it keep the GPU and the simulator bit for bit the same; a kernel
+    /// written with `a * b + c` gets a separate multiply and add (PTX never contracts `mul.rn`
+    /// and `add.rn`), which is slower and rounds twice.
+    fn fma(&self, a: f32, b: f32, c: f32) -> f32;
+
     /// Reads word `index` of the block's shared memory.
     #[track_caller]
     fn shared_load<T: SharedWord>(&self, index: usize) -> T;

@@ -394,6 +394,11 @@ impl ThreadCtx for SimThread<'_> {
         self.yielder.suspend(Event::Barrier(Location::caller()));
     }
 
+    /// `fma.rn.f32` is IEEE 754's fused multiply-add, which `f32::mul_add` computes exactly.
+    fn fma(&self, a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+
     fn shfl_xor_f32(&self, value: f32, lane_mask: u32) -> f32 {
         self.shuffle(ShuffleKind::Xor, value, lane_mask, Location::caller())
     }
