@@ -49,6 +49,7 @@ pub mod final_layer;
 pub mod flow;
 pub mod gather;
 pub mod gemm;
+pub mod gemm_tc;
 pub mod global;
 pub mod guidance;
 pub mod math;
