@@ -341,6 +341,35 @@ impl ThreadCtx for NvptxCtx {
     }
 
     #[inline(always)]
+    fn shared_load4(&self, index: usize) -> [f32; 4] {
+        let (x, y, z, w): (u32, u32, u32, u32);
+        // SAFETY: the caller's index is in this kernel's shared buffer and a multiple of 4; the
+        // buffer is 16-byte aligned, so the vector load is aligned. The generic address is
+        // turned back into a shared-window one so that ptxas emits LDS.128.
+        unsafe {
+            asm!(
+                "{{",
+                ".reg .u64 %shared_addr;",
+                "cvta.to.shared.u64 %shared_addr, {p};",
+                "ld.shared.v4.f32 {{{x}, {y}, {z}, {w}}}, [%shared_addr];",
+                "}}",
+                p = in(reg64) self.shared.add(index),
+                x = out(reg32) x,
+                y = out(reg32) y,
+                z = out(reg32) z,
+                w = out(reg32) w,
+                options(readonly, nostack, preserves_flags),
+            )
+        };
+        [
+            f32::from_bits(x),
+            f32::from_bits(y),
+            f32::from_bits(z),
+            f32::from_bits(w),
+        ]
+    }
+
+    #[inline(always)]
     fn shared_store<T: SharedWord>(&self, index: usize, value: T) {
         unsafe { *self.shared.add(index) = value.to_word() }
     }

@@ -115,6 +115,54 @@ macro_rules! kernel_table {
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
                 m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
             ) => gemm::gemm_bias_gated_residual, shared gemm::GEMM_SHARED_BYTES;
+            /// `out (M, N) = A W^T + b`: exact FMA GEMM, 128 x 128 tiles, 8 x 8 per thread.
+            Gemm128Bias = gemm128_bias(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias::<_, 8>, shared gemm_tiled::GEMM128_SHARED_BYTES;
+            /// `out = GELU_tanh(A W^T + b)`: exact FMA GEMM, 128 x 128 tiles.
+            Gemm128BiasGelu = gemm128_bias_gelu(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias_gelu::<_, 8>, shared gemm_tiled::GEMM128_SHARED_BYTES;
+            /// `x += gate * (A W^T + b)`: exact FMA GEMM, 128 x 128 tiles.
+            Gemm128BiasGatedResidual = gemm128_bias_gated_residual(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
+            ) => gemm_tiled::gemm_bias_gated_residual::<_, 8>, shared gemm_tiled::GEMM128_SHARED_BYTES;
+            /// `out (M, N) = A W^T + b`: exact FMA GEMM, 64 x 64 tiles, 4 x 4 per thread.
+            Gemm64Bias = gemm64_bias(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias::<_, 4>, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `out = GELU_tanh(A W^T + b)`: exact FMA GEMM, 64 x 64 tiles.
+            Gemm64BiasGelu = gemm64_bias_gelu(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias_gelu::<_, 4>, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `x += gate * (A W^T + b)`: exact FMA GEMM, 64 x 64 tiles.
+            Gemm64BiasGatedResidual = gemm64_bias_gated_residual(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
+            ) => gemm_tiled::gemm_bias_gated_residual::<_, 4>, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `partials[z] = A W^T` over the z-th range of `k_per_split` k (split-K, few rows).
+            GemmSplitkPartial = gemm_splitk_partial(
+                a: Global<f32>, w: Global<f32>, partials: GlobalMut<f32>,
+                m: u32, n: u32, k: u32, k_per_split: u32,
+            ) => gemm_tiled::gemm_splitk_partial, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `out = sum_z partials[z] + b`, summed in split order.
+            GemmSplitkBias = gemm_splitk_bias(
+                partials: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>, m: u32, n: u32, splits: u32,
+            ) => gemm_tiled::gemm_splitk_bias;
+            /// `out = GELU_tanh(sum_z partials[z] + b)`, summed in split order.
+            GemmSplitkBiasGelu = gemm_splitk_bias_gelu(
+                partials: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>, m: u32, n: u32, splits: u32,
+            ) => gemm_tiled::gemm_splitk_bias_gelu;
+            /// `x += gate * (sum_z partials[z] + b)`, summed in split order.
+            GemmSplitkBiasGatedResidual = gemm_splitk_bias_gated_residual(
+                partials: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                m: u32, n: u32, splits: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
+            ) => gemm_tiled::gemm_splitk_bias_gated_residual;
             /// `out = A W^T + b` on TF32 tensor cores.
             GemmTf32Bias = gemm_tf32_bias(
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,

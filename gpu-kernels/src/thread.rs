@@ -205,6 +205,20 @@ pub trait ThreadCtx {
     #[track_caller]
     fn shared_load<T: SharedWord>(&self, index: usize) -> T;
 
+    /// Reads words `index .. index + 4` of the block's shared memory in one 16-byte access
+    /// (`ld.shared.v4.f32` on the GPU). `index` must be a multiple of 4: the simulator reports
+    /// any other, as the GPU would fault on it, and checks each word like [`ThreadCtx::shared_load`].
+    #[track_caller]
+    #[inline(always)]
+    fn shared_load4(&self, index: usize) -> [f32; 4] {
+        [
+            self.shared_load(index),
+            self.shared_load(index + 1),
+            self.shared_load(index + 2),
+            self.shared_load(index + 3),
+        ]
+    }
+
     /// Writes word `index` of the block's shared memory.
     #[track_caller]
     fn shared_store<T: SharedWord>(&self, index: usize, value: T);

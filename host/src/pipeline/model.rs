@@ -12,6 +12,7 @@ use resca_reference::{Dit, DitConfig};
 
 use super::device::{Buffer, Device, DeviceError, Slice};
 use super::error::PipelineError;
+use super::gemm_plan::{self, GemmOutput};
 use super::launch::{self, Epilogue, GemmWeight, Precision};
 
 /// What the forward pass asks of a caching method, the device twin of
@@ -53,6 +54,10 @@ pub struct DeviceLinear {
     pub precision: Precision,
     /// The weight packed for the BF16 kernels (converted once, at upload), in BF16 precision.
     pub weight_bf16: Option<Buffer<u32>>,
+    /// The split-K partial products of the model's GEMMs, one buffer shared by every layer of
+    /// the model (launches run in stream order: a GEMM's partials are reduced before the next
+    /// GEMM writes its own).
+    workspace: Buffer<f32>,
 }
 
 fn upload_array<D: Device, Dim: ndarray::Dimension>(
@@ -66,7 +71,12 @@ fn upload_array<D: Device, Dim: ndarray::Dimension>(
 }
 
 impl DeviceLinear {
-    fn upload<D: Device>(dev: &mut D, linear: &Linear, precision: Precision) -> Result<Self, DeviceError> {
+    fn upload<D: Device>(
+        dev: &mut D,
+        linear: &Linear,
+        workspace: Buffer<f32>,
+        precision: Precision,
+    ) -> Result<Self, DeviceError> {
         let weight = linear.weight();
         let (n, k) = (linear.out_features(), linear.in_features());
         let weight_bf16 = match precision {
@@ -83,6 +93,7 @@ impl DeviceLinear {
             out_features: n,
             precision,
             weight_bf16,
+            workspace,
         })
     }
 
@@ -116,7 +127,8 @@ impl DeviceLinear {
         )
     }
 
-    /// `out (rows, out_f) = epilogue(x W^T + b)` on the tiled GEMM (the token-wise layers).
+    /// `out (rows, out_f) = epilogue(x W^T + b)` on the exact GEMM chosen for the shape
+    /// ([`gemm_plan::choose_gemm`]; the token-wise layers).
     pub fn gemm<D: Device>(
         &self,
         dev: &mut D,
@@ -139,16 +151,16 @@ impl DeviceLinear {
                 epilogue,
             );
         }
-        launch::gemm(
+        gemm_plan::linear(
             dev,
             x,
             self.weight.all(),
             self.bias.all(),
-            out,
+            GemmOutput::Store { out, epilogue },
+            self.workspace.all(),
             rows,
             self.out_features,
             self.in_features,
-            epilogue,
         )
     }
 
@@ -181,19 +193,23 @@ impl DeviceLinear {
                 gate_offset,
             );
         }
-        launch::gemm_gated_residual(
+        let output = GemmOutput::GatedResidual {
+            x,
+            gate: modulation,
+            tokens,
+            gate_stride: 6 * self.out_features,
+            gate_offset,
+        };
+        gemm_plan::linear(
             dev,
             a,
             self.weight.all(),
             self.bias.all(),
-            x,
-            modulation,
+            output,
+            self.workspace.all(),
             rows,
             self.out_features,
             self.in_features,
-            tokens,
-            6 * self.out_features,
-            gate_offset,
         )
     }
 }
@@ -234,7 +250,6 @@ impl DeviceDit {
         model: &Dit,
         precision: Precision,
     ) -> Result<Self, PipelineError> {
-        let exact = Precision::Exact;
         let c = &model.config;
         if c.head_dim() > ATTN_MAX_HEAD_DIM as usize {
             return Err(PipelineError::Unsupported(format!(
@@ -249,26 +264,34 @@ impl DeviceDit {
             )));
         }
         let w = &model.weights;
+        // The widest token-wise layer (qkv, fc1 or the final linear) sizes the split-K workspace.
+        let widest = [3 * c.hidden_size, c.mlp_hidden(), w.final_linear.out_features()]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let workspace = dev.alloc::<f32>(gemm_plan::splitk_workspace_len(widest))?;
+        let exact = |dev: &mut D, linear: &Linear| DeviceLinear::upload(dev, linear, workspace, Precision::Exact);
+        let upload = |dev: &mut D, linear: &Linear| DeviceLinear::upload(dev, linear, workspace, precision);
         let mut blocks = Vec::with_capacity(w.blocks.len());
         for b in &w.blocks {
             blocks.push(DeviceBlock {
-                ada_ln: DeviceLinear::upload(dev, &b.ada_ln, exact)?,
-                qkv: DeviceLinear::upload(dev, &b.qkv, precision)?,
-                proj: DeviceLinear::upload(dev, &b.proj, precision)?,
-                fc1: DeviceLinear::upload(dev, &b.fc1, precision)?,
-                fc2: DeviceLinear::upload(dev, &b.fc2, precision)?,
+                ada_ln: exact(dev, &b.ada_ln)?,
+                qkv: upload(dev, &b.qkv)?,
+                proj: upload(dev, &b.proj)?,
+                fc1: upload(dev, &b.fc1)?,
+                fc2: upload(dev, &b.fc2)?,
             });
         }
         Ok(Self {
             config: c.clone(),
-            patch_embed: DeviceLinear::upload(dev, &w.patch_embed, exact)?,
+            patch_embed: exact(dev, &w.patch_embed)?,
             pos_embed: upload_array(dev, &w.pos_embed)?,
-            t_mlp_in: DeviceLinear::upload(dev, &w.t_mlp_in, exact)?,
-            t_mlp_out: DeviceLinear::upload(dev, &w.t_mlp_out, exact)?,
+            t_mlp_in: exact(dev, &w.t_mlp_in)?,
+            t_mlp_out: exact(dev, &w.t_mlp_out)?,
             label_table: upload_array(dev, &w.label_table)?,
             blocks,
-            final_ada_ln: DeviceLinear::upload(dev, &w.final_ada_ln, exact)?,
-            final_linear: DeviceLinear::upload(dev, &w.final_linear, precision)?,
+            final_ada_ln: exact(dev, &w.final_ada_ln)?,
+            final_linear: upload(dev, &w.final_linear)?,
         })
     }
 }

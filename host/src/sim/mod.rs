@@ -6,7 +6,8 @@
 //! block waits at it. Threads are resumed in a fixed order, so results are deterministic.
 //!
 //! Reported as a typed [`SimError`] naming kernel, block, thread, index and source line:
-//! * out-of-bounds global and shared loads and stores,
+//! * out-of-bounds global and shared loads and stores, and 16-byte shared loads not aligned to
+//!   16 bytes,
 //! * shared-memory races: two different threads touching the same word between two barriers,
 //!   at least one of them writing,
 //! * barriers not reached by every thread of the block (a thread exited, or waits at another
@@ -138,6 +139,18 @@ pub enum SimError {
         access: Access,
         index: usize,
         len: usize,
+        address: usize,
+        site: String,
+    },
+    #[error(
+        "kernel `{kernel}` block {block} thread {thread}: 16-byte shared load at word {index} (byte address \
+         {address:#x}) is not 16-byte aligned, at {site}"
+    )]
+    MisalignedShared {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        index: usize,
         address: usize,
         site: String,
     },
@@ -690,6 +703,27 @@ impl ThreadCtx for SimThread<'_> {
     fn shared_load<T: SharedWord>(&self, index: usize) -> T {
         self.shared_access(index, Access::Load, Location::caller());
         T::from_word(self.shared.borrow().words[index])
+    }
+
+    /// Checks the alignment, then each word as [`ThreadCtx::shared_load`] does.
+    fn shared_load4(&self, index: usize) -> [f32; 4] {
+        let site = Location::caller();
+        if !index.is_multiple_of(4) {
+            self.fault(SimError::MisalignedShared {
+                kernel: self.info.kernel.to_string(),
+                block: self.info.block,
+                thread: self.thread,
+                index,
+                address: index * 4,
+                site: site.to_string(),
+            });
+        }
+        let mut words = [0.0f32; 4];
+        for (i, word) in words.iter_mut().enumerate() {
+            self.shared_access(index + i, Access::Load, site);
+            *word = f32::from_bits(self.shared.borrow().words[index + i]);
+        }
+        words
     }
 
     fn shared_store<T: SharedWord>(&self, index: usize, value: T) {
