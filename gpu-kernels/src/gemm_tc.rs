@@ -159,6 +159,35 @@ fn load_stage<C: ThreadCtx, W: SharedWord, const MODE: u32>(
     }
 }
 
+/// Repeats `$body` with `$i` bound to 0, 1, 2 and 3 (or 0 and 1): written-out copies, not a
+/// loop, so that the register arrays of [`gemm_tc_tile`] (accumulators, fragments) are only ever
+/// indexed by constants and stay in registers on the GPU. LLVM does not fully unroll loops
+/// around `mma.sync` and `ldmatrix` by itself, and a run-time index sends an array to local
+/// memory.
+macro_rules! unroll {
+    ($i:ident in 2 => $body:block) => {{
+        {
+            let $i: usize = 0;
+            $body
+        }
+        {
+            let $i: usize = 1;
+            $body
+        }
+    }};
+    ($i:ident in 4 => $body:block) => {{
+        unroll!($i in 2 => $body);
+        {
+            let $i: usize = 2;
+            $body
+        }
+        {
+            let $i: usize = 3;
+            $body
+        }
+    }};
+}
+
 /// The tensor-core product of the (M, K) matrix `a` and the (N, K) matrix `w` (f32, or packed
 /// BF16 in [`BF16`] mode); calls `epilogue(row, col, dot)` for every in-range output element the
 /// thread owns (`dot` without the bias). Launch with [`gemm_tc_dims`] and the same mode.
@@ -182,7 +211,8 @@ pub(crate) fn gemm_tc_tile<C: ThreadCtx, W: SharedWord, const MODE: u32, E: FnMu
     let tiles = k.div_ceil(TC_TILE_K as usize);
     let sizes = (m, n, k);
     let origin = (row0, col0);
-    let mut acc = [[0.0f32; 4]; 16];
+    // acc[mt][nt]: the C fragment of the 16 x 8 tile (mt, nt) of the warp's 64 x 32 tile.
+    let mut acc = [[[0.0f32; 4]; 4]; 4];
 
     for tile in 0..STAGES - 1 {
         if tile < tiles {
@@ -209,92 +239,94 @@ pub(crate) fn gemm_tc_tile<C: ThreadCtx, W: SharedWord, const MODE: u32, E: FnMu
             + (warp_n * 32 + 8 * (quarter / 2) + r8) * w_stride(MODE)
             + 4 * (quarter % 2);
         if MODE == BF16 {
-            for ks in 0..TC_TILE_K as usize / 16 {
+            unroll!(ks in 2 => {
                 let mut af = [[0u32; 4]; 4];
-                for (mt, f) in af.iter_mut().enumerate() {
+                unroll!(mt in 4 => {
                     let row = a_base + mt * 16 * F32_STRIDE + 16 * ks;
-                    let p = ctx.ldmatrix_x4(row).map(f32::from_bits);
-                    let q = ctx.ldmatrix_x4(row + 8).map(f32::from_bits);
-                    *f = [
-                        ctx.bf16x2(p[0], p[2]),
-                        ctx.bf16x2(p[1], p[3]),
-                        ctx.bf16x2(q[0], q[2]),
-                        ctx.bf16x2(q[1], q[3]),
+                    let p = ctx.ldmatrix_x4(row);
+                    let q = ctx.ldmatrix_x4(row + 8);
+                    let f = |x: u32| f32::from_bits(x);
+                    af[mt] = [
+                        ctx.bf16x2(f(p[0]), f(p[2])),
+                        ctx.bf16x2(f(p[1]), f(p[3])),
+                        ctx.bf16x2(f(q[0]), f(q[2])),
+                        ctx.bf16x2(f(q[1]), f(q[3])),
                     ];
-                }
+                });
                 let mut bf = [[0u32; 2]; 4];
-                for pair in 0..2 {
+                unroll!(pair in 2 => {
                     let x = ctx.ldmatrix_x4(w_base + pair * 16 * BF16_STRIDE + 8 * ks);
                     bf[2 * pair] = [x[0], x[1]];
                     bf[2 * pair + 1] = [x[2], x[3]];
-                }
-                for mt in 0..4 {
-                    for nt in 0..4 {
-                        acc[mt * 4 + nt] = ctx.mma_bf16_m16n8k16(af[mt], bf[nt], acc[mt * 4 + nt]);
-                    }
-                }
-            }
+                });
+                unroll!(mt in 4 => {
+                    unroll!(nt in 4 => {
+                        acc[mt][nt] = ctx.mma_bf16_m16n8k16(af[mt], bf[nt], acc[mt][nt]);
+                    });
+                });
+            });
         } else {
-            for ks in 0..TC_TILE_K as usize / 8 {
+            unroll!(ks in 4 => {
                 let mut a_big = [[0u32; 4]; 4];
                 let mut a_small = [[0u32; 4]; 4];
-                for mt in 0..4 {
-                    let x = ctx
-                        .ldmatrix_x4(a_base + mt * 16 * F32_STRIDE + 8 * ks)
-                        .map(f32::from_bits);
-                    for i in 0..4 {
-                        let big = ctx.tf32(x[i]);
+                unroll!(mt in 4 => {
+                    let x = ctx.ldmatrix_x4(a_base + mt * 16 * F32_STRIDE + 8 * ks);
+                    unroll!(i in 4 => {
+                        let value = f32::from_bits(x[i]);
+                        let big = ctx.tf32(value);
                         a_big[mt][i] = big.to_bits();
                         if MODE == TF32X3 {
-                            a_small[mt][i] = ctx.tf32(x[i] - big).to_bits();
+                            a_small[mt][i] = ctx.tf32(value - big).to_bits();
                         }
-                    }
-                }
+                    });
+                });
                 let mut b_big = [[0u32; 2]; 4];
                 let mut b_small = [[0u32; 2]; 4];
-                for pair in 0..2 {
-                    let x = ctx
-                        .ldmatrix_x4(w_base + pair * 16 * F32_STRIDE + 8 * ks)
-                        .map(f32::from_bits);
-                    for i in 0..4 {
-                        let big = ctx.tf32(x[i]);
+                unroll!(pair in 2 => {
+                    let x = ctx.ldmatrix_x4(w_base + pair * 16 * F32_STRIDE + 8 * ks);
+                    unroll!(i in 4 => {
+                        let value = f32::from_bits(x[i]);
+                        let big = ctx.tf32(value);
                         b_big[2 * pair + i / 2][i % 2] = big.to_bits();
                         if MODE == TF32X3 {
-                            b_small[2 * pair + i / 2][i % 2] = ctx.tf32(x[i] - big).to_bits();
+                            b_small[2 * pair + i / 2][i % 2] = ctx.tf32(value - big).to_bits();
                         }
-                    }
-                }
-                for mt in 0..4 {
-                    for nt in 0..4 {
-                        let mut c = acc[mt * 4 + nt];
+                    });
+                });
+                unroll!(mt in 4 => {
+                    unroll!(nt in 4 => {
+                        let mut c = acc[mt][nt];
                         if MODE == TF32X3 {
                             // The small products first, so they are not lost against the big one.
                             c = ctx.mma_tf32_m16n8k8(a_small[mt], b_big[nt], c);
                             c = ctx.mma_tf32_m16n8k8(a_big[mt], b_small[nt], c);
                         }
-                        acc[mt * 4 + nt] = ctx.mma_tf32_m16n8k8(a_big[mt], b_big[nt], c);
-                    }
-                }
-            }
+                        acc[mt][nt] = ctx.mma_tf32_m16n8k8(a_big[mt], b_big[nt], c);
+                    });
+                });
+            });
         }
     }
     ctx.cp_async_wait(0);
 
     let (g, t) = (lane / 4, lane % 4);
-    for mt in 0..4 {
-        for nt in 0..4 {
-            for i in 0..4 {
+    unroll!(mt in 4 => {
+        unroll!(nt in 4 => {
+            unroll!(i in 4 => {
                 let row = row0 + warp_m * 64 + mt * 16 + g + 8 * (i / 2);
                 let col = col0 + warp_n * 32 + nt * 8 + 2 * t + i % 2;
                 if row < m && col < n {
-                    epilogue(row, col, acc[mt * 4 + nt][i]);
+                    epilogue(row, col, acc[mt][nt][i]);
                 }
-            }
-        }
-    }
+            });
+        });
+    });
 }
 
 /// `out (M, N) = A W^T + b` on tensor cores in precision `MODE`. Launch with [`gemm_tc_dims`].
+// Inlined into its entry point: as a called function it would get the thread context through
+// local memory.
+#[inline(always)]
 pub fn gemm_tc_bias<C: ThreadCtx, const MODE: u32, W: SharedWord>(
     ctx: &C,
     a: Global<'_, f32>,
@@ -311,6 +343,9 @@ pub fn gemm_tc_bias<C: ThreadCtx, const MODE: u32, W: SharedWord>(
 }
 
 /// `out (M, N) = GELU_tanh(A W^T + b)` on tensor cores. Launch with [`gemm_tc_dims`].
+// Inlined into its entry point: as a called function it would get the thread context through
+// local memory.
+#[inline(always)]
 pub fn gemm_tc_bias_gelu<C: ThreadCtx, const MODE: u32, W: SharedWord>(
     ctx: &C,
     a: Global<'_, f32>,
@@ -329,6 +364,9 @@ pub fn gemm_tc_bias_gelu<C: ThreadCtx, const MODE: u32, W: SharedWord>(
 /// `x (M, N) += gate * (A W^T + b)` on tensor cores, gated as
 /// [`gemm_bias_gated_residual`](crate::gemm::gemm_bias_gated_residual). Launch with
 /// [`gemm_tc_dims`].
+// Inlined into its entry point: as a called function it would get the thread context through
+// local memory.
+#[inline(always)]
 pub fn gemm_tc_bias_gated_residual<C: ThreadCtx, const MODE: u32, W: SharedWord>(
     ctx: &C,
     a: Global<'_, f32>,
