@@ -10,17 +10,21 @@
 //!   `RESCA_BENCH_NO_TORCH=1`).
 //!
 //! Without a CUDA driver or GPU it prints `SKIP: gpu bench: ...` and exits 0.
-//! Arguments (after `--`): `[PRESET] [STEPS]`, default `DiT-XL/2 50`.
+//! Arguments (after `--`): `[PRESET] [STEPS] [--precision exact|tf32x3|tf32|bf16]`, default
+//! `DiT-XL/2 50 --precision exact`: the arithmetic of the model's big GEMMs (docs/gpu.md,
+//! "Precision modes"); PyTorch runs in FP32 (TF32 off) whatever the mode.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
+use clap::ValueEnum;
 use ndarray::Array4;
 use resca_host::cuda::CudaDevice;
 use resca_host::evaluation::metrics::rmse;
 use resca_host::inputs::seeded_noise;
 use resca_host::job::{SampleJob, final_samples};
+use resca_host::pipeline::launch::Precision;
 use resca_host::pipeline::{Buffer, Device, DeviceError, Element, KernelCall, Pipeline, Slice};
 use resca_host::run::run_on_device;
 use resca_reference::cache::{MethodConfig, MethodKind};
@@ -72,8 +76,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The positional arguments and `--precision MODE` (or `--precision=MODE`); cargo's own flags
+/// (`--bench`) are skipped.
+fn parse_args() -> Result<(Vec<String>, Precision), String> {
+    let (mut positional, mut precision) = (Vec::new(), Precision::Exact);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mode = match arg.strip_prefix("--precision") {
+            Some("") => args
+                .next()
+                .ok_or("--precision needs a value (exact, tf32x3, tf32 or bf16)")?,
+            Some(rest) if rest.starts_with('=') => rest[1..].to_string(),
+            _ if arg.starts_with("--") => continue,
+            _ => {
+                positional.push(arg);
+                continue;
+            }
+        };
+        precision = Precision::from_str(&mode, false)
+            .map_err(|_| format!("--precision {mode}: expected exact, tf32x3, tf32 or bf16"))?;
+    }
+    Ok((positional, precision))
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let (args, precision) = match parse_args() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("gpu bench: {e}");
+            std::process::exit(2);
+        }
+    };
     let preset = args.first().map(String::as_str).unwrap_or("DiT-XL/2");
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
     let dev = match CudaDevice::open_default() {
@@ -83,7 +116,11 @@ fn main() {
             return;
         }
     };
-    println!("# GPU benchmark: {}\n", dev.description());
+    println!(
+        "# GPU benchmark: {}, precision {}\n",
+        dev.description(),
+        precision.name()
+    );
     let config = DitConfig::preset(preset).expect("a known preset");
     let model = Dit::random(config.clone(), 0).expect("valid preset");
     let side = config.input_size;
@@ -100,7 +137,7 @@ fn main() {
         dev,
         per_kernel: BTreeMap::new(),
     };
-    let mut pipeline = Pipeline::new(timed, &model).expect("the model fits the GPU");
+    let mut pipeline = Pipeline::with_precision(timed, &model, precision).expect("the model fits the GPU");
     pipeline.forward(x.view(), &t, &y).expect("forward");
     pipeline.dev.per_kernel.clear();
     pipeline.forward(x.view(), &t, &y).expect("forward");
@@ -126,7 +163,7 @@ fn main() {
     let Timed { dev, .. } = pipeline.dev;
 
     // The forward.
-    let mut pipeline = Pipeline::new(dev, &model).expect("the model fits the GPU");
+    let mut pipeline = Pipeline::with_precision(dev, &model, precision).expect("the model fits the GPU");
     pipeline.forward(x.view(), &t, &y).expect("forward");
     let times: Vec<f64> = (0..10)
         .map(|_| {
@@ -159,7 +196,8 @@ fn main() {
     let mut full: Option<(f64, Array4<f32>)> = None;
     for method in [MethodConfig::full(), resca(3), resca(5)] {
         let dev = CudaDevice::open_default().expect("opened before");
-        let result = run_on_device(dev, &model, &job, &method, Vec::new(), &mut |_, _| {}).expect("sampling");
+        let result =
+            run_on_device(dev, precision, &model, &job, &method, Vec::new(), &mut |_, _| {}).expect("sampling");
         let samples = final_samples(&result);
         let (speedup, error) = match &full {
             None => (1.0, 0.0),

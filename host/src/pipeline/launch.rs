@@ -560,7 +560,7 @@ pub fn gemm_splitk_gated_residual<D: Device>(
 
 /// The arithmetic of the big GEMMs (the token-wise linear layers): the exact FP32 kernels, or
 /// tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// FP32 with an exact CPU model: the GPU equals the simulator bit for bit.
     #[default]
@@ -595,17 +595,6 @@ impl Precision {
             Precision::Tf32 => Some(gemm_tc::TF32),
             Precision::Bf16 => Some(gemm_tc::BF16),
         }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown precision `{s}` (expected exact, tf32x3, tf32 or bf16)"))
     }
 }
 
