@@ -14,7 +14,10 @@
 //! `f32`, `u32` or `f64`; `u32`; `f32`; `DdimCoefficients`; `TaylorCoefficients`. The body is
 //! `module::function` of this crate (a turbofish is allowed: `embed::linear_rows::<_, true>`),
 //! called as `body(&ctx, parameters...)`. `shared module::CONST` declares the kernel's `.shared`
-//! buffer of `CONST` bytes (named `<entry>_smem` in the PTX); without it the kernel has none.
+//! buffer of `CONST` bytes (named `<entry>_smem` in the PTX); `dynamic_shared module::CONST`
+//! gives it the module's dynamic shared memory instead (the `.extern .shared` array
+//! `resca_dynamic_smem`), sized by each launch's `shared_bytes` up to `CONST` bytes (which may
+//! exceed the 48 KiB of static shared memory); without either the kernel has none.
 //!
 //! Everything else is expanded from the table:
 //! * the PTX entry points (`nvptx` module, `#[unsafe(no_mangle)] unsafe extern "ptx-kernel"`);
@@ -399,7 +402,24 @@ macro_rules! static_shared_bytes {
     () => {
         0
     };
-    ($module:ident :: $bytes:ident) => {
+    (shared $module:ident :: $bytes:ident) => {
+        crate::$module::$bytes
+    };
+    (dynamic_shared $module:ident :: $bytes:ident) => {
+        0
+    };
+}
+
+/// The most dynamic shared memory an entry is launched with: `dynamic_shared module::CONST`, or
+/// none.
+macro_rules! dynamic_shared_bytes {
+    () => {
+        0
+    };
+    (shared $module:ident :: $bytes:ident) => {
+        0
+    };
+    (dynamic_shared $module:ident :: $bytes:ident) => {
         crate::$module::$bytes
     };
 }
@@ -409,7 +429,7 @@ macro_rules! declare_kernels {
         $(#[$attr:meta])*
         $variant:ident = $name:ident($($param:ident: $kind:ident $(<$elem:ident>)?),* $(,)?)
             => $module:ident :: $body:ident $(::<$($generic:tt),*>)?
-            $(, shared $shared_module:ident :: $shared_bytes:ident)?;
+            $(, $shared_kind:ident $shared_module:ident :: $shared_bytes:ident)?;
     )*) => {
         /// Every kernel entry point, in the order of [`KERNELS`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -448,7 +468,17 @@ macro_rules! declare_kernels {
             /// Bytes of the entry point's `.shared` buffer (0 without one).
             pub const fn static_shared_bytes(self) -> u32 {
                 match self {
-                    $(Kernel::$variant => static_shared_bytes!($($shared_module::$shared_bytes)?),)*
+                    $(Kernel::$variant => static_shared_bytes!($($shared_kind $shared_module::$shared_bytes)?),)*
+                }
+            }
+
+            /// The most dynamic shared memory the entry point is launched with (0 for a kernel
+            /// without dynamic shared memory): a launch gives its size as
+            /// [`LaunchDims::shared_bytes`](crate::LaunchDims), and the CUDA backend raises the
+            /// function's `MAX_DYNAMIC_SHARED_SIZE_BYTES` to this when it is above 48 KiB.
+            pub const fn dynamic_shared_bytes(self) -> u32 {
+                match self {
+                    $(Kernel::$variant => dynamic_shared_bytes!($($shared_kind $shared_module::$shared_bytes)?),)*
                 }
             }
 

@@ -51,7 +51,7 @@ macro_rules! kernel_args {
         $(#[$attr:meta])*
         $variant:ident = $name:ident($($param:ident: $kind:ident $(<$elem:ident>)?),* $(,)?)
             => $module:ident :: $body:ident $(::<$($generic:tt),*>)?
-            $(, shared $shared_module:ident :: $shared_bytes:ident)?;
+            $(, $shared_kind:ident $shared_module:ident :: $shared_bytes:ident)?;
     )*) => {
         $(
             $(#[$attr])*
