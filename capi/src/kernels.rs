@@ -23,7 +23,7 @@ use resca_gpu_kernels::{
 use resca_host::pipeline::device::{
     Arg, Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, ParamKind, RawSlice, Slice,
 };
-use resca_host::pipeline::launch::{self, Epilogue, GemmTile};
+use resca_host::pipeline::launch::{self, Epilogue, GemmTile, GemmWeight, Precision};
 use resca_host::sim::SimDevice;
 
 use crate::error::{Error, RescaStatus, Result, entry};
@@ -796,6 +796,48 @@ pub fn rule(kernel: Kernel) -> Rule {
                 launch::gemm_splitk_gated_residual(dev, partials, bias, x, g, m, n, splits, tokens, stride, offset)
             },
         },
+        K::GemmTf32Bias
+        | K::GemmTf32BiasGelu
+        | K::GemmTf32X3Bias
+        | K::GemmTf32X3BiasGelu
+        | K::GemmBf16Bias
+        | K::GemmBf16BiasGelu => Rule {
+            geometry: gemm_tc_geometry,
+            lengths: "a ≥ m k, w ≥ n k (f32) or n bf16_weight_words(k) (packed BF16), bias ≥ n, out ≥ m n",
+            plan: |dev, p| {
+                let (m, n, k) = (p.u("m"), p.u("n"), p.u("k"));
+                let (precision, _) = tc_precision(p.kernel());
+                p.need("a", product(&[m, k]), "m k")?;
+                let weight = tc_weight(p, precision, n, k)?;
+                p.need("bias", n as u128, "n")?;
+                p.need("out", product(&[m, n]), "m n")?;
+                let epilogue = match p.kernel() {
+                    K::GemmTf32Bias | K::GemmTf32X3Bias | K::GemmBf16Bias => Epilogue::Bias,
+                    _ => Epilogue::BiasGelu,
+                };
+                let (a, bias, out) = (p.all("a"), p.all("bias"), p.all("out"));
+                launch::gemm_tc(dev, precision, a, weight, bias, out, m, n, k, epilogue)
+            },
+        },
+        K::GemmTf32BiasGatedResidual | K::GemmTf32X3BiasGatedResidual | K::GemmBf16BiasGatedResidual => Rule {
+            geometry: gemm_tc_geometry,
+            lengths: "a ≥ m k, w ≥ n k (f32) or n bf16_weight_words(k) (packed BF16), bias ≥ n, x ≥ m n, \
+                      gate ≥ ((m - 1)/tokens) gate_stride + gate_offset + n; tokens ≥ 1",
+            plan: |dev, p| {
+                let (m, n, k) = (p.u("m"), p.u("n"), p.u("k"));
+                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
+                let (precision, _) = tc_precision(p.kernel());
+                p.positive("tokens", m)?;
+                p.need("a", product(&[m, k]), "m k")?;
+                let weight = tc_weight(p, precision, n, k)?;
+                p.need("bias", n as u128, "n")?;
+                p.need("x", product(&[m, n]), "m n")?;
+                let gate = p.per_sample(m, tokens, stride, offset, n);
+                p.need("gate", gate, "((m - 1)/tokens) gate_stride + gate_offset + n")?;
+                let (a, bias, x, g) = (p.all("a"), p.all("bias"), p.all("x"), p.all("gate"));
+                launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, x, g, m, n, k, tokens, stride, offset)
+            },
+        },
         K::Attention => Rule {
             geometry: || {
                 format!(
@@ -1202,6 +1244,39 @@ fn threads_1d(dims: &str, threads: u32) -> String {
         .split_once('(')
         .map_or(dims, |(_, rest)| rest.trim_end_matches(')'));
     format!("`{dims}`: grid (⌈{total}/{threads}⌉), block ({threads})")
+}
+
+fn gemm_tc_geometry() -> String {
+    format!(
+        "`gemm_tc_dims(m, n, mode)`: grid (⌈n/{}⌉, ⌈m/{}⌉), block ({}), dynamic shared memory \
+         `tc_shared_bytes(mode)` (at most {} bytes)",
+        resca_gpu_kernels::gemm_tc::TC_TILE_N,
+        resca_gpu_kernels::gemm_tc::TC_TILE_M,
+        resca_gpu_kernels::gemm_tc::TC_THREADS,
+        resca_gpu_kernels::gemm_tc::TC_MAX_SHARED_BYTES
+    )
+}
+
+/// The precision of a tensor-core GEMM kernel, and whether its weight is packed BF16.
+fn tc_precision(kernel: Kernel) -> (Precision, bool) {
+    use Kernel as K;
+    match kernel {
+        K::GemmTf32Bias | K::GemmTf32BiasGelu | K::GemmTf32BiasGatedResidual => (Precision::Tf32, false),
+        K::GemmTf32X3Bias | K::GemmTf32X3BiasGelu | K::GemmTf32X3BiasGatedResidual => (Precision::Tf32x3, false),
+        _ => (Precision::Bf16, true),
+    }
+}
+
+/// The weight `w` of a tensor-core GEMM call, its length checked.
+fn tc_weight(p: &Params<'_>, precision: Precision, n: usize, k: usize) -> std::result::Result<GemmWeight, DeviceError> {
+    if precision == Precision::Bf16 {
+        let words = resca_gpu_kernels::gemm_tc::bf16_weight_words(k as u32) as usize;
+        p.need("w", product(&[n, words]), "n bf16_weight_words(k)")?;
+        Ok(GemmWeight::Bf16(p.all("w")))
+    } else {
+        p.need("w", product(&[n, k]), "n k")?;
+        Ok(GemmWeight::F32(p.all("w")))
+    }
 }
 
 fn gemm_geometry() -> String {

@@ -56,11 +56,14 @@ pub fn kernel_reference() -> String {
                 param.kind.size()
             );
         }
-        let shared = kernel.static_shared_bytes();
-        let shared = if shared == 0 {
-            "no shared memory".to_string()
-        } else {
-            format!("{shared} bytes of static shared memory")
+        let shared = match (kernel.static_shared_bytes(), kernel.dynamic_shared_bytes()) {
+            (0, 0) => "no shared memory".to_string(),
+            // Above 48 KiB the driver refuses the launch unless the function's limit is raised.
+            (0, dynamic) => format!(
+                "dynamic shared memory only: set the function's \
+                 `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` to {dynamic} before launching"
+            ),
+            (shared, _) => format!("{shared} bytes of static shared memory"),
         };
         let _ = writeln!(text, "\nGeometry: {}; {shared}.\n", (rule.geometry)());
         let _ = writeln!(text, "Lengths: {}.", rule.lengths);

@@ -50,6 +50,7 @@ pub mod final_layer;
 pub mod flow;
 pub mod gather;
 pub mod gemm;
+pub mod gemm_tc;
 pub mod gemm_tiled;
 pub mod global;
 pub mod guidance;

@@ -14,8 +14,8 @@
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{
-    LaunchDims, attention, clusca, ddim, embed, final_layer, flow, gather, gemm, gemm_tiled, guidance, norm, pdds,
-    residual, taylor, tetc,
+    LaunchDims, attention, clusca, ddim, embed, final_layer, flow, gather, gemm, gemm_tc, gemm_tiled, guidance, norm,
+    pdds, residual, taylor, tetc,
 };
 
 use super::device::{Arg, Device, DeviceError, Kernel, KernelCall, Slice};
@@ -556,6 +556,246 @@ pub fn gemm_splitk_gated_residual<D: Device>(
         gate_offset: size(k, "gate_offset", gate_offset)?,
     };
     launch(dev, gemm_tiled::gemm_splitk_reduce_dims(m, n), args)
+}
+
+/// The arithmetic of the big GEMMs (the token-wise linear layers): the exact FP32 kernels, or
+/// tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// FP32 with an exact CPU model: the GPU equals the simulator bit for bit.
+    #[default]
+    Exact,
+    /// 3xTF32 tensor cores: FP32-level accuracy.
+    Tf32x3,
+    /// TF32 tensor cores (10-bit fraction operands, FP32 accumulation).
+    Tf32,
+    /// BF16 tensor cores (7-bit fraction operands, weights converted once at upload, FP32
+    /// accumulation).
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 4] = [Precision::Exact, Precision::Tf32x3, Precision::Tf32, Precision::Bf16];
+
+    /// The name the command line uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+            Precision::Tf32x3 => "tf32x3",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The mode of `resca_gpu_kernels::gemm_tc`, or `None` for the exact kernels.
+    const fn tensor_core_mode(self) -> Option<u32> {
+        match self {
+            Precision::Exact => None,
+            Precision::Tf32x3 => Some(gemm_tc::TF32X3),
+            Precision::Tf32 => Some(gemm_tc::TF32),
+            Precision::Bf16 => Some(gemm_tc::BF16),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision `{s}` (expected exact, tf32x3, tf32 or bf16)"))
+    }
+}
+
+/// `w` (N, K) as the BF16 tensor-core kernels read it: rows of
+/// `gemm_tc::bf16_weight_words(K)` words, each two BF16 (round to nearest even) in the order of
+/// `gemm_tc::bf16_pair_k`, zeros past K.
+pub fn pack_bf16_weight(w: &[f32], n: usize, k: usize) -> Vec<u32> {
+    let words = gemm_tc::bf16_weight_words(k as u32) as usize;
+    let value = |row: usize, kk: u32| {
+        let kk = kk as usize;
+        if kk < k {
+            crate::sim::mma::bf16(w[row * k + kk]) as u32
+        } else {
+            0
+        }
+    };
+    let mut packed = Vec::with_capacity(n * words);
+    for row in 0..n {
+        for j in 0..words as u32 {
+            let (lo, hi) = gemm_tc::bf16_pair_k(j);
+            packed.push(value(row, lo) | value(row, hi) << 16);
+        }
+    }
+    packed
+}
+
+/// A GEMM weight as a precision's kernels read it.
+#[derive(Clone, Copy, Debug)]
+pub enum GemmWeight {
+    /// f32 (N, K): the exact and TF32 kernels.
+    F32(Slice<f32>),
+    /// Packed BF16 ([`pack_bf16_weight`]): the BF16 kernels.
+    Bf16(Slice<u32>),
+}
+
+/// The tensor-core kernel of `precision` for an epilogue, and its mode.
+fn tensor_core_kernel(precision: Precision, epilogue: Option<Epilogue>) -> Result<(Kernel, u32), DeviceError> {
+    use Kernel as K;
+    let mode = precision
+        .tensor_core_mode()
+        .ok_or_else(|| DeviceError::Invalid("the exact precision has no tensor-core GEMM (use `gemm`)".to_string()))?;
+    let kernel = match (precision, epilogue) {
+        (Precision::Tf32, Some(Epilogue::Bias)) => K::GemmTf32Bias,
+        (Precision::Tf32, Some(Epilogue::BiasGelu)) => K::GemmTf32BiasGelu,
+        (Precision::Tf32, None) => K::GemmTf32BiasGatedResidual,
+        (Precision::Tf32x3, Some(Epilogue::Bias)) => K::GemmTf32X3Bias,
+        (Precision::Tf32x3, Some(Epilogue::BiasGelu)) => K::GemmTf32X3BiasGelu,
+        (Precision::Tf32x3, None) => K::GemmTf32X3BiasGatedResidual,
+        (_, Some(Epilogue::Bias)) => K::GemmBf16Bias,
+        (_, Some(Epilogue::BiasGelu)) => K::GemmBf16BiasGelu,
+        (_, None) => K::GemmBf16BiasGatedResidual,
+    };
+    Ok((kernel, mode))
+}
+
+fn weight_for(
+    kernel: Kernel,
+    precision: Precision,
+    w: GemmWeight,
+) -> Result<(Option<Slice<f32>>, Option<Slice<u32>>), DeviceError> {
+    match (precision, w) {
+        (Precision::Bf16, GemmWeight::Bf16(w)) => Ok((None, Some(w))),
+        (Precision::Tf32 | Precision::Tf32x3, GemmWeight::F32(w)) => Ok((Some(w), None)),
+        _ => Err(DeviceError::Invalid(format!(
+            "kernel `{}`: the weight is not in the {} layout",
+            kernel.name(),
+            precision.name()
+        ))),
+    }
+}
+
+/// `out (M, N) = epilogue(A W^T + b)` on tensor cores in a fast `precision`.
+pub fn gemm_tc<D: Device>(
+    dev: &mut D,
+    precision: Precision,
+    a: Slice<f32>,
+    w: GemmWeight,
+    bias: Slice<f32>,
+    out: Slice<f32>,
+    m: usize,
+    n: usize,
+    k_len: usize,
+    epilogue: Epilogue,
+) -> Result<(), DeviceError> {
+    let (k, mode) = tensor_core_kernel(precision, Some(epilogue))?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (m, n, k_len) = (size(k, "m", m)?, size(k, "n", n)?, size(k, "k", k_len)?);
+    let dims = gemm_tc::gemm_tc_dims(m, n, mode);
+    match weight_for(k, precision, w)? {
+        (Some(w), _) => launch_as(
+            dev,
+            k,
+            dims,
+            args::GemmTf32Bias {
+                a,
+                w,
+                bias,
+                out,
+                m,
+                n,
+                k: k_len,
+            },
+        ),
+        (_, Some(w)) => launch_as(
+            dev,
+            k,
+            dims,
+            args::GemmBf16Bias {
+                a,
+                w,
+                bias,
+                out,
+                m,
+                n,
+                k: k_len,
+            },
+        ),
+        _ => unreachable!("weight_for gives one weight"),
+    }
+}
+
+/// `x (M, N) += gate * (A W^T + b)` on tensor cores in a fast `precision`, gated as
+/// [`gemm_gated_residual`].
+pub fn gemm_tc_gated_residual<D: Device>(
+    dev: &mut D,
+    precision: Precision,
+    a: Slice<f32>,
+    w: GemmWeight,
+    bias: Slice<f32>,
+    x: Slice<f32>,
+    gate: Slice<f32>,
+    m: usize,
+    n: usize,
+    k_len: usize,
+    tokens: usize,
+    gate_stride: usize,
+    gate_offset: usize,
+) -> Result<(), DeviceError> {
+    let (k, mode) = tensor_core_kernel(precision, None)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let (k_len, tokens) = (size(k, "k", k_len)?, size(k, "tokens", tokens)?);
+    let (gate_stride, gate_offset) = (
+        size(k, "gate_stride", gate_stride)?,
+        size(k, "gate_offset", gate_offset)?,
+    );
+    let dims = gemm_tc::gemm_tc_dims(m, n, mode);
+    match weight_for(k, precision, w)? {
+        (Some(w), _) => launch_as(
+            dev,
+            k,
+            dims,
+            args::GemmTf32BiasGatedResidual {
+                a,
+                w,
+                bias,
+                x,
+                gate,
+                m,
+                n,
+                k: k_len,
+                tokens,
+                gate_stride,
+                gate_offset,
+            },
+        ),
+        (_, Some(w)) => launch_as(
+            dev,
+            k,
+            dims,
+            args::GemmBf16BiasGatedResidual {
+                a,
+                w,
+                bias,
+                x,
+                gate,
+                m,
+                n,
+                k: k_len,
+                tokens,
+                gate_stride,
+                gate_offset,
+            },
+        ),
+        _ => unreachable!("weight_for gives one weight"),
+    }
 }
 
 /// Multi-head attention: `qkv` (B N, 3 H hd) to `out` (B N, H hd), scale `1/sqrt(hd)`.

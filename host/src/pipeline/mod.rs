@@ -78,9 +78,14 @@ pub struct Pipeline<'m, D: Device> {
 }
 
 impl<'m, D: Device> Pipeline<'m, D> {
-    /// Uploads `model` to `dev`.
-    pub fn new(mut dev: D, model: &'m Dit) -> Result<Self, PipelineError> {
-        let weights = DeviceDit::upload(&mut dev, model)?;
+    /// Uploads `model` to `dev` for the exact kernels.
+    pub fn new(dev: D, model: &'m Dit) -> Result<Self, PipelineError> {
+        Self::with_precision(dev, model, launch::Precision::Exact)
+    }
+
+    /// Uploads `model` to `dev` with its big GEMMs in `precision`.
+    pub fn with_precision(mut dev: D, model: &'m Dit, precision: launch::Precision) -> Result<Self, PipelineError> {
+        let weights = DeviceDit::upload_with_precision(&mut dev, model, precision)?;
         Ok(Self {
             dev,
             model,

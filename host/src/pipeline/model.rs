@@ -13,7 +13,7 @@ use resca_reference::{Dit, DitConfig};
 use super::device::{Buffer, Device, DeviceError, Slice};
 use super::error::PipelineError;
 use super::gemm_plan::{self, GemmOutput};
-use super::launch::{self, Epilogue};
+use super::launch::{self, Epilogue, GemmWeight, Precision};
 
 /// What the forward pass asks of a caching method, the device twin of
 /// `resca_reference::model::BranchHook`: whether the step computes every branch; at such a full
@@ -45,12 +45,15 @@ pub trait BranchHook<D: Device> {
     fn after_block(&mut self, dev: &mut D, l: usize, x: Slice<f32>) -> Result<(), PipelineError>;
 }
 
-/// An `nn.Linear` in device memory.
+/// An `nn.Linear` in device memory, with the precision its token-wise GEMMs run in.
 pub struct DeviceLinear {
     pub weight: Buffer<f32>,
     pub bias: Buffer<f32>,
     pub in_features: usize,
     pub out_features: usize,
+    pub precision: Precision,
+    /// The weight packed for the BF16 kernels (converted once, at upload), in BF16 precision.
+    pub weight_bf16: Option<Buffer<u32>>,
     /// The split-K partial products of the model's GEMMs, one buffer shared by every layer of
     /// the model (launches run in stream order: a GEMM's partials are reduced before the next
     /// GEMM writes its own).
@@ -68,14 +71,38 @@ fn upload_array<D: Device, Dim: ndarray::Dimension>(
 }
 
 impl DeviceLinear {
-    fn upload<D: Device>(dev: &mut D, linear: &Linear, workspace: Buffer<f32>) -> Result<Self, DeviceError> {
+    fn upload<D: Device>(
+        dev: &mut D,
+        linear: &Linear,
+        workspace: Buffer<f32>,
+        precision: Precision,
+    ) -> Result<Self, DeviceError> {
+        let weight = linear.weight();
+        let (n, k) = (linear.out_features(), linear.in_features());
+        let weight_bf16 = match precision {
+            Precision::Bf16 => {
+                let w: Vec<f32> = weight.iter().copied().collect();
+                Some(dev.upload_new(&launch::pack_bf16_weight(&w, n, k))?)
+            }
+            _ => None,
+        };
         Ok(Self {
-            weight: upload_array(dev, &linear.weight())?,
+            weight: upload_array(dev, &weight)?,
             bias: upload_array(dev, &linear.bias)?,
-            in_features: linear.in_features(),
-            out_features: linear.out_features(),
+            in_features: k,
+            out_features: n,
+            precision,
+            weight_bf16,
             workspace,
         })
+    }
+
+    /// The weight as the tensor-core kernels of a fast precision read it.
+    fn fast_weight(&self) -> GemmWeight {
+        match self.weight_bf16 {
+            Some(packed) => GemmWeight::Bf16(packed.all()),
+            None => GemmWeight::F32(self.weight.all()),
+        }
     }
 
     /// `out (rows, out_f) = x W^T + b` as a GEMV per output feature (the small layers).
@@ -110,6 +137,20 @@ impl DeviceLinear {
         rows: usize,
         epilogue: Epilogue,
     ) -> Result<(), DeviceError> {
+        if self.precision != Precision::Exact {
+            return launch::gemm_tc(
+                dev,
+                self.precision,
+                x,
+                self.fast_weight(),
+                self.bias.all(),
+                out,
+                rows,
+                self.out_features,
+                self.in_features,
+                epilogue,
+            );
+        }
         gemm_plan::linear(
             dev,
             x,
@@ -135,6 +176,23 @@ impl DeviceLinear {
         tokens: usize,
         gate_offset: usize,
     ) -> Result<(), DeviceError> {
+        if self.precision != Precision::Exact {
+            return launch::gemm_tc_gated_residual(
+                dev,
+                self.precision,
+                a,
+                self.fast_weight(),
+                self.bias.all(),
+                x,
+                modulation,
+                rows,
+                self.out_features,
+                self.in_features,
+                tokens,
+                6 * self.out_features,
+                gate_offset,
+            );
+        }
         let output = GemmOutput::GatedResidual {
             x,
             gate: modulation,
@@ -179,9 +237,19 @@ pub struct DeviceDit {
 }
 
 impl DeviceDit {
-    /// Uploads `model`; fails for shapes the kernels do not cover (head dimension above 128,
-    /// more than 256 pixels per patch).
+    /// Uploads `model` for the exact kernels; fails for shapes the kernels do not cover (head
+    /// dimension above 128, more than 256 pixels per patch).
     pub fn upload<D: Device>(dev: &mut D, model: &Dit) -> Result<Self, PipelineError> {
+        Self::upload_with_precision(dev, model, Precision::Exact)
+    }
+
+    /// Uploads `model` with its token-wise linear layers (qkv, proj, fc1, fc2, final linear)
+    /// in `precision`; the small layers (embeddings, adaLN) stay exact.
+    pub fn upload_with_precision<D: Device>(
+        dev: &mut D,
+        model: &Dit,
+        precision: Precision,
+    ) -> Result<Self, PipelineError> {
         let c = &model.config;
         if c.head_dim() > ATTN_MAX_HEAD_DIM as usize {
             return Err(PipelineError::Unsupported(format!(
@@ -202,11 +270,12 @@ impl DeviceDit {
             .max()
             .unwrap_or(0);
         let workspace = dev.alloc::<f32>(gemm_plan::splitk_workspace_len(widest))?;
-        let upload = |dev: &mut D, linear: &Linear| DeviceLinear::upload(dev, linear, workspace);
+        let exact = |dev: &mut D, linear: &Linear| DeviceLinear::upload(dev, linear, workspace, Precision::Exact);
+        let upload = |dev: &mut D, linear: &Linear| DeviceLinear::upload(dev, linear, workspace, precision);
         let mut blocks = Vec::with_capacity(w.blocks.len());
         for b in &w.blocks {
             blocks.push(DeviceBlock {
-                ada_ln: upload(dev, &b.ada_ln)?,
+                ada_ln: exact(dev, &b.ada_ln)?,
                 qkv: upload(dev, &b.qkv)?,
                 proj: upload(dev, &b.proj)?,
                 fc1: upload(dev, &b.fc1)?,
@@ -215,13 +284,13 @@ impl DeviceDit {
         }
         Ok(Self {
             config: c.clone(),
-            patch_embed: upload(dev, &w.patch_embed)?,
+            patch_embed: exact(dev, &w.patch_embed)?,
             pos_embed: upload_array(dev, &w.pos_embed)?,
-            t_mlp_in: upload(dev, &w.t_mlp_in)?,
-            t_mlp_out: upload(dev, &w.t_mlp_out)?,
+            t_mlp_in: exact(dev, &w.t_mlp_in)?,
+            t_mlp_out: exact(dev, &w.t_mlp_out)?,
             label_table: upload_array(dev, &w.label_table)?,
             blocks,
-            final_ada_ln: upload(dev, &w.final_ada_ln)?,
+            final_ada_ln: exact(dev, &w.final_ada_ln)?,
             final_linear: upload(dev, &w.final_linear)?,
         })
     }
