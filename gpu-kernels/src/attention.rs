@@ -290,24 +290,24 @@ pub fn flash_attention<C: ThreadCtx>(
                 let d = lane + WARP_SIZE as usize * s;
                 if d < hd {
                     let v = ctx.shared_load::<f32>(v_row + d);
-                    for qi in 0..QUERIES {
-                        acc[qi][s] = ctx.fma(pj[qi], v, acc[qi][s]);
+                    for (acc, &pj) in acc.iter_mut().zip(&pj) {
+                        acc[s] = ctx.fma(pj, v, acc[s]);
                     }
                 }
             }
         }
     }
 
-    for qi in 0..QUERIES {
+    for (qi, (acc, sum)) in acc.iter().zip(&sum).enumerate() {
         let q = q0 + first_query + qi;
         if q >= n {
             continue;
         }
-        let inv = 1.0 / sum[qi];
-        for s in 0..SLOTS {
+        let inv = 1.0 / sum;
+        for (s, a) in acc.iter().enumerate() {
             let d = lane + WARP_SIZE as usize * s;
             if d < hd {
-                ctx.store(out, (b * n + q) * d_model + sizes.head + d, acc[qi][s] * inv);
+                ctx.store(out, (b * n + q) * d_model + sizes.head + d, a * inv);
             }
         }
     }
