@@ -208,10 +208,10 @@ macro_rules! kernel_table {
                 a: Global<f32>, w: Global<u32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
                 m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
             ) => gemm_tc::gemm_tc_bias_gated_residual::<_, { crate::gemm_tc::BF16 }, u32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
-            /// Multi-head attention: `qkv` (B N, 3 H hd) to `out` (B N, H hd).
-            Attention = attention(
+            /// Multi-head attention, FlashAttention-2 style: `qkv` (B N, 3 H hd) to `out` (B N, H hd).
+            FlashAttention = flash_attention(
                 qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
-            ) => attention::attention, shared attention::ATTN_SHARED_BYTES;
+            ) => attention::flash_attention, shared attention::ATTN_SHARED_BYTES;
             /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).
             Unpatchify = unpatchify(
                 tokens: Global<f32>, out: GlobalMut<f32>, batch: u32, out_channels: u32, side: u32, patch: u32,

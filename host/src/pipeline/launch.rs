@@ -808,10 +808,10 @@ pub fn attention<D: Device>(
     heads: usize,
     head_dim: usize,
 ) -> Result<(), DeviceError> {
-    let k = Kernel::Attention;
+    let k = Kernel::FlashAttention;
     if head_dim > attention::ATTN_MAX_HEAD_DIM as usize || head_dim == 0 {
         return Err(DeviceError::Invalid(format!(
-            "kernel `attention`: head_dim {head_dim} outside 1..={}",
+            "kernel `flash_attention`: head_dim {head_dim} outside 1..={}",
             attention::ATTN_MAX_HEAD_DIM
         )));
     }
@@ -824,7 +824,7 @@ pub fn attention<D: Device>(
         size(k, "tokens", tokens)?,
         size(k, "heads", heads)?,
     );
-    let args = args::Attention {
+    let args = args::FlashAttention {
         qkv,
         out,
         tokens: n,
