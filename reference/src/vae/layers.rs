@@ -490,3 +490,71 @@ pub fn self_attention(x: FeatureMap, norm: &GroupNorm, q: &Conv2d, k: &Conv2d, v
     let attended = FeatureMap::new(attended, x.height, x.width);
     out.forward(&attended, None, false, Some(x))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 3x3 convolution of `x` by the definition, in f64: zero padding 1, the input through
+    /// GroupNorm's scale and shift and SiLU, upsampled 2x if `factor` is 2.
+    fn direct(conv: &Conv2d, x: &FeatureMap, norm: Option<&NormSilu>, factor: usize) -> Array2<f64> {
+        let (h, w) = (x.height * factor, x.width * factor);
+        let input = |c: usize, y: isize, xx: isize| -> f64 {
+            if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                return 0.0;
+            }
+            let v = f64::from(x.values[[c, (y as usize / factor) * x.width + xx as usize / factor]]);
+            match norm {
+                Some(n) => {
+                    let a = v * f64::from(n.scale[c]) + f64::from(n.shift[c]);
+                    a / (1.0 + (-a).exp())
+                }
+                None => v,
+            }
+        };
+        Array2::from_shape_fn((conv.out_channels(), h * w), |(o, p)| {
+            let (y, xx) = ((p / w) as isize, (p % w) as isize);
+            let mut sum = f64::from(conv.bias[o]);
+            for c in 0..conv.in_channels() {
+                for dy in 0..3 {
+                    for dx in 0..3 {
+                        sum += f64::from(conv.weight[[o, c * 9 + dy * 3 + dx]])
+                            * input(c, y + dy as isize - 1, xx + dx as isize - 1);
+                    }
+                }
+            }
+            sum
+        })
+    }
+
+    /// Winograd's F(2x2, 3x3) against the definition on odd and even sides, several bands,
+    /// with the norm and the upsampling folded in. Measured: at most 3e-7 of the output's
+    /// largest magnitude.
+    #[test]
+    fn winograd_convolution_matches_the_definition_on_odd_sides_and_bands() {
+        let weight = Array2::from_shape_fn((5, 3 * 9), |(o, k)| ((o * 31 + k * 7) % 13) as f32 / 6.0 - 1.0);
+        let conv = Conv2d::new(weight, Array1::from_shape_fn(5, |o| o as f32 * 0.1), 3);
+        let norm = NormSilu {
+            scale: vec![0.9, 1.1, -0.7],
+            shift: vec![0.1, -0.2, 0.3],
+        };
+        for (height, width, factor) in [(5, 7, 1), (9, 3, 1), (3, 5, 2), (5, 300, 1), (1, 1, 1)] {
+            let values =
+                Array2::from_shape_fn((3, height * width), |(c, p)| ((c * 17 + p * 5) % 11) as f32 / 5.0 - 1.0);
+            let x = FeatureMap::new(values, height, width);
+            for norm in [None, Some(&norm)] {
+                let ours = conv.forward(&x, norm, factor == 2, None);
+                let expected = direct(&conv, &x, norm, factor);
+                let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let error = ours
+                    .values
+                    .iter()
+                    .zip(&expected)
+                    .map(|(a, b)| (f64::from(*a) - b).abs())
+                    .fold(0.0, f64::max)
+                    / scale;
+                assert!(error < 1e-5, "{height}x{width} x{factor}: {error:e}");
+            }
+        }
+    }
+}
