@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "resca",
     version,
-    about = "Residual caching (ResCa) for diffusion transformers: CPU reference runs"
+    about = "Residual caching (ResCa) for diffusion transformers: sampling, forwards and checks on the CPU reference, the GPU kernels and their simulator"
 )]
 pub struct Cli {
     #[command(subcommand)]
