@@ -334,6 +334,8 @@ fn winograd_band_rows(width: usize) -> usize {
 
 /// `G g G^T` for each (out, in) 3x3 kernel g, `G` = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2],
 /// [0, 0, 1]]: the 16 points of the transformed 4x4 kernel, each as an (out, in) matrix.
+// The transforms index several small arrays by the same point, as the matrix formulas read.
+#[allow(clippy::needless_range_loop)]
 fn winograd_weights(weight: ArrayView2<f32>) -> Vec<Array2<f32>> {
     let (outputs, columns) = weight.dim();
     let inputs = columns / 9;
@@ -370,6 +372,7 @@ impl Conv2d {
     /// tile's 4x4 input patch is transformed (`B^T d B`), the 16 points multiplied by the
     /// transformed kernels (16 GEMMs with depth `in`, against 9 `in` for im2col: 2.25x fewer
     /// multiply-adds), and the products transformed back (`A^T m A`) and added onto `out`.
+    #[allow(clippy::needless_range_loop)]
     fn winograd_into(&self, x: &FeatureMap, norm: Option<&NormSilu>, factor: usize, out: &mut Array2<f32>) {
         let width = x.width * factor;
         let band_rows = winograd_band_rows(width);
