@@ -26,7 +26,9 @@ fn peak_rss_bytes() -> Option<u64> {
 
 fn latents(side: usize) -> Array4<f32> {
     let s = side / 8;
-    Array4::from_shape_fn((1, 4, s, s), |(_, c, h, w)| ((c * 131 + h * 17 + w * 5) as f32 * 0.37).sin())
+    Array4::from_shape_fn((1, 4, s, s), |(_, c, h, w)| {
+        ((c * 131 + h * 17 + w * 5) as f32 * 0.37).sin()
+    })
 }
 
 /// diffusers' decoder in a child process, timing one decode per request.

@@ -412,11 +412,7 @@ impl Tensors {
         let weight: Array2<f32> = weight
             .into_shape_with_order((out, columns))
             .expect("contiguous (out, in, k, k)");
-        Conv2d {
-            weight,
-            bias: self.vector(&format!("{prefix}.bias")),
-            kernel,
-        }
+        Conv2d::new(weight, self.vector(&format!("{prefix}.bias")), kernel)
     }
 
     fn norm(&mut self, prefix: &str, groups: usize) -> GroupNorm {
