@@ -13,10 +13,17 @@
 The model is written from the specification (docs/algorithms.md section 1), as in
 `bench/pytorch_dit_forward.py`; random weights (speed only).
 
-    python3 bench/pytorch_gpu.py [--device cuda] [--preset DiT-XL/2] [--steps 50] [--runs 10] [--json]
+`--precision` picks the arithmetic: `fp32` (the default: float32 with TF32 off, the anchor of
+the exact kernels), `tf32` (float32 tensors, TF32 matmuls and convolutions) or `bf16` (weights
+converted to bfloat16 once, activations by autocast, float32 accumulation inside the matmuls;
+the sampler's state stays float32).
+
+    python3 bench/pytorch_gpu.py [--device cuda] [--preset DiT-XL/2] [--steps 50] [--runs 10]
+                                 [--precision fp32|tf32|bf16] [--json]
     python3 bench/pytorch_gpu.py --device cpu --preset tiny --steps 6 --runs 1   # smoke test
 """
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -184,7 +191,7 @@ def sample(model, noise, labels, steps, scale, method=None):
         if method is not None:
             method.begin(step)
         xx = torch.cat([x, x])
-        out = model(xx, torch.full((xx.shape[0],), t, device=x.device), y, method)
+        out = model(xx, torch.full((xx.shape[0],), t, device=x.device), y, method).float()
         eps, _ = out[:, : model.channels], out[:, model.channels :]
         cond, uncond = eps.chunk(2)
         eps = uncond + scale * (cond - uncond)
@@ -221,19 +228,25 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--sample-runs", type=int, default=3)
     parser.add_argument("--cfg-scale", type=float, default=1.5)
+    parser.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("SKIP: pytorch_gpu.py: no CUDA device visible to PyTorch (use --device cpu)")
     torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    tf32 = args.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     dev = args.device
     d, depth, heads, side, patch, channels, classes = PRESETS[args.preset]
     model = DiT(d, depth, heads, side, patch, channels, classes).to(dev).eval()
+    arithmetic = contextlib.nullcontext()
+    if args.precision == "bf16":
+        model = model.to(torch.bfloat16)
+        arithmetic = torch.autocast(device_type=dev, dtype=torch.bfloat16)
     results = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-               "preset": args.preset, "tf32": False}
-    with torch.inference_mode():
+               "preset": args.preset, "precision": args.precision, "tf32": tf32}
+    with torch.inference_mode(), arithmetic:
         x = torch.randn(2, channels, side, side, device=dev)
         t = torch.full((2,), 500, device=dev)
         y = torch.arange(2, device=dev)
@@ -256,7 +269,8 @@ def main():
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"PyTorch {results['torch']} on {results['device']}, {args.preset}, float32 (TF32 off)")
+        described = {"fp32": "float32 (TF32 off)", "tf32": "float32 with TF32 matmuls", "bf16": "bfloat16 weights, autocast"}
+        print(f"PyTorch {results['torch']} on {results['device']}, {args.preset}, {described[args.precision]}")
         f = results["forward_b2_ms"]
         print(f"forward, batch 2: median {f['median']:.2f} ms (min {f['min']:.2f})")
         for name, r in runs.items():

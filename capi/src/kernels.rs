@@ -4,7 +4,7 @@
 //! computes the launch geometry and the arguments exactly as every Rust backend launches them.
 //!
 //! The geometry of most kernels follows from their parameters; where it needs a size the kernel
-//! does not take (the batch of `attention`, say), the size is a buffer's length (documented per
+//! does not take (the batch of `flash_attention`, say), the size is a buffer's length (documented per
 //! kernel in [`Rule`]). Every buffer must hold what the sizes say the kernel touches: the rules
 //! check it before anything is launched, so that a wrong size is a message, not a fault.
 //!
@@ -838,7 +838,7 @@ pub fn rule(kernel: Kernel) -> Rule {
                 launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, x, g, m, n, k, tokens, stride, offset)
             },
         },
-        K::Attention => Rule {
+        K::FlashAttention => Rule {
             geometry: || {
                 format!(
                     "`attention_dims(batch, tokens, heads)`, batch = qkv.len / (3 tokens heads head_dim): \

@@ -558,12 +558,12 @@ fn wrong_launches_are_refused_with_the_parameter_named() {
     };
     let mut args = attention();
     args.args[5].value_f32 = 0.25;
-    let (status, dims) = args.dims("attention");
+    let (status, dims) = args.dims("flash_attention");
     assert_eq!(status, RescaStatus::Ok, "{}", last_error());
     assert_eq!(dims.grid, [1, 1, 2], "batch 2 from qkv's length");
     args.args[5].value_f32 = 0.3;
     assert_fails(
-        args.dims("attention").0,
+        args.dims("flash_attention").0,
         RescaStatus::InvalidArgument,
         "parameter `scale` is 3e-1, the launch for these sizes passes 2.5e-1",
     );
@@ -576,7 +576,7 @@ fn wrong_launches_are_refused_with_the_parameter_named() {
         .u32("head_dim", 16)
         .push("scale", RESCA_ARG_F32);
     assert_fails(
-        args.dims("attention").0,
+        args.dims("flash_attention").0,
         RescaStatus::InvalidArgument,
         "not a whole number of 3 tokens heads head_dim = 192",
     );

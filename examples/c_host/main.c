@@ -308,7 +308,7 @@ static float *forward(const Backend *b, const Model *m, State *s, const float *x
         /* x += gate_msa * proj(attn(modulate(LN(x), shift_msa, scale_msa))) */
         layer_norm_modulate(b, m, s->tokens, s->modulation, batch * 6 * d, s->normed, rows, n, 6 * d, 0, d);
         gemm(b, "gemm_bias", blk->qkv, s->normed, s->qkv, rows);
-        LAUNCH(b, "attention", F32S("qkv", s->qkv, rows * 3 * d), F32S("out", s->heads, rows * d),
+        LAUNCH(b, "flash_attention", F32S("qkv", s->qkv, rows * 3 * d), F32S("out", s->heads, rows * d),
                u32_arg("tokens", n), u32_arg("heads", m->heads), u32_arg("head_dim", m->head_dim),
                f32_arg("scale", 1.0f / sqrtf((float)m->head_dim)));
         gemm_gated(b, m, blk->proj, s->heads, s->tokens, s->modulation, batch, 2 * d);

@@ -291,7 +291,7 @@ def forward(runner, arrays, config, weights, x, t, labels):
         linear_rows("linear_rows", f"{block}.adaLN_modulation.1", silu_c, modulation, b, d, 6 * d)
         layer_norm_modulate(modulation, 6 * d, 0, d)
         gemm("gemm_bias", f"{block}.attn.qkv", normed, qkv, rows, 3 * d, d)
-        runner.launch("attention", qkv=qkv, out=attended, tokens=U32(n), heads=U32(heads),
+        runner.launch("flash_attention", qkv=qkv, out=attended, tokens=U32(n), heads=U32(heads),
                       head_dim=U32(head_dim), scale=F32(struct.unpack("f", struct.pack("f", 1 / math.sqrt(head_dim)))[0]))
         gemm_gated(f"{block}.attn.proj", attended, d, 2 * d)
         layer_norm_modulate(modulation, 6 * d, 3 * d, 4 * d)

@@ -1,18 +1,23 @@
 //! GPU benchmark (`cargo bench -p resca-host --bench gpu`): the kernels' PTX through the CUDA
 //! backend on DiT-XL/2 shapes (random weights, float32), beside PyTorch on the same GPU.
 //!
+//! * the GEMMs of the model's blocks (qkv, proj, fc1, fc2) at M = 64 (a sparse step's proxies),
+//!   512 and 1024 rows, in every precision mode: the kernel the host picks for the shape (exact)
+//!   or the mode's tensor-core kernel, the median of 20 launches timed by CUDA events (no host
+//!   synchronize between them), TFLOP/s;
 //! * per-kernel times within one DiT-XL/2 forward (batch 2): each launch synchronised and timed
 //!   on the host, so the numbers include the launch overhead (a few microseconds each);
 //! * the DiT-XL/2 forward, batch 2 (median of 10 after a warm-up);
 //! * 50-step guided DDIM, 2 samples (4 model rows, cfg 1.5): full compute, ResCa N=3 and N=5 with
 //!   K=16 (official settings otherwise); wall time, speedup, RMSE of the final samples vs full;
-//! * `python3 bench/pytorch_gpu.py --json` on the same GPU (skipped if python/torch is missing or
-//!   `RESCA_BENCH_NO_TORCH=1`).
+//! * `python3 bench/pytorch_gpu.py --json --precision P` on the same GPU for each P of
+//!   `RESCA_BENCH_TORCH_PRECISIONS` (default `fp32 tf32 bf16`), side by side with the kernels in
+//!   one table (skipped if python/torch is missing or `RESCA_BENCH_NO_TORCH=1`).
 //!
 //! Without a CUDA driver or GPU it prints `SKIP: gpu bench: ...` and exits 0.
 //! Arguments (after `--`): `[PRESET] [STEPS] [--precision exact|tf32x3|tf32|bf16]`, default
-//! `DiT-XL/2 50 --precision exact`: the arithmetic of the model's big GEMMs (docs/gpu.md,
-//! "Precision modes"); PyTorch runs in FP32 (TF32 off) whatever the mode.
+//! `DiT-XL/2 50 --precision exact`: the arithmetic of the model's big GEMMs in the forward and
+//! sampling runs (docs/gpu.md, "Precision modes").
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -20,11 +25,12 @@ use std::time::Instant;
 
 use clap::ValueEnum;
 use ndarray::Array4;
+use resca_gpu_kernels::gemm_tc::bf16_weight_words;
 use resca_host::cuda::CudaDevice;
 use resca_host::evaluation::metrics::rmse;
 use resca_host::inputs::seeded_noise;
 use resca_host::job::{SampleJob, final_samples};
-use resca_host::pipeline::launch::Precision;
+use resca_host::pipeline::launch::{self, Epilogue, GemmWeight, Precision};
 use resca_host::pipeline::{Buffer, Device, DeviceError, Element, KernelCall, Pipeline, Slice};
 use resca_host::run::run_on_device;
 use resca_reference::cache::{MethodConfig, MethodKind};
@@ -69,6 +75,109 @@ impl Device for Timed {
     fn synchronize(&mut self) -> Result<(), DeviceError> {
         self.dev.synchronize()
     }
+}
+
+/// One GEMM of a DiT block: the plain ones (qkv, fc1) or the gated residual (proj, fc2).
+#[derive(Clone, Copy)]
+enum Gemm {
+    Plain(Epilogue),
+    Gated,
+}
+
+/// Buffers for the GEMM table, sized for the largest shape.
+struct GemmBuffers {
+    a: Buffer<f32>,
+    w: Buffer<f32>,
+    /// Words for the widest BF16-packed weight (their values do not matter to the timing).
+    w_bf16: Buffer<u32>,
+    bias: Buffer<f32>,
+    out: Buffer<f32>,
+    gate: Buffer<f32>,
+}
+
+/// `out (m, n) = a (m, k) w^T + b` (or `out += gate * (...)`) through the launch functions, so
+/// that the kernel is the one the host picks for the shape.
+fn run_gemm<D: Device>(dev: &mut D, g: &GemmBuffers, precision: Precision, op: Gemm, m: usize, n: usize, k: usize) {
+    let (a, w, bias, out) = (
+        g.a.range(0, m * k),
+        g.w.range(0, n * k),
+        g.bias.range(0, n),
+        g.out.range(0, m * n),
+    );
+    let gate = g.gate.range(0, n);
+    let weight = match precision {
+        Precision::Bf16 => GemmWeight::Bf16(g.w_bf16.range(0, n * bf16_weight_words(k as u32) as usize)),
+        _ => GemmWeight::F32(w),
+    };
+    // One sample of m rows, its gate at 0.
+    match (precision, op) {
+        (Precision::Exact, Gemm::Plain(epilogue)) => launch::gemm(dev, a, w, bias, out, m, n, k, epilogue),
+        (Precision::Exact, Gemm::Gated) => launch::gemm_gated_residual(dev, a, w, bias, out, gate, m, n, k, m, n, 0),
+        (_, Gemm::Plain(epilogue)) => launch::gemm_tc(dev, precision, a, weight, bias, out, m, n, k, epilogue),
+        (_, Gemm::Gated) => {
+            launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, out, gate, m, n, k, m, n, 0)
+        }
+    }
+    .expect("GEMM launch");
+}
+
+/// The GEMM table (see the module docs) for hidden size `d`.
+fn gemm_table(timed: &mut Timed, d: usize) {
+    let shapes = [
+        ("qkv", Gemm::Plain(Epilogue::Bias), 3 * d, d),
+        ("proj (gated residual)", Gemm::Gated, d, d),
+        ("fc1 (GELU)", Gemm::Plain(Epilogue::BiasGelu), 4 * d, d),
+        ("fc2 (gated residual)", Gemm::Gated, d, 4 * d),
+    ];
+    let pattern = |len: usize| -> Vec<f32> { (0..len).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect() };
+    let (max_m, max_nk) = (1024, 4 * d * d);
+    let buffers = GemmBuffers {
+        a: timed.dev.upload_new(&pattern(max_m * 4 * d)).expect("upload"),
+        w: timed.dev.upload_new(&pattern(max_nk)).expect("upload"),
+        w_bf16: timed
+            .dev
+            .upload_new(&vec![0x3f80_bf80u32; 4 * d * bf16_weight_words(4 * d as u32) as usize])
+            .expect("upload"),
+        bias: timed.dev.upload_new(&pattern(4 * d)).expect("upload"),
+        out: timed.dev.alloc(max_m * 4 * d).expect("alloc"),
+        gate: timed.dev.upload_new(&pattern(4 * d)).expect("upload"),
+    };
+    println!("## GEMMs of a block at DiT shapes (D = {d}): median of 20 launches, CUDA events\n");
+    println!("| GEMM | M | N | K | kernel | mode | ms | TFLOP/s |");
+    println!("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |");
+    for (precision, m) in Precision::ALL.into_iter().flat_map(|p| [64, 512, 1024].map(|m| (p, m))) {
+        for (name, op, n, k) in shapes {
+            // Once through the timing wrapper: a warm-up that also names the kernel(s) used.
+            timed.per_kernel.clear();
+            run_gemm(timed, &buffers, precision, op, m, n, k);
+            let kernels: Vec<&str> = timed.per_kernel.keys().copied().collect();
+            let marks: Vec<_> = (0..20)
+                .map(|_| {
+                    let start = timed.dev.mark().expect("event");
+                    run_gemm(&mut timed.dev, &buffers, precision, op, m, n, k);
+                    (start, timed.dev.mark().expect("event"))
+                })
+                .collect();
+            let seconds = median(
+                marks
+                    .into_iter()
+                    .map(|(start, end)| timed.dev.seconds_between(start, end).expect("event timing"))
+                    .collect(),
+            );
+            let tflops = 2.0 * (m * n * k) as f64 / seconds / 1e12;
+            println!(
+                "| {name} | {m} | {n} | {k} | `{}` | {} | {:.3} | {tflops:.1} |",
+                kernels.join("` + `"),
+                precision.name(),
+                seconds * 1e3
+            );
+        }
+    }
+    for buffer in [buffers.a, buffers.w, buffers.bias, buffers.out, buffers.gate] {
+        timed.dev.free(buffer.id()).expect("free");
+    }
+    timed.dev.free(buffers.w_bf16.id()).expect("free");
+    println!();
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -132,11 +241,12 @@ fn main() {
         [207usize % config.num_classes, 360 % config.num_classes],
     );
 
-    // Per-kernel times in one forward.
-    let timed = Timed {
+    // The GEMM table, then per-kernel times in one forward.
+    let mut timed = Timed {
         dev,
         per_kernel: BTreeMap::new(),
     };
+    gemm_table(&mut timed, config.hidden_size);
     let mut pipeline = Pipeline::with_precision(timed, &model, precision).expect("the model fits the GPU");
     pipeline.forward(x.view(), &t, &y).expect("forward");
     pipeline.dev.per_kernel.clear();
@@ -194,6 +304,7 @@ fn main() {
     println!("| method | wall s | speedup | FLOPs speedup | clustering s | simulated denoising s | RMSE vs full |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut full: Option<(f64, Array4<f32>)> = None;
+    let mut ours = Vec::new();
     for method in [MethodConfig::full(), resca(3), resca(5)] {
         let dev = CudaDevice::open_default().expect("opened before");
         let result =
@@ -208,6 +319,7 @@ fn main() {
             "| {} | {:.3} | {speedup:.2}x | {:.2}x | {:.3} | {:.3} | {error:.4} |",
             s.method, s.wall_s, s.flops_speedup, s.clustering_s, s.simulated_denoising_s
         );
+        ours.push(s.wall_s);
         if full.is_none() {
             full = Some((s.wall_s, samples));
         }
@@ -219,35 +331,69 @@ fn main() {
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/pytorch_gpu.py");
     let steps_arg = steps.to_string();
-    match Command::new("python3")
-        .args([
-            script, "--device", "cuda", "--preset", preset, "--steps", &steps_arg, "--json",
-        ])
-        .output()
-    {
-        Ok(out) if out.status.success() => {
-            let torch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            println!(
-                "\n## PyTorch {} on {} (float32, TF32 off)\n",
-                torch["torch"], torch["device"]
-            );
-            println!(
-                "| workload | resca (Rust kernels) | PyTorch |\n| --- | ---: | ---: |\n| forward, batch 2 | {forward_ms:.2} ms | {:.2} ms |",
-                torch["forward_b2_ms"]["median"].as_f64().unwrap_or(f64::NAN)
-            );
-            if let Some(runs) = torch["ddim_guided"]["runs"].as_object() {
-                for (name, r) in runs {
-                    println!(
-                        "| {steps}-step guided DDIM, {name} | see above | {:.3} s |",
-                        r["median_s"].as_f64().unwrap_or(f64::NAN)
-                    );
-                }
+    let precisions = std::env::var("RESCA_BENCH_TORCH_PRECISIONS").unwrap_or_else(|_| "fp32 tf32 bf16".to_string());
+    let mut columns = Vec::new();
+    for precision in precisions.split_whitespace() {
+        let run = Command::new("python3")
+            .args([
+                script,
+                "--device",
+                "cuda",
+                "--preset",
+                preset,
+                "--steps",
+                &steps_arg,
+                "--precision",
+                precision,
+                "--json",
+            ])
+            .output();
+        match run {
+            Ok(out) if out.status.success() => {
+                let torch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                columns.push((precision.to_string(), torch));
             }
+            Ok(out) => println!(
+                "\nPyTorch {precision} skipped: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => println!("\nPyTorch {precision} skipped: python3: {e}"),
         }
-        Ok(out) => println!(
-            "\nPyTorch comparison skipped: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => println!("\nPyTorch comparison skipped: python3: {e}"),
+    }
+    let Some((_, first)) = columns.first() else {
+        return;
+    };
+    println!(
+        "\n## Side by side: the kernels ({}) and PyTorch {} on {}\n",
+        precision.name(),
+        first["torch"],
+        first["device"]
+    );
+    let header: Vec<String> = columns.iter().map(|(p, _)| format!("PyTorch {p}")).collect();
+    println!("| workload | resca ({}) | {} |", precision.name(), header.join(" | "));
+    println!("| --- | ---: |{}", " ---: |".repeat(columns.len()));
+    let torch_forward: Vec<String> = columns
+        .iter()
+        .map(|(_, t)| format!("{:.2} ms", t["forward_b2_ms"]["median"].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    println!(
+        "| forward, batch 2 | {forward_ms:.2} ms | {} |",
+        torch_forward.join(" | ")
+    );
+    for (i, name) in ["full", "resca N=3 K=16", "resca N=5 K=16"].iter().enumerate() {
+        let torch_runs: Vec<String> = columns
+            .iter()
+            .map(|(_, t)| {
+                format!(
+                    "{:.3} s",
+                    t["ddim_guided"]["runs"][*name]["median_s"].as_f64().unwrap_or(f64::NAN)
+                )
+            })
+            .collect();
+        println!(
+            "| {steps}-step guided DDIM, {name} | {:.3} s | {} |",
+            ours.get(i).copied().unwrap_or(f64::NAN),
+            torch_runs.join(" | ")
+        );
     }
 }

@@ -113,6 +113,32 @@ fn forward_is_bit_for_bit_deterministic<D: TestDevice>() {
 }
 on_every_device!(forward_is_bit_for_bit_deterministic);
 
+/// A sampling run takes its adaLN modulations from one batched computation at its start; a
+/// forward pass computes them itself. Both give the same bits: each step's model output is the
+/// guided forward of the step's input at the step's timestep.
+fn a_sampled_step_is_the_forward_of_its_input<D: TestDevice>() {
+    let file = vectors("ddim.safetensors");
+    let model = tiny_model();
+    let mut pipeline = Pipeline::new(D::open(), &model).unwrap();
+    let noise = tensor(&file, "cfg.noise").into_dimensionality::<Ix4>().unwrap();
+    let y: Vec<usize> = ints(&file, "cfg.y").iter().map(|&v| v as usize).collect();
+    let schedule = DdimSchedule::new(4).unwrap();
+    let run = sample_ddim(&mut pipeline, noise.view(), &y, Some(1.5), &schedule);
+    let sampler = Sampler::Ddim(schedule);
+    let bits = |a: ndarray::ArrayView4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for step in 0..4 {
+        let x = run.x.index_axis(ndarray::Axis(0), step);
+        let t = vec![sampler.step_info(step).timestep; x.dim().0];
+        let forward = pipeline.forward_with_cfg(x, &t, &y, 1.5).unwrap();
+        let sampled = run.model_out.index_axis(ndarray::Axis(0), step);
+        assert!(
+            bits(forward.view()) == bits(sampled),
+            "step {step}: the sampled output differs"
+        );
+    }
+}
+on_every_device!(a_sampled_step_is_the_forward_of_its_input);
+
 fn odd_guided_batch_and_bad_labels_are_errors_not_panics<D: TestDevice>() {
     let model = tiny_model();
     let mut sim = Pipeline::new(D::open(), &model).unwrap();

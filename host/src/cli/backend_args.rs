@@ -13,7 +13,7 @@ pub struct BackendArgs {
     /// Arithmetic of the token-wise GEMMs on --backend sim or cuda: exact FP32 (the GPU equals
     /// the simulator bit for bit) or tensor cores (docs/gpu.md, "Precision modes"). The
     /// reference backend computes in FP32 only.
-    #[arg(long, value_enum, default_value_t = Precision::Exact)]
+    #[arg(long, value_enum, value_name = "exact|tf32x3|tf32|bf16", default_value_t = Precision::Exact)]
     pub precision: Precision,
 }
 

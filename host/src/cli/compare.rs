@@ -78,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     args.memory.check(&needed, "this comparison")?;
     let model = args.model.load()?;
-    let (noise, labels) = class_grid(&model.config, args.seeds, args.seed);
+    let grid = class_grid(&model.config, args.seeds, args.seed);
     // The digit classifier measures quality only for the model it was trained with.
     let embedded = args.model.is_embedded();
     let classifier = if embedded { Some(embedded::classifier()?) } else { None };
@@ -86,8 +86,7 @@ pub fn run(args: Args) -> Result<()> {
     let comparison = compare(
         &model,
         (args.backend.backend, args.backend.precision),
-        noise,
-        labels,
+        grid,
         cfg_scale,
         args.steps,
         classifier.as_ref(),

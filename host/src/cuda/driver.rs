@@ -4,8 +4,11 @@
 //!
 //! [`Cudarc`] is the [`Driver`] of [`super::CudaDevice`]: the device's primary context, the
 //! committed PTX module for its compute capability JIT-compiled by the driver
-//! (`cuModuleLoadDataEx`, with the JIT's error log in the error), and every operation on the
-//! context's null stream, in issue order.
+//! (`cuModuleLoadDataEx`, with the JIT's error log in the error), and every operation on one
+//! stream created for it, in issue order. The stream is a blocking one (`CU_STREAM_DEFAULT`),
+//! so the synchronous copies (`cuMemcpyHtoD`/`DtoH`, on the legacy stream) stay ordered with the
+//! launches; a created stream, unlike the legacy one, can be captured into a CUDA graph. Timing
+//! spans are events recorded on it ([`Driver::record_event`]), not host synchronizes.
 
 use std::ffi::{CString, c_void};
 use std::sync::Arc;
@@ -268,10 +271,13 @@ pub unsafe fn function_attributes(function: sys::CUfunction) -> Result<FunctionA
     })
 }
 
-/// The cudarc binding: a primary context, the loaded module, the null stream.
+/// The cudarc binding: a primary context, the loaded module, a created stream, the graphs
+/// instantiated from captures of it.
 pub struct Cudarc {
     ctx: Arc<CudaContext>,
     module: sys::CUmodule,
+    stream: sys::CUstream,
+    graphs: Vec<sys::CUgraphExec>,
 }
 
 impl Cudarc {
@@ -281,15 +287,18 @@ impl Cudarc {
             .ok_or_else(|| format!("device {ordinal}: the driver lacks a function cudarc needs"))?
             .map_err(|e| format!("device {ordinal}: {}", driver_error(e)))?;
         let handle = load_module(module)?;
-        Ok(Self { ctx, module: handle })
+        let stream = result::stream::create(result::stream::StreamKind::Default)
+            .map_err(|e| format!("device {ordinal}: creating a stream: {}", driver_error(e)))?;
+        Ok(Self {
+            ctx,
+            module: handle,
+            stream,
+            graphs: Vec::new(),
+        })
     }
 
     fn bind(&self) -> Result<(), String> {
         self.ctx.bind_to_thread().map_err(driver_error)
-    }
-
-    fn stream() -> sys::CUstream {
-        std::ptr::null_mut()
     }
 }
 
@@ -302,7 +311,7 @@ impl Driver for Cudarc {
         // SAFETY: a fresh allocation, zeroed in stream order before any use.
         unsafe {
             let address = result::malloc_sync(bytes).map_err(driver_error)?;
-            result::memset_d8_async(address, 0, bytes, Self::stream()).map_err(driver_error)?;
+            result::memset_d8_async(address, 0, bytes, self.stream).map_err(driver_error)?;
             Ok(address)
         }
     }
@@ -317,20 +326,20 @@ impl Driver for Cudarc {
     fn upload(&mut self, dst: u64, src: &[u8]) -> Result<(), String> {
         self.bind()?;
         // SAFETY: `dst` holds `src.len()` bytes (checked by the device); the synchronous copy
-        // has read `src` when it returns and is ordered after the null stream's work.
+        // has read `src` when it returns and is ordered after the binding stream's work (the legacy stream waits for blocking streams).
         unsafe { result::memcpy_htod_sync(dst, src) }.map_err(driver_error)
     }
 
     fn download(&mut self, dst: &mut [u8], src: u64) -> Result<(), String> {
         self.bind()?;
-        // SAFETY: as for `upload`; the copy waits for the null stream's work.
+        // SAFETY: as for `upload`; the copy waits for the binding stream's work.
         unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(driver_error)
     }
 
     fn copy(&mut self, dst: u64, src: u64, bytes: usize) -> Result<(), String> {
         self.bind()?;
         // SAFETY: both ranges are within live allocations and do not overlap (checked).
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, Self::stream()) }.map_err(driver_error)
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream) }.map_err(driver_error)
     }
 
     fn function(&mut self, name: &str) -> Result<Self::Function, String> {
@@ -361,7 +370,7 @@ impl Driver for Cudarc {
                 (g.x, g.y, g.z),
                 (b.x, b.y, b.z),
                 dims.shared_bytes,
-                Self::stream(),
+                self.stream,
                 &mut params,
             )
         }
@@ -377,16 +386,81 @@ impl Driver for Cudarc {
 
     fn synchronize(&mut self) -> Result<(), String> {
         self.bind()?;
-        // SAFETY: the null stream of the current context.
-        unsafe { result::stream::synchronize(Self::stream()) }.map_err(driver_error)
+        // SAFETY: the binding's stream, alive as long as `self`.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(driver_error)
+    }
+
+    fn record_event(&mut self) -> Result<Option<u64>, String> {
+        self.bind()?;
+        let event = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(driver_error)?;
+        // SAFETY: a fresh event, recorded on the binding's stream.
+        unsafe { result::event::record(event, self.stream) }.map_err(driver_error)?;
+        Ok(Some(event as u64))
+    }
+
+    fn begin_capture(&mut self) -> Result<(), String> {
+        self.bind()?;
+        // SAFETY: the binding's stream (a created one: the legacy stream cannot be captured).
+        unsafe {
+            result::stream::begin_capture(
+                self.stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+        }
+        .map_err(driver_error)
+    }
+
+    fn end_capture(&mut self) -> Result<u64, String> {
+        self.bind()?;
+        // SAFETY: ends the capture begun on the binding's stream; the graph is instantiated,
+        // then the template destroyed (the executable graph is independent of it).
+        unsafe {
+            let graph = result::stream::end_capture(self.stream).map_err(driver_error)?;
+            let exec = result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = result::graph::destroy(graph);
+            let exec = exec.map_err(driver_error)?;
+            self.graphs.push(exec);
+            Ok(exec as u64)
+        }
+    }
+
+    fn launch_graph(&mut self, graph: u64) -> Result<(), String> {
+        self.bind()?;
+        let exec = graph as sys::CUgraphExec;
+        if !self.graphs.contains(&exec) {
+            return Err(format!("graph {graph:#x} is not one of this binding's"));
+        }
+        // SAFETY: an executable graph instantiated by this binding and not yet destroyed.
+        unsafe { result::graph::launch(exec, self.stream) }.map_err(driver_error)
+    }
+
+    fn event_elapsed_ms(&mut self, start: u64, end: u64) -> Result<f32, String> {
+        self.bind()?;
+        let (start, end) = (start as sys::CUevent, end as sys::CUevent);
+        // SAFETY: two events of `record_event`, recorded on the same stream and not yet
+        // destroyed (each mark is used once); destroyed here after the elapsed time is read.
+        unsafe {
+            let elapsed = result::event::synchronize(end).and_then(|()| result::event::elapsed(start, end));
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+            elapsed.map_err(driver_error)
+        }
     }
 }
 
 impl Drop for Cudarc {
     fn drop(&mut self) {
         if self.bind().is_ok() {
-            // SAFETY: loaded once, unloaded once; the device freed its buffers before.
-            let _ = unsafe { result::module::unload(self.module) };
+            // SAFETY: created and loaded once, released once; the device freed its buffers
+            // before.
+            unsafe {
+                let _ = result::stream::synchronize(self.stream);
+                for exec in self.graphs.drain(..) {
+                    let _ = result::graph::exec_destroy(exec);
+                }
+                let _ = result::stream::destroy(self.stream);
+                let _ = result::module::unload(self.module);
+            }
         }
     }
 }

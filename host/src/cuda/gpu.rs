@@ -12,7 +12,9 @@ use resca_gpu_kernels::LaunchDims;
 use resca_gpu_kernels::ptx::PtxModule;
 
 use super::params::{ParamLayout, layouts, pack};
-use crate::pipeline::device::{Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, RawSlice, Slice};
+use crate::pipeline::device::{
+    Buffer, DType, Device, DeviceError, Element, Graph, GraphOp, Kernel, KernelCall, Mark, RawSlice, Slice,
+};
 
 /// What ptxas/the driver report about a loaded kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,6 +63,35 @@ pub trait Driver {
     fn set_max_dynamic_shared(&mut self, function: &Self::Function, bytes: u32) -> Result<(), String>;
     /// Waits for everything issued so far (reports asynchronous kernel faults).
     fn synchronize(&mut self) -> Result<(), String>;
+
+    /// Records a timing event after the work issued so far, without waiting; `None` where the
+    /// binding has no events (the device then synchronizes to time).
+    fn record_event(&mut self) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+
+    /// Milliseconds from event `start` to event `end` (both of [`Driver::record_event`]),
+    /// waiting for `end`; both events are released.
+    fn event_elapsed_ms(&mut self, start: u64, end: u64) -> Result<f32, String> {
+        Err(format!(
+            "events {start:#x} and {end:#x}: this binding records no events"
+        ))
+    }
+
+    /// Starts capturing the stream's work into a graph (nothing runs until it is launched).
+    fn begin_capture(&mut self) -> Result<(), String> {
+        Err("this binding captures no graphs".into())
+    }
+
+    /// Ends the capture: the handle of the instantiated graph.
+    fn end_capture(&mut self) -> Result<u64, String> {
+        Err("this binding captures no graphs".into())
+    }
+
+    /// Launches an instantiated graph of [`Driver::end_capture`] on the stream.
+    fn launch_graph(&mut self, graph: u64) -> Result<(), String> {
+        Err(format!("graph {graph:#x}: this binding launches no graphs"))
+    }
 }
 
 struct GpuBuffer {
@@ -84,6 +115,8 @@ pub struct GpuDevice<D: Driver> {
     buffers: Vec<GpuBuffer>,
     launches: usize,
     description: String,
+    /// The operations of the graph being captured ([`Device::begin_capture`]).
+    capture: Option<Vec<GraphOp>>,
 }
 
 /// Shared memory a kernel may declare statically; dynamic shared memory above it needs the
@@ -142,7 +175,19 @@ impl<D: Driver> GpuDevice<D> {
             buffers: Vec::new(),
             launches: 0,
             description,
+            capture: None,
         })
+    }
+
+    /// An error for `what`, an operation that a graph capture cannot hold, inside one.
+    fn outside_capture(&self, what: &str) -> Result<(), DeviceError> {
+        match self.capture {
+            Some(_) => Err(DeviceError::Invalid(format!(
+                "{}: {what} inside a graph capture (a captured step must not need the host)",
+                D::NAME
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The PTX module the kernels came from.
@@ -228,6 +273,7 @@ impl<D: Driver> Device for GpuDevice<D> {
     }
 
     fn alloc<T: Element>(&mut self, len: usize) -> Result<Buffer<T>, DeviceError> {
+        self.outside_capture("an allocation")?;
         let bytes = len
             .checked_mul(element_size(T::DTYPE))
             .ok_or_else(|| DeviceError::Invalid(format!("alloc of {len} elements overflows")))?;
@@ -249,6 +295,7 @@ impl<D: Driver> Device for GpuDevice<D> {
     }
 
     fn upload<T: Element>(&mut self, dst: Slice<T>, data: &[T]) -> Result<(), DeviceError> {
+        self.outside_capture("an upload")?;
         if data.len() != dst.len {
             return Err(DeviceError::Invalid(format!(
                 "upload of {} elements into a slice of {}",
@@ -264,6 +311,7 @@ impl<D: Driver> Device for GpuDevice<D> {
     }
 
     fn download<T: Element>(&mut self, src: Slice<T>, out: &mut [T]) -> Result<(), DeviceError> {
+        self.outside_capture("a download")?;
         if out.len() != src.len {
             return Err(DeviceError::Invalid(format!(
                 "download of a slice of {} elements into {}",
@@ -302,10 +350,18 @@ impl<D: Driver> Device for GpuDevice<D> {
         if bytes == 0 {
             return Ok(());
         }
-        self.driver.copy(to, from, bytes).map_err(backend("copy"))
+        self.driver.copy(to, from, bytes).map_err(backend("copy"))?;
+        if let Some(ops) = self.capture.as_mut() {
+            ops.push(GraphOp::Copy {
+                src: src.raw(),
+                dst: dst.raw(),
+            });
+        }
+        Ok(())
     }
 
     fn free(&mut self, id: usize) -> Result<(), DeviceError> {
+        self.outside_capture("a free")?;
         let buffer = self
             .buffers
             .get_mut(id)
@@ -339,12 +395,68 @@ impl<D: Driver> Device for GpuDevice<D> {
         }
         let launched = unsafe { self.driver.launch(function, dims, &pointers) };
         launched.map_err(backend(&format!("launching kernel `{}`", call.kernel.name())))?;
-        self.launches += 1;
+        match self.capture.as_mut() {
+            // Captured into the graph, not run.
+            Some(ops) => ops.push(GraphOp::Launch(call.clone())),
+            None => self.launches += 1,
+        }
         Ok(())
     }
 
     fn synchronize(&mut self) -> Result<(), DeviceError> {
+        self.outside_capture("a synchronize")?;
         self.driver.synchronize().map_err(backend("synchronize"))
+    }
+
+    fn begin_capture(&mut self) -> Result<(), DeviceError> {
+        self.outside_capture("a capture")?;
+        self.driver
+            .begin_capture()
+            .map_err(backend("beginning a graph capture"))?;
+        self.capture = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&mut self) -> Result<Graph, DeviceError> {
+        let ops = self
+            .capture
+            .take()
+            .ok_or_else(|| DeviceError::Invalid(format!("{}: end_capture without begin_capture", D::NAME)))?;
+        let id = self.driver.end_capture().map_err(backend("ending a graph capture"))?;
+        Ok(Graph { id, ops })
+    }
+
+    fn launch_graph(&mut self, graph: &Graph) -> Result<(), DeviceError> {
+        self.outside_capture("a graph launch")?;
+        self.driver
+            .launch_graph(graph.id)
+            .map_err(backend(&format!("launching graph {}", graph.id)))?;
+        self.launches += graph.ops.iter().filter(|op| matches!(op, GraphOp::Launch(_))).count();
+        Ok(())
+    }
+
+    fn mark(&mut self) -> Result<Mark, DeviceError> {
+        self.outside_capture("a timing mark")?;
+        match self.driver.record_event().map_err(backend("recording an event"))? {
+            Some(event) => Ok(Mark::Event(event)),
+            None => {
+                self.synchronize()?;
+                Ok(Mark::Host(std::time::Instant::now()))
+            }
+        }
+    }
+
+    fn seconds_between(&mut self, start: Mark, end: Mark) -> Result<f64, DeviceError> {
+        match (start, end) {
+            (Mark::Event(start), Mark::Event(end)) => {
+                let ms = (self.driver.event_elapsed_ms(start, end)).map_err(backend("timing events"))?;
+                Ok(f64::from(ms) / 1e3)
+            }
+            (Mark::Host(start), Mark::Host(end)) => Ok(end.saturating_duration_since(start).as_secs_f64()),
+            _ => Err(DeviceError::Invalid(format!(
+                "the marks {start:?} and {end:?} are of different kinds"
+            ))),
+        }
     }
 }
 

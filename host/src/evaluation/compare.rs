@@ -131,13 +131,13 @@ pub struct Comparison {
     pub real_data_frechet_note: String,
 }
 
-/// Runs every contender on `noise`/`labels` on `backend` in `precision` and measures it.
+/// Runs every contender on `noise` (B, C, H, W) with `labels` (B) on `backend` in `precision`
+/// and measures it.
 /// `classifier` (when the model is the embedded MNIST one) adds accuracy and the Frechet distance.
 pub fn compare(
     model: &Dit,
     (backend, precision): (Backend, Precision),
-    noise: Array4<f32>,
-    labels: Vec<usize>,
+    (noise, labels): (Array4<f32>, Vec<usize>),
     cfg_scale: f32,
     steps: usize,
     classifier: Option<&Classifier>,

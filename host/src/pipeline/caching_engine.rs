@@ -17,8 +17,6 @@
 //!
 //! Clustering runs after the last block of a full step (TETC for ResCa, K-means for ClusCa).
 
-use std::time::Instant;
-
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,7 +33,7 @@ use resca_reference::flops::StepWork;
 use resca_reference::model::Branch;
 use resca_reference::sampler::{MethodTimings, Orientation, StepInfo};
 
-use super::device::{Buffer, Device, DeviceError, Element, Slice};
+use super::device::{Buffer, Device, DeviceError, Element, Mark, Slice};
 use super::error::PipelineError;
 use super::launch;
 use super::model::{BranchHook, DeviceBlock, mlp_branch};
@@ -92,6 +90,13 @@ impl TaylorCache {
     }
 }
 
+/// What a timed span of device work counts towards ([`MethodTimings`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Span {
+    Clustering,
+    Simulated,
+}
+
 /// Device buffers of the clustering methods.
 struct ClusterBuffers {
     labels: Buffer<u32>,
@@ -139,6 +144,9 @@ pub struct CachingEngine {
     have_centroids: bool,
     rngs: Vec<ChaCha8Rng>,
     timings: MethodTimings,
+    /// Spans of device work timed by marks, not yet read ([`CachingEngine::settle_timings`]):
+    /// reading them waits for the device, so it happens once, at the end of the run.
+    spans: Vec<(Span, Mark, Mark)>,
     record: bool,
     history: Vec<ClusteringRecord>,
     replay: Vec<ClusteringRecord>,
@@ -221,6 +229,7 @@ impl CachingEngine {
             have_centroids: false,
             rngs: row_generators(method.seed, rows),
             timings: MethodTimings::default(),
+            spans: Vec::new(),
             record: false,
             history: Vec::new(),
             replay: Vec::new(),
@@ -285,8 +294,23 @@ impl CachingEngine {
         self.replay = records;
     }
 
+    /// The time spent clustering and simulating, as far as settled by
+    /// [`CachingEngine::settle_timings`].
     pub fn timings(&self) -> MethodTimings {
         self.timings
+    }
+
+    /// Reads the timed spans of device work into [`CachingEngine::timings`] (waits for the
+    /// device: call it when the run's results are on the host anyway).
+    pub fn settle_timings<D: Device>(&mut self, dev: &mut D) -> Result<MethodTimings, DeviceError> {
+        for (span, start, end) in std::mem::take(&mut self.spans) {
+            let seconds = dev.seconds_between(start, end)?;
+            match span {
+                Span::Clustering => self.timings.clustering_s += seconds,
+                Span::Simulated => self.timings.simulated_s += seconds,
+            }
+        }
+        Ok(self.timings)
     }
 
     /// What the current step computes per image (FLOPs accounting).
@@ -429,8 +453,7 @@ impl CachingEngine {
         dev.upload(ranks_buf.all(), &ranks)?;
         launch::cluster_members(dev, labels.all(), ranks_buf.all(), picks.all(), self.rows, n, k)?;
         self.computed_tokens(dev, block, x, modulation, picks.all())?;
-        dev.synchronize()?;
-        let started = Instant::now();
+        let started = dev.mark()?;
         let fresh = self.buffers()?.fresh;
         let cache0 = self.caches[l][1].order(0);
         launch::clusca_propagate(
@@ -447,8 +470,7 @@ impl CachingEngine {
             self.method.propagation,
         )?;
         self.predict_gated_add(dev, l, Branch::Mlp, x, modulation, 5 * d)?;
-        dev.synchronize()?;
-        self.timings.simulated_s += started.elapsed().as_secs_f64();
+        self.spans.push((Span::Simulated, started, dev.mark()?));
         Ok(())
     }
 
@@ -465,8 +487,7 @@ impl CachingEngine {
         let (n, d, k) = (self.config.tokens(), self.config.hidden_size, self.method.clusters);
         let proxies = self.buffers()?.proxies;
         self.computed_tokens(dev, block, x, modulation, proxies.all())?;
-        dev.synchronize()?;
-        let started = Instant::now();
+        let started = dev.mark()?;
         let b = self.buffers()?;
         let (labels, fresh, residuals, simulated) = (b.labels, b.fresh, b.residuals, b.simulated);
         let solver = self.method.solver;
@@ -506,16 +527,14 @@ impl CachingEngine {
         )?;
         launch::scatter_rows(dev, fresh.all(), proxies.all(), simulated.all(), self.rows, n, k, d)?;
         self.store(dev, l, Branch::Mlp, simulated.all())?;
-        dev.synchronize()?;
-        self.timings.simulated_s += started.elapsed().as_secs_f64();
+        self.spans.push((Span::Simulated, started, dev.mark()?));
         launch::gated_add(dev, x, simulated.all(), modulation, self.rows * n, d, n, 6 * d, 5 * d)?;
         Ok(())
     }
 
     /// Clusters every row's final-block tokens (TETC for ResCa, K-means for ClusCa).
     fn cluster<D: Device>(&mut self, dev: &mut D, x: Slice<f32>) -> Result<(), PipelineError> {
-        dev.synchronize()?;
-        let started = Instant::now();
+        let started = dev.mark()?;
         let index = self.current()?.index;
         match self.method.kind {
             MethodKind::ResCa => self.tetc(dev, x)?,
@@ -573,8 +592,7 @@ impl CachingEngine {
             launch::cluster_counts(dev, labels.all(), counts.all(), self.rows, n, k)?;
             self.counts = dev.download_vec(counts.all())?;
         }
-        dev.synchronize()?;
-        self.timings.clustering_s += started.elapsed().as_secs_f64();
+        self.spans.push((Span::Clustering, started, dev.mark()?));
         Ok(())
     }
 

@@ -218,6 +218,84 @@ pub enum DeviceError {
     Backend(String),
 }
 
+/// One operation of a captured graph ([`Device::begin_capture`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GraphOp {
+    Launch(KernelCall),
+    /// A device-to-device copy.
+    Copy {
+        src: RawSlice,
+        dst: RawSlice,
+    },
+}
+
+/// Device work captured once and replayed as a whole ([`Device::launch_graph`]): a sparse step's
+/// launches without a host round trip per launch. The captured values are fixed: a value that
+/// changes between replays must be read by the kernels from a device buffer, which the host
+/// updates (by an upload, outside the capture) before each replay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    /// The device's handle of the graph.
+    pub id: u64,
+    /// The operations in capture order (the CUDA graph's nodes, in stream order).
+    pub ops: Vec<GraphOp>,
+}
+
+impl Graph {
+    /// Checks that `issued`, the operations a step would issue now (captured again, not run),
+    /// are the graph's: the same kernels with the same arguments. A host value baked into the
+    /// capture that has changed since (a coefficient passed by value, say) is an error naming
+    /// the kernel and the parameter, so that replaying the graph cannot silently use a stale one.
+    pub fn check_replayable(&self, issued: &[GraphOp]) -> Result<(), DeviceError> {
+        if self.ops.len() != issued.len() {
+            return Err(DeviceError::Invalid(format!(
+                "graph {}: captured {} operations, the step issues {}",
+                self.id,
+                self.ops.len(),
+                issued.len()
+            )));
+        }
+        for (i, (captured, now)) in self.ops.iter().zip(issued).enumerate() {
+            if captured == now {
+                continue;
+            }
+            let detail = match (captured, now) {
+                (GraphOp::Launch(a), GraphOp::Launch(b)) if a.kernel == b.kernel => {
+                    let params = a.kernel.params();
+                    match a.args.iter().zip(&b.args).position(|(x, y)| x != y) {
+                        Some(j) => format!(
+                            "kernel `{}` parameter {j} `{}`: captured {:?}, now {:?} (a host value that changes \
+                             between steps must come from a device buffer)",
+                            a.kernel.name(),
+                            params.get(j).map_or("?", |p| p.name),
+                            a.args[j],
+                            b.args[j]
+                        ),
+                        None => format!("kernel `{}`: the launch geometry differs", a.kernel.name()),
+                    }
+                }
+                _ => format!("captured {captured:?}, now {now:?}"),
+            };
+            return Err(DeviceError::Invalid(format!(
+                "graph {}: operation {i}: {detail}",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A point in a device's work, for timing spans of it without a host synchronize
+/// ([`Device::mark`], [`Device::seconds_between`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// The host clock once the work issued before the mark had finished (a device that runs
+    /// every launch to completion, or one without events).
+    Host(std::time::Instant),
+    /// An event recorded in stream order: the device's handle for it.
+    Event(u64),
+}
+
 /// A GPU (or its simulation): memory and launches, in stream order.
 pub trait Device {
     /// A short name for statistics (`sim`, `cuda`).
@@ -234,8 +312,57 @@ pub trait Device {
     fn free(&mut self, id: usize) -> Result<(), DeviceError>;
     /// Launches a kernel (asynchronously on a real GPU).
     fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError>;
-    /// Waits for every launch and copy issued so far (for timings).
+    /// Waits for every launch and copy issued so far.
     fn synchronize(&mut self) -> Result<(), DeviceError>;
+
+    /// Marks the point after the work issued so far, to time the work between two marks. The
+    /// default waits for that work and reads the host clock (right for a device whose launches
+    /// have finished when they return, the simulator); a GPU records an event in stream order
+    /// instead and does not wait.
+    fn mark(&mut self) -> Result<Mark, DeviceError> {
+        self.synchronize()?;
+        Ok(Mark::Host(std::time::Instant::now()))
+    }
+
+    /// Seconds of work from `start` to `end` (marks of this device, `start` first), waiting for
+    /// the work before `end`; each mark is used once.
+    fn seconds_between(&mut self, start: Mark, end: Mark) -> Result<f64, DeviceError> {
+        match (start, end) {
+            (Mark::Host(start), Mark::Host(end)) => Ok(end.saturating_duration_since(start).as_secs_f64()),
+            _ => Err(DeviceError::Invalid(format!(
+                "{}: the marks {start:?} and {end:?} are not this device's",
+                self.name()
+            ))),
+        }
+    }
+
+    /// Starts capturing the launches and device-to-device copies issued from now on into a graph
+    /// instead of running them ([`Device::end_capture`]). Inside a capture, allocations, frees,
+    /// uploads, downloads, synchronizes and marks are errors (a captured step must not need the
+    /// host). The default: this device captures nothing.
+    fn begin_capture(&mut self) -> Result<(), DeviceError> {
+        Err(DeviceError::Invalid(format!(
+            "{}: no graph capture on this device",
+            self.name()
+        )))
+    }
+
+    /// Ends the capture begun by [`Device::begin_capture`]: the graph of what was issued.
+    fn end_capture(&mut self) -> Result<Graph, DeviceError> {
+        Err(DeviceError::Invalid(format!(
+            "{}: no graph capture on this device",
+            self.name()
+        )))
+    }
+
+    /// Runs a graph of [`Device::end_capture`], in stream order after the work issued so far.
+    fn launch_graph(&mut self, graph: &Graph) -> Result<(), DeviceError> {
+        Err(DeviceError::Invalid(format!(
+            "{}: graph {}: no graphs on this device",
+            self.name(),
+            graph.id
+        )))
+    }
 
     /// A buffer holding `data`.
     fn upload_new<T: Element>(&mut self, data: &[T]) -> Result<Buffer<T>, DeviceError> {

@@ -650,14 +650,10 @@ fn tensor_core_kernel(precision: Precision, epilogue: Option<Epilogue>) -> Resul
     Ok((kernel, mode))
 }
 
-fn weight_for(
-    kernel: Kernel,
-    precision: Precision,
-    w: GemmWeight,
-) -> Result<(Option<Slice<f32>>, Option<Slice<u32>>), DeviceError> {
+/// Fails unless `w` is in the layout the kernels of `precision` read.
+fn check_weight(kernel: Kernel, precision: Precision, w: GemmWeight) -> Result<(), DeviceError> {
     match (precision, w) {
-        (Precision::Bf16, GemmWeight::Bf16(w)) => Ok((None, Some(w))),
-        (Precision::Tf32 | Precision::Tf32x3, GemmWeight::F32(w)) => Ok((Some(w), None)),
+        (Precision::Bf16, GemmWeight::Bf16(_)) | (Precision::Tf32 | Precision::Tf32x3, GemmWeight::F32(_)) => Ok(()),
         _ => Err(DeviceError::Invalid(format!(
             "kernel `{}`: the weight is not in the {} layout",
             kernel.name(),
@@ -685,8 +681,9 @@ pub fn gemm_tc<D: Device>(
     }
     let (m, n, k_len) = (size(k, "m", m)?, size(k, "n", n)?, size(k, "k", k_len)?);
     let dims = gemm_tc::gemm_tc_dims(m, n, mode);
-    match weight_for(k, precision, w)? {
-        (Some(w), _) => launch_as(
+    check_weight(k, precision, w)?;
+    match w {
+        GemmWeight::F32(w) => launch_as(
             dev,
             k,
             dims,
@@ -700,7 +697,7 @@ pub fn gemm_tc<D: Device>(
                 k: k_len,
             },
         ),
-        (_, Some(w)) => launch_as(
+        GemmWeight::Bf16(w) => launch_as(
             dev,
             k,
             dims,
@@ -714,7 +711,6 @@ pub fn gemm_tc<D: Device>(
                 k: k_len,
             },
         ),
-        _ => unreachable!("weight_for gives one weight"),
     }
 }
 
@@ -746,8 +742,9 @@ pub fn gemm_tc_gated_residual<D: Device>(
         size(k, "gate_offset", gate_offset)?,
     );
     let dims = gemm_tc::gemm_tc_dims(m, n, mode);
-    match weight_for(k, precision, w)? {
-        (Some(w), _) => launch_as(
+    check_weight(k, precision, w)?;
+    match w {
+        GemmWeight::F32(w) => launch_as(
             dev,
             k,
             dims,
@@ -765,7 +762,7 @@ pub fn gemm_tc_gated_residual<D: Device>(
                 gate_offset,
             },
         ),
-        (_, Some(w)) => launch_as(
+        GemmWeight::Bf16(w) => launch_as(
             dev,
             k,
             dims,
@@ -783,7 +780,6 @@ pub fn gemm_tc_gated_residual<D: Device>(
                 gate_offset,
             },
         ),
-        _ => unreachable!("weight_for gives one weight"),
     }
 }
 
@@ -797,10 +793,10 @@ pub fn attention<D: Device>(
     heads: usize,
     head_dim: usize,
 ) -> Result<(), DeviceError> {
-    let k = Kernel::Attention;
+    let k = Kernel::FlashAttention;
     if head_dim > attention::ATTN_MAX_HEAD_DIM as usize || head_dim == 0 {
         return Err(DeviceError::Invalid(format!(
-            "kernel `attention`: head_dim {head_dim} outside 1..={}",
+            "kernel `flash_attention`: head_dim {head_dim} outside 1..={}",
             attention::ATTN_MAX_HEAD_DIM
         )));
     }
@@ -813,7 +809,7 @@ pub fn attention<D: Device>(
         size(k, "tokens", tokens)?,
         size(k, "heads", heads)?,
     );
-    let args = args::Attention {
+    let args = args::FlashAttention {
         qkv,
         out,
         tokens: n,

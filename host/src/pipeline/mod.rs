@@ -36,7 +36,7 @@ use resca_reference::{Dit, Sampler, Trajectory};
 pub use caching_engine::CachingEngine;
 pub use device::{Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, Slice};
 pub use error::PipelineError;
-use model::{Activations, BranchHook, DeviceDit};
+use model::{Activations, BranchHook, Conditioning, DeviceDit, RunModulations};
 
 /// Extras of a sampling run besides the trajectory.
 #[derive(Clone, Debug, Default)]
@@ -171,7 +171,13 @@ impl<'m, D: Device> Pipeline<'m, D> {
         }
         let labels_u32: Vec<u32> = labels.iter().map(|&y| y as u32).collect();
         self.dev.upload(act.labels.all(), &labels_u32)?;
-        model::forward(&mut self.dev, &self.weights, act, None, timesteps)?;
+        model::forward(
+            &mut self.dev,
+            &self.weights,
+            act,
+            None,
+            Conditioning::Timesteps(timesteps),
+        )?;
         let (oc, side) = (c.out_channels(), c.input_size);
         if let Some(scale) = cfg_scale {
             launch::cfg_mix(&mut self.dev, act.out.all(), b / 2, oc, side * side, scale)?;
@@ -233,6 +239,8 @@ impl<'m, D: Device> Pipeline<'m, D> {
         self.dev.upload(x.all(), noise.as_slice().expect("standard layout"))?;
         let labels_u32: Vec<u32> = labels.iter().map(|&y| y as u32).collect();
         self.dev.upload(act.labels.all(), &labels_u32)?;
+        let timesteps: Vec<f32> = (0..steps).map(|p| sampler.step_info(p).timestep).collect();
+        let modulations = RunModulations::new(&mut self.dev, &self.weights, &timesteps, &labels_u32)?;
 
         let mut xs = Array5::<f32>::zeros((steps + 1, b, ch, side, side));
         let mut outs = Array5::<f32>::zeros((steps, b, oc, side, side));
@@ -254,7 +262,13 @@ impl<'m, D: Device> Pipeline<'m, D> {
                 None => self.dev.copy(x.all(), act.image.all())?,
             }
             let hook = engine.as_mut().map(|e| e as &mut dyn BranchHook<D>);
-            model::forward(&mut self.dev, &self.weights, &act, hook, &vec![info.timestep; b])?;
+            model::forward(
+                &mut self.dev,
+                &self.weights,
+                &act,
+                hook,
+                Conditioning::Precomputed(modulations.step(position)?),
+            )?;
             if let Some(scale) = cfg_scale {
                 launch::cfg_mix(&mut self.dev, act.out.all(), b / 2, oc, side * side, scale)?;
             }
@@ -293,6 +307,7 @@ impl<'m, D: Device> Pipeline<'m, D> {
                 };
                 self.activations = Some(act);
                 self.dev.free(x.id())?;
+                modulations.release(&mut self.dev)?;
                 if let Some(e) = engine {
                     e.release(&mut self.dev)?;
                 }
@@ -308,9 +323,10 @@ impl<'m, D: Device> Pipeline<'m, D> {
         }
         self.activations = Some(act);
         self.dev.free(x.id())?;
+        modulations.release(&mut self.dev)?;
         let (timings, history) = match engine {
-            Some(e) => {
-                let summary = (e.timings(), e.clustering_history().to_vec());
+            Some(mut e) => {
+                let summary = (e.settle_timings(&mut self.dev)?, e.clustering_history().to_vec());
                 e.release(&mut self.dev)?;
                 summary
             }

@@ -372,6 +372,156 @@ impl Activations {
     }
 }
 
+/// The adaLN modulations of every step of a sampling run, computed once at its start: they
+/// depend only on the step's timestep and the labels, so a step needs no conditioning launch
+/// and none of the adaLN weight reads. Each block's modulations are one batched `linear_rows`
+/// launch over all steps' rows (the kernel computes each row on its own, so the values are the
+/// bits a per-step launch gives).
+pub struct RunModulations {
+    /// Model rows per step.
+    rows: usize,
+    steps: usize,
+    /// Per block: (steps rows, 6D), step s at rows `s rows ..`.
+    blocks: Vec<Buffer<f32>>,
+    /// The final layer's (shift, scale): (steps rows, 2D).
+    final_layer: Buffer<f32>,
+    /// Every buffer above.
+    owned: Vec<usize>,
+}
+
+/// The modulations of one step of a [`RunModulations`].
+#[derive(Clone, Copy)]
+pub struct StepModulations<'a> {
+    run: &'a RunModulations,
+    step: usize,
+}
+
+impl StepModulations<'_> {
+    /// Block `l`'s modulation (rows, 6D).
+    fn block(&self, l: usize) -> Slice<f32> {
+        let len = self.run.blocks[l].len() / self.run.steps;
+        self.run.blocks[l].range(self.step * len, len)
+    }
+
+    /// The final layer's (rows, 2D).
+    fn final_layer(&self) -> Slice<f32> {
+        let len = self.run.final_layer.len() / self.run.steps;
+        self.run.final_layer.range(self.step * len, len)
+    }
+}
+
+impl RunModulations {
+    /// The modulations of `rows` model rows with `labels` (rows) at each of `timesteps` (one
+    /// per step).
+    pub fn new<D: Device>(
+        dev: &mut D,
+        model: &DeviceDit,
+        timesteps: &[f32],
+        labels: &[u32],
+    ) -> Result<Self, PipelineError> {
+        let (rows, steps, d) = (labels.len(), timesteps.len(), model.config.hidden_size);
+        let all = rows * steps;
+        let mut owned = Vec::new();
+        let mut alloc = |dev: &mut D, len: usize| -> Result<Buffer<f32>, DeviceError> {
+            let buffer = dev.alloc(len)?;
+            owned.push(buffer.id());
+            Ok(buffer)
+        };
+        let mut blocks = Vec::with_capacity(model.blocks.len());
+        for _ in &model.blocks {
+            blocks.push(alloc(dev, all * 6 * d)?);
+        }
+        let final_layer = alloc(dev, all * 2 * d)?;
+        let t: Vec<f32> = timesteps.iter().flat_map(|&t| std::iter::repeat_n(t, rows)).collect();
+        let all_labels: Vec<u32> = (0..steps).flat_map(|_| labels.iter().copied()).collect();
+        let t = dev.upload_new(&t)?;
+        let all_labels = dev.upload_new(&all_labels)?;
+        let features = dev.alloc(all * TIMESTEP_FEATURES as usize)?;
+        let (t_hidden, t_emb, silu_c) = (dev.alloc(all * d)?, dev.alloc(all * d)?, dev.alloc(all * d)?);
+        let silu = conditioning(
+            dev,
+            model,
+            t.all(),
+            all_labels.all(),
+            features,
+            t_hidden,
+            t_emb,
+            silu_c,
+            all,
+        )?;
+        for (block, out) in model.blocks.iter().zip(&blocks) {
+            block.ada_ln.rows(dev, silu, out.all(), all, false)?;
+        }
+        model.final_ada_ln.rows(dev, silu, final_layer.all(), all, false)?;
+        for id in [
+            t.id(),
+            all_labels.id(),
+            features.id(),
+            t_hidden.id(),
+            t_emb.id(),
+            silu_c.id(),
+        ] {
+            dev.free(id)?;
+        }
+        Ok(Self {
+            rows,
+            steps,
+            blocks,
+            final_layer,
+            owned,
+        })
+    }
+
+    /// The modulations of step `step` (0-based, in the order of the timesteps given).
+    pub fn step(&self, step: usize) -> Result<StepModulations<'_>, PipelineError> {
+        if step >= self.steps {
+            return Err(PipelineError::Unsupported(format!(
+                "step {step} of a run of {} steps",
+                self.steps
+            )));
+        }
+        Ok(StepModulations { run: self, step })
+    }
+
+    /// Model rows per step.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Frees every buffer.
+    pub fn release<D: Device>(self, dev: &mut D) -> Result<(), DeviceError> {
+        self.owned.iter().try_for_each(|&id| dev.free(id))
+    }
+}
+
+/// The conditioning `SiLU(t_embedder(t) + table[labels])` of `rows` rows into `silu_c`
+/// (rows, D), through the scratch `features` (rows, 256), `t_hidden` and `t_emb` (rows, D).
+#[allow(clippy::too_many_arguments)] // the buffers of four kernels
+fn conditioning<D: Device>(
+    dev: &mut D,
+    model: &DeviceDit,
+    t: Slice<f32>,
+    labels: Slice<u32>,
+    features: Buffer<f32>,
+    t_hidden: Buffer<f32>,
+    t_emb: Buffer<f32>,
+    silu_c: Buffer<f32>,
+    rows: usize,
+) -> Result<Slice<f32>, DeviceError> {
+    launch::timestep_features(dev, t, features.all())?;
+    model.t_mlp_in.rows(dev, features.all(), t_hidden.all(), rows, true)?;
+    model.t_mlp_out.rows(dev, t_hidden.all(), t_emb.all(), rows, false)?;
+    launch::label_embed_silu(
+        dev,
+        t_emb.all(),
+        model.label_table.all(),
+        labels,
+        silu_c.all(),
+        model.config.hidden_size,
+    )?;
+    Ok(silu_c.all())
+}
+
 /// The MLP branch `fc2(GELU(fc1(modulate(LN(x)))))` of `rows` token rows `x` whose samples hold
 /// `tokens` rows each, into `out` (rows, D); `normed` (rows, D) and `hidden` (rows, 4D) are
 /// scratch.
@@ -393,16 +543,25 @@ pub fn mlp_branch<D: Device>(
     block.fc2.gemm(dev, hidden, out, rows, Epilogue::Bias)
 }
 
-/// `model(image, t, labels)` into `act.out`: `act.image` and `act.labels` hold the inputs; the
-/// timesteps (one per row) are uploaded here. Without a hook every branch is computed (the
-/// gated residual fused into the GEMM); with one, each branch is computed and handed to the hook
-/// at full steps and supplied by the hook at sparse steps.
+/// Where a forward pass takes its timesteps' conditioning from.
+#[derive(Clone, Copy)]
+pub enum Conditioning<'a> {
+    /// The timesteps (one per row): uploaded, the conditioning and every adaLN computed.
+    Timesteps(&'a [f32]),
+    /// The run's precomputed modulations of the step.
+    Precomputed(StepModulations<'a>),
+}
+
+/// `model(image, t, labels)` into `act.out`: `act.image` and `act.labels` hold the inputs, the
+/// conditioning is computed from the timesteps or precomputed for the run. Without a hook every
+/// branch is computed (the gated residual fused into the GEMM); with one, each branch is
+/// computed and handed to the hook at full steps and supplied by the hook at sparse steps.
 pub fn forward<D: Device>(
     dev: &mut D,
     model: &DeviceDit,
     act: &Activations,
     mut hook: Option<&mut dyn BranchHook<D>>,
-    timesteps: &[f32],
+    conditioning: Conditioning<'_>,
 ) -> Result<(), PipelineError> {
     let c = &model.config;
     let (b, n, d) = (act.rows, c.tokens(), c.hidden_size);
@@ -410,22 +569,20 @@ pub fn forward<D: Device>(
     let rows = b * n;
 
     // Conditioning: timestep features -> t-embedder MLP; + label embedding; SiLU.
-    dev.upload(act.t.all(), timesteps)?;
-    launch::timestep_features(dev, act.t.all(), act.features.all())?;
-    model
-        .t_mlp_in
-        .rows(dev, act.features.all(), act.t_hidden.all(), b, true)?;
-    model
-        .t_mlp_out
-        .rows(dev, act.t_hidden.all(), act.t_emb.all(), b, false)?;
-    launch::label_embed_silu(
-        dev,
-        act.t_emb.all(),
-        model.label_table.all(),
-        act.labels.all(),
-        act.silu_c.all(),
-        d,
-    )?;
+    if let Conditioning::Timesteps(timesteps) = conditioning {
+        dev.upload(act.t.all(), timesteps)?;
+        self::conditioning(
+            dev,
+            model,
+            act.t.all(),
+            act.labels.all(),
+            act.features,
+            act.t_hidden,
+            act.t_emb,
+            act.silu_c,
+            b,
+        )?;
+    }
     // Tokens: patch embedding + bias + pos_embed.
     launch::patch_embed(
         dev,
@@ -441,9 +598,17 @@ pub fn forward<D: Device>(
         d,
     )?;
 
-    let (x, m) = (act.tokens.all(), act.modulation.all());
+    let x = act.tokens.all();
     for (l, block) in model.blocks.iter().enumerate() {
-        block.ada_ln.rows(dev, act.silu_c.all(), m, b, false)?;
+        let m = match conditioning {
+            Conditioning::Timesteps(_) => {
+                block
+                    .ada_ln
+                    .rows(dev, act.silu_c.all(), act.modulation.all(), b, false)?;
+                act.modulation.all()
+            }
+            Conditioning::Precomputed(step) => step.block(l),
+        };
         let full = hook.as_ref().is_none_or(|h| h.is_full());
 
         // Attention: x += gate_msa * proj(attn(modulate(LN(x), shift_msa, scale_msa))).
@@ -493,10 +658,16 @@ pub fn forward<D: Device>(
     }
 
     // Final layer: adaLN (shift, scale), LN + modulate, linear, unpatchify.
-    model
-        .final_ada_ln
-        .rows(dev, act.silu_c.all(), act.final_mod.all(), b, false)?;
-    launch::layer_norm_modulate(dev, x, act.final_mod.all(), act.normed.all(), rows, d, n, 2 * d, 0, d)?;
+    let final_mod = match conditioning {
+        Conditioning::Timesteps(_) => {
+            model
+                .final_ada_ln
+                .rows(dev, act.silu_c.all(), act.final_mod.all(), b, false)?;
+            act.final_mod.all()
+        }
+        Conditioning::Precomputed(step) => step.final_layer(),
+    };
+    launch::layer_norm_modulate(dev, x, final_mod, act.normed.all(), rows, d, n, 2 * d, 0, d)?;
     model
         .final_linear
         .gemm(dev, act.normed.all(), act.final_tokens.all(), rows, Epilogue::Bias)?;

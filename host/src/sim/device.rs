@@ -10,7 +10,9 @@ use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{ArgSource, BufferElement, Global, GlobalMut};
 
 use super::{SimError, launch};
-use crate::pipeline::device::{Arg, Buffer, DType, Device, DeviceError, Element, KernelCall, RawSlice, Slice};
+use crate::pipeline::device::{
+    Arg, Buffer, DType, Device, DeviceError, Element, Graph, GraphOp, KernelCall, Mark, RawSlice, Slice,
+};
 
 /// A kernel that failed a simulator check, as the pipeline's device error (the [`SimError`]
 /// itself is inside: `DeviceError::Kernel(e)` with `e.downcast_ref::<SimError>()`).
@@ -66,6 +68,10 @@ fn storage_for<T: Element>(len: usize) -> Storage {
 pub struct SimDevice {
     buffers: Vec<Storage>,
     launches: usize,
+    /// The operations of the graph being captured ([`Device::begin_capture`]).
+    capture: Option<Vec<GraphOp>>,
+    /// Graphs captured so far (their ids).
+    graphs: u64,
 }
 
 impl SimDevice {
@@ -81,6 +87,36 @@ impl SimDevice {
     /// Elements held by live buffers (freed ones hold none).
     pub fn resident_elements(&self) -> usize {
         self.buffers.iter().map(Storage::len).sum()
+    }
+
+    /// An error for `what`, an operation that a graph capture cannot hold, inside one.
+    fn outside_capture(&self, what: &str) -> Result<(), DeviceError> {
+        match self.capture {
+            Some(_) => Err(DeviceError::Invalid(format!(
+                "sim: {what} inside a graph capture (a captured step must not need the host)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A device-to-device copy of `src` into `dst`, by element type.
+    fn copy_raw(&mut self, src: RawSlice, dst: RawSlice) -> Result<(), DeviceError> {
+        fn typed<T: Element>(dev: &mut SimDevice, src: RawSlice, dst: RawSlice) -> Result<(), DeviceError> {
+            let data = dev
+                .slice_mut(Buffer::<T>::from_id(src.id, 0).range(src.offset, src.len), "copy")?
+                .to_vec();
+            dev.slice_mut(Buffer::<T>::from_id(dst.id, 0).range(dst.offset, dst.len), "copy")?
+                .copy_from_slice(&data);
+            Ok(())
+        }
+        if src.len != dst.len || src.dtype != dst.dtype {
+            return Err(DeviceError::Invalid(format!("copy of {src:?} into {dst:?}")));
+        }
+        match src.dtype {
+            DType::F32 => typed::<f32>(self, src, dst),
+            DType::U32 => typed::<u32>(self, src, dst),
+            DType::F64 => typed::<f64>(self, src, dst),
+        }
     }
 
     /// Checks `slice` against its buffer and returns a pointer to its first element.
@@ -129,11 +165,13 @@ impl Device for SimDevice {
     }
 
     fn alloc<T: Element>(&mut self, len: usize) -> Result<Buffer<T>, DeviceError> {
+        self.outside_capture("an allocation")?;
         self.buffers.push(storage_for::<T>(len));
         Ok(Buffer::from_id(self.buffers.len() - 1, len))
     }
 
     fn upload<T: Element>(&mut self, dst: Slice<T>, data: &[T]) -> Result<(), DeviceError> {
+        self.outside_capture("an upload")?;
         if data.len() != dst.len {
             return Err(DeviceError::Invalid(format!(
                 "upload of {} elements into a slice of {}",
@@ -146,6 +184,7 @@ impl Device for SimDevice {
     }
 
     fn download<T: Element>(&mut self, src: Slice<T>, out: &mut [T]) -> Result<(), DeviceError> {
+        self.outside_capture("a download")?;
         if out.len() != src.len {
             return Err(DeviceError::Invalid(format!(
                 "download of a slice of {} elements into {}",
@@ -164,12 +203,18 @@ impl Device for SimDevice {
                 src.len, dst.len
             )));
         }
-        let data = self.slice_mut(src, "copy")?.to_vec();
-        self.slice_mut(dst, "copy")?.copy_from_slice(&data);
-        Ok(())
+        if let Some(ops) = self.capture.as_mut() {
+            ops.push(GraphOp::Copy {
+                src: src.raw(),
+                dst: dst.raw(),
+            });
+            return Ok(());
+        }
+        self.copy_raw(src.raw(), dst.raw())
     }
 
     fn free(&mut self, id: usize) -> Result<(), DeviceError> {
+        self.outside_capture("a free")?;
         let storage = self
             .buffers
             .get_mut(id)
@@ -184,8 +229,12 @@ impl Device for SimDevice {
     }
 
     fn launch(&mut self, call: &KernelCall) -> Result<(), DeviceError> {
-        self.launches += 1;
         call.check()?;
+        if let Some(ops) = self.capture.as_mut() {
+            ops.push(GraphOp::Launch(call.clone()));
+            return Ok(());
+        }
+        self.launches += 1;
         let kernel = call.kernel.bind(&mut SimArgs {
             device: self,
             call,
@@ -195,6 +244,38 @@ impl Device for SimDevice {
     }
 
     fn synchronize(&mut self) -> Result<(), DeviceError> {
+        self.outside_capture("a synchronize")
+    }
+
+    fn mark(&mut self) -> Result<Mark, DeviceError> {
+        self.outside_capture("a timing mark")?;
+        Ok(Mark::Host(std::time::Instant::now()))
+    }
+
+    fn begin_capture(&mut self) -> Result<(), DeviceError> {
+        self.outside_capture("a capture")?;
+        self.capture = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&mut self) -> Result<Graph, DeviceError> {
+        let ops = self
+            .capture
+            .take()
+            .ok_or_else(|| DeviceError::Invalid("sim: end_capture without begin_capture".into()))?;
+        self.graphs += 1;
+        Ok(Graph { id: self.graphs, ops })
+    }
+
+    /// Runs the graph's operations in order, each checked as a direct launch or copy is.
+    fn launch_graph(&mut self, graph: &Graph) -> Result<(), DeviceError> {
+        self.outside_capture("a graph launch")?;
+        for op in &graph.ops {
+            match op {
+                GraphOp::Launch(call) => self.launch(call)?,
+                GraphOp::Copy { src, dst } => self.copy_raw(*src, *dst)?,
+            }
+        }
         Ok(())
     }
 }

@@ -1,0 +1,145 @@
+//! The attention kernel (`flash_attention`) on the simulator against the reference's two-pass
+//! softmax (`resca_reference::ops::attention`), at the edges of its tiling: head dimensions 1, 72
+//! (DiT's), 127 and 128 (the largest), token counts on both sides of the 16-key and 32-query
+//! tiles, one token; and with NaN in a query, a key or a value, where the NaN must land where
+//! the reference puts it and nowhere else.
+
+mod support;
+
+use ndarray::{Array2, ArrayView2, s};
+use resca_reference::ops;
+use support::kernels;
+
+/// Deterministic uniform values in [-scale, scale] (xorshift64*).
+fn matrix(seed: u64, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    Array2::from_shape_fn((rows, cols), |_| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+        (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+    })
+}
+
+/// The reference's attention of each sample of `qkv` (batch tokens, 3D), concatenated.
+fn reference(qkv: &Array2<f32>, batch: usize, tokens: usize, heads: usize) -> Vec<f32> {
+    let mut expected = Vec::new();
+    for row in 0..batch {
+        let part: ArrayView2<f32> = qkv.slice(s![row * tokens..(row + 1) * tokens, ..]);
+        expected.extend(ops::attention(part, heads).iter().copied());
+    }
+    expected
+}
+
+/// The kernel's attention of `qkv`.
+fn kernel(qkv: &Array2<f32>, batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+    let mut out = vec![f32::MAX; batch * tokens * heads * head_dim];
+    let qkv = qkv.as_standard_layout();
+    kernels::attention(qkv.as_slice().unwrap(), &mut out, batch, tokens, heads, head_dim).unwrap();
+    out
+}
+
+/// The largest absolute difference, NaN-aware: a NaN on one side only (or a different infinity)
+/// is an infinite difference, NaN on both sides or equal values none.
+fn max_abs_diff(ours: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(ours.len(), expected.len());
+    ours.iter()
+        .zip(expected)
+        .map(|(&a, &b)| match (a.is_nan(), b.is_nan()) {
+            (true, true) => 0.0,
+            (false, false) if a == b => 0.0,
+            (false, false) => (a - b).abs(),
+            _ => f32::INFINITY,
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Prints `err` with `SIM_PRINT_ERRORS` set (the measured errors the tolerances quote).
+fn report(case: &str, err: f32) {
+    if std::env::var_os("SIM_PRINT_ERRORS").is_some() {
+        eprintln!("{case}: {err:.3e}");
+    }
+}
+
+#[test]
+fn the_nan_aware_difference_sees_a_one_sided_nan() {
+    assert_eq!(max_abs_diff(&[f32::NAN, 1.0], &[f32::NAN, 1.0]), 0.0);
+    assert_eq!(max_abs_diff(&[f32::NAN, 1.0], &[0.0, 1.0]), f32::INFINITY);
+    assert_eq!(max_abs_diff(&[1.0], &[f32::NAN]), f32::INFINITY);
+    assert_eq!(max_abs_diff(&[f32::INFINITY], &[f32::INFINITY]), 0.0);
+    assert_eq!(max_abs_diff(&[1.0, 2.5], &[1.5, 2.0]), 0.5);
+}
+
+#[test]
+fn attention_matches_the_reference_at_the_tile_edges() {
+    let mut worst = 0.0f32;
+    for head_dim in [1, 72, 127, 128] {
+        for tokens in [1, 15, 16, 17, 31, 32, 33, 48, 65] {
+            let (batch, heads) = (2, 2);
+            let seed = (head_dim * 1000 + tokens) as u64;
+            let qkv = matrix(seed, batch * tokens, 3 * heads * head_dim, 1.5);
+            let err = max_abs_diff(
+                &kernel(&qkv, batch, tokens, heads, head_dim),
+                &reference(&qkv, batch, tokens, heads),
+            );
+            // Online softmax (rescaled running sums, FMA dot products, division at the end)
+            // against a two-pass softmax over BLAS products; outputs are convex combinations of
+            // values in [-1.5, 1.5]. Measured max over these cases 5.4e-7.
+            assert!(err <= 3e-6, "head_dim {head_dim}, tokens {tokens}: err {err}");
+            report(&format!("head_dim {head_dim}, tokens {tokens}"), err);
+            worst = worst.max(err);
+        }
+    }
+    assert!(
+        worst > 0.0,
+        "a two-pass softmax and an online one do not agree to the bit everywhere"
+    );
+}
+
+#[test]
+fn attention_handles_large_scores_like_the_reference() {
+    // Scores of +-30 after scaling: the running maximum moves between key tiles, and a
+    // rescaling that went wrong would overflow or zero whole rows.
+    let (batch, tokens, heads, head_dim) = (1, 70, 1, 16);
+    let qkv = matrix(7, batch * tokens, 3 * heads * head_dim, 6.0);
+    let err = max_abs_diff(
+        &kernel(&qkv, batch, tokens, heads, head_dim),
+        &reference(&qkv, batch, tokens, heads),
+    );
+    report("large scores", err);
+    // Values in [-6, 6], near one-hot rows. Measured 1.9e-6.
+    assert!(err <= 2e-5, "err {err}");
+}
+
+#[test]
+fn nan_lands_where_the_reference_puts_it() {
+    let (batch, tokens, heads, head_dim) = (2, 40, 2, 72);
+    let d = heads * head_dim;
+    // (row, column) of the NaN: a query of head 0, a key of head 1, a value feature of head 0.
+    for (row, col) in [(5, 3), (tokens + 33, d + head_dim + 7), (17, 2 * d + 70)] {
+        let mut qkv = matrix(11, batch * tokens, 3 * d, 1.5);
+        qkv[[row, col]] = f32::NAN;
+        let ours = kernel(&qkv, batch, tokens, heads, head_dim);
+        let expected = reference(&qkv, batch, tokens, heads);
+        let nans = expected.iter().filter(|v| v.is_nan()).count();
+        assert!(
+            nans > 0 && nans < expected.len(),
+            "the reference spreads the NaN of ({row}, {col}) partly"
+        );
+        let err = max_abs_diff(&ours, &expected);
+        report(&format!("NaN at ({row}, {col})"), err);
+        // The same NaN pattern, the rest as in the finite cases (measured max 2.4e-7).
+        assert!(err <= 3e-6, "NaN at ({row}, {col}): err {err}");
+    }
+}
+
+#[test]
+fn attention_refuses_head_dims_it_does_not_cover() {
+    for head_dim in [0, 129] {
+        let qkv = vec![0.0f32; 3 * head_dim.max(1)];
+        let mut out = vec![0.0f32; head_dim.max(1)];
+        let err = kernels::attention(&qkv, &mut out, 1, 1, 1, head_dim).unwrap_err();
+        assert!(err.to_string().contains("head_dim"), "{err}");
+    }
+}

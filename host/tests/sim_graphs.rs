@@ -1,0 +1,123 @@
+//! Graph capture and replay on the simulator device, which records the same call list a CUDA
+//! stream capture does, so the capture rules are tested on the CPU: captured work runs only when
+//! the graph is launched; a replay reads the values the host uploaded into device buffers since
+//! (bit for bit the direct launches); a host value baked into the capture that has changed is
+//! caught by `Graph::check_replayable`; nothing that needs the host is allowed inside a capture.
+
+use resca_host::pipeline::device::{Device, GraphOp, Slice};
+use resca_host::pipeline::launch;
+use resca_host::sim::SimDevice;
+
+const ROWS: usize = 6;
+const HIDDEN: usize = 40;
+const TOKENS: usize = 3;
+
+fn values(seed: u32, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i as u32 * 2_654_435_761).wrapping_add(seed * 40_503) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+/// The step under test: `x = x0; x += gate * branch` (two samples of 3 tokens, the gates of a
+/// (2, 2 HIDDEN) modulation at offset HIDDEN).
+fn step<D: Device>(dev: &mut D, x0: Slice<f32>, x: Slice<f32>, branch: Slice<f32>, gate: Slice<f32>) {
+    dev.copy(x0, x).unwrap();
+    launch::gated_add(dev, x, branch, gate, ROWS, HIDDEN, TOKENS, 2 * HIDDEN, HIDDEN).unwrap();
+}
+
+#[test]
+fn a_replayed_graph_reads_the_values_uploaded_since_bit_for_bit() {
+    let (mut graphed, mut direct) = (SimDevice::new(), SimDevice::new());
+    let mut buffers = Vec::new();
+    for dev in [&mut graphed, &mut direct] {
+        let x0 = dev.upload_new(&values(1, ROWS * HIDDEN)).unwrap();
+        let x = dev.alloc::<f32>(ROWS * HIDDEN).unwrap();
+        let branch = dev.upload_new(&values(2, ROWS * HIDDEN)).unwrap();
+        let gate = dev.alloc::<f32>(2 * 2 * HIDDEN).unwrap();
+        buffers.push((x0, x, branch, gate));
+    }
+    let (x0, x, branch, gate) = buffers[0];
+    graphed.begin_capture().unwrap();
+    step(&mut graphed, x0.all(), x.all(), branch.all(), gate.all());
+    let graph = graphed.end_capture().unwrap();
+    assert_eq!(graph.ops.len(), 2, "{:?}", graph.ops);
+    assert!(matches!(graph.ops[0], GraphOp::Copy { .. }));
+    assert_eq!(
+        graphed.download_vec(x.all()).unwrap(),
+        vec![0.0; ROWS * HIDDEN],
+        "nothing ran yet"
+    );
+
+    for s in 0..3 {
+        // The step's per-step values: uploaded into the gate buffer, outside the capture.
+        let gates = values(10 + s, 2 * 2 * HIDDEN);
+        graphed.upload(gate.all(), &gates).unwrap();
+        graphed.begin_capture().unwrap();
+        step(&mut graphed, x0.all(), x.all(), branch.all(), gate.all());
+        let issued = graphed.end_capture().unwrap();
+        graph.check_replayable(&issued.ops).unwrap();
+        graphed.launch_graph(&graph).unwrap();
+
+        let (dx0, dx, dbranch, dgate) = buffers[1];
+        direct.upload(dgate.all(), &gates).unwrap();
+        step(&mut direct, dx0.all(), dx.all(), dbranch.all(), dgate.all());
+        let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let (ours, expected) = (
+            graphed.download_vec(x.all()).unwrap(),
+            direct.download_vec(dx.all()).unwrap(),
+        );
+        assert_ne!(ours, values(1, ROWS * HIDDEN), "step {s}: the gated add ran");
+        assert_eq!(bits(ours), bits(expected), "step {s}");
+    }
+}
+
+#[test]
+fn a_host_value_baked_into_a_capture_is_caught() {
+    let mut dev = SimDevice::new();
+    let out = dev.upload_new(&values(3, 2 * 2 * 4 * 9)).unwrap();
+    let capture = |dev: &mut SimDevice, scale: f32| {
+        dev.begin_capture().unwrap();
+        launch::cfg_mix(dev, out.all(), 1, 4, 9, scale).unwrap();
+        dev.end_capture().unwrap()
+    };
+    let graph = capture(&mut dev, 1.5);
+    graph.check_replayable(&capture(&mut dev, 1.5).ops).unwrap();
+    let error = graph
+        .check_replayable(&capture(&mut dev, 4.0).ops)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("kernel `cfg_mix` parameter 4 `scale`") && error.contains("device buffer"),
+        "{error}"
+    );
+    let error = graph.check_replayable(&[]).unwrap_err().to_string();
+    assert!(error.contains("captured 1 operations, the step issues 0"), "{error}");
+}
+
+#[test]
+fn nothing_that_needs_the_host_is_allowed_inside_a_capture() {
+    let mut dev = SimDevice::new();
+    let buffer = dev.alloc::<f32>(4).unwrap();
+    dev.begin_capture().unwrap();
+    let inside = |e: resca_host::pipeline::DeviceError| {
+        let text = e.to_string();
+        assert!(text.contains("inside a graph capture"), "{text}");
+    };
+    inside(dev.upload(buffer.all(), &[1.0; 4]).unwrap_err());
+    inside(dev.download_vec(buffer.all()).unwrap_err());
+    inside(dev.alloc::<f32>(4).unwrap_err());
+    inside(dev.free(buffer.id()).unwrap_err());
+    inside(dev.synchronize().unwrap_err());
+    inside(dev.mark().unwrap_err());
+    inside(dev.begin_capture().unwrap_err());
+    let graph = dev.end_capture().unwrap();
+    assert!(graph.ops.is_empty());
+    inside_free_again(&mut dev, buffer.all());
+    assert!(dev.end_capture().is_err(), "no capture is open");
+}
+
+/// After the capture, the host operations work again.
+fn inside_free_again(dev: &mut SimDevice, slice: Slice<f32>) {
+    dev.upload(slice, &[1.0; 4]).unwrap();
+    assert_eq!(dev.download_vec(slice).unwrap(), vec![1.0; 4]);
+}
