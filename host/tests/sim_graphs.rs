@@ -14,7 +14,7 @@ const TOKENS: usize = 3;
 
 fn values(seed: u32, len: usize) -> Vec<f32> {
     (0..len)
-        .map(|i| ((i as u32 * 2_654_435_761).wrapping_add(seed * 40_503) % 2001) as f32 / 1000.0 - 1.0)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed * 40_503) % 2001) as f32 / 1000.0 - 1.0)
         .collect()
 }
 
