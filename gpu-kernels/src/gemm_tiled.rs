@@ -109,6 +109,12 @@ pub fn splitk_ranges(k: u32, splits: u32) -> (u32, u32) {
     (per, div_ceil(k.max(1), per))
 }
 
+/// Whether accumulator (i, j) of the 8 x 8 array holds an output with `MICRO` outputs per side.
+#[inline(always)]
+const fn owned<const MICRO: usize>(i: usize, j: usize) -> bool {
+    i < MICRO && j < MICRO
+}
+
 /// The register-tiled product of the (M, K) matrix `a` and the (N, K) matrix `w` over
 /// `k_begin .. k_end`; calls `epilogue(row, col, dot)` for every in-range output the thread owns.
 /// `MICRO` is 4 or 8 (64 or 128 tiles); the block is [`gemm_tiled_dims`]'s.
@@ -205,7 +211,7 @@ fn tiled_product<C: ThreadCtx, const MICRO: usize, E: FnMut(usize, usize, f32)>(
     // registers on the GPU, whatever the size of the epilogue.
     macro_rules! store {
         ($i:literal, $j:literal) => {{
-            if $i < MICRO && $j < MICRO {
+            if owned::<MICRO>($i, $j) {
                 let row = row0 + 4 * ty + ($i % 4) + 64 * ($i / 4);
                 let col = col0 + 4 * tx + ($j % 4) + 64 * ($j / 4);
                 if row < m && col < n {

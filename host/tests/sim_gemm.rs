@@ -137,8 +137,10 @@ fn tiled_gemms_are_the_fma_chain_bit_for_bit_and_close_to_the_f64_product() {
         let mut a = matrix(seed, m, k, 2.0);
         let w = matrix(seed ^ 1, n, k, 2.0 / (k as f32).sqrt());
         let bias = matrix(seed ^ 2, 1, n, 0.2);
-        // A NaN in the last row: that row's outputs are NaN, no other is.
-        a[(m - 1) * k + k / 2] = f32::NAN;
+        // A NaN in the last row (of several): that row's outputs are NaN, no other is.
+        if m > 1 {
+            a[(m - 1) * k + k / 2] = f32::NAN;
+        }
         let dots = model_dots(&a, &w, m, n, k, None);
         let exact = f64_dots(&a, &w, m, n, k);
         for tile in [GemmTile::Tile128, GemmTile::Tile64] {
@@ -156,8 +158,8 @@ fn tiled_gemms_are_the_fma_chain_bit_for_bit_and_close_to_the_f64_product() {
                     let exact: Vec<f64> = (0..m * n).map(|i| exact[i] + bias[i % n] as f64).collect();
                     let err = max_rel_error(&what, &ours, &exact);
                     eprintln!("{what}: max relative error vs f64 {err:.1e}");
-                    // K <= 288 products of values <= 1 summed in f32: a few ulp of the largest
-                    // output. Measured max 1.7e-7.
+                    // K <= 288 products summed in f32: a few ulp of the largest output.
+                    // Measured max 6.0e-7 (200 x 144 x 288).
                     assert!(err < 2e-6, "{what}: relative error {err:e}");
                 }
             }
@@ -242,7 +244,8 @@ fn split_k_sums_the_partial_chains_in_split_order_bit_for_bit() {
                 let exact: Vec<f64> = (0..m * n).map(|i| exact[i] + bias[i % n] as f64).collect();
                 let err = max_rel_error(&what, &ours, &exact);
                 eprintln!("{what}: max relative error vs f64 {err:.1e}");
-                // As the unsplit chain (shorter chains, one more sum). Measured max 2.4e-7.
+                // As the unsplit chain (shorter chains, one more sum). Measured max 3.4e-7
+                // (128 x 65 x 257).
                 assert!(err < 2e-6, "{what}: relative error {err:e}");
             }
         }

@@ -151,6 +151,12 @@ impl SafetensorsFile {
         }
         let mut length_field = [0u8; 8];
         file.read_exact_at(&mut length_field, 0).map_err(read_error)?;
+        if length_field.starts_with(crate::torch_file::LEGACY_MAGIC) {
+            return Err(Error::NotTorchCheckpoint {
+                path,
+                reason: "it is in PyTorch's legacy format (before PyTorch 1.6), which is not read; load it and save it again with torch.save in a current PyTorch (the zip format)".into(),
+            });
+        }
         if length_field.starts_with(crate::torch_file::ZIP_MAGIC) {
             let tensors =
                 crate::torch_file::read_tensor_table(&file, len).map_err(|reason| Error::NotTorchCheckpoint {

@@ -26,6 +26,10 @@ use safetensors::tensor::TensorInfo;
 /// The first bytes of a zip archive (a local file header).
 pub const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 
+/// The first bytes of a checkpoint in PyTorch's legacy format (before 1.6): a protocol-2 pickle
+/// of a 10-byte integer, its magic number. Refused with a message saying how to convert it.
+pub const LEGACY_MAGIC: &[u8; 4] = b"\x80\x02\x8a\x0a";
+
 /// The largest `data.pkl` accepted (the same bound as a safetensors header): a state dict's
 /// pickle holds names and shapes only, a few hundred bytes per tensor.
 pub const MAX_PICKLE_BYTES: u64 = crate::safetensors_file::MAX_HEADER_BYTES;
@@ -597,7 +601,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("the pickle sets a dict item without a value".into());
         }
         match self.top()? {

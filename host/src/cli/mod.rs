@@ -7,6 +7,7 @@ mod method_args;
 mod model_args;
 mod output;
 mod sampling_args;
+mod vae_args;
 mod value_parsers;
 
 use anyhow::Result;
@@ -48,6 +49,7 @@ macro_rules! subcommands {
 subcommands! {
     Sample => sample,
     Forward => forward,
+    Decode => decode,
     Plan => plan,
     Stability => stability,
     Compare => compare,

@@ -322,7 +322,7 @@ fn padded_rows(
 }
 
 /// Queries per chunk of the attention (scores of a chunk: this many rows by all pixels).
-const QUERY_CHUNK: usize = 256;
+pub const QUERY_CHUNK: usize = 256;
 
 /// Single-head self-attention over the pixels of `x`, as diffusers' VAE `Attention` computes
 /// it: GroupNorm, q/k/v projections, softmax(q k^T / sqrt(C)) v, the output projection, plus

@@ -24,6 +24,7 @@ pub use config::VaeConfig;
 use layers::{Conv2d, FeatureMap, GroupNorm};
 
 use crate::error::{Error, Result, check_finite};
+use crate::memory::RunMemory;
 use crate::safetensors_file::SafetensorsFile;
 
 /// The GroupNorm epsilon of every norm of the decoder.
@@ -367,10 +368,29 @@ impl VaeDecoder {
     }
 }
 
-/// Scales decoder output (about [-1, 1]) to 8-bit pixels as diffusers' and DiT's image saving
-/// do: `(x + 1) / 2` clamped to [0, 1], times 255, rounded.
-pub fn to_pixel(value: f32) -> u8 {
-    (((value + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8
+/// The memory decoding `batch` latents of `height` x `width` needs at its peak: the weights, the
+/// largest feature map twice (a convolution's input and output, or a resnet's input and hidden
+/// map, are live together), the attention's scores of a chunk of queries per core, and the
+/// images decoded.
+pub fn memory_estimate(config: &VaeConfig, batch: usize, height: usize, width: usize, threads: usize) -> RunMemory {
+    let mut largest = 0u64;
+    let mut pixels = (height as u64) * (width as u64);
+    let top = *config.block_out_channels.last().expect("validated: at least one block") as u64;
+    let attention_pixels = pixels;
+    for (i, &channels) in config.block_out_channels.iter().rev().enumerate() {
+        largest = largest.max(channels as u64 * pixels);
+        if i + 1 < config.block_out_channels.len() {
+            pixels *= 4;
+            largest = largest.max(channels as u64 * pixels);
+        }
+    }
+    let scores = (layers::QUERY_CHUNK as u64).min(attention_pixels) * attention_pixels * threads as u64;
+    let attention = 4 * top * attention_pixels + scores;
+    RunMemory {
+        weights: 4 * VaeDecoder::parameter_count(config),
+        working: 4 * (2 * largest).max(attention),
+        results: 4 * (batch as u64) * (config.out_channels as u64) * pixels,
+    }
 }
 
 /// The loaded tensors, taken out by layer.
