@@ -17,13 +17,13 @@ use std::ffi::{CStr, c_char};
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{
-    LaunchDims, WARP_SIZE, attention, clusca, ddim, embed, final_layer, flow, gather, gemm, guidance, norm, pdds,
-    residual, taylor, tetc,
+    LaunchDims, WARP_SIZE, attention, clusca, ddim, embed, final_layer, flow, gather, gemm, gemm_tiled, guidance, norm,
+    pdds, residual, taylor, tetc,
 };
 use resca_host::pipeline::device::{
     Arg, Buffer, DType, Device, DeviceError, Element, Kernel, KernelCall, ParamKind, RawSlice, Slice,
 };
-use resca_host::pipeline::launch::{self, Epilogue};
+use resca_host::pipeline::launch::{self, Epilogue, GemmTile};
 use resca_host::sim::SimDevice;
 
 use crate::error::{Error, RescaStatus, Result, entry};
@@ -704,6 +704,98 @@ pub fn rule(kernel: Kernel) -> Rule {
                 launch::gemm_gated_residual(dev, a, w, bias, x, g, m, n, k, tokens, stride, offset)
             },
         },
+        K::Gemm128Bias | K::Gemm128BiasGelu | K::Gemm64Bias | K::Gemm64BiasGelu => Rule {
+            geometry: tiled_geometry,
+            lengths: "a ≥ m k, w ≥ n k, bias ≥ n, out ≥ m n",
+            plan: |dev, p| {
+                let (m, n, k) = (p.u("m"), p.u("n"), p.u("k"));
+                p.need("a", product(&[m, k]), "m k")?;
+                p.need("w", product(&[n, k]), "n k")?;
+                p.need("bias", n as u128, "n")?;
+                p.need("out", product(&[m, n]), "m n")?;
+                let (tile, epilogue) = match p.kernel() {
+                    K::Gemm128Bias => (GemmTile::Tile128, Epilogue::Bias),
+                    K::Gemm128BiasGelu => (GemmTile::Tile128, Epilogue::BiasGelu),
+                    K::Gemm64Bias => (GemmTile::Tile64, Epilogue::Bias),
+                    _ => (GemmTile::Tile64, Epilogue::BiasGelu),
+                };
+                let (a, w, bias, out) = (p.all("a"), p.all("w"), p.all("bias"), p.all("out"));
+                launch::gemm_tiled(dev, tile, a, w, bias, out, m, n, k, epilogue)
+            },
+        },
+        K::Gemm128BiasGatedResidual | K::Gemm64BiasGatedResidual => Rule {
+            geometry: tiled_geometry,
+            lengths: "a ≥ m k, w ≥ n k, bias ≥ n, x ≥ m n, gate ≥ ((m - 1)/tokens) gate_stride + gate_offset + n; \
+                      tokens ≥ 1",
+            plan: |dev, p| {
+                let (m, n, k) = (p.u("m"), p.u("n"), p.u("k"));
+                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
+                p.positive("tokens", m)?;
+                p.need("a", product(&[m, k]), "m k")?;
+                p.need("w", product(&[n, k]), "n k")?;
+                p.need("bias", n as u128, "n")?;
+                p.need("x", product(&[m, n]), "m n")?;
+                let gate = p.per_sample(m, tokens, stride, offset, n);
+                p.need("gate", gate, "((m - 1)/tokens) gate_stride + gate_offset + n")?;
+                let tile = match p.kernel() {
+                    K::Gemm128BiasGatedResidual => GemmTile::Tile128,
+                    _ => GemmTile::Tile64,
+                };
+                let (a, w, bias, x, g) = (p.all("a"), p.all("w"), p.all("bias"), p.all("x"), p.all("gate"));
+                launch::gemm_tiled_gated_residual(dev, tile, a, w, bias, x, g, m, n, k, tokens, stride, offset)
+            },
+        },
+        K::GemmSplitkPartial => Rule {
+            geometry: || {
+                format!(
+                    "`gemm_splitk_partial_dims(m, n, splits)`, splits = max(1, ⌈k/k_per_split⌉): grid (⌈n/64⌉, \
+                     ⌈m/64⌉, splits), block ({})",
+                    gemm_tiled::TILED_THREADS
+                )
+            },
+            lengths: "a ≥ m k, w ≥ n k, partials ≥ splits m n; k_per_split ≥ 1",
+            plan: |dev, p| {
+                let (m, n, k, per) = (p.u("m"), p.u("n"), p.u("k"), p.u("k_per_split"));
+                p.need("a", product(&[m, k]), "m k")?;
+                p.need("w", product(&[n, k]), "n k")?;
+                let splits = launch::splitk_count(k, per);
+                p.need("partials", product(&[splits, m, n]), "splits m n")?;
+                launch::gemm_splitk_partial(dev, p.all("a"), p.all("w"), p.all("partials"), m, n, k, per)
+            },
+        },
+        K::GemmSplitkBias | K::GemmSplitkBiasGelu => Rule {
+            geometry: splitk_reduce_geometry,
+            lengths: "partials ≥ splits m n, bias ≥ n, out ≥ m n; splits ≥ 1",
+            plan: |dev, p| {
+                let (m, n, splits) = (p.u("m"), p.u("n"), p.u("splits"));
+                p.need("partials", product(&[splits, m, n]), "splits m n")?;
+                p.need("bias", n as u128, "n")?;
+                p.need("out", product(&[m, n]), "m n")?;
+                let epilogue = match p.kernel() {
+                    K::GemmSplitkBias => Epilogue::Bias,
+                    _ => Epilogue::BiasGelu,
+                };
+                let (partials, bias, out) = (p.all("partials"), p.all("bias"), p.all("out"));
+                launch::gemm_splitk_reduce(dev, partials, bias, out, m, n, splits, epilogue)
+            },
+        },
+        K::GemmSplitkBiasGatedResidual => Rule {
+            geometry: splitk_reduce_geometry,
+            lengths: "partials ≥ splits m n, bias ≥ n, x ≥ m n, gate ≥ ((m - 1)/tokens) gate_stride + gate_offset + n; \
+                      splits ≥ 1, tokens ≥ 1",
+            plan: |dev, p| {
+                let (m, n, splits) = (p.u("m"), p.u("n"), p.u("splits"));
+                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
+                p.positive("tokens", m)?;
+                p.need("partials", product(&[splits, m, n]), "splits m n")?;
+                p.need("bias", n as u128, "n")?;
+                p.need("x", product(&[m, n]), "m n")?;
+                let gate = p.per_sample(m, tokens, stride, offset, n);
+                p.need("gate", gate, "((m - 1)/tokens) gate_stride + gate_offset + n")?;
+                let (partials, bias, x, g) = (p.all("partials"), p.all("bias"), p.all("x"), p.all("gate"));
+                launch::gemm_splitk_gated_residual(dev, partials, bias, x, g, m, n, splits, tokens, stride, offset)
+            },
+        },
         K::Attention => Rule {
             geometry: || {
                 format!(
@@ -1119,6 +1211,18 @@ fn gemm_geometry() -> String {
         gemm::GEMM_TILE_M,
         gemm::GEMM_THREADS_SIDE
     )
+}
+
+fn tiled_geometry() -> String {
+    format!(
+        "`gemm_tiled_dims(m, n, micro)`, micro = 8 (`gemm128_*`) or 4 (`gemm64_*`): grid (⌈n/(16 micro)⌉, \
+         ⌈m/(16 micro)⌉), block ({})",
+        gemm_tiled::TILED_THREADS
+    )
+}
+
+fn splitk_reduce_geometry() -> String {
+    threads_1d("gemm_splitk_reduce_dims(m n)", gemm_tiled::SPLITK_REDUCE_THREADS)
 }
 
 fn per_item_geometry(items: &str) -> String {

@@ -18,7 +18,8 @@
 //! The kernels, by module (each documents its thread mapping):
 //! * DiT forward: [`embed`] (timestep features, adaLN/t-embedder GEMV, label embedding, patch
 //!   embedding), [`norm`] (LayerNorm + modulate), [`gemm`] (tiled GEMM with bias, GELU and gated
-//!   residual epilogues), [`attention`], [`final_layer`] (unpatchify), [`residual`] (gated add);
+//!   residual epilogues), [`gemm_tiled`] (the exact FMA GEMM family with the same epilogues:
+//!   128 x 128 and 64 x 64 register tiles, split-K for few rows), [`attention`], [`final_layer`] (unpatchify), [`residual`] (gated add);
 //! * samplers: [`guidance`] (CFG mix), [`ddim`] (DDIM step), [`flow`] (flow Euler step);
 //! * caching: [`taylor`] (Taylor-cache update and prediction, fused with the gated add),
 //!   [`tetc`] (row normalisation, similarity, EMA, K-medoids assignment and medoid update,
@@ -49,6 +50,7 @@ pub mod final_layer;
 pub mod flow;
 pub mod gather;
 pub mod gemm;
+pub mod gemm_tiled;
 pub mod global;
 pub mod guidance;
 pub mod math;

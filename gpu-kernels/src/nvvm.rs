@@ -22,7 +22,7 @@
 // The contract above is the `# Safety` section of every entry point.
 #![allow(clippy::missing_safety_doc)]
 
-use cuda_std::{gpu_only, kernel, shared_array, thread};
+use cuda_std::{gpu_only, kernel, shared, shared_array, thread};
 
 use crate::global::{Global, GlobalMut};
 use crate::thread::{SharedWord, ThreadCtx};
@@ -37,6 +37,12 @@ impl NvvmCtx {
     #[inline(always)]
     fn new(shared: *mut u32) -> Self {
         Self { shared }
+    }
+
+    /// The shared-window byte address of shared word `index`.
+    #[inline(always)]
+    fn window(&self, index: usize) -> u32 {
+        shared_window(self.shared) + 4 * index as u32
     }
 }
 
@@ -75,6 +81,127 @@ fn fma_rn(a: f32, b: f32, c: f32) -> f32 {
         )
     };
     f32::from_bits(r)
+}
+
+/// `cvt.rna.tf32.f32`.
+#[gpu_only]
+#[inline(always)]
+fn cvt_tf32(x: u32) -> u32 {
+    let r: u32;
+    unsafe { core::arch::asm!("cvt.rna.tf32.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x) };
+    r
+}
+
+/// `cvt.rn.bf16x2.f32` (the first source goes to the upper half).
+#[gpu_only]
+#[inline(always)]
+fn cvt_bf16x2(lo: u32, hi: u32) -> u32 {
+    let r: u32;
+    unsafe {
+        core::arch::asm!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo};", r = out(reg32) r, hi = in(reg32) hi, lo = in(reg32) lo)
+    };
+    r
+}
+
+/// `mma.sync.aligned.<shape>.row.col.f32.<type>.<type>.f32`.
+macro_rules! mma {
+    ($name:ident, $shape_types:literal) => {
+        #[gpu_only]
+        #[inline(always)]
+        fn $name(a: [u32; 4], b: [u32; 2], c: [u32; 4]) -> [u32; 4] {
+            let (d0, d1, d2, d3): (u32, u32, u32, u32);
+            unsafe {
+                core::arch::asm!(
+                    concat!("mma.sync.aligned.", $shape_types, " {{{d0}, {d1}, {d2}, {d3}}}, ",
+                        "{{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{c0}, {c1}, {c2}, {c3}}};"),
+                    d0 = out(reg32) d0, d1 = out(reg32) d1, d2 = out(reg32) d2, d3 = out(reg32) d3,
+                    a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+                    b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+                    c0 = in(reg32) c[0], c1 = in(reg32) c[1], c2 = in(reg32) c[2], c3 = in(reg32) c[3],
+                )
+            };
+            [d0, d1, d2, d3]
+        }
+    };
+}
+
+mma!(mma_tf32, "m16n8k8.row.col.f32.tf32.tf32.f32");
+mma!(mma_bf16, "m16n8k16.row.col.f32.bf16.bf16.f32");
+
+/// The shared-window address of a generic pointer into shared memory.
+#[gpu_only]
+#[inline(always)]
+fn shared_window(p: *mut u32) -> u32 {
+    let r: u64;
+    unsafe { core::arch::asm!("cvta.to.shared.u64 {r}, {p};", r = out(reg64) r, p = in(reg64) p) };
+    r as u32
+}
+
+/// `ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16` (x1 and x2 take the first registers of x4
+/// with the same row addresses: the unused lanes' addresses are then read too, so they are
+/// given separate instructions).
+macro_rules! ldmatrix {
+    ($name:ident, $shape:literal, $n:literal, $($r:ident),+) => {
+        #[gpu_only]
+        #[inline(always)]
+        fn $name(address: u32) -> [u32; $n] {
+            $(let $r: u32;)+
+            unsafe {
+                core::arch::asm!(
+                    concat!("ldmatrix.sync.aligned.m8n8.", $shape, ".shared.b16 {{", ldmatrix!(@list $($r),+), "}}, [{p}];"),
+                    $($r = out(reg32) $r,)+
+                    p = in(reg32) address,
+                )
+            };
+            [$($r),+]
+        }
+    };
+    (@list $a:ident) => { "{a}" };
+    (@list $a:ident, $b:ident) => { "{a}, {b}" };
+    (@list $a:ident, $b:ident, $c:ident, $d:ident) => { "{a}, {b}, {c}, {d}" };
+}
+
+ldmatrix!(ldmatrix_x1_b16, "x1", 1, a);
+ldmatrix!(ldmatrix_x2_b16, "x2", 2, a, b);
+ldmatrix!(ldmatrix_x4_b16, "x4", 4, a, b, c, d);
+ldmatrix!(ldmatrix_x4_trans_b16, "x4.trans", 4, a, b, c, d);
+
+/// `cp.async` of 4, 8 or 16 bytes (`src_bytes` of them read, the rest zero-filled).
+#[gpu_only]
+#[inline(always)]
+fn cp_async_bytes(dst: u32, src: u64, words: u32, src_bytes: u32) {
+    unsafe {
+        match words {
+            1 => {
+                core::arch::asm!("cp.async.ca.shared.global [{d}], [{s}], 4, {n};", d = in(reg32) dst, s = in(reg64) src, n = in(reg32) src_bytes)
+            }
+            2 => {
+                core::arch::asm!("cp.async.ca.shared.global [{d}], [{s}], 8, {n};", d = in(reg32) dst, s = in(reg64) src, n = in(reg32) src_bytes)
+            }
+            _ => {
+                core::arch::asm!("cp.async.cg.shared.global [{d}], [{s}], 16, {n};", d = in(reg32) dst, s = in(reg64) src, n = in(reg32) src_bytes)
+            }
+        }
+    }
+}
+
+#[gpu_only]
+#[inline(always)]
+fn cp_async_commit_group() {
+    unsafe { core::arch::asm!("cp.async.commit_group;") };
+}
+
+#[gpu_only]
+#[inline(always)]
+fn cp_async_wait_group(pending: u32) {
+    unsafe {
+        match pending {
+            1 => core::arch::asm!("cp.async.wait_group 1;"),
+            2 => core::arch::asm!("cp.async.wait_group 2;"),
+            3 => core::arch::asm!("cp.async.wait_group 3;"),
+            _ => core::arch::asm!("cp.async.wait_group 0;"),
+        }
+    }
 }
 
 shuffle!(shfl_bfly, "bfly");
@@ -142,6 +269,62 @@ impl ThreadCtx for NvvmCtx {
     }
 
     #[inline(always)]
+    fn tf32(&self, x: f32) -> f32 {
+        f32::from_bits(cvt_tf32(x.to_bits()))
+    }
+
+    #[inline(always)]
+    fn bf16x2(&self, lo: f32, hi: f32) -> u32 {
+        cvt_bf16x2(lo.to_bits(), hi.to_bits())
+    }
+
+    #[inline(always)]
+    fn mma_tf32_m16n8k8(&self, a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        mma_tf32(a, b, c.map(f32::to_bits)).map(f32::from_bits)
+    }
+
+    #[inline(always)]
+    fn mma_bf16_m16n8k16(&self, a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        mma_bf16(a, b, c.map(f32::to_bits)).map(f32::from_bits)
+    }
+
+    #[inline(always)]
+    fn ldmatrix_x1(&self, row: usize) -> u32 {
+        ldmatrix_x1_b16(self.window(row))[0]
+    }
+
+    #[inline(always)]
+    fn ldmatrix_x2(&self, row: usize) -> [u32; 2] {
+        ldmatrix_x2_b16(self.window(row))
+    }
+
+    #[inline(always)]
+    fn ldmatrix_x4(&self, row: usize) -> [u32; 4] {
+        ldmatrix_x4_b16(self.window(row))
+    }
+
+    #[inline(always)]
+    fn ldmatrix_x4_trans(&self, row: usize) -> [u32; 4] {
+        ldmatrix_x4_trans_b16(self.window(row))
+    }
+
+    #[inline(always)]
+    fn cp_async<T: SharedWord>(&self, dst: usize, src: Global<'_, T>, index: usize, words: u32, read: bool) {
+        let s = unsafe { src.as_ptr().add(index) } as u64;
+        cp_async_bytes(self.window(dst), s, words, if read { 4 * words } else { 0 })
+    }
+
+    #[inline(always)]
+    fn cp_async_commit(&self) {
+        cp_async_commit_group()
+    }
+
+    #[inline(always)]
+    fn cp_async_wait(&self, pending: u32) {
+        cp_async_wait_group(pending)
+    }
+
+    #[inline(always)]
     fn shfl_xor_f32(&self, value: f32, lane_mask: u32) -> f32 {
         f32::from_bits(shfl_bfly(value.to_bits(), lane_mask))
     }
@@ -177,14 +360,17 @@ impl ThreadCtx for NvvmCtx {
     }
 }
 
-/// The context of an entry point: with its `shared_array!` buffer of `$module::$bytes` bytes, or
-/// without shared memory.
+/// The context of an entry point: with its `shared_array!` buffer of `$module::$bytes` bytes,
+/// with the dynamic shared memory, or without shared memory.
 macro_rules! entry_ctx {
     () => {
         NvvmCtx::new(core::ptr::null_mut())
     };
-    ($module:ident :: $bytes:ident) => {
+    (shared $module:ident :: $bytes:ident) => {
         NvvmCtx::new(shared_array![u32; crate::$module::$bytes as usize / 4])
+    };
+    (dynamic_shared $module:ident :: $bytes:ident) => {
+        NvvmCtx::new(shared::dynamic_shared_mem::<u32>())
     };
 }
 
@@ -195,13 +381,13 @@ macro_rules! nvvm_entry_points {
         $(#[$attr:meta])*
         $variant:ident = $name:ident($($param:ident: $kind:ident $(<$elem:ident>)?),* $(,)?)
             => $module:ident :: $body:ident $(::<$($generic:tt),*>)?
-            $(, shared $shared_module:ident :: $shared_bytes:ident)?;
+            $(, $shared_kind:ident $shared_module:ident :: $shared_bytes:ident)?;
     )*) => {
         $(
             $(#[$attr])*
             #[kernel]
             pub unsafe fn $name($($param: crate::__kernel_param!(type '_; $kind $(<$elem>)?)),*) {
-                let ctx = entry_ctx!($($shared_module::$shared_bytes)?);
+                let ctx = entry_ctx!($($shared_kind $shared_module::$shared_bytes)?);
                 crate::$module::$body $(::<$($generic),*>)? (&ctx, $($param),*);
             }
         )*

@@ -14,7 +14,10 @@
 //! `f32`, `u32` or `f64`; `u32`; `f32`; `DdimCoefficients`; `TaylorCoefficients`. The body is
 //! `module::function` of this crate (a turbofish is allowed: `embed::linear_rows::<_, true>`),
 //! called as `body(&ctx, parameters...)`. `shared module::CONST` declares the kernel's `.shared`
-//! buffer of `CONST` bytes (named `<entry>_smem` in the PTX); without it the kernel has none.
+//! buffer of `CONST` bytes (named `<entry>_smem` in the PTX); `dynamic_shared module::CONST`
+//! gives it the module's dynamic shared memory instead (the `.extern .shared` array
+//! `resca_dynamic_smem`), sized by each launch's `shared_bytes` up to `CONST` bytes (which may
+//! exceed the 48 KiB of static shared memory); without either the kernel has none.
 //!
 //! Everything else is expanded from the table:
 //! * the PTX entry points (`nvptx` module, `#[unsafe(no_mangle)] unsafe extern "ptx-kernel"`);
@@ -112,6 +115,54 @@ macro_rules! kernel_table {
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
                 m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
             ) => gemm::gemm_bias_gated_residual, shared gemm::GEMM_SHARED_BYTES;
+            /// `out (M, N) = A W^T + b`: exact FMA GEMM, 128 x 128 tiles, 8 x 8 per thread.
+            Gemm128Bias = gemm128_bias(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias::<_, 8>, shared gemm_tiled::GEMM128_SHARED_BYTES;
+            /// `out = GELU_tanh(A W^T + b)`: exact FMA GEMM, 128 x 128 tiles.
+            Gemm128BiasGelu = gemm128_bias_gelu(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias_gelu::<_, 8>, shared gemm_tiled::GEMM128_SHARED_BYTES;
+            /// `x += gate * (A W^T + b)`: exact FMA GEMM, 128 x 128 tiles.
+            Gemm128BiasGatedResidual = gemm128_bias_gated_residual(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
+            ) => gemm_tiled::gemm_bias_gated_residual::<_, 8>, shared gemm_tiled::GEMM128_SHARED_BYTES;
+            /// `out (M, N) = A W^T + b`: exact FMA GEMM, 64 x 64 tiles, 4 x 4 per thread.
+            Gemm64Bias = gemm64_bias(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias::<_, 4>, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `out = GELU_tanh(A W^T + b)`: exact FMA GEMM, 64 x 64 tiles.
+            Gemm64BiasGelu = gemm64_bias_gelu(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
+                m: u32, n: u32, k: u32,
+            ) => gemm_tiled::gemm_bias_gelu::<_, 4>, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `x += gate * (A W^T + b)`: exact FMA GEMM, 64 x 64 tiles.
+            Gemm64BiasGatedResidual = gemm64_bias_gated_residual(
+                a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
+            ) => gemm_tiled::gemm_bias_gated_residual::<_, 4>, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `partials[z] = A W^T` over the z-th range of `k_per_split` k (split-K, few rows).
+            GemmSplitkPartial = gemm_splitk_partial(
+                a: Global<f32>, w: Global<f32>, partials: GlobalMut<f32>,
+                m: u32, n: u32, k: u32, k_per_split: u32,
+            ) => gemm_tiled::gemm_splitk_partial, shared gemm_tiled::GEMM64_SHARED_BYTES;
+            /// `out = sum_z partials[z] + b`, summed in split order.
+            GemmSplitkBias = gemm_splitk_bias(
+                partials: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>, m: u32, n: u32, splits: u32,
+            ) => gemm_tiled::gemm_splitk_bias;
+            /// `out = GELU_tanh(sum_z partials[z] + b)`, summed in split order.
+            GemmSplitkBiasGelu = gemm_splitk_bias_gelu(
+                partials: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>, m: u32, n: u32, splits: u32,
+            ) => gemm_tiled::gemm_splitk_bias_gelu;
+            /// `x += gate * (sum_z partials[z] + b)`, summed in split order.
+            GemmSplitkBiasGatedResidual = gemm_splitk_bias_gated_residual(
+                partials: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                m: u32, n: u32, splits: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
+            ) => gemm_tiled::gemm_splitk_bias_gated_residual;
             /// Multi-head attention: `qkv` (B N, 3 H hd) to `out` (B N, H hd).
             Attention = attention(
                 qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
@@ -351,7 +402,24 @@ macro_rules! static_shared_bytes {
     () => {
         0
     };
-    ($module:ident :: $bytes:ident) => {
+    (shared $module:ident :: $bytes:ident) => {
+        crate::$module::$bytes
+    };
+    (dynamic_shared $module:ident :: $bytes:ident) => {
+        0
+    };
+}
+
+/// The most dynamic shared memory an entry is launched with: `dynamic_shared module::CONST`, or
+/// none.
+macro_rules! dynamic_shared_bytes {
+    () => {
+        0
+    };
+    (shared $module:ident :: $bytes:ident) => {
+        0
+    };
+    (dynamic_shared $module:ident :: $bytes:ident) => {
         crate::$module::$bytes
     };
 }
@@ -361,7 +429,7 @@ macro_rules! declare_kernels {
         $(#[$attr:meta])*
         $variant:ident = $name:ident($($param:ident: $kind:ident $(<$elem:ident>)?),* $(,)?)
             => $module:ident :: $body:ident $(::<$($generic:tt),*>)?
-            $(, shared $shared_module:ident :: $shared_bytes:ident)?;
+            $(, $shared_kind:ident $shared_module:ident :: $shared_bytes:ident)?;
     )*) => {
         /// Every kernel entry point, in the order of [`KERNELS`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -400,7 +468,17 @@ macro_rules! declare_kernels {
             /// Bytes of the entry point's `.shared` buffer (0 without one).
             pub const fn static_shared_bytes(self) -> u32 {
                 match self {
-                    $(Kernel::$variant => static_shared_bytes!($($shared_module::$shared_bytes)?),)*
+                    $(Kernel::$variant => static_shared_bytes!($($shared_kind $shared_module::$shared_bytes)?),)*
+                }
+            }
+
+            /// The most dynamic shared memory the entry point is launched with (0 for a kernel
+            /// without dynamic shared memory): a launch gives its size as
+            /// [`LaunchDims::shared_bytes`](crate::LaunchDims), and the CUDA backend raises the
+            /// function's `MAX_DYNAMIC_SHARED_SIZE_BYTES` to this when it is above 48 KiB.
+            pub const fn dynamic_shared_bytes(self) -> u32 {
+                match self {
+                    $(Kernel::$variant => dynamic_shared_bytes!($($shared_kind $shared_module::$shared_bytes)?),)*
                 }
             }
 

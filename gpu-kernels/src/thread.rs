@@ -137,9 +137,87 @@ pub trait ThreadCtx {
     /// and `add.rn`), which is slower and rounds twice.
     fn fma(&self, a: f32, b: f32, c: f32) -> f32;
 
+    /// `cvt.rna.tf32.f32`: `x` rounded to TF32 (10 fraction bits; to nearest, ties away from
+    /// zero), returned as an f32 whose low 13 bits are zero: a tensor-core TF32 operand.
+    fn tf32(&self, x: f32) -> f32;
+
+    /// `cvt.rn.bf16x2.f32`: `lo` and `hi` rounded to BF16 (to nearest, ties to even) and packed,
+    /// `lo` in bits 0..16 and `hi` in bits 16..32: a tensor-core BF16 operand pair.
+    fn bf16x2(&self, lo: f32, hi: f32) -> u32;
+
+    /// `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`: `D = A B + C` for the warp's
+    /// 16 x 8 tile, A 16 x 8 (row-major), B 8 x 8 (column-major, i.e. the rows of an (N, K)
+    /// weight), C and D in f32. Each lane holds the fragments of the PTX ISA tables, with
+    /// `g = lane / 4`, `t = lane % 4`: `a` = A(g, t), A(g+8, t), A(g, t+4), A(g+8, t+4);
+    /// `b` = B(t, g), B(t+4, g); `c` and the result = C(g, 2t), C(g, 2t+1), C(g+8, 2t),
+    /// C(g+8, 2t+1). A and B elements are f32 bits already rounded to TF32 ([`ThreadCtx::tf32`]).
+    /// Every lane of the warp must execute it, with no lane-divergent control flow around it.
+    #[track_caller]
+    fn mma_tf32_m16n8k8(&self, a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4];
+
+    /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`: as the TF32 one with K = 16 and
+    /// each A / B register a BF16 pair ([`ThreadCtx::bf16x2`], the lower k in the low half):
+    /// `a` = A(g, 2t..2t+2), A(g+8, 2t..2t+2), A(g, 2t+8..2t+10), A(g+8, 2t+8..2t+10);
+    /// `b` = B(2t..2t+2, g), B(2t+8..2t+10, g); C and D as for TF32.
+    #[track_caller]
+    fn mma_bf16_m16n8k16(&self, a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4];
+
+    /// `ldmatrix.sync.aligned.m8n8.x1.shared.b16`: one 8 x 8 matrix of 16-bit elements (8 rows of
+    /// 16 bytes = 4 words). Lanes 0..8 give the shared word index of a row (a multiple of 4);
+    /// lane l receives word `l % 4` of row `l / 4`. Every lane of the warp must execute it.
+    #[track_caller]
+    fn ldmatrix_x1(&self, row: usize) -> u32;
+
+    /// `ldmatrix ... .x2`: two matrices, rows from lanes 0..8 and 8..16.
+    #[track_caller]
+    fn ldmatrix_x2(&self, row: usize) -> [u32; 2];
+
+    /// `ldmatrix ... .x4`: four matrices, matrix i's rows from lanes 8i..8i+8. With 32-bit
+    /// data (4 values per row) lane l receives value `l % 4` of row `l / 4` of each: exactly a
+    /// TF32 A or B fragment.
+    #[track_caller]
+    fn ldmatrix_x4(&self, row: usize) -> [u32; 4];
+
+    /// `ldmatrix ... .x4.trans`: as `ldmatrix_x4`, each matrix transposed: lane l receives the
+    /// 16-bit elements (row 2(l % 4), column l / 4) in its low and (row 2(l % 4) + 1, same
+    /// column) in its high half.
+    #[track_caller]
+    fn ldmatrix_x4_trans(&self, row: usize) -> [u32; 4];
+
+    /// `cp.async` of `words` (1, 2 or 4) 32-bit words from `src[index..]` to shared words
+    /// `dst..`, both aligned to the copy's size; with `read == false` nothing is read and the
+    /// destination is zero-filled (rows or columns past the matrix). The copy is pending until
+    /// [`ThreadCtx::cp_async_wait`] retires its group: touching the destination before that is a
+    /// race (the simulator reports it every time).
+    #[track_caller]
+    fn cp_async<T: SharedWord>(&self, dst: usize, src: Global<'_, T>, index: usize, words: u32, read: bool);
+
+    /// `cp.async.commit_group`: the copies issued since the last commit become one group.
+    fn cp_async_commit(&self);
+
+    /// `cp.async.wait_group N`: waits until at most `pending` of this thread's committed
+    /// groups are still in flight (0 to 3; above 3 the GPU waits for all). Other threads see
+    /// the data only after a barrier.
+    #[track_caller]
+    fn cp_async_wait(&self, pending: u32);
+
     /// Reads word `index` of the block's shared memory.
     #[track_caller]
     fn shared_load<T: SharedWord>(&self, index: usize) -> T;
+
+    /// Reads words `index .. index + 4` of the block's shared memory in one 16-byte access
+    /// (`ld.shared.v4.f32` on the GPU). `index` must be a multiple of 4: the simulator reports
+    /// any other, as the GPU would fault on it, and checks each word like [`ThreadCtx::shared_load`].
+    #[track_caller]
+    #[inline(always)]
+    fn shared_load4(&self, index: usize) -> [f32; 4] {
+        [
+            self.shared_load(index),
+            self.shared_load(index + 1),
+            self.shared_load(index + 2),
+            self.shared_load(index + 3),
+        ]
+    }
 
     /// Writes word `index` of the block's shared memory.
     #[track_caller]

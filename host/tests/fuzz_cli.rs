@@ -72,6 +72,8 @@ fn flag() -> impl Strategy<Value = &'static str> {
         Just("--json"),
         Just("--no-png"),
         Just("--no-memory-check"),
+        Just("--vae"),
+        Just("--latent-scale"),
     ]
 }
 
@@ -85,6 +87,7 @@ fn subcommand() -> impl Strategy<Value = (&'static str, Option<&'static str>)> {
         Just(("trajectories", Some("--png"))),
         Just(("stability", Some("--png"))),
         Just(("info", None)),
+        Just(("decode", Some("--png"))),
         Just(("no-such-command", None)),
     ]
 }

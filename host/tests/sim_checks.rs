@@ -244,7 +244,12 @@ fn kernel_panics_become_errors() {
 
 #[test]
 fn invalid_launches_are_rejected() {
-    for bad in [dims(1, 1025, 0), dims(0, 32, 0), dims(1, 32, 49 * 1024), dims(1, 32, 6)] {
+    for bad in [
+        dims(1, 1025, 0),
+        dims(0, 32, 0),
+        dims(1, 32, 227 * 1024 + 4),
+        dims(1, 32, 6),
+    ] {
         let err = launch("any", bad, |_| {}).unwrap_err();
         assert!(matches!(err, SimError::InvalidLaunch { .. }), "{err}");
     }

@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error("{path} is not a valid safetensors file: {reason}")]
     NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path} is not a PyTorch checkpoint that can be read: {reason}")]
+    NotTorchCheckpoint { path: PathBuf, reason: String },
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]

@@ -20,6 +20,8 @@ pub mod ops;
 pub mod parallel;
 pub mod safetensors_file;
 pub mod sampler;
+pub mod torch_file;
+pub mod vae;
 pub mod weights;
 
 pub use config::DitConfig;

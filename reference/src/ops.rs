@@ -167,6 +167,17 @@ vectorized! {
     }
 }
 
+vectorized! {
+    /// `v * scale + shift`, then SiLU, over a slice in place: a GroupNorm's per-channel affine
+    /// map and the activation after it (the VAE decoder's convolutions read their input so).
+    pub fn scale_shift_silu_slice(values: &mut [f32], scale: f32, shift: f32) {
+        for v in values.iter_mut() {
+            let x = *v * scale + shift;
+            *v = x / (1.0 + exp_f32(-x));
+        }
+    }
+}
+
 /// Applies [`gelu_tanh`] to every element of a matrix, in place.
 pub fn gelu_tanh_in_place(x: &mut Array2<f32>) {
     for_row_blocks(x.view_mut(), 16, |mut block| match block.as_slice_mut() {

@@ -128,7 +128,9 @@ pub fn read_small_text_file(path: &Path, limit: u64) -> Result<String> {
 
 impl SafetensorsFile {
     /// Opens and validates `path` (a regular file; header syntax, duplicate names, dtypes,
-    /// offsets, and that the file holds exactly the bytes the header declares).
+    /// offsets, and that the file holds exactly the bytes the header declares). A PyTorch
+    /// checkpoint (`torch.save`'s zip format, told by its first bytes) is opened too, its tensor
+    /// table read from its pickle ([`crate::torch_file`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = open_regular_file(&path)?;
@@ -149,6 +151,31 @@ impl SafetensorsFile {
         }
         let mut length_field = [0u8; 8];
         file.read_exact_at(&mut length_field, 0).map_err(read_error)?;
+        if length_field.starts_with(crate::torch_file::LEGACY_MAGIC) {
+            return Err(Error::NotTorchCheckpoint {
+                path,
+                reason: "it is in PyTorch's legacy format (before PyTorch 1.6), which is not read; load it and save it again with torch.save in a current PyTorch (the zip format)".into(),
+            });
+        }
+        if length_field.starts_with(crate::torch_file::ZIP_MAGIC) {
+            let tensors =
+                crate::torch_file::read_tensor_table(&file, len).map_err(|reason| Error::NotTorchCheckpoint {
+                    path: path.clone(),
+                    reason,
+                })?;
+            let source = Source::File {
+                file,
+                len,
+                modified: stat.modified().ok(),
+            };
+            return Ok(Self {
+                path,
+                source,
+                data_start: 0,
+                tensors,
+                metadata: HashMap::new(),
+            });
+        }
         let header_len = header_length(u64::from_le_bytes(length_field), len).map_err(not_safetensors)?;
         let mut header = vec![0u8; header_len];
         file.read_exact_at(&mut header, 8).map_err(read_error)?;

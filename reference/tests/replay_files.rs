@@ -81,3 +81,58 @@ fn a_replay_file_without_records_is_refused() {
         "{error}"
     );
 }
+
+/// A ClusCa choices file of 1 row, 4 tokens, 2 clusters and two fresh records.
+fn clusca_choices(dir: &tempfile::TempDir, init: [i64; 2], layers: [i64; 2], fresh: [i64; 4]) -> PathBuf {
+    let ints =
+        |shape: &[usize], values: Vec<i64>| OutTensor::I64(ArrayD::from_shape_vec(IxDyn(shape), values).unwrap());
+    let path = dir.path().join("choices.safetensors");
+    write_safetensors(
+        &path,
+        vec![
+            ("clus.init_indices".into(), ints(&[1, 1, 2], init.to_vec())),
+            ("clus.fresh_step".into(), ints(&[2], vec![47, 47])),
+            ("clus.fresh_layer".into(), ints(&[2], layers.to_vec())),
+            ("clus.fresh_indices".into(), ints(&[2, 1, 2], fresh.to_vec())),
+        ],
+        HashMap::new(),
+    )
+    .unwrap();
+    path
+}
+
+fn read_choices(path: &PathBuf) -> Result<resca_reference::cache::clusca::RecordedChoices, String> {
+    resca_reference::cache::clusca::read_choices(&SafetensorsFile::open(path).unwrap(), 1, 4, 2, 2)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn clusca_choices_read_back_and_name_what_is_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let choices = read_choices(&clusca_choices(&dir, [3, 0], [0, 1], [1, 2, 0, 3])).unwrap();
+    assert_eq!(choices.init_tokens, vec![vec![3, 0]]);
+    assert_eq!((choices.fresh[1].step_index, choices.fresh[1].block), (47, 1));
+    assert_eq!(choices.fresh[1].tokens, vec![vec![0, 3]]);
+    // Token 0 of cluster 1 belongs to cluster 0 under these labels: its pair names cluster 0.
+    assert_eq!(
+        choices.fresh_members(47, 1, 0, &[0, 1, 1, 1]),
+        Some(vec![(0, 0), (1, 3)])
+    );
+
+    let error = read_choices(&clusca_choices(&dir, [4, 0], [0, 1], [1, 2, 0, 3])).unwrap_err();
+    assert!(
+        error.contains("`clus.init_indices` holds token 4, outside 0..4"),
+        "{error}"
+    );
+    let error = read_choices(&clusca_choices(&dir, [3, 0], [0, 1], [1, -1, 0, 3])).unwrap_err();
+    assert!(
+        error.contains("`clus.fresh_indices` holds token -1, outside 0..4"),
+        "{error}"
+    );
+    let error = read_choices(&clusca_choices(&dir, [3, 0], [0, 2], [1, 2, 0, 3])).unwrap_err();
+    assert!(
+        error.contains("`clus.fresh_layer` holds block 2, outside 0..2"),
+        "{error}"
+    );
+    assert!(error.contains("choices.safetensors"), "{error}");
+}

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use ndarray::ArrayD;
 use resca_reference::safetensors_file::SafetensorsFile;
 
+pub mod golden;
+
 /// `tests/vectors/tiny`: tensors from the official PyTorch code (a copy of `../shared/vectors`).
 pub fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors").join("tiny")

@@ -7,6 +7,7 @@ mod method_args;
 mod model_args;
 mod output;
 mod sampling_args;
+mod vae_args;
 mod value_parsers;
 
 use anyhow::Result;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "resca",
     version,
-    about = "Residual caching (ResCa) for diffusion transformers: CPU reference runs"
+    about = "Residual caching (ResCa) for diffusion transformers: sampling, forwards and checks on the CPU reference, the GPU kernels and their simulator"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -48,6 +49,7 @@ macro_rules! subcommands {
 subcommands! {
     Sample => sample,
     Forward => forward,
+    Decode => decode,
     Plan => plan,
     Stability => stability,
     Compare => compare,

@@ -22,6 +22,7 @@ use super::method_args::{Method, MethodArgs};
 use super::model_args::ModelArgs;
 use super::output::{MemoryCheck, check_outputs, print_line, progress_bar};
 use super::sampling_args::{Guidance, SamplerKind};
+use super::vae_args::{VaeArgs, check_fits};
 use super::value_parsers::{sample_count, seed, step_count};
 
 /// Sample images with a caching method and report steps, FLOPs and wall time.
@@ -65,8 +66,12 @@ pub struct Args {
     #[arg(long, value_name = "OUT.png", conflicts_with = "no_png")]
     png: Option<PathBuf>,
     /// Write no PNG, not even the default grid run's `sample.png`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vae")]
     no_png: bool,
+    /// Decode the final latents with this VAE for the PNG grid (RGB images instead of latents;
+    /// default PNG `sample.png`).
+    #[command(flatten)]
+    vae: VaeArgs,
     /// Print the statistics as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -79,7 +84,10 @@ pub fn run(args: Args) -> Result<()> {
     let grid = args.noise.is_none() && args.batch.is_none() && args.labels.is_none();
     let png = match args.no_png {
         true => None,
-        false => args.png.clone().or_else(|| grid.then(|| PathBuf::from("sample.png"))),
+        false => args
+            .png
+            .clone()
+            .or_else(|| (grid || args.vae.vae.is_some()).then(|| PathBuf::from("sample.png"))),
     };
     // Every output is checked before anything is loaded or run.
     let mut inputs = args.model.input_files();
@@ -87,6 +95,8 @@ pub fn run(args: Args) -> Result<()> {
         ("--noise", args.noise.as_deref()),
         ("--replay-clusters", args.method.replay_clusters.as_deref()),
     ]);
+    let vae_files = args.vae.input_files();
+    inputs.extend(vae_files.iter().map(|(flag, path)| (*flag, path.as_deref())));
     let mut destinations = check_outputs(&[("--out", args.out.as_deref()), ("--png", png.as_deref())], &inputs)?.into_iter();
     let out = args.out.as_ref().and_then(|_| destinations.next());
     let png = png.as_ref().and_then(|_| destinations.next());
@@ -139,7 +149,22 @@ pub fn run(args: Args) -> Result<()> {
             // Every run's trajectory is kept until the outputs are written.
             results: all.results.saturating_add(run.results),
         });
+    let vae_config = args.vae.config()?;
+    let needed = match (&vae_config, &args.vae.vae) {
+        (Some(vae), Some(dir)) => {
+            check_fits(vae, &config, dir)?;
+            let side = config.input_size;
+            let decoding = resca_reference::vae::memory_estimate(vae, samples, side, side, threads);
+            RunMemory {
+                weights: needed.weights.saturating_add(decoding.weights),
+                working: needed.working.max(decoding.working),
+                results: needed.results.saturating_add(decoding.results),
+            }
+        }
+        _ => needed,
+    };
     args.memory.check(&needed, "this sampling run")?;
+    let vae = args.vae.load()?;
 
     let model = args.model.load()?;
     let config = &model.config;
@@ -181,7 +206,15 @@ pub fn run(args: Args) -> Result<()> {
         bar.finish_and_clear();
         results.push(result);
     }
-    write_outputs(out.as_ref(), png.as_ref(), &model, &job, &results, grid)?;
+    let decoded = match &vae {
+        Some(decoder) => results
+            .iter()
+            .map(|result| args.vae.decode(decoder, final_samples(result).view()))
+            .collect::<Result<Vec<_>>>()
+            .context("decoding the final latents with --vae")?,
+        None => Vec::new(),
+    };
+    write_outputs(out.as_ref(), png.as_ref(), &model, &job, &results, &decoded, grid)?;
     let stats: Vec<_> = results.iter().map(|r| &r.stats).collect();
     if args.json {
         let json = if stats.len() == 1 {
@@ -210,13 +243,15 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// `--out`: the last run's trajectory (with the full-compute one as `x_full` when two ran);
-/// `--png`: one panel per run, laid out classes x seeds in grid mode.
+/// `--png`: one panel per run, laid out classes x seeds in grid mode: the images `decoded` by the
+/// VAE (one per run) if given, else the latents.
 fn write_outputs(
     out: Option<&Destination>,
     png: Option<&Destination>,
     model: &Dit,
     job: &SampleJob,
     results: &[SampleResult],
+    decoded: &[ndarray::Array4<f32>],
     grid: bool,
 ) -> Result<()> {
     let last = results.last().expect("at least one run");
@@ -241,7 +276,11 @@ fn write_outputs(
     }
     if let Some(png) = png {
         let cols = if grid { model.config.num_classes } else { 8 };
-        let samples: Vec<_> = results.iter().map(final_samples).collect();
+        let (samples, scale): (Vec<ndarray::Array4<f32>>, usize) = if decoded.is_empty() {
+            (results.iter().map(final_samples).collect(), 3)
+        } else {
+            (decoded.to_vec(), 1)
+        };
         let figure = panels(
             &results
                 .iter()
@@ -252,7 +291,7 @@ fn write_outputs(
                     cols,
                 })
                 .collect::<Vec<_>>(),
-            3,
+            scale,
         );
         png.write(|w| figure.encode_png(w))?;
     }

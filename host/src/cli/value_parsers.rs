@@ -61,6 +61,15 @@ pub fn cfg_scale(text: &str) -> Result<f32, String> {
     }
 }
 
+/// Parses a finite number > 0 (`--latent-scale`).
+pub fn positive_scale(text: &str) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not a finite number > 0")),
+        Err(_) => Err(format!("`{text}` is not a number")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,12 +160,19 @@ impl Driver for Cust {
                 b.x,
                 b.y,
                 b.z,
-                0,
+                dims.shared_bytes,
                 std::ptr::null_mut(),
                 params.as_ptr() as *mut *mut c_void,
                 std::ptr::null_mut(),
             )
         })
+    }
+
+    fn set_max_dynamic_shared(&mut self, function: &Self::Function, bytes: u32) -> Result<(), String> {
+        self.bind()?;
+        let attribute = sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        // SAFETY: a function of the loaded module.
+        check(unsafe { sys::cuFuncSetAttribute(*function, attribute, bytes as i32) })
     }
 
     fn synchronize(&mut self) -> Result<(), String> {

@@ -360,12 +360,19 @@ impl Driver for Cudarc {
                 *function,
                 (g.x, g.y, g.z),
                 (b.x, b.y, b.z),
-                0,
+                dims.shared_bytes,
                 Self::stream(),
                 &mut params,
             )
         }
         .map_err(driver_error)
+    }
+
+    fn set_max_dynamic_shared(&mut self, function: &Self::Function, bytes: u32) -> Result<(), String> {
+        self.bind()?;
+        let attribute = sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        // SAFETY: a function of the loaded module.
+        unsafe { result::function::set_function_attribute(*function, attribute, bytes as i32) }.map_err(driver_error)
     }
 
     fn synchronize(&mut self) -> Result<(), String> {

@@ -44,7 +44,8 @@ pub trait Driver {
     /// The entry point `name` of the loaded module.
     fn function(&mut self, name: &str) -> Result<Self::Function, String>;
     fn attributes(&mut self, function: &Self::Function) -> Result<FunctionAttributes, String>;
-    /// Launches with no dynamic shared memory (the kernels declare theirs statically).
+    /// Launches with `dims.shared_bytes` of dynamic shared memory (0 for the kernels that
+    /// declare theirs statically).
     ///
     /// # Safety
     /// `params` point to the kernel's parameters, laid out as its entry point declares them,
@@ -55,6 +56,9 @@ pub trait Driver {
         dims: LaunchDims,
         params: &[*mut c_void],
     ) -> Result<(), String>;
+    /// Lets `function` be launched with up to `bytes` of dynamic shared memory
+    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`; needed above 48 KiB).
+    fn set_max_dynamic_shared(&mut self, function: &Self::Function, bytes: u32) -> Result<(), String>;
     /// Waits for everything issued so far (reports asynchronous kernel faults).
     fn synchronize(&mut self) -> Result<(), String>;
 }
@@ -81,6 +85,10 @@ pub struct GpuDevice<D: Driver> {
     launches: usize,
     description: String,
 }
+
+/// Shared memory a kernel may declare statically; dynamic shared memory above it needs the
+/// function's limit raised.
+const MAX_STATIC_SHARED_BYTES: u32 = 48 * 1024;
 
 fn backend(what: &str) -> impl Fn(String) -> DeviceError + '_ {
     move |e| DeviceError::Backend(format!("{what}: {e}"))
@@ -112,6 +120,11 @@ impl<D: Driver> GpuDevice<D> {
             let what = format!("loading kernel `{}` from {}", kernel.name(), module.file);
             let function = driver.function(kernel.name()).map_err(backend(&what))?;
             let attributes = driver.attributes(&function).map_err(backend(&what))?;
+            if kernel.dynamic_shared_bytes() > MAX_STATIC_SHARED_BYTES {
+                driver
+                    .set_max_dynamic_shared(&function, kernel.dynamic_shared_bytes())
+                    .map_err(backend(&what))?;
+            }
             let params = layouts[&kernel].clone();
             kernels.insert(
                 kernel,
@@ -194,6 +207,11 @@ pub fn check_dims(call: &KernelCall, attributes: FunctionAttributes) -> Result<(
             "kernel `{name}`: {threads} threads per block, the compiled kernel allows {}",
             attributes.max_threads_per_block
         )));
+    }
+    if call.kernel.dynamic_shared_bytes() > 0 {
+        // Dynamic shared memory: the kernel table's bound (KernelCall::check) is what the
+        // function's limit was raised to.
+        return Ok(());
     }
     if call.dims.shared_bytes as i64 > attributes.static_shared_bytes as i64 {
         return Err(DeviceError::Invalid(format!(
@@ -315,7 +333,11 @@ impl<D: Driver> Device for GpuDevice<D> {
         // `pack` against the PTX and the manifest) and every slice is within a live buffer of its
         // element type; the kernels index only within the lengths they are given (the simulator
         // checks the same launches). `params` outlive the call, which copies them.
-        let launched = unsafe { self.driver.launch(function, call.dims, &pointers) };
+        let mut dims = call.dims;
+        if call.kernel.dynamic_shared_bytes() == 0 {
+            dims.shared_bytes = 0; // declared statically: no dynamic shared memory
+        }
+        let launched = unsafe { self.driver.launch(function, dims, &pointers) };
         launched.map_err(backend(&format!("launching kernel `{}`", call.kernel.name())))?;
         self.launches += 1;
         Ok(())

@@ -157,9 +157,13 @@ pub struct KernelCall {
 impl KernelCall {
     /// Checks the arguments against the entry point's parameters ([`Kernel::params`]): their
     /// number and each one's kind and element type; and the shared memory of the geometry
-    /// against the kernel's `.shared` buffer. Slice bounds are the device's to check.
+    /// against the kernel's `.shared` buffer, or the most dynamic shared memory the kernel table
+    /// allows it. Slice bounds are the device's to check.
     pub fn check(&self) -> Result<(), DeviceError> {
-        let declared = self.kernel.static_shared_bytes();
+        let declared = self
+            .kernel
+            .static_shared_bytes()
+            .max(self.kernel.dynamic_shared_bytes());
         if self.dims.shared_bytes > declared {
             return Err(DeviceError::Invalid(format!(
                 "kernel `{}`: the launch asks for {} bytes of shared memory, the kernel declares {declared}",

@@ -14,8 +14,8 @@
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{
-    LaunchDims, attention, clusca, ddim, embed, final_layer, flow, gather, gemm, guidance, norm, pdds, residual,
-    taylor, tetc,
+    LaunchDims, attention, clusca, ddim, embed, final_layer, flow, gather, gemm, gemm_tiled, guidance, norm, pdds,
+    residual, taylor, tetc,
 };
 
 use super::device::{Arg, Device, DeviceError, Kernel, KernelCall, Slice};
@@ -51,7 +51,7 @@ macro_rules! kernel_args {
         $(#[$attr:meta])*
         $variant:ident = $name:ident($($param:ident: $kind:ident $(<$elem:ident>)?),* $(,)?)
             => $module:ident :: $body:ident $(::<$($generic:tt),*>)?
-            $(, shared $shared_module:ident :: $shared_bytes:ident)?;
+            $(, $shared_kind:ident $shared_module:ident :: $shared_bytes:ident)?;
     )*) => {
         $(
             $(#[$attr])*
@@ -338,6 +338,224 @@ pub fn gemm_gated_residual<D: Device>(
         gate_offset: size(k, "gate_offset", gate_offset)?,
     };
     launch(dev, gemm::gemm_dims(m, n), args)
+}
+
+/// The block tile of the exact FMA GEMMs (`gemm_tiled`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmTile {
+    /// 128 x 128 outputs per block, 8 x 8 per thread (`gemm128_*`).
+    Tile128,
+    /// 64 x 64 outputs per block, 4 x 4 per thread (`gemm64_*`).
+    Tile64,
+}
+
+impl GemmTile {
+    /// Outputs per thread along each side.
+    pub const fn micro(self) -> usize {
+        match self {
+            GemmTile::Tile128 => gemm_tiled::MICRO_128,
+            GemmTile::Tile64 => gemm_tiled::MICRO_64,
+        }
+    }
+}
+
+/// `out (M, N) = epilogue(A W^T + b)` on the exact FMA GEMM with block tile `tile`.
+pub fn gemm_tiled<D: Device>(
+    dev: &mut D,
+    tile: GemmTile,
+    a: Slice<f32>,
+    w: Slice<f32>,
+    bias: Slice<f32>,
+    out: Slice<f32>,
+    m: usize,
+    n: usize,
+    k_len: usize,
+    epilogue: Epilogue,
+) -> Result<(), DeviceError> {
+    let k = match (tile, epilogue) {
+        (GemmTile::Tile128, Epilogue::Bias) => Kernel::Gemm128Bias,
+        (GemmTile::Tile128, Epilogue::BiasGelu) => Kernel::Gemm128BiasGelu,
+        (GemmTile::Tile64, Epilogue::Bias) => Kernel::Gemm64Bias,
+        (GemmTile::Tile64, Epilogue::BiasGelu) => Kernel::Gemm64BiasGelu,
+    };
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let args = args::Gemm128Bias {
+        a,
+        w,
+        bias,
+        out,
+        m,
+        n,
+        k: size(k, "k", k_len)?,
+    };
+    launch_as(dev, k, gemm_tiled::gemm_tiled_dims(m, n, tile.micro()), args)
+}
+
+/// `x (M, N) += gate * (A W^T + b)` on the exact FMA GEMM with block tile `tile`, row r gated by
+/// `gate[(r / tokens) gate_stride + gate_offset ..]`.
+pub fn gemm_tiled_gated_residual<D: Device>(
+    dev: &mut D,
+    tile: GemmTile,
+    a: Slice<f32>,
+    w: Slice<f32>,
+    bias: Slice<f32>,
+    x: Slice<f32>,
+    gate: Slice<f32>,
+    m: usize,
+    n: usize,
+    k_len: usize,
+    tokens: usize,
+    gate_stride: usize,
+    gate_offset: usize,
+) -> Result<(), DeviceError> {
+    let k = match tile {
+        GemmTile::Tile128 => Kernel::Gemm128BiasGatedResidual,
+        GemmTile::Tile64 => Kernel::Gemm64BiasGatedResidual,
+    };
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let args = args::Gemm128BiasGatedResidual {
+        a,
+        w,
+        bias,
+        x,
+        gate,
+        m,
+        n,
+        k: size(k, "k", k_len)?,
+        tokens: size(k, "tokens", tokens)?,
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
+    };
+    launch_as(dev, k, gemm_tiled::gemm_tiled_dims(m, n, tile.micro()), args)
+}
+
+/// The number of splits of K in ranges of `k_per_split` (at least 1, also for K = 0).
+pub fn splitk_count(k_len: usize, k_per_split: usize) -> usize {
+    k_len.div_ceil(k_per_split.max(1)).max(1)
+}
+
+/// The split-K partial products `partials[z] (M, N) = A W^T` over k in
+/// `z k_per_split .. (z + 1) k_per_split`, for z < [`splitk_count`]; `partials` holds at least
+/// `splits M N` values.
+pub fn gemm_splitk_partial<D: Device>(
+    dev: &mut D,
+    a: Slice<f32>,
+    w: Slice<f32>,
+    partials: Slice<f32>,
+    m: usize,
+    n: usize,
+    k_len: usize,
+    k_per_split: usize,
+) -> Result<(), DeviceError> {
+    let k = Kernel::GemmSplitkPartial;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k_per_split == 0 {
+        return Err(DeviceError::Invalid(
+            "kernel `gemm_splitk_partial`: k_per_split is 0".into(),
+        ));
+    }
+    let splits = splitk_count(k_len, k_per_split);
+    let needed = splits.saturating_mul(m).saturating_mul(n);
+    if partials.len < needed {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `gemm_splitk_partial`: partials holds {} values, {splits} splits of {m} x {n} need {needed}",
+            partials.len
+        )));
+    }
+    let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let args = args::GemmSplitkPartial {
+        a,
+        w,
+        partials,
+        m,
+        n,
+        k: size(k, "k", k_len)?,
+        k_per_split: size(k, "k_per_split", k_per_split)?,
+    };
+    let dims = gemm_tiled::gemm_splitk_partial_dims(m, n, size(k, "splits", splits)?);
+    launch(dev, dims, args)
+}
+
+/// Checks the sizes of a split-K reduction: `splits >= 1` and `M N` within a u32.
+fn splitk_reduce_sizes(k: Kernel, m: usize, n: usize, splits: usize) -> Result<(u32, u32, u32), DeviceError> {
+    if splits == 0 {
+        return Err(DeviceError::Invalid(format!("kernel `{}`: splits is 0", k.name())));
+    }
+    size(k, "m n", m.saturating_mul(n))?;
+    Ok((size(k, "m", m)?, size(k, "n", n)?, size(k, "splits", splits)?))
+}
+
+/// `out (M, N) = epilogue(sum_z partials[z] + b)`, summed in split order.
+pub fn gemm_splitk_reduce<D: Device>(
+    dev: &mut D,
+    partials: Slice<f32>,
+    bias: Slice<f32>,
+    out: Slice<f32>,
+    m: usize,
+    n: usize,
+    splits: usize,
+    epilogue: Epilogue,
+) -> Result<(), DeviceError> {
+    let k = match epilogue {
+        Epilogue::Bias => Kernel::GemmSplitkBias,
+        Epilogue::BiasGelu => Kernel::GemmSplitkBiasGelu,
+    };
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (m, n, splits) = splitk_reduce_sizes(k, m, n, splits)?;
+    let args = args::GemmSplitkBias {
+        partials,
+        bias,
+        out,
+        m,
+        n,
+        splits,
+    };
+    launch_as(dev, k, gemm_tiled::gemm_splitk_reduce_dims(m, n), args)
+}
+
+/// `x (M, N) += gate * (sum_z partials[z] + b)`, summed in split order, gated as
+/// [`gemm_gated_residual`].
+pub fn gemm_splitk_gated_residual<D: Device>(
+    dev: &mut D,
+    partials: Slice<f32>,
+    bias: Slice<f32>,
+    x: Slice<f32>,
+    gate: Slice<f32>,
+    m: usize,
+    n: usize,
+    splits: usize,
+    tokens: usize,
+    gate_stride: usize,
+    gate_offset: usize,
+) -> Result<(), DeviceError> {
+    let k = Kernel::GemmSplitkBiasGatedResidual;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (m, n, splits) = splitk_reduce_sizes(k, m, n, splits)?;
+    let args = args::GemmSplitkBiasGatedResidual {
+        partials,
+        bias,
+        x,
+        gate,
+        m,
+        n,
+        splits,
+        tokens: size(k, "tokens", tokens)?,
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
+    };
+    launch(dev, gemm_tiled::gemm_splitk_reduce_dims(m, n), args)
 }
 
 /// Multi-head attention: `qkv` (B N, 3 H hd) to `out` (B N, H hd), scale `1/sqrt(hd)`.

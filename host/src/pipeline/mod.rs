@@ -6,6 +6,7 @@
 //!   kernel-call description a backend executes;
 //! * [`launch`]: one typed function per kernel (parameters in entry-point order, the kernel's
 //!   own launch geometry);
+//! * [`gemm_plan`]: which GEMM kernels compute a linear layer of a given shape;
 //! * [`model`]: the DiT weights on a device and the forward pass, whose block branches a
 //!   [`BranchHook`] may store or supply;
 //! * [`caching_engine`]: the caching methods (schedule, Taylor caches, TETC/PDDS, ClusCa) as host
@@ -20,6 +21,7 @@
 pub mod caching_engine;
 pub mod device;
 pub mod error;
+pub mod gemm_plan;
 pub mod launch;
 pub mod model;
 

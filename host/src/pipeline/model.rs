@@ -12,6 +12,7 @@ use resca_reference::{Dit, DitConfig};
 
 use super::device::{Buffer, Device, DeviceError, Slice};
 use super::error::PipelineError;
+use super::gemm_plan::{self, GemmOutput};
 use super::launch::{self, Epilogue};
 
 /// What the forward pass asks of a caching method, the device twin of
@@ -50,6 +51,10 @@ pub struct DeviceLinear {
     pub bias: Buffer<f32>,
     pub in_features: usize,
     pub out_features: usize,
+    /// The split-K partial products of the model's GEMMs, one buffer shared by every layer of
+    /// the model (launches run in stream order: a GEMM's partials are reduced before the next
+    /// GEMM writes its own).
+    workspace: Buffer<f32>,
 }
 
 fn upload_array<D: Device, Dim: ndarray::Dimension>(
@@ -63,12 +68,13 @@ fn upload_array<D: Device, Dim: ndarray::Dimension>(
 }
 
 impl DeviceLinear {
-    fn upload<D: Device>(dev: &mut D, linear: &Linear) -> Result<Self, DeviceError> {
+    fn upload<D: Device>(dev: &mut D, linear: &Linear, workspace: Buffer<f32>) -> Result<Self, DeviceError> {
         Ok(Self {
             weight: upload_array(dev, &linear.weight())?,
             bias: upload_array(dev, &linear.bias)?,
             in_features: linear.in_features(),
             out_features: linear.out_features(),
+            workspace,
         })
     }
 
@@ -94,7 +100,8 @@ impl DeviceLinear {
         )
     }
 
-    /// `out (rows, out_f) = epilogue(x W^T + b)` on the tiled GEMM (the token-wise layers).
+    /// `out (rows, out_f) = epilogue(x W^T + b)` on the exact GEMM chosen for the shape
+    /// ([`gemm_plan::choose_gemm`]; the token-wise layers).
     pub fn gemm<D: Device>(
         &self,
         dev: &mut D,
@@ -103,16 +110,16 @@ impl DeviceLinear {
         rows: usize,
         epilogue: Epilogue,
     ) -> Result<(), DeviceError> {
-        launch::gemm(
+        gemm_plan::linear(
             dev,
             x,
             self.weight.all(),
             self.bias.all(),
-            out,
+            GemmOutput::Store { out, epilogue },
+            self.workspace.all(),
             rows,
             self.out_features,
             self.in_features,
-            epilogue,
         )
     }
 
@@ -128,19 +135,23 @@ impl DeviceLinear {
         tokens: usize,
         gate_offset: usize,
     ) -> Result<(), DeviceError> {
-        launch::gemm_gated_residual(
+        let output = GemmOutput::GatedResidual {
+            x,
+            gate: modulation,
+            tokens,
+            gate_stride: 6 * self.out_features,
+            gate_offset,
+        };
+        gemm_plan::linear(
             dev,
             a,
             self.weight.all(),
             self.bias.all(),
-            x,
-            modulation,
+            output,
+            self.workspace.all(),
             rows,
             self.out_features,
             self.in_features,
-            tokens,
-            6 * self.out_features,
-            gate_offset,
         )
     }
 }
@@ -185,26 +196,33 @@ impl DeviceDit {
             )));
         }
         let w = &model.weights;
+        // The widest token-wise layer (qkv, fc1 or the final linear) sizes the split-K workspace.
+        let widest = [3 * c.hidden_size, c.mlp_hidden(), w.final_linear.out_features()]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let workspace = dev.alloc::<f32>(gemm_plan::splitk_workspace_len(widest))?;
+        let upload = |dev: &mut D, linear: &Linear| DeviceLinear::upload(dev, linear, workspace);
         let mut blocks = Vec::with_capacity(w.blocks.len());
         for b in &w.blocks {
             blocks.push(DeviceBlock {
-                ada_ln: DeviceLinear::upload(dev, &b.ada_ln)?,
-                qkv: DeviceLinear::upload(dev, &b.qkv)?,
-                proj: DeviceLinear::upload(dev, &b.proj)?,
-                fc1: DeviceLinear::upload(dev, &b.fc1)?,
-                fc2: DeviceLinear::upload(dev, &b.fc2)?,
+                ada_ln: upload(dev, &b.ada_ln)?,
+                qkv: upload(dev, &b.qkv)?,
+                proj: upload(dev, &b.proj)?,
+                fc1: upload(dev, &b.fc1)?,
+                fc2: upload(dev, &b.fc2)?,
             });
         }
         Ok(Self {
             config: c.clone(),
-            patch_embed: DeviceLinear::upload(dev, &w.patch_embed)?,
+            patch_embed: upload(dev, &w.patch_embed)?,
             pos_embed: upload_array(dev, &w.pos_embed)?,
-            t_mlp_in: DeviceLinear::upload(dev, &w.t_mlp_in)?,
-            t_mlp_out: DeviceLinear::upload(dev, &w.t_mlp_out)?,
+            t_mlp_in: upload(dev, &w.t_mlp_in)?,
+            t_mlp_out: upload(dev, &w.t_mlp_out)?,
             label_table: upload_array(dev, &w.label_table)?,
             blocks,
-            final_ada_ln: DeviceLinear::upload(dev, &w.final_ada_ln)?,
-            final_linear: DeviceLinear::upload(dev, &w.final_linear)?,
+            final_ada_ln: upload(dev, &w.final_ada_ln)?,
+            final_linear: upload(dev, &w.final_linear)?,
         })
     }
 }

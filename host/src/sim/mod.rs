@@ -8,15 +8,33 @@
 //! order, so a kernel whose result changes with the order is wrong.
 //!
 //! Reported as a typed [`SimError`] naming kernel, block, thread, index and source line:
-//! * out-of-bounds global and shared loads and stores,
+//! * out-of-bounds global and shared loads and stores, and 16-byte shared loads not aligned to
+//!   16 bytes,
 //! * shared-memory races: two different threads touching the same word between two barriers,
 //!   at least one of them writing,
 //! * loads of shared words that no thread of the block has written during the launch,
 //! * two blocks of one launch writing the same global element (on a GPU the last writer is
 //!   whichever block runs last),
 //! * barriers not reached by every thread of the block (a thread exited, or waits at another
-//!   barrier), and shuffles not executed by every lane of the warp,
+//!   barrier), and warp collectives (shuffles, `ldmatrix`, `mma.sync`) not executed by every
+//!   lane of the warp,
+//! * `cp.async` destinations touched before the `cp.async.wait_group` that retires them,
+//! * misaligned `ldmatrix` rows and `cp.async` addresses, TF32 `mma.sync` operands that were
+//!   not rounded to TF32, warp collectives in a partial warp,
 //! * panics of a kernel body (e.g. arithmetic overflow in a debug build).
+//!
+//! The tensor-core and asynchronous-copy instructions are modelled as follows (docs/gpu.md,
+//! "Simulator models"):
+//! * `ldmatrix` and `mma.sync` are warp collectives, like the shuffles: each lane hands the
+//!   scheduler its operands (for `ldmatrix` the row at its address, read by the lane itself
+//!   through the race detector) and gets its part of the result, assembled from the PTX ISA
+//!   fragment tables ([`mma`]);
+//! * `cp.async` reads its source when issued (checked as a store to the destination at that
+//!   point), marks the destination words pending, and writes them, again as a store of the
+//!   issuing thread, when `cp.async.wait_group` retires the group; any access to a pending word
+//!   is a [`SimError::AsyncCopyPending`], so a missing wait is caught every time;
+//! * dynamic shared memory is the block's shared memory sized by the launch, up to the 227 KiB
+//!   a block may have on Hopper ([`MAX_SHARED_BYTES`]).
 //!
 //! Shared memory starts every block filled with a NaN pattern, like the garbage of real shared
 //! memory; a load of a word the block has not written is reported rather than read.
@@ -25,8 +43,10 @@
 //! (`crate::pipeline`): the CLI's `--backend sim`.
 
 pub mod device;
+pub mod mma;
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 
@@ -41,8 +61,12 @@ pub use device::SimDevice;
 
 /// Largest block CUDA allows.
 pub const MAX_THREADS_PER_BLOCK: u64 = 1024;
+/// Largest shared memory per block, static and dynamic together: 227 KiB on Hopper (H100),
+/// which a kernel gets beyond the 48 KiB of static `.shared` declarations only as dynamic shared
+/// memory with its `MAX_DYNAMIC_SHARED_SIZE_BYTES` raised (Ampere's A100 allows 163 KiB).
+pub const MAX_SHARED_BYTES: u32 = 227 * 1024;
 /// Largest static shared memory per block (`.shared` declarations): 48 KiB.
-pub const MAX_SHARED_BYTES: u32 = 48 * 1024;
+pub const MAX_STATIC_SHARED_BYTES: u32 = 48 * 1024;
 /// Stack of each simulated thread.
 const STACK_BYTES: usize = 256 * 1024;
 /// What fresh shared memory holds: a quiet NaN with a recognisable payload.
@@ -127,6 +151,18 @@ pub enum SimError {
         site: String,
     },
     #[error(
+        "kernel `{kernel}` block {block} thread {thread}: 16-byte shared load at word {index} (byte address \
+         {address:#x}) is not 16-byte aligned, at {site}"
+    )]
+    MisalignedShared {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        index: usize,
+        address: usize,
+        site: String,
+    },
+    #[error(
         "kernel `{kernel}` block {block}: shared-memory race on word {index} (byte address {address:#x}): \
          thread {first} did a {first_access} and thread {second} a {second_access} with no barrier in \
          between (the second at {site})"
@@ -156,7 +192,7 @@ pub enum SimError {
     },
     #[error(
         "kernel `{kernel}` block {block}: warp shuffle at {site} not executed by every lane of warp {warp}: \
-         thread {waiting} waits there, thread {other} {other_state}"
+         thread {waiting} waits there, thread {other} {other_state} (the same holds for ldmatrix and mma.sync)"
     )]
     DivergentShuffle {
         kernel: String,
@@ -204,6 +240,30 @@ pub enum SimError {
         thread: Coord,
         site: String,
     },
+    #[error(
+        "kernel `{kernel}` block {block} thread {thread}: shared {access} of word {index} (byte address \
+         {address:#x}) at {site} while a cp.async of thread {issuer} to it is pending (a missing \
+         cp.async.wait_group, or a missing barrier after it)"
+    )]
+    AsyncCopyPending {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        access: Access,
+        index: usize,
+        address: usize,
+        issuer: Coord,
+        site: String,
+    },
+    #[error("kernel `{kernel}` block {block} thread {thread}: {instruction} at {site}: {reason}")]
+    BadOperand {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        instruction: &'static str,
+        reason: String,
+        site: String,
+    },
     #[error("kernel `{kernel}` block {block} thread {thread} panicked: {message}")]
     Panic {
         kernel: String,
@@ -221,16 +281,41 @@ enum ShuffleKind {
     Idx,
 }
 
+/// A warp-collective instruction: every lane of the warp executes it at the same site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Collective {
+    /// `shfl.sync`; operands: the value, then the lane mask / delta / source lane.
+    Shuffle(ShuffleKind),
+    /// `ldmatrix` of `matrices` 8 x 8 b16 matrices; operands: the 4 words of the lane's row.
+    LdMatrix { matrices: u32, trans: bool },
+    /// `mma.sync`; operands: a0..a3, b0, b1, c0..c3.
+    Mma(mma::MmaShape),
+}
+
+impl Collective {
+    fn name(self) -> &'static str {
+        match self {
+            Collective::Shuffle(_) => "warp shuffle",
+            Collective::LdMatrix { .. } => "ldmatrix",
+            Collective::Mma(_) => "mma.sync",
+        }
+    }
+}
+
+/// The operands a lane hands to a warp collective.
+type Operands = [u32; 10];
+/// What a warp collective hands back to a lane (a shuffled value in the first word).
+type Results = [u32; 4];
+
 type Site = &'static Location<'static>;
 
 /// What a simulated thread hands the scheduler when it suspends.
 enum Event {
     Barrier(Site),
-    Shuffle {
+    Collective {
         site: Site,
-        kind: ShuffleKind,
-        value: u32,
-        arg: u32,
+        op: Collective,
+        operands: Operands,
     },
     Fault(Box<SimError>),
 }
@@ -238,14 +323,13 @@ enum Event {
 /// Where a thread stands between scheduler rounds.
 #[derive(Clone, Copy)]
 enum State {
-    /// Runnable, with the value its pending shuffle returns (0 after a barrier).
-    Ready(u32),
+    /// Runnable, with what its pending collective returns (zeros after a barrier).
+    Ready(Results),
     Barrier(Site),
-    Shuffle {
+    Collective {
         site: Site,
-        kind: ShuffleKind,
-        value: u32,
-        arg: u32,
+        op: Collective,
+        operands: Operands,
     },
     Done,
 }
@@ -255,10 +339,25 @@ impl State {
         match self {
             State::Ready(_) => "is running".to_string(),
             State::Barrier(site) => format!("waits at the barrier at {site}"),
-            State::Shuffle { site, .. } => format!("waits at the warp shuffle at {site}"),
+            State::Collective { site, op, .. } => format!("waits at the {} at {site}", op.name()),
             State::Done => "has exited".to_string(),
         }
     }
+}
+
+/// One `cp.async` in flight: the words it writes and where.
+struct AsyncCopy {
+    dst: usize,
+    words: [u32; 4],
+    len: usize,
+}
+
+/// A thread's `cp.async`s: those issued since the last commit, and the committed groups,
+/// oldest first.
+#[derive(Default)]
+struct AsyncCopies {
+    uncommitted: Vec<AsyncCopy>,
+    groups: VecDeque<Vec<AsyncCopy>>,
 }
 
 /// Shadow state of one shared word since the last barrier (epoch): who wrote and read it.
@@ -278,6 +377,8 @@ struct BlockShared {
     shadow: Vec<Shadow>,
     /// Whether a thread of the block has stored to the word during the launch.
     written: Vec<bool>,
+    /// The thread id (`rank + 1`) whose `cp.async` to the word is pending, or 0.
+    pending: Vec<u32>,
     epoch: u32,
 }
 
@@ -388,7 +489,8 @@ pub struct SimThread<'a> {
     thread: Coord,
     rank: u32,
     shared: &'a RefCell<BlockShared>,
-    yielder: &'a Yielder<u32, Event>,
+    copies: RefCell<AsyncCopies>,
+    yielder: &'a Yielder<Results, Event>,
 }
 
 impl SimThread<'_> {
@@ -420,11 +522,25 @@ impl SimThread<'_> {
     /// Records a shared access in the shadow and checks it against the other threads' accesses
     /// since the last barrier.
     fn shared_access(&self, index: usize, access: Access, site: Site) {
-        let mut shared = self.shared.borrow_mut();
+        let shared = self.shared.borrow_mut();
         let len = shared.words.len();
         if index >= len {
             drop(shared);
             self.out_of_bounds(Space::Shared, access, index, len, index * 4, site);
+        }
+        let issuer = shared.pending[index];
+        if issuer != 0 {
+            drop(shared);
+            self.fault(SimError::AsyncCopyPending {
+                kernel: self.info.kernel.to_string(),
+                block: self.info.block,
+                thread: self.thread,
+                access,
+                index,
+                address: index * 4,
+                issuer: self.coord_of(issuer),
+                site: site.to_string(),
+            });
         }
         if access == Access::Load && !shared.written[index] {
             drop(shared);
@@ -437,6 +553,12 @@ impl SimThread<'_> {
                 site: site.to_string(),
             });
         }
+        self.record_access(shared, index, access, site);
+    }
+
+    /// The race check and shadow update of [`SimThread::shared_access`] (also for the writes of
+    /// a retiring `cp.async`, which are the issuer's own and are not pending any more).
+    fn record_access(&self, mut shared: std::cell::RefMut<'_, BlockShared>, index: usize, access: Access, site: Site) {
         let epoch = shared.epoch;
         let me = self.rank + 1;
         let s = &mut shared.shadow[index];
@@ -512,12 +634,77 @@ impl SimThread<'_> {
     }
 
     fn shuffle(&self, kind: ShuffleKind, value: f32, arg: u32, site: Site) -> f32 {
-        f32::from_bits(self.yielder.suspend(Event::Shuffle {
-            site,
-            kind,
-            value: value.to_bits(),
-            arg,
-        }))
+        let mut operands = [0; 10];
+        operands[0] = value.to_bits();
+        operands[1] = arg;
+        f32::from_bits(self.collective(Collective::Shuffle(kind), operands, site)[0])
+    }
+
+    fn collective(&self, op: Collective, operands: Operands, site: Site) -> Results {
+        self.yielder.suspend(Event::Collective { site, op, operands })
+    }
+
+    fn bad_operand(&self, instruction: &'static str, reason: String, site: Site) -> ! {
+        self.fault(SimError::BadOperand {
+            kernel: self.info.kernel.to_string(),
+            block: self.info.block,
+            thread: self.thread,
+            instruction,
+            reason,
+            site: site.to_string(),
+        })
+    }
+
+    /// `ldmatrix` of `matrices` matrices: lanes `0 .. 8 matrices` read their row (4 words at a
+    /// 16-byte aligned word index) and hand it over; the scheduler deals out the fragments.
+    fn ldmatrix(&self, row: usize, matrices: u32, trans: bool, site: Site) -> Results {
+        let mut operands = [0; 10];
+        if self.lane_id() < 8 * matrices {
+            if !row.is_multiple_of(4) {
+                self.bad_operand(
+                    "ldmatrix",
+                    format!("row address {:#x} (word {row}) is not 16-byte aligned", row * 4),
+                    site,
+                );
+            }
+            for (j, word) in operands[..4].iter_mut().enumerate() {
+                self.shared_access(row + j, Access::Load, site);
+                *word = self.shared.borrow().words[row + j];
+            }
+        }
+        self.collective(Collective::LdMatrix { matrices, trans }, operands, site)
+    }
+
+    fn mma(&self, shape: mma::MmaShape, a: [u32; 4], b: [u32; 2], c: [f32; 4], site: Site) -> [f32; 4] {
+        if shape == mma::MmaShape::Tf32M16n8k8 {
+            for (name, v) in [
+                ("a0", a[0]),
+                ("a1", a[1]),
+                ("a2", a[2]),
+                ("a3", a[3]),
+                ("b0", b[0]),
+                ("b1", b[1]),
+            ] {
+                if v & mma::TF32_DROPPED_BITS != 0 {
+                    self.bad_operand(
+                        "mma.sync m16n8k8 tf32",
+                        format!(
+                            "operand {name} = {v:#010x} is not a TF32 value (its low 13 bits are set: a \
+                             missing cvt.rna.tf32.f32)"
+                        ),
+                        site,
+                    );
+                }
+            }
+        }
+        let mut operands = [0; 10];
+        operands[..4].copy_from_slice(&a);
+        operands[4..6].copy_from_slice(&b);
+        for (o, v) in operands[6..].iter_mut().zip(c) {
+            *o = v.to_bits();
+        }
+        self.collective(Collective::Mma(shape), operands, site)
+            .map(f32::from_bits)
     }
 }
 
@@ -568,6 +755,108 @@ impl ThreadCtx for SimThread<'_> {
         a.mul_add(b, c)
     }
 
+    fn tf32(&self, x: f32) -> f32 {
+        mma::tf32(x)
+    }
+
+    fn bf16x2(&self, lo: f32, hi: f32) -> u32 {
+        mma::bf16(lo) as u32 | (mma::bf16(hi) as u32) << 16
+    }
+
+    fn mma_tf32_m16n8k8(&self, a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        self.mma(mma::MmaShape::Tf32M16n8k8, a, b, c, Location::caller())
+    }
+
+    fn mma_bf16_m16n8k16(&self, a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+        self.mma(mma::MmaShape::Bf16M16n8k16, a, b, c, Location::caller())
+    }
+
+    fn ldmatrix_x1(&self, row: usize) -> u32 {
+        self.ldmatrix(row, 1, false, Location::caller())[0]
+    }
+
+    fn ldmatrix_x2(&self, row: usize) -> [u32; 2] {
+        let r = self.ldmatrix(row, 2, false, Location::caller());
+        [r[0], r[1]]
+    }
+
+    fn ldmatrix_x4(&self, row: usize) -> [u32; 4] {
+        self.ldmatrix(row, 4, false, Location::caller())
+    }
+
+    fn ldmatrix_x4_trans(&self, row: usize) -> [u32; 4] {
+        self.ldmatrix(row, 4, true, Location::caller())
+    }
+
+    fn cp_async<T: SharedWord>(&self, dst: usize, src: Global<'_, T>, index: usize, words: u32, read: bool) {
+        let site = Location::caller();
+        let len = words as usize;
+        if !matches!(words, 1 | 2 | 4) {
+            self.bad_operand("cp.async", format!("{words} words: a copy is 1, 2 or 4 words"), site);
+        }
+        if !dst.is_multiple_of(len) || !index.is_multiple_of(len) {
+            self.bad_operand(
+                "cp.async",
+                format!(
+                    "a {}-byte copy from element {index} to shared word {dst}: both must be aligned to its size",
+                    4 * len
+                ),
+                site,
+            );
+        }
+        let mut data = [0u32; 4];
+        if read {
+            if index + len > src.len() {
+                let address = src.as_ptr() as usize + index * 4;
+                self.out_of_bounds(Space::Global, Access::Load, index + len - 1, src.len(), address, site);
+            }
+            for (j, word) in data[..len].iter_mut().enumerate() {
+                // SAFETY: in bounds (checked above) of a buffer valid as for `load`.
+                *word = unsafe { *src.as_ptr().add(index + j) }.to_word();
+            }
+        }
+        // The hardware may write the destination any time until the wait: check it as a store now.
+        for j in 0..len {
+            self.shared_access(dst + j, Access::Store, site);
+        }
+        let mut shared = self.shared.borrow_mut();
+        for j in 0..len {
+            shared.pending[dst + j] = self.rank + 1;
+        }
+        drop(shared);
+        self.copies
+            .borrow_mut()
+            .uncommitted
+            .push(AsyncCopy { dst, words: data, len });
+    }
+
+    fn cp_async_commit(&self) {
+        let mut copies = self.copies.borrow_mut();
+        let group = std::mem::take(&mut copies.uncommitted);
+        copies.groups.push_back(group);
+    }
+
+    fn cp_async_wait(&self, pending: u32) {
+        let site = Location::caller();
+        loop {
+            let group = {
+                let mut copies = self.copies.borrow_mut();
+                if copies.groups.len() <= pending as usize {
+                    return;
+                }
+                copies.groups.pop_front().expect("a committed group")
+            };
+            for copy in group {
+                for j in 0..copy.len {
+                    let mut shared = self.shared.borrow_mut();
+                    shared.pending[copy.dst + j] = 0;
+                    shared.words[copy.dst + j] = copy.words[j];
+                    self.record_access(shared, copy.dst + j, Access::Store, site);
+                }
+            }
+        }
+    }
+
     fn shfl_xor_f32(&self, value: f32, lane_mask: u32) -> f32 {
         self.shuffle(ShuffleKind::Xor, value, lane_mask, Location::caller())
     }
@@ -583,6 +872,27 @@ impl ThreadCtx for SimThread<'_> {
     fn shared_load<T: SharedWord>(&self, index: usize) -> T {
         self.shared_access(index, Access::Load, Location::caller());
         T::from_word(self.shared.borrow().words[index])
+    }
+
+    /// Checks the alignment, then each word as [`ThreadCtx::shared_load`] does.
+    fn shared_load4(&self, index: usize) -> [f32; 4] {
+        let site = Location::caller();
+        if !index.is_multiple_of(4) {
+            self.fault(SimError::MisalignedShared {
+                kernel: self.info.kernel.to_string(),
+                block: self.info.block,
+                thread: self.thread,
+                index,
+                address: index * 4,
+                site: site.to_string(),
+            });
+        }
+        let mut words = [0.0f32; 4];
+        for (i, word) in words.iter_mut().enumerate() {
+            self.shared_access(index + i, Access::Load, site);
+            *word = f32::from_bits(self.shared.borrow().words[index + i]);
+        }
+        words
     }
 
     fn shared_store<T: SharedWord>(&self, index: usize, value: T) {
@@ -665,7 +975,8 @@ fn check_dims(kernel: &str, dims: &LaunchDims) -> Result<(), SimError> {
     }
     if dims.shared_bytes > MAX_SHARED_BYTES || !dims.shared_bytes.is_multiple_of(4) {
         return invalid(format!(
-            "{} bytes of shared memory (at most {MAX_SHARED_BYTES}, a multiple of 4)",
+            "{} bytes of shared memory (at most {MAX_SHARED_BYTES}, the device's limit per block, and a \
+             multiple of 4)",
             dims.shared_bytes
         ));
     }
@@ -700,6 +1011,7 @@ where
         words: vec![SHARED_POISON; words],
         shadow: vec![Shadow::default(); words],
         written: vec![false; words],
+        pending: vec![0; words],
         epoch: 0,
     });
     let global_writes = RefCell::new(GlobalWrites::default());
@@ -720,6 +1032,7 @@ where
             s.epoch += 1;
             s.words.fill(SHARED_POISON);
             s.written.fill(false);
+            s.pending.fill(0);
         }
         let (outcome, reclaimed) = run_block(&info, threads, &shared, &body, stacks);
         stacks = reclaimed;
@@ -732,7 +1045,7 @@ where
     result
 }
 
-type ThreadCoroutine = Coroutine<u32, Event, (), DefaultStack>;
+type ThreadCoroutine = Coroutine<Results, Event, (), DefaultStack>;
 
 /// Simulates one block: creates a coroutine per thread and schedules them round by round.
 /// Returns the outcome and the stacks for reuse.
@@ -750,12 +1063,13 @@ where
     for rank in 0..threads {
         let stack = stacks.pop().expect("one stack per thread");
         let thread = Coord::of_rank(rank as u64, info.block_dim);
-        let func = move |yielder: &Yielder<u32, Event>, _first: u32| {
+        let func = move |yielder: &Yielder<Results, Event>, _first: Results| {
             let ctx = SimThread {
                 info,
                 thread,
                 rank: rank as u32,
                 shared,
+                copies: RefCell::new(AsyncCopies::default()),
                 yielder,
             };
             body(&ctx);
@@ -780,15 +1094,15 @@ fn schedule(
     let n = coroutines.len();
     let coord = |rank: usize| Coord::of_rank(rank as u64, info.block_dim);
     let kernel = || info.kernel.to_string();
-    let mut states = vec![State::Ready(0); n];
+    let mut states = vec![State::Ready([0; 4]); n];
     loop {
         for (rank, coroutine) in coroutines.iter_mut().enumerate() {
             let State::Ready(input) = states[rank] else { continue };
             let resumed = catch_unwind(AssertUnwindSafe(|| coroutine.resume(input)));
             states[rank] = match resumed {
                 Ok(CoroutineResult::Yield(Event::Barrier(site))) => State::Barrier(site),
-                Ok(CoroutineResult::Yield(Event::Shuffle { site, kind, value, arg })) => {
-                    State::Shuffle { site, kind, value, arg }
+                Ok(CoroutineResult::Yield(Event::Collective { site, op, operands })) => {
+                    State::Collective { site, op, operands }
                 }
                 Ok(CoroutineResult::Yield(Event::Fault(error))) => return Err(*error),
                 Ok(CoroutineResult::Return(())) => State::Done,
@@ -808,26 +1122,26 @@ fn schedule(
             };
         }
 
-        // Warp shuffles: a warp proceeds once all of its lanes wait at the same shuffle.
+        // Warp collectives: a warp proceeds once all of its lanes wait at the same one.
         let mut progressed = false;
         for warp_start in (0..n).step_by(WARP_SIZE as usize) {
             let lanes = warp_start..n.min(warp_start + WARP_SIZE as usize);
-            let Some(first) = lanes.clone().find(|&r| matches!(states[r], State::Shuffle { .. })) else {
+            let Some(first) = lanes.clone().find(|&r| matches!(states[r], State::Collective { .. })) else {
                 continue;
             };
-            let State::Shuffle {
+            let State::Collective {
                 site: first_site,
-                kind: first_kind,
+                op: first_op,
                 ..
             } = states[first]
             else {
                 unreachable!()
             };
-            let mut values = [0u32; WARP_SIZE as usize];
+            let mut operands = [[0u32; 10]; WARP_SIZE as usize];
             for rank in lanes.clone() {
                 match states[rank] {
-                    State::Shuffle { site, kind, value, .. } if site == first_site && kind == first_kind => {
-                        values[rank - warp_start] = value;
+                    State::Collective { site, op, operands: o } if site == first_site && op == first_op => {
+                        operands[rank - warp_start] = o;
                     }
                     other => {
                         return Err(SimError::DivergentShuffle {
@@ -842,33 +1156,52 @@ fn schedule(
                     }
                 }
             }
-            let width = lanes.len() as u32;
-            for rank in lanes {
-                let State::Shuffle { kind, arg, .. } = states[rank] else {
-                    unreachable!()
-                };
-                let lane = (rank - warp_start) as u32;
-                let source = match kind {
-                    ShuffleKind::Xor => lane ^ (arg & (WARP_SIZE - 1)),
-                    ShuffleKind::Down => {
-                        if lane + arg < WARP_SIZE {
-                            lane + arg
-                        } else {
-                            lane
+            let width = lanes.len();
+            let results = match first_op {
+                Collective::Shuffle(kind) => {
+                    let mut results = [[0u32; 4]; WARP_SIZE as usize];
+                    for (lane, result) in results[..width].iter_mut().enumerate() {
+                        let arg = operands[lane][1];
+                        let lane = lane as u32;
+                        let source = match kind {
+                            ShuffleKind::Xor => lane ^ (arg & (WARP_SIZE - 1)),
+                            ShuffleKind::Down => {
+                                if lane + arg < WARP_SIZE {
+                                    lane + arg
+                                } else {
+                                    lane
+                                }
+                            }
+                            ShuffleKind::Idx => arg & (WARP_SIZE - 1),
+                        };
+                        if source as usize >= width {
+                            return Err(SimError::ShuffleLane {
+                                kernel: kernel(),
+                                block: info.block,
+                                thread: coord(warp_start + lane as usize),
+                                lane: source,
+                                site: first_site.to_string(),
+                            });
                         }
+                        result[0] = operands[source as usize][0];
                     }
-                    ShuffleKind::Idx => arg & (WARP_SIZE - 1),
-                };
-                if source >= width {
-                    return Err(SimError::ShuffleLane {
+                    results
+                }
+                Collective::LdMatrix { .. } | Collective::Mma(_) if width < WARP_SIZE as usize => {
+                    return Err(SimError::BadOperand {
                         kernel: kernel(),
                         block: info.block,
-                        thread: coord(rank),
-                        lane: source,
+                        thread: coord(first),
+                        instruction: first_op.name(),
+                        reason: format!("executed by a partial warp of {width} lanes (it needs all 32)"),
                         site: first_site.to_string(),
                     });
                 }
-                states[rank] = State::Ready(values[source as usize]);
+                Collective::LdMatrix { matrices, trans } => mma::ldmatrix(&operands, matrices, trans),
+                Collective::Mma(shape) => mma::mma(shape, &operands),
+            };
+            for rank in lanes {
+                states[rank] = State::Ready(results[rank - warp_start]);
             }
             progressed = true;
         }
@@ -896,7 +1229,7 @@ fn schedule(
                 });
             }
         }
-        states.fill(State::Ready(0));
+        states.fill(State::Ready([0; 4]));
         // A barrier orders every shared access before it against every one after it.
         shared.borrow_mut().epoch += 1;
     }

@@ -231,3 +231,106 @@ pub fn gated_add(
     launch::gated_add(dev, xo, bi, gi, rows, hidden, tokens, gate_stride, gate_offset)?;
     output(dev, xo, x)
 }
+
+/// Test-only tensor-core kernels: one warp's `mma.sync` with its fragments loaded straight
+/// from global memory by the PTX ISA tables, and a deliberate mistake to show that the
+/// simulator's model notices a wrong fragment index.
+pub mod tensor_core {
+    use resca_gpu_kernels::{Global, GlobalMut, ThreadCtx};
+
+    /// Which fragment table to follow.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Fragments {
+        /// The PTX ISA's.
+        Correct,
+        /// A's second register from row g instead of g + 8 (a plausible slip).
+        WrongARow,
+    }
+
+    /// `d (16, 8) = a (16, 8) w (8, 8)^T + c` by one `mma.sync.m16n8k8` TF32, every element of
+    /// `a` and `w` rounded to TF32 on the way in. Launch with one warp.
+    pub fn mma_tf32_tile<C: ThreadCtx>(
+        ctx: &C,
+        a: Global<'_, f32>,
+        w: Global<'_, f32>,
+        c: Global<'_, f32>,
+        d: GlobalMut<'_, f32>,
+        fragments: Fragments,
+    ) {
+        let lane = ctx.lane_id() as usize;
+        let (g, t) = (lane / 4, lane % 4);
+        let a1_row = if fragments == Fragments::Correct { g + 8 } else { g };
+        let at = |row: usize, k: usize| ctx.tf32(ctx.load(a, row * 8 + k)).to_bits();
+        let wt = |n: usize, k: usize| ctx.tf32(ctx.load(w, n * 8 + k)).to_bits();
+        let af = [at(g, t), at(a1_row, t), at(g, t + 4), at(g + 8, t + 4)];
+        let bf = [wt(g, t), wt(g, t + 4)];
+        let cells = [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)];
+        let cf = cells.map(|(r, col)| ctx.load(c, r * 8 + col));
+        let df = ctx.mma_tf32_m16n8k8(af, bf, cf);
+        for ((r, col), v) in cells.into_iter().zip(df) {
+            ctx.store(d, r * 8 + col, v);
+        }
+    }
+
+    /// `d (16, 8) = a (16, 16) w (8, 16)^T + c` by one `mma.sync.m16n8k16` BF16. Launch with one
+    /// warp.
+    pub fn mma_bf16_tile<C: ThreadCtx>(
+        ctx: &C,
+        a: Global<'_, f32>,
+        w: Global<'_, f32>,
+        c: Global<'_, f32>,
+        d: GlobalMut<'_, f32>,
+        fragments: Fragments,
+    ) {
+        let lane = ctx.lane_id() as usize;
+        let (g, t) = (lane / 4, lane % 4);
+        let a1_row = if fragments == Fragments::Correct { g + 8 } else { g };
+        let ap = |row: usize, k: usize| ctx.bf16x2(ctx.load(a, row * 16 + k), ctx.load(a, row * 16 + k + 1));
+        let wp = |n: usize, k: usize| ctx.bf16x2(ctx.load(w, n * 16 + k), ctx.load(w, n * 16 + k + 1));
+        let af = [ap(g, 2 * t), ap(a1_row, 2 * t), ap(g, 2 * t + 8), ap(g + 8, 2 * t + 8)];
+        let bf = [wp(g, 2 * t), wp(g, 2 * t + 8)];
+        let cells = [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)];
+        let cf = cells.map(|(r, col)| ctx.load(c, r * 8 + col));
+        let df = ctx.mma_bf16_m16n8k16(af, bf, cf);
+        for ((r, col), v) in cells.into_iter().zip(df) {
+            ctx.store(d, r * 8 + col, v);
+        }
+    }
+
+    /// The same TF32 tile with A and W staged in shared memory by `cp.async` (16 bytes per
+    /// copy) and the fragments read by `ldmatrix.x4`: A's four 8 x 4 quarters are the four
+    /// matrices (rows 0..8 and 8..16, k 0..4 and 4..8), W's two halves of k fill `x2`.
+    /// `wait` false leaves out the `cp.async.wait_group` (a race the simulator must report).
+    /// Shared memory: 16 x 8 + 8 x 8 words.
+    pub fn ldmatrix_mma_tf32_tile<C: ThreadCtx>(
+        ctx: &C,
+        a: Global<'_, f32>,
+        w: Global<'_, f32>,
+        d: GlobalMut<'_, f32>,
+        wait: bool,
+    ) {
+        const W_BASE: usize = 16 * 8;
+        let lane = ctx.lane_id() as usize;
+        // 32 lanes, one 16-byte chunk each of A (32 chunks) and of W (16 chunks).
+        ctx.cp_async(4 * lane, a, 4 * lane, 4, true);
+        if lane < 16 {
+            ctx.cp_async(W_BASE + 4 * lane, w, 4 * lane, 4, true);
+        }
+        ctx.cp_async_commit();
+        if wait {
+            ctx.cp_async_wait(0);
+        }
+        ctx.sync_threads();
+        let (quarter, r) = (lane / 8, lane % 8);
+        let a_row = (r + 8 * (quarter % 2)) * 8 + 4 * (quarter / 2);
+        let af = ctx.ldmatrix_x4(a_row).map(|x| ctx.tf32(f32::from_bits(x)).to_bits());
+        let w_row = W_BASE + r * 8 + 4 * (quarter % 2);
+        let bf = ctx.ldmatrix_x2(w_row).map(|x| ctx.tf32(f32::from_bits(x)).to_bits());
+        let df = ctx.mma_tf32_m16n8k8(af, bf, [0.0; 4]);
+        let (g, t) = (lane / 4, lane % 4);
+        let cells = [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)];
+        for ((row, col), v) in cells.into_iter().zip(df) {
+            ctx.store(d, row * 8 + col, v);
+        }
+    }
+}

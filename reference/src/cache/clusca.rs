@@ -2,8 +2,11 @@
 //! final block's tokens at full steps; on sparse steps one random member per cluster goes through
 //! the MLP and its output is propagated into the order-0 cache of its cluster.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
+
+use crate::error::{Error, Result};
+use crate::safetensors_file::SafetensorsFile;
 
 /// K-means stops after this many iterations at most.
 pub const MAX_ITERS: usize = 100;
@@ -75,7 +78,12 @@ pub fn random_members(labels: &[usize], clusters: usize, rng: &mut impl Rng) -> 
 }
 
 /// Writes the fresh outputs into the order-0 cache and propagates them to their clusters:
-/// `cache0[i] = g fresh[c(i)] + (1 - g) cache0[i]` for every token of a cluster with a fresh token.
+/// `cache0[i] = g fresh[c(i)] + (1 - g) cache0[i]` for every token of a cluster with a fresh token,
+/// `fresh` holding `(cluster, token)` pairs. Where a cluster has several fresh tokens, `fresh[c]`
+/// is the SUM of their outputs, as the official code computes it for one fresh token per cluster
+/// (it sums without dividing). A drawn run never has two; a replayed official run does: for an
+/// empty cluster the official code computes token 0 (its argmax over no member) and adds its
+/// output to token 0's cluster.
 pub fn propagate(
     mut cache0: ArrayViewMut2<f32>,
     labels: &[usize],
@@ -84,18 +92,107 @@ pub fn propagate(
     outputs: ArrayView2<f32>,
     g: f32,
 ) {
-    let mut fresh_of_cluster = vec![None; clusters];
+    let mut target: Vec<Option<Array1<f32>>> = vec![None; clusters];
     for (i, &(cluster, token)) in fresh.iter().enumerate() {
         cache0.row_mut(token).assign(&outputs.row(i));
-        fresh_of_cluster[cluster] = Some(i);
-    }
-    for (token, &cluster) in labels.iter().enumerate() {
-        if let Some(i) = fresh_of_cluster[cluster] {
-            cache0
-                .row_mut(token)
-                .zip_mut_with(&outputs.row(i), |c, &f| *c = f * g + *c * (1.0 - g));
+        match &mut target[cluster] {
+            Some(sum) => *sum += &outputs.row(i),
+            None => target[cluster] = Some(outputs.row(i).to_owned()),
         }
     }
+    for (token, &cluster) in labels.iter().enumerate() {
+        if let Some(fresh) = &target[cluster] {
+            cache0
+                .row_mut(token)
+                .zip_mut_with(fresh, |c, &f| *c = f * g + *c * (1.0 - g));
+        }
+    }
+}
+
+/// The random choices of a recorded ClusCa run, fed to a [`super::CachingHook`] instead of
+/// drawing them (exact replay of the official code's runs; never used by a normal run).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordedChoices {
+    /// Per batch row: the K tokens whose features initialise the first K-means.
+    pub init_tokens: Vec<Vec<usize>>,
+    /// The fresh tokens of each sparse step and block.
+    pub fresh: Vec<FreshTokens>,
+}
+
+/// The tokens recomputed at one sparse step in one block: `tokens[row][c]` is the member of
+/// cluster c sent through the MLP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FreshTokens {
+    pub step_index: i64,
+    pub block: usize,
+    pub tokens: Vec<Vec<usize>>,
+}
+
+impl RecordedChoices {
+    /// The recorded fresh tokens of `row` at `step_index` in `block` as `(cluster, token)` pairs,
+    /// each token's cluster read from `labels` (the official code does the same: the token it
+    /// computes for an empty cluster belongs to another one).
+    pub fn fresh_members(
+        &self,
+        step_index: i64,
+        block: usize,
+        row: usize,
+        labels: &[usize],
+    ) -> Option<Vec<(usize, usize)>> {
+        self.fresh
+            .iter()
+            .find(|f| f.step_index == step_index && f.block == block)
+            .map(|f| f.tokens[row].iter().map(|&token| (labels[token], token)).collect())
+    }
+}
+
+/// Reads the recorded choices of a ClusCa run from `file`, as the reference vectors hold them:
+/// `clus.init_indices` (1, rows, K), `clus.fresh_step` and `clus.fresh_layer` (F) and
+/// `clus.fresh_indices` (F, rows, K), checked against the run's rows, tokens, clusters and depth.
+pub fn read_choices(
+    file: &SafetensorsFile,
+    rows: usize,
+    tokens: usize,
+    clusters: usize,
+    depth: usize,
+) -> Result<RecordedChoices> {
+    let path = file.path().display();
+    file.check_shape("clus.init_indices", &[1, rows, clusters])?;
+    let steps = file.read_i64("clus.fresh_step")?;
+    let count = steps.len();
+    file.check_shape("clus.fresh_layer", &[count])?;
+    file.check_shape("clus.fresh_indices", &[count, rows, clusters])?;
+    let as_tokens = |name: &str| -> Result<Vec<usize>> {
+        let values = file.read_i64(name)?;
+        if let Some(bad) = values.iter().find(|&&t| t < 0 || t as usize >= tokens) {
+            return Err(Error::Input(format!(
+                "{path}: `{name}` holds token {bad}, outside 0..{tokens}"
+            )));
+        }
+        Ok(values.iter().map(|&t| t as usize).collect())
+    };
+    let init = as_tokens("clus.init_indices")?;
+    let fresh = as_tokens("clus.fresh_indices")?;
+    let layers = file.read_i64("clus.fresh_layer")?;
+    if let Some(bad) = layers.iter().find(|&&l| l < 0 || l as usize >= depth) {
+        return Err(Error::Input(format!(
+            "{path}: `clus.fresh_layer` holds block {bad}, outside 0..{depth}"
+        )));
+    }
+    let per_row = |values: &[usize]| -> Vec<Vec<usize>> { values.chunks(clusters).map(<[usize]>::to_vec).collect() };
+    Ok(RecordedChoices {
+        init_tokens: per_row(&init),
+        fresh: steps
+            .iter()
+            .zip(layers.iter())
+            .enumerate()
+            .map(|(f, (&step_index, &block))| FreshTokens {
+                step_index,
+                block: block as usize,
+                tokens: per_row(&fresh[f * rows * clusters..][..rows * clusters]),
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -120,6 +217,16 @@ mod tests {
         propagate(cache.view_mut(), &[0, 0, 1], 2, &[(0, 0)], outputs.view(), 0.5);
         // Token 0 is the fresh one (exact), token 1 moves halfway, token 2's cluster has none.
         assert_eq!(cache, array![[1.0f32], [5.5], [20.0]]);
+    }
+
+    #[test]
+    fn two_fresh_tokens_of_one_cluster_propagate_their_sum() {
+        // The official rule for a replayed empty cluster: token 2 (cluster 0) was computed for an
+        // empty cluster 1, so cluster 0 is pulled towards 1 + 3 = 4.
+        let mut cache = array![[0.0f32], [10.0], [20.0]];
+        let outputs = array![[1.0f32], [3.0]];
+        propagate(cache.view_mut(), &[0, 0, 0], 2, &[(0, 0), (0, 2)], outputs.view(), 0.5);
+        assert_eq!(cache, array![[2.5f32], [7.0], [3.5]]);
     }
 
     #[test]

@@ -280,6 +280,8 @@ pub struct CachingHook {
     /// Clusterings to use instead of computing them, by full-step index (exact replay of a
     /// recorded run).
     replay: Vec<ClusteringRecord>,
+    /// ClusCa: recorded random choices to use instead of drawing (exact replay).
+    clusca_replay: Option<clusca::RecordedChoices>,
     timings: MethodTimings,
     last_full: bool,
 }
@@ -312,6 +314,7 @@ impl CachingHook {
             rngs,
             history: Vec::new(),
             replay: Vec::new(),
+            clusca_replay: None,
             timings: MethodTimings::default(),
             last_full: true,
             method,
@@ -329,6 +332,13 @@ impl CachingHook {
     /// tokens of a cluster whose similarity sums differ only by the rounding of `S_ii`).
     pub fn replay_clusterings(&mut self, records: Vec<ClusteringRecord>) {
         self.replay = records;
+    }
+
+    /// ClusCa: uses the recorded initial centroid tokens and fresh members instead of drawing
+    /// them, so a run of the official code is reproduced to float rounding. Steps and blocks the
+    /// record does not cover still draw.
+    pub fn replay_clusca_choices(&mut self, choices: clusca::RecordedChoices) {
+        self.clusca_replay = Some(choices);
     }
 
     fn step(&self) -> StepInfo {
@@ -382,11 +392,18 @@ impl CachingHook {
     /// cache, then the Taylor prediction with the updated order-0 term.
     fn clusca_mlp(&mut self, input: &BranchInput<'_>) -> Array3<f32> {
         let k = self.method.clusters;
+        let (index, block) = (self.step().index, input.block);
+        let replay = self.clusca_replay.as_ref();
         let picks: Vec<Vec<(usize, usize)>> = self
             .clusters
             .iter()
             .zip(self.rngs.iter_mut())
-            .map(|(row, rng)| clusca::random_members(&row.labels, k, rng))
+            .enumerate()
+            .map(|(r, (row, rng))| {
+                replay
+                    .and_then(|choices| choices.fresh_members(index, block, r, &row.labels))
+                    .unwrap_or_else(|| clusca::random_members(&row.labels, k, rng))
+            })
             .collect();
         let tokens: Vec<Vec<usize>> = picks.iter().map(|p| p.iter().map(|&(_, t)| t).collect()).collect();
         let fresh = input.compute_tokens(&tokens);
@@ -479,9 +496,10 @@ impl CachingHook {
                     }
                 }
                 _ => {
-                    let init = match self.centroids[row].take() {
-                        Some(c) => c,
-                        None => clusca::random_centroids(tokens, k, &mut self.rngs[row]),
+                    let init = match (self.centroids[row].take(), &self.clusca_replay) {
+                        (Some(c), _) => c,
+                        (None, Some(choices)) => tokens.select(Axis(0), &choices.init_tokens[row]),
+                        (None, None) => clusca::random_centroids(tokens, k, &mut self.rngs[row]),
                     };
                     let result = clusca::kmeans_l1(tokens, init);
                     self.centroids[row] = Some(result.centroids);

@@ -1,0 +1,430 @@
+//! The Stable Diffusion VAE decoder (diffusers `AutoencoderKL.decode`, as sd-vae-ft-ema and
+//! sd-vae-ft-mse are published): latents (B, 4, h, w) to images (B, 3, 8h, 8w), the decoder's
+//! raw output (about [-1, 1]).
+//!
+//! The network, in diffusers' names: `post_quant_conv` (1x1), `decoder.conv_in` (3x3), the mid
+//! block (resnet, single-head self-attention over the pixels, resnet), one up block per width of
+//! `block_out_channels` in reverse (`layers_per_block + 1` resnets, then 2x nearest upsampling
+//! and a 3x3 convolution but after the last), then GroupNorm, SiLU and `conv_out` (3x3). A
+//! resnet is `x + conv2(silu(norm2(conv1(silu(norm1(x))))))`, with a 1x1 `conv_shortcut` on `x`
+//! where the width changes. Every GroupNorm has eps 1e-6. See [`layers`] for how each layer
+//! runs.
+
+pub mod config;
+pub mod layers;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array2, Array4, ArrayView4, Axis};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+pub use config::VaeConfig;
+use layers::{Conv2d, FeatureMap, GroupNorm};
+
+use crate::error::{Error, Result, check_finite};
+use crate::memory::RunMemory;
+use crate::safetensors_file::SafetensorsFile;
+
+/// The GroupNorm epsilon of every norm of the decoder.
+pub const GROUP_NORM_EPS: f64 = 1e-6;
+
+/// The latent scale of the sd-vae models: DiT samples latents `z * 0.18215`, so the decoder
+/// reads `x / 0.18215`.
+pub const SD_LATENT_SCALE: f32 = 0.18215;
+
+/// The weight files looked for in a VAE folder, in this order (diffusers' name as safetensors,
+/// as a `torch.save` file under diffusers' name, and as a `.pt`).
+pub const WEIGHT_FILE_NAMES: &[&str] = &[
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.pt",
+];
+
+/// A resnet block of the decoder.
+#[derive(Clone, Debug)]
+struct Resnet {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl Resnet {
+    fn forward(&self, x: FeatureMap) -> FeatureMap {
+        let hidden = self.conv1.forward(&x, Some(&self.norm1.affine(&x)), false, None);
+        let residual = match &self.shortcut {
+            Some(shortcut) => shortcut.forward_in_place(x),
+            None => x,
+        };
+        let norm2 = self.norm2.affine(&hidden);
+        self.conv2.forward(&hidden, Some(&norm2), false, Some(residual))
+    }
+}
+
+/// The mid block's attention.
+#[derive(Clone, Debug)]
+struct Attention {
+    norm: GroupNorm,
+    q: Conv2d,
+    k: Conv2d,
+    v: Conv2d,
+    out: Conv2d,
+}
+
+/// An up block: its resnets, then the upsampler's convolution (all but the last block).
+#[derive(Clone, Debug)]
+struct UpBlock {
+    resnets: Vec<Resnet>,
+    upsampler: Option<Conv2d>,
+}
+
+/// The decoder with its weights.
+#[derive(Clone, Debug)]
+pub struct VaeDecoder {
+    pub config: VaeConfig,
+    post_quant_conv: Option<Conv2d>,
+    conv_in: Conv2d,
+    mid_resnets: [Resnet; 2],
+    mid_attention: Option<Attention>,
+    up_blocks: Vec<UpBlock>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+/// The key and shape of every decoder tensor of `config` (diffusers' names; the attention under
+/// its current names `to_q`, `to_k`, `to_v`, `to_out.0`, its linear layers listed as the 1x1
+/// convolutions they are: the loader accepts either shape).
+pub fn tensor_shapes(config: &VaeConfig) -> Vec<(String, Vec<usize>)> {
+    let mut shapes = Shapes::default();
+    let latent = config.latent_channels;
+    if config.use_post_quant_conv {
+        shapes.conv("post_quant_conv", latent, latent, 1);
+    }
+    let widths: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
+    let top = widths[0];
+    shapes.conv("decoder.conv_in", top, latent, 3);
+    shapes.resnet("decoder.mid_block.resnets.0", top, top);
+    if config.mid_block_add_attention {
+        let prefix = "decoder.mid_block.attentions.0";
+        shapes.norm(&format!("{prefix}.group_norm"), top);
+        for name in ["to_q", "to_k", "to_v", "to_out.0"] {
+            shapes.conv(&format!("{prefix}.{name}"), top, top, 1);
+        }
+    }
+    shapes.resnet("decoder.mid_block.resnets.1", top, top);
+    let mut inputs = top;
+    for (i, &out) in widths.iter().enumerate() {
+        for j in 0..=config.layers_per_block {
+            shapes.resnet(&format!("decoder.up_blocks.{i}.resnets.{j}"), inputs, out);
+            inputs = out;
+        }
+        if i + 1 < widths.len() {
+            shapes.conv(&format!("decoder.up_blocks.{i}.upsamplers.0.conv"), out, out, 3);
+        }
+    }
+    shapes.norm("decoder.conv_norm_out", inputs);
+    shapes.conv("decoder.conv_out", config.out_channels, inputs, 3);
+    shapes.0
+}
+
+/// [`tensor_shapes`]' list, by layer.
+#[derive(Default)]
+struct Shapes(Vec<(String, Vec<usize>)>);
+
+impl Shapes {
+    fn conv(&mut self, prefix: &str, out: usize, inputs: usize, kernel: usize) {
+        self.0
+            .push((format!("{prefix}.weight"), vec![out, inputs, kernel, kernel]));
+        self.0.push((format!("{prefix}.bias"), vec![out]));
+    }
+
+    fn norm(&mut self, prefix: &str, channels: usize) {
+        self.0.push((format!("{prefix}.weight"), vec![channels]));
+        self.0.push((format!("{prefix}.bias"), vec![channels]));
+    }
+
+    fn resnet(&mut self, prefix: &str, inputs: usize, out: usize) {
+        self.norm(&format!("{prefix}.norm1"), inputs);
+        self.conv(&format!("{prefix}.conv1"), out, inputs, 3);
+        self.norm(&format!("{prefix}.norm2"), out);
+        self.conv(&format!("{prefix}.conv2"), out, out, 3);
+        if inputs != out {
+            self.conv(&format!("{prefix}.conv_shortcut"), out, inputs, 1);
+        }
+    }
+}
+
+/// The older names of the attention's projections (diffusers before 0.14, and the sd-vae files
+/// as first published).
+fn legacy_attention_name(name: &str) -> Option<String> {
+    const RENAMES: [(&str, &str); 4] = [
+        (".to_q.", ".query."),
+        (".to_k.", ".key."),
+        (".to_v.", ".value."),
+        (".to_out.0.", ".proj_attn."),
+    ];
+    RENAMES
+        .iter()
+        .find(|(new, _)| name.contains(new))
+        .map(|(new, old)| name.replacen(new, old, 1))
+}
+
+impl VaeDecoder {
+    /// Loads the decoder from a diffusers `AutoencoderKL` folder: `config.json` and the first of
+    /// [`WEIGHT_FILE_NAMES`] present.
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        let config = VaeConfig::from_json_file(&dir.join("config.json"))?;
+        let weights = Self::weights_path(dir)?;
+        Self::load(&SafetensorsFile::open(&weights)?, config)
+    }
+
+    /// The weight file of a VAE folder (see [`WEIGHT_FILE_NAMES`]).
+    pub fn weights_path(dir: &Path) -> Result<PathBuf> {
+        WEIGHT_FILE_NAMES
+            .iter()
+            .map(|name| dir.join(name))
+            .find(|path| path.exists())
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{} holds none of {}: give the folder of a diffusers AutoencoderKL (its config.json and weights)",
+                    dir.display(),
+                    WEIGHT_FILE_NAMES.join(", ")
+                ))
+            })
+    }
+
+    /// Loads every decoder tensor of `config` from `file` (safetensors or a PyTorch checkpoint;
+    /// the encoder's tensors, if present, are not read), checking shapes and finiteness.
+    pub fn load(file: &SafetensorsFile, config: VaeConfig) -> Result<Self> {
+        config.validate().map_err(Error::Config)?;
+        let mut tensors = std::collections::HashMap::new();
+        for (name, shape) in tensor_shapes(&config) {
+            let stored = match legacy_attention_name(&name) {
+                Some(old) if file.shape(&name).is_none() && file.shape(&old).is_some() => old,
+                _ => name.clone(),
+            };
+            let found = file.nonempty_shape(&stored)?;
+            // A linear layer (out, in) stands for its 1x1 convolution (out, in, 1, 1).
+            let linear = shape.len() == 4 && shape[2..] == [1, 1] && found == shape[..2];
+            let values = if linear {
+                file.read_f32(&stored)?
+                    .into_shape_with_order(shape.clone())
+                    .expect("same size")
+            } else {
+                file.read_f32_shaped(&stored, &shape)?
+            };
+            check_finite(&format!("{}: tensor `{stored}`", file.path().display()), values.iter())?;
+            tensors.insert(name, values);
+        }
+        file.check_unchanged()?;
+        Ok(Self::from_tensors(config, tensors))
+    }
+
+    /// Seeded random weights (convolutions normal with std `1/sqrt(fan_in)`, norms near 1 and
+    /// 0): for benchmarks and memory measurements, where only the shapes matter.
+    pub fn random(config: VaeConfig, seed: u64) -> Result<Self> {
+        config.validate().map_err(Error::Config)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut tensors = std::collections::HashMap::new();
+        for (name, shape) in tensor_shapes(&config) {
+            let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+            let normal = Normal::new(0.0, 1.0 / (fan_in as f32).sqrt()).expect("positive std");
+            let is_norm_weight = shape.len() == 1 && name.ends_with(".weight") && !name.contains("conv");
+            let values = ndarray::ArrayD::from_shape_simple_fn(shape, || {
+                let v = normal.sample(&mut rng);
+                if is_norm_weight { 1.0 + 0.1 * v } else { v }
+            });
+            tensors.insert(name, values);
+        }
+        Ok(Self::from_tensors(config, tensors))
+    }
+
+    /// Builds the layers from tensors under the names of [`tensor_shapes`] (all present).
+    fn from_tensors(config: VaeConfig, tensors: std::collections::HashMap<String, ndarray::ArrayD<f32>>) -> Self {
+        let mut tensors = Tensors(tensors);
+        let groups = config.norm_num_groups;
+        let widths: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
+        let resnet = |prefix: &str, tensors: &mut Tensors, changes_width: bool| Resnet {
+            norm1: tensors.norm(&format!("{prefix}.norm1"), groups),
+            conv1: tensors.conv(&format!("{prefix}.conv1")),
+            norm2: tensors.norm(&format!("{prefix}.norm2"), groups),
+            conv2: tensors.conv(&format!("{prefix}.conv2")),
+            shortcut: changes_width.then(|| tensors.conv(&format!("{prefix}.conv_shortcut"))),
+        };
+        let post_quant_conv = config.use_post_quant_conv.then(|| tensors.conv("post_quant_conv"));
+        let conv_in = tensors.conv("decoder.conv_in");
+        let mid_first = resnet("decoder.mid_block.resnets.0", &mut tensors, false);
+        let mid_attention = config.mid_block_add_attention.then(|| {
+            let prefix = "decoder.mid_block.attentions.0";
+            Attention {
+                norm: tensors.norm(&format!("{prefix}.group_norm"), groups),
+                q: tensors.conv(&format!("{prefix}.to_q")),
+                k: tensors.conv(&format!("{prefix}.to_k")),
+                v: tensors.conv(&format!("{prefix}.to_v")),
+                out: tensors.conv(&format!("{prefix}.to_out.0")),
+            }
+        });
+        let mid_second = resnet("decoder.mid_block.resnets.1", &mut tensors, false);
+        let mut inputs = widths[0];
+        let mut up_blocks = Vec::new();
+        for (i, &out) in widths.iter().enumerate() {
+            let resnets = (0..=config.layers_per_block)
+                .map(|j| {
+                    let block = resnet(
+                        &format!("decoder.up_blocks.{i}.resnets.{j}"),
+                        &mut tensors,
+                        inputs != out,
+                    );
+                    inputs = out;
+                    block
+                })
+                .collect();
+            let upsampler =
+                (i + 1 < widths.len()).then(|| tensors.conv(&format!("decoder.up_blocks.{i}.upsamplers.0.conv")));
+            up_blocks.push(UpBlock { resnets, upsampler });
+        }
+        let norm_out = tensors.norm("decoder.conv_norm_out", groups);
+        let conv_out = tensors.conv("decoder.conv_out");
+        Self {
+            config,
+            post_quant_conv,
+            conv_in,
+            mid_resnets: [mid_first, mid_second],
+            mid_attention,
+            up_blocks,
+            norm_out,
+            conv_out,
+        }
+    }
+
+    /// Number of parameters of the decoder (what [`Self::load`] reads).
+    pub fn parameter_count(config: &VaeConfig) -> u64 {
+        tensor_shapes(config)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
+    /// Decodes latents (B, latent channels, h, w), already divided by the latent scale, to
+    /// images (B, out channels, h * 2^upsamplings, w * 2^upsamplings), one image at a time.
+    pub fn decode(&self, latents: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let (batch, channels, height, width) = latents.dim();
+        if channels != self.config.latent_channels || batch == 0 || height == 0 || width == 0 {
+            return Err(Error::Input(format!(
+                "latents of shape {:?}; the VAE decodes (B, {}, h, w) with B, h, w >= 1",
+                latents.shape(),
+                self.config.latent_channels
+            )));
+        }
+        let factor = 1 << self.config.upsamplings();
+        let mut images = Array4::<f32>::zeros((batch, self.config.out_channels, height * factor, width * factor));
+        for (latent, mut image) in latents.axis_iter(Axis(0)).zip(images.axis_iter_mut(Axis(0))) {
+            let values = latent
+                .to_owned()
+                .into_shape_with_order((channels, height * width))
+                .expect("contiguous copy");
+            let decoded = self.decode_one(FeatureMap::new(values, height, width));
+            let decoded = decoded
+                .values
+                .into_shape_with_order((self.config.out_channels, height * factor, width * factor))
+                .expect("(C, H*W) is (C, H, W)");
+            image.assign(&decoded);
+        }
+        check_finite("the VAE decoder's output", images.iter())?;
+        Ok(images)
+    }
+
+    fn decode_one(&self, latent: FeatureMap) -> FeatureMap {
+        let mut x = match &self.post_quant_conv {
+            Some(conv) => conv.forward(&latent, None, false, None),
+            None => latent,
+        };
+        x = self.conv_in.forward(&x, None, false, None);
+        x = self.mid_resnets[0].forward(x);
+        if let Some(attention) = &self.mid_attention {
+            x = layers::self_attention(
+                x,
+                &attention.norm,
+                &attention.q,
+                &attention.k,
+                &attention.v,
+                &attention.out,
+            );
+        }
+        x = self.mid_resnets[1].forward(x);
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x);
+            }
+            if let Some(upsampler) = &block.upsampler {
+                x = upsampler.forward(&x, None, true, None);
+            }
+        }
+        let norm = self.norm_out.affine(&x);
+        self.conv_out.forward(&x, Some(&norm), false, None)
+    }
+}
+
+/// The memory decoding `batch` latents of `height` x `width` needs at its peak: the weights, the
+/// largest feature map twice (a convolution's input and output, or a resnet's input and hidden
+/// map, are live together), the attention's scores of a chunk of queries per core, and the
+/// images decoded.
+pub fn memory_estimate(config: &VaeConfig, batch: usize, height: usize, width: usize, threads: usize) -> RunMemory {
+    let mut largest = 0u64;
+    let mut pixels = (height as u64) * (width as u64);
+    let top = *config.block_out_channels.last().expect("validated: at least one block") as u64;
+    let attention_pixels = pixels;
+    for (i, &channels) in config.block_out_channels.iter().rev().enumerate() {
+        largest = largest.max(channels as u64 * pixels);
+        if i + 1 < config.block_out_channels.len() {
+            pixels *= 4;
+            largest = largest.max(channels as u64 * pixels);
+        }
+    }
+    let scores = (layers::QUERY_CHUNK as u64).min(attention_pixels) * attention_pixels * threads as u64;
+    let attention = 4 * top * attention_pixels + scores;
+    RunMemory {
+        weights: 4 * VaeDecoder::parameter_count(config),
+        working: 4 * (2 * largest).max(attention),
+        results: 4 * (batch as u64) * (config.out_channels as u64) * pixels,
+    }
+}
+
+/// The loaded tensors, taken out by layer.
+struct Tensors(std::collections::HashMap<String, ndarray::ArrayD<f32>>);
+
+impl Tensors {
+    fn take(&mut self, name: &str) -> ndarray::ArrayD<f32> {
+        self.0.remove(name).expect("every name of tensor_shapes is present")
+    }
+
+    fn vector(&mut self, name: &str) -> Array1<f32> {
+        self.take(name).into_dimensionality().expect("1-D by tensor_shapes")
+    }
+
+    fn conv(&mut self, prefix: &str) -> Conv2d {
+        let weight = self.take(&format!("{prefix}.weight"));
+        let (out, kernel) = (weight.shape()[0], weight.shape()[2]);
+        let columns = weight.len() / out;
+        let weight: Array2<f32> = weight
+            .into_shape_with_order((out, columns))
+            .expect("contiguous (out, in, k, k)");
+        Conv2d {
+            weight,
+            bias: self.vector(&format!("{prefix}.bias")),
+            kernel,
+        }
+    }
+
+    fn norm(&mut self, prefix: &str, groups: usize) -> GroupNorm {
+        GroupNorm {
+            groups,
+            eps: GROUP_NORM_EPS,
+            weight: self.vector(&format!("{prefix}.weight")),
+            bias: self.vector(&format!("{prefix}.bias")),
+        }
+    }
+}
