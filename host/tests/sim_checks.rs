@@ -85,9 +85,13 @@ fn out_of_bounds_global_load_and_shared_access_are_reported() {
 }
 
 /// BROKEN: each thread reads its neighbour's shared word without a barrier after the writes.
+/// (The words are cleared first, so that the read is a race and not a read of a word never
+/// written.)
 fn neighbour_sum_racy<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, with_barrier: bool) {
     let t = ctx.thread_idx_x() as usize;
     let n = ctx.block_dim_x() as usize;
+    ctx.shared_store(t, 0.0f32);
+    ctx.sync_threads();
     ctx.shared_store(t, t as f32);
     if with_barrier {
         ctx.sync_threads();
@@ -320,13 +324,190 @@ fn a_correct_block_reduction_runs_clean_and_deterministically() {
     }
 }
 
+/// BROKEN: a tile of `tile` words is staged in shared memory by the first `staged` threads, but
+/// every thread reads its own word (a staging loop that stops short).
+fn tile_staged_short<C: ThreadCtx>(ctx: &C, x: Global<'_, f32>, out: GlobalMut<'_, f32>, staged: usize) {
+    let t = ctx.thread_idx_x() as usize;
+    if t < staged {
+        ctx.shared_store(t, ctx.load(x, t));
+    }
+    ctx.sync_threads();
+    let v: f32 = ctx.shared_load(t);
+    ctx.store(out, t, v);
+}
+
 #[test]
-fn fresh_shared_memory_reads_as_nan() {
-    let mut out = vec![0.0f32; 1];
+fn a_load_of_shared_memory_never_written_is_reported_with_its_site() {
+    let x = vec![1.5f32; 32];
+    let mut out = vec![0.0f32; 32];
+    let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
+    let err = launch("tile_staged_short", dims(1, 32, 128), |ctx| {
+        tile_staged_short(ctx, gx, go, 31)
+    })
+    .unwrap_err();
+    eprintln!("{err}");
+    match &err {
+        SimError::UnwrittenSharedLoad {
+            kernel,
+            block,
+            thread,
+            index,
+            site,
+            ..
+        } => {
+            assert_eq!(kernel, "tile_staged_short");
+            assert_eq!((*block, *thread, *index), (at(0), at(31), 31));
+            assert!(site.contains("sim_checks.rs"), "{site}");
+        }
+        other => panic!("expected an unwritten shared load, got {other}"),
+    }
+    // Staging every word is correct; and a word written by an earlier block does not count for
+    // the next one (each block's shared memory starts unwritten).
     let go = GlobalMut::new(&mut out);
-    launch("reads_garbage", dims(1, 1, 4), |ctx| {
-        ctx.store(go, 0, ctx.shared_load::<f32>(0));
+    launch("tile_staged", dims(1, 32, 128), |ctx| {
+        tile_staged_short(ctx, gx, go, 32)
     })
     .unwrap();
-    assert!(out[0].is_nan());
+    assert_eq!(out, x);
+    let err = launch("second_block_reads_first_blocks_word", dims(2, 1, 4), |ctx| {
+        if ctx.block_idx_x() == 0 {
+            ctx.shared_store(0, 1.0f32);
+        }
+        let _: f32 = ctx.shared_load(0);
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, SimError::UnwrittenSharedLoad { block, index: 0, .. } if block == at(1)),
+        "{err}"
+    );
+}
+
+/// BROKEN: each block writes a tile of `2 * tile` outputs but the blocks are `tile` apart (a
+/// tile size mismatch), so neighbouring blocks overwrite each other's rows.
+fn overlapping_tiles<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, tile: usize) {
+    let first = ctx.block_idx_x() as usize * tile;
+    let t = ctx.thread_idx_x() as usize;
+    if first + t < out.len() {
+        ctx.store(out, first + t, ctx.block_idx_x() as f32);
+    }
+}
+
+#[test]
+fn two_blocks_writing_one_global_element_are_reported() {
+    let mut out = vec![0.0f32; 64];
+    let go = GlobalMut::new(&mut out);
+    let err = launch("overlapping_tiles", dims(4, 32, 0), |ctx| {
+        overlapping_tiles(ctx, go, 16)
+    })
+    .unwrap_err();
+    eprintln!("{err}");
+    match &err {
+        SimError::GlobalWriteConflict {
+            kernel,
+            index,
+            first_block,
+            second_block,
+            thread,
+            site,
+            ..
+        } => {
+            assert_eq!(kernel, "overlapping_tiles");
+            // Block 0 wrote 0..32; block 1 starts at 16.
+            assert_eq!(
+                (*index, *first_block, *second_block, *thread),
+                (16, at(0), at(1), at(0))
+            );
+            assert!(site.contains("sim_checks.rs"), "{site}");
+        }
+        other => panic!("expected a write conflict, got {other}"),
+    }
+    // Blocks tiling the output exactly run clean; a block writing one element twice is fine.
+    let go = GlobalMut::new(&mut out);
+    launch("tiles", dims(2, 32, 0), |ctx| overlapping_tiles(ctx, go, 32)).unwrap();
+    let go = GlobalMut::new(&mut out);
+    launch("accumulates", dims(2, 1, 0), |ctx| {
+        let i = ctx.block_idx_x() as usize;
+        ctx.store(go, i, 1.0);
+        ctx.store(go, i, 2.0);
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_write_conflict_names_the_buffer_by_its_parameter_name() {
+    use resca_host::sim::{BufferName, launch_with_buffer_names};
+    let mut out = vec![0.0f32; 64];
+    let go = GlobalMut::new(&mut out);
+    // What `SimDevice` passes for each writable parameter of a kernel.
+    let names = [BufferName {
+        name: "out".to_string(),
+        base: go.as_mut_ptr() as usize,
+    }];
+    let err = launch_with_buffer_names("overlapping_tiles", dims(4, 32, 0), &names, |ctx| {
+        overlapping_tiles(ctx, go, 16)
+    })
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("blocks (0, 0, 0) and (1, 0, 0) both write element 16 of global buffer `out`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn blocks_run_in_the_chosen_order() {
+    use resca_host::sim::{BlockOrder, block_order, with_block_order};
+    let order_of = |order: BlockOrder| {
+        let visited = std::cell::RefCell::new(Vec::new());
+        with_block_order(order, || {
+            launch("records_its_block", dims(6, 1, 0), |ctx| {
+                visited.borrow_mut().push(ctx.block_idx_x())
+            })
+        })
+        .unwrap();
+        visited.into_inner()
+    };
+    assert_eq!(order_of(BlockOrder::InOrder), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(order_of(BlockOrder::Reversed), [5, 4, 3, 2, 1, 0]);
+    let shuffled = order_of(BlockOrder::Shuffled(7));
+    assert_eq!(
+        shuffled,
+        order_of(BlockOrder::Shuffled(7)),
+        "the same seed, the same order"
+    );
+    assert_ne!(shuffled, order_of(BlockOrder::Shuffled(8)));
+    let mut sorted = shuffled.clone();
+    sorted.sort();
+    assert_eq!(sorted, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(block_order(), BlockOrder::InOrder, "restored after");
+}
+
+/// BROKEN: each block adds its partial into a running total that the next block reads (blocks
+/// that assume they run in grid order).
+fn chained_blocks<C: ThreadCtx>(ctx: &C, x: Global<'_, f32>, total: GlobalMut<'_, f32>) {
+    let b = ctx.block_idx_x() as usize;
+    let before = if b == 0 {
+        0.0
+    } else {
+        ctx.load(total.as_global(), b - 1)
+    };
+    ctx.store(total, b, before + ctx.load(x, b));
+}
+
+#[test]
+fn a_kernel_that_depends_on_the_block_order_gives_different_results_in_reverse() {
+    use resca_host::sim::{BlockOrder, with_block_order};
+    let x = vec![1.0f32; 8];
+    let run = |order| {
+        let mut total = vec![0.0f32; 8];
+        let (gx, gt) = (Global::new(&x), GlobalMut::new(&mut total));
+        with_block_order(order, || {
+            launch("chained_blocks", dims(8, 1, 0), |ctx| chained_blocks(ctx, gx, gt))
+        })
+        .unwrap();
+        total
+    };
+    assert_eq!(run(BlockOrder::InOrder)[7], 8.0);
+    // In reverse, each block reads a total not yet written: the last element is 1, not 8.
+    assert_eq!(run(BlockOrder::Reversed)[7], 1.0);
 }
