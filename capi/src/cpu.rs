@@ -8,6 +8,7 @@ use std::path::Path;
 
 use ndarray::{ArrayView4, Axis};
 use resca_host::job::SampleJob;
+use resca_host::pipeline::launch::Precision;
 use resca_host::run::{Backend, run_method};
 use resca_reference::cache::pdds::Solver;
 use resca_reference::cache::tetc::ProxyChoice;
@@ -638,8 +639,16 @@ pub unsafe extern "C" fn resca_sample(
             sampler: options.sampler()?,
             sampler_name: "c-interface".into(),
         };
-        let result = run_method(model, &job, &method, Backend::Reference, None, &mut |_, _| {})
-            .map_err(|e| Error::invalid(format!("{what}: {e:#}")))?;
+        let result = run_method(
+            model,
+            &job,
+            &method,
+            Backend::Reference,
+            Precision::Exact,
+            None,
+            &mut |_, _| {},
+        )
+        .map_err(|e| Error::invalid(format!("{what}: {e:#}")))?;
         let last = result.x.index_axis(Axis(0), result.x.dim().0 - 1);
         out.copy_from_slice(last.as_standard_layout().as_slice().expect("a standard layout"));
         Ok(())

@@ -167,47 +167,47 @@ macro_rules! kernel_table {
             GemmTf32Bias = gemm_tf32_bias(
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
                 m: u32, n: u32, k: u32,
-            ) => gemm_tc::gemm_tc_bias::<_, { crate::gemm_tc::TF32 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias::<_, { $crate::gemm_tc::TF32 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `out = GELU_tanh(A W^T + b)` on TF32 tensor cores.
             GemmTf32BiasGelu = gemm_tf32_bias_gelu(
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
                 m: u32, n: u32, k: u32,
-            ) => gemm_tc::gemm_tc_bias_gelu::<_, { crate::gemm_tc::TF32 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias_gelu::<_, { $crate::gemm_tc::TF32 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `x += gate * (A W^T + b)` on TF32 tensor cores.
             GemmTf32BiasGatedResidual = gemm_tf32_bias_gated_residual(
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
                 m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
-            ) => gemm_tc::gemm_tc_bias_gated_residual::<_, { crate::gemm_tc::TF32 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias_gated_residual::<_, { $crate::gemm_tc::TF32 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `out = A W^T + b` on 3xTF32 tensor cores (FP32-level accuracy).
             GemmTf32X3Bias = gemm_tf32x3_bias(
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
                 m: u32, n: u32, k: u32,
-            ) => gemm_tc::gemm_tc_bias::<_, { crate::gemm_tc::TF32X3 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias::<_, { $crate::gemm_tc::TF32X3 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `out = GELU_tanh(A W^T + b)` on 3xTF32 tensor cores (FP32-level accuracy).
             GemmTf32X3BiasGelu = gemm_tf32x3_bias_gelu(
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, out: GlobalMut<f32>,
                 m: u32, n: u32, k: u32,
-            ) => gemm_tc::gemm_tc_bias_gelu::<_, { crate::gemm_tc::TF32X3 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias_gelu::<_, { $crate::gemm_tc::TF32X3 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `x += gate * (A W^T + b)` on 3xTF32 tensor cores (FP32-level accuracy).
             GemmTf32X3BiasGatedResidual = gemm_tf32x3_bias_gated_residual(
                 a: Global<f32>, w: Global<f32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
                 m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
-            ) => gemm_tc::gemm_tc_bias_gated_residual::<_, { crate::gemm_tc::TF32X3 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias_gated_residual::<_, { $crate::gemm_tc::TF32X3 }, f32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `out = A W^T + b` on BF16 tensor cores (W packed at upload).
             GemmBf16Bias = gemm_bf16_bias(
                 a: Global<f32>, w: Global<u32>, bias: Global<f32>, out: GlobalMut<f32>,
                 m: u32, n: u32, k: u32,
-            ) => gemm_tc::gemm_tc_bias::<_, { crate::gemm_tc::BF16 }, u32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias::<_, { $crate::gemm_tc::BF16 }, u32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `out = GELU_tanh(A W^T + b)` on BF16 tensor cores (W packed at upload).
             GemmBf16BiasGelu = gemm_bf16_bias_gelu(
                 a: Global<f32>, w: Global<u32>, bias: Global<f32>, out: GlobalMut<f32>,
                 m: u32, n: u32, k: u32,
-            ) => gemm_tc::gemm_tc_bias_gelu::<_, { crate::gemm_tc::BF16 }, u32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias_gelu::<_, { $crate::gemm_tc::BF16 }, u32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// `x += gate * (A W^T + b)` on BF16 tensor cores (W packed at upload).
             GemmBf16BiasGatedResidual = gemm_bf16_bias_gated_residual(
                 a: Global<f32>, w: Global<u32>, bias: Global<f32>, x: GlobalMut<f32>, gate: Global<f32>,
                 m: u32, n: u32, k: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
-            ) => gemm_tc::gemm_tc_bias_gated_residual::<_, { crate::gemm_tc::BF16 }, u32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
+            ) => gemm_tc::gemm_tc_bias_gated_residual::<_, { $crate::gemm_tc::BF16 }, u32>, dynamic_shared gemm_tc::TC_MAX_SHARED_BYTES;
             /// Multi-head attention, FlashAttention-2 style: `qkv` (B N, 3 H hd) to `out` (B N, H hd).
             FlashAttention = flash_attention(
                 qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,

@@ -3,8 +3,9 @@
 //!
 //! * the GEMMs of the model's blocks (qkv, proj, fc1, fc2) at M = 64 (a sparse step's proxies),
 //!   512 and 1024 rows on every kernel variant (the classic 64 x 64 `mul` + `add` kernel, the FMA
-//!   64 x 64 and 128 x 128 tiles, split-K where the host would split), the host's choice marked:
-//!   the median of 20 launches timed by CUDA events (no host synchronize between them), TFLOP/s;
+//!   64 x 64 and 128 x 128 tiles, split-K where the host would split, the host's exact choice
+//!   marked) and on each fast precision mode's tensor-core kernel: the median of 20 launches timed
+//!   by CUDA events (no host synchronize between them), TFLOP/s;
 //! * per-kernel times within one DiT-XL/2 forward (batch 2): each launch synchronised and timed
 //!   on the host, so the numbers include the launch overhead (a few microseconds each);
 //! * the DiT-XL/2 forward, batch 2 (median of 10 after a warm-up);
@@ -15,19 +16,23 @@
 //!   one table (skipped if python/torch is missing or `RESCA_BENCH_NO_TORCH=1`).
 //!
 //! Without a CUDA driver or GPU it prints `SKIP: gpu bench: ...` and exits 0.
-//! Arguments (after `--`): `[PRESET] [STEPS]`, default `DiT-XL/2 50`.
+//! Arguments (after `--`): `[PRESET] [STEPS] [--precision exact|tf32x3|tf32|bf16]`, default
+//! `DiT-XL/2 50 --precision exact`: the arithmetic of the model's big GEMMs in the forward and
+//! sampling runs (docs/gpu.md, "Precision modes").
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
+use clap::ValueEnum;
 use ndarray::Array4;
+use resca_gpu_kernels::gemm_tc::bf16_weight_words;
 use resca_host::cuda::CudaDevice;
 use resca_host::evaluation::metrics::rmse;
 use resca_host::inputs::seeded_noise;
 use resca_host::job::{SampleJob, final_samples};
 use resca_host::pipeline::gemm_plan::{GemmPlan, choose_gemm, splitk_workspace_len};
-use resca_host::pipeline::launch::{self, Epilogue, GemmTile};
+use resca_host::pipeline::launch::{self, Epilogue, GemmTile, GemmWeight, Precision};
 use resca_host::pipeline::{Buffer, Device, DeviceError, Element, KernelCall, Pipeline, Slice};
 use resca_host::run::run_on_device;
 use resca_reference::cache::{MethodConfig, MethodKind};
@@ -86,6 +91,8 @@ enum Gemm {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Classic,
+    /// The tensor-core kernel of a fast precision mode.
+    TensorCore(Precision),
     Tiled(GemmTile),
     SplitK { splits: usize, k_per_split: usize },
 }
@@ -94,6 +101,8 @@ enum Variant {
 struct GemmBuffers {
     a: Buffer<f32>,
     w: Buffer<f32>,
+    /// Words for the widest BF16-packed weight (their values do not matter to the timing).
+    w_bf16: Buffer<u32>,
     bias: Buffer<f32>,
     out: Buffer<f32>,
     gate: Buffer<f32>,
@@ -111,6 +120,18 @@ fn run_gemm<D: Device>(dev: &mut D, g: &GemmBuffers, op: Gemm, variant: Variant,
     );
     let gate = g.gate.range(0, n);
     match (variant, op) {
+        (Variant::TensorCore(precision), op) => {
+            let weight = match precision {
+                Precision::Bf16 => GemmWeight::Bf16(g.w_bf16.range(0, n * bf16_weight_words(k as u32) as usize)),
+                _ => GemmWeight::F32(w),
+            };
+            match op {
+                Gemm::Plain(epilogue) => launch::gemm_tc(dev, precision, a, weight, bias, out, m, n, k, epilogue),
+                Gemm::Gated => {
+                    launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, out, gate, m, n, k, m, n, 0)
+                }
+            }
+        }
         (Variant::Classic, Gemm::Plain(epilogue)) => launch::gemm(dev, a, w, bias, out, m, n, k, epilogue),
         (Variant::Classic, Gemm::Gated) => launch::gemm_gated_residual(dev, a, w, bias, out, gate, m, n, k, m, n, 0),
         (Variant::Tiled(tile), Gemm::Plain(epilogue)) => {
@@ -148,6 +169,10 @@ fn gemm_table(timed: &mut Timed, d: usize) {
     let buffers = GemmBuffers {
         a: timed.dev.upload_new(&pattern(max_m * 4 * d)).expect("upload"),
         w: timed.dev.upload_new(&pattern(4 * d * d)).expect("upload"),
+        w_bf16: timed
+            .dev
+            .upload_new(&vec![0x3f80_bf80u32; 4 * d * bf16_weight_words(4 * d as u32) as usize])
+            .expect("upload"),
         bias: timed.dev.upload_new(&pattern(4 * d)).expect("upload"),
         out: timed.dev.alloc(max_m * 4 * d).expect("alloc"),
         gate: timed.dev.upload_new(&pattern(4 * d)).expect("upload"),
@@ -170,6 +195,12 @@ fn gemm_table(timed: &mut Timed, d: usize) {
             if matches!(chosen, Variant::SplitK { .. }) {
                 variants.push(chosen);
             }
+            variants.extend(
+                Precision::ALL
+                    .into_iter()
+                    .filter(|&p| p != Precision::Exact)
+                    .map(Variant::TensorCore),
+            );
             for variant in variants {
                 // Once through the timing wrapper: a warm-up that also names the kernels used.
                 timed.per_kernel.clear();
@@ -190,8 +221,12 @@ fn gemm_table(timed: &mut Timed, d: usize) {
                 );
                 let tflops = 2.0 * (m * n * k) as f64 / seconds / 1e12;
                 println!(
-                    "| {name} | {m} | {n} | {k} | `{}` | exact | {} | {:.3} | {tflops:.1} |",
+                    "| {name} | {m} | {n} | {k} | `{}` | {} | {} | {:.3} | {tflops:.1} |",
                     kernels.join("` + `"),
+                    match variant {
+                        Variant::TensorCore(precision) => precision.name(),
+                        _ => Precision::Exact.name(),
+                    },
                     if variant == chosen { "yes" } else { "" },
                     seconds * 1e3
                 );
@@ -208,6 +243,7 @@ fn gemm_table(timed: &mut Timed, d: usize) {
     ] {
         timed.dev.free(buffer.id()).expect("free");
     }
+    timed.dev.free(buffers.w_bf16.id()).expect("free");
     println!();
 }
 
@@ -216,8 +252,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The positional arguments and `--precision MODE` (or `--precision=MODE`); cargo's own flags
+/// (`--bench`) are skipped.
+fn parse_args() -> Result<(Vec<String>, Precision), String> {
+    let (mut positional, mut precision) = (Vec::new(), Precision::Exact);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mode = match arg.strip_prefix("--precision") {
+            Some("") => args
+                .next()
+                .ok_or("--precision needs a value (exact, tf32x3, tf32 or bf16)")?,
+            Some(rest) if rest.starts_with('=') => rest[1..].to_string(),
+            _ if arg.starts_with("--") => continue,
+            _ => {
+                positional.push(arg);
+                continue;
+            }
+        };
+        precision = Precision::from_str(&mode, false)
+            .map_err(|_| format!("--precision {mode}: expected exact, tf32x3, tf32 or bf16"))?;
+    }
+    Ok((positional, precision))
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let (args, precision) = match parse_args() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("gpu bench: {e}");
+            std::process::exit(2);
+        }
+    };
     let preset = args.first().map(String::as_str).unwrap_or("DiT-XL/2");
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
     let dev = match CudaDevice::open_default() {
@@ -227,7 +292,11 @@ fn main() {
             return;
         }
     };
-    println!("# GPU benchmark: {}\n", dev.description());
+    println!(
+        "# GPU benchmark: {}, precision {}\n",
+        dev.description(),
+        precision.name()
+    );
     let config = DitConfig::preset(preset).expect("a known preset");
     let model = Dit::random(config.clone(), 0).expect("valid preset");
     let side = config.input_size;
@@ -245,7 +314,7 @@ fn main() {
         per_kernel: BTreeMap::new(),
     };
     gemm_table(&mut timed, config.hidden_size);
-    let mut pipeline = Pipeline::new(timed, &model).expect("the model fits the GPU");
+    let mut pipeline = Pipeline::with_precision(timed, &model, precision).expect("the model fits the GPU");
     pipeline.forward(x.view(), &t, &y).expect("forward");
     pipeline.dev.per_kernel.clear();
     pipeline.forward(x.view(), &t, &y).expect("forward");
@@ -271,7 +340,7 @@ fn main() {
     let Timed { dev, .. } = pipeline.dev;
 
     // The forward.
-    let mut pipeline = Pipeline::new(dev, &model).expect("the model fits the GPU");
+    let mut pipeline = Pipeline::with_precision(dev, &model, precision).expect("the model fits the GPU");
     pipeline.forward(x.view(), &t, &y).expect("forward");
     let times: Vec<f64> = (0..10)
         .map(|_| {
@@ -305,7 +374,8 @@ fn main() {
     let mut ours = Vec::new();
     for method in [MethodConfig::full(), resca(3), resca(5)] {
         let dev = CudaDevice::open_default().expect("opened before");
-        let result = run_on_device(dev, &model, &job, &method, Vec::new(), &mut |_, _| {}).expect("sampling");
+        let result =
+            run_on_device(dev, precision, &model, &job, &method, Vec::new(), &mut |_, _| {}).expect("sampling");
         let samples = final_samples(&result);
         let (speedup, error) = match &full {
             None => (1.0, 0.0),
@@ -361,11 +431,13 @@ fn main() {
         return;
     };
     println!(
-        "\n## Side by side: the kernels (exact) and PyTorch {} on {}\n",
-        first["torch"], first["device"]
+        "\n## Side by side: the kernels ({}) and PyTorch {} on {}\n",
+        precision.name(),
+        first["torch"],
+        first["device"]
     );
     let header: Vec<String> = columns.iter().map(|(p, _)| format!("PyTorch {p}")).collect();
-    println!("| workload | resca (exact) | {} |", header.join(" | "));
+    println!("| workload | resca ({}) | {} |", precision.name(), header.join(" | "));
     println!("| --- | ---: |{}", " ---: |".repeat(columns.len()));
     let torch_forward: Vec<String> = columns
         .iter()

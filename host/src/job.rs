@@ -6,6 +6,7 @@ use resca_reference::flops::{StepWork, run_flops};
 use resca_reference::sampler::MethodTimings;
 use resca_reference::{Dit, Sampler, Trajectory};
 
+use crate::pipeline::launch::Precision;
 use crate::report::RunStats;
 
 /// Everything a sampling run needs besides the model.
@@ -41,7 +42,7 @@ pub fn stats(
     model: &Dit,
     job: &SampleJob,
     method_name: &str,
-    backend: &str,
+    (backend, precision): (&str, Precision),
     trajectory: &Trajectory,
     model_rows: usize,
     samples: usize,
@@ -65,6 +66,7 @@ pub fn stats(
     let share = |part: f64, whole: f64| if whole > 0.0 { 100.0 * part / whole } else { 0.0 };
     RunStats {
         backend: backend.to_string(),
+        precision: precision.name().to_string(),
         method: method_name.to_string(),
         sampler: job.sampler_name.clone(),
         cfg_scale: job.cfg_scale,

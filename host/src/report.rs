@@ -7,6 +7,8 @@ use serde::Serialize;
 #[derive(Clone, Debug, Serialize)]
 pub struct RunStats {
     pub backend: String,
+    /// The arithmetic of the big GEMMs (`exact`, or a tensor-core mode on a device backend).
+    pub precision: String,
     pub method: String,
     pub sampler: String,
     /// Classifier-free guidance scale (guided when above 1).
@@ -47,13 +49,17 @@ impl RunStats {
             }
         };
         format!(
-            "method {} ({} backend, {} sampler, guidance {}), {} samples ({} model rows)\n\
+            "method {} ({} backend{}, {} sampler, guidance {}), {} samples ({} model rows)\n\
              steps: {} ({} full, {} sparse)\n\
              FLOPs per sample: {:.4} T of {:.4} T full compute -> {:.2}x fewer\n\
              wall: {:.3} s = true denoising {:.3} s ({:.1}%) + clustering {:.3} s ({:.1}%) + simulated denoising {:.3} s ({:.1}%)\n\
              dense steps {:.3} s (clustering {:.1}% of it), sparse steps {:.3} s (simulated denoising {:.1}% of it)",
             self.method,
             self.backend,
+            match self.precision.as_str() {
+                "exact" => String::new(),
+                fast => format!(" in {fast}"),
+            },
             self.sampler,
             self.cfg_scale,
             self.samples,

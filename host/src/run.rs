@@ -1,12 +1,13 @@
 //! Sampling jobs and forward passes on a backend: the reference runner ([`run_reference`]), the
 //! device-generic runners ([`run_on_device`], [`forward_on_device`]) that serve the simulator and
 //! the CUDA backend alike, and the one switch from a [`Backend`] to the code that runs it
-//! ([`Backend::run`]), through which [`run_method`] and [`forward`] reach their backend.
+//! ([`Backend::run`]), through which [`run_method`] and [`forward`] reach their backend. The
+//! device backends run their big GEMMs in a [`Precision`]; the reference computes in FP32 only.
 
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use ndarray::{Array4, ArrayView4, s};
 use resca_reference::cache::{
     CachingHook, ClusteringRecord, MethodConfig, build_hook, check_replay_steps, read_clusterings,
@@ -18,6 +19,7 @@ use resca_reference::{Dit, sample};
 use crate::cuda::CudaDevice;
 use crate::inputs::guided_batch;
 use crate::job::{SampleJob, SampleResult, stats};
+use crate::pipeline::launch::Precision;
 use crate::pipeline::{Device, Pipeline, SampleOptions};
 use crate::sim::SimDevice;
 
@@ -38,32 +40,47 @@ pub trait BackendWork {
     type Output;
     /// On the pure-ndarray CPU reference.
     fn on_reference(self) -> Result<Self::Output>;
-    /// On the pipeline over `dev`.
-    fn on_device<D: Device>(self, dev: D) -> Result<Self::Output>;
+    /// On the pipeline over `dev`, its big GEMMs in `precision`.
+    fn on_device<D: Device>(self, dev: D, precision: Precision) -> Result<Self::Output>;
 }
 
 impl Backend {
-    /// Runs `work` on this backend: the one place that maps a backend to its code. The GPU is
-    /// opened here; without a driver or GPU the error says why, before any work.
-    pub fn run<W: BackendWork>(self, work: W) -> Result<W::Output> {
+    /// Fails unless this backend computes in `precision`: the device backends have every mode,
+    /// the reference FP32 only (`exact`).
+    pub fn check_precision(self, precision: Precision) -> Result<()> {
+        if self == Backend::Reference && precision != Precision::Exact {
+            bail!(
+                "--precision {}: the reference backend computes in FP32 only; use --precision exact, or \
+                 --backend sim or --backend cuda for the tensor-core modes",
+                precision.name()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `work` on this backend in `precision`: the one place that maps a backend to its code.
+    /// The GPU is opened here; without a driver or GPU the error says why, before any work.
+    pub fn run<W: BackendWork>(self, precision: Precision, work: W) -> Result<W::Output> {
+        self.check_precision(precision)?;
         match self {
             Backend::Reference => work.on_reference(),
-            Backend::Sim => work.on_device(SimDevice::new()),
+            Backend::Sim => work.on_device(SimDevice::new(), precision),
             Backend::Cuda => {
                 let dev = CudaDevice::open_default().map_err(|e| anyhow!("--backend cuda: {e}"))?;
-                work.on_device(dev)
+                work.on_device(dev, precision)
             }
         }
     }
 }
 
-/// Runs `job` with caching `method` on `backend`, replaying recorded clusterings from `replay` if
-/// given (see `CachingHook::replay_clusterings`).
+/// Runs `job` with caching `method` on `backend` in `precision`, replaying recorded clusterings
+/// from `replay` if given (see `CachingHook::replay_clusterings`).
 pub fn run_method(
     model: &Dit,
     job: &SampleJob,
     method: &MethodConfig,
     backend: Backend,
+    precision: Precision,
     replay: Option<&Path>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleResult> {
@@ -86,13 +103,16 @@ pub fn run_method(
             &full_steps(job, method),
         )?;
     }
-    backend.run(Sampling {
-        model,
-        job,
-        method,
-        records,
-        progress,
-    })
+    backend.run(
+        precision,
+        Sampling {
+            model,
+            job,
+            method,
+            records,
+            progress,
+        },
+    )
 }
 
 /// The sampler step indices of the full steps of `job` run with `method`, where the clustering
@@ -153,12 +173,20 @@ impl BackendWork for Sampling<'_> {
         run_reference(model, job, &method.name(), hook.as_mut(), progress)
     }
 
-    fn on_device<D: Device>(self, dev: D) -> Result<SampleResult> {
-        run_on_device(dev, self.model, self.job, self.method, self.records, self.progress)
+    fn on_device<D: Device>(self, dev: D, precision: Precision) -> Result<SampleResult> {
+        run_on_device(
+            dev,
+            precision,
+            self.model,
+            self.job,
+            self.method,
+            self.records,
+            self.progress,
+        )
     }
 }
 
-/// `model(x, t, y)` (or `forward_with_cfg` at `cfg_scale`) on `backend`.
+/// `model(x, t, y)` (or `forward_with_cfg` at `cfg_scale`) on `backend` in `precision`.
 pub fn forward(
     model: &Dit,
     x: ArrayView4<f32>,
@@ -166,14 +194,16 @@ pub fn forward(
     labels: &[usize],
     cfg_scale: Option<f32>,
     backend: Backend,
+    precision: Precision,
 ) -> Result<Array4<f32>> {
-    backend.run(ForwardPass {
+    let work = ForwardPass {
         model,
         x,
         timesteps,
         labels,
         cfg_scale,
-    })
+    };
+    backend.run(precision, work)
 }
 
 /// The work of [`forward`].
@@ -197,8 +227,16 @@ impl BackendWork for ForwardPass<'_> {
         })
     }
 
-    fn on_device<D: Device>(self, dev: D) -> Result<Array4<f32>> {
-        forward_on_device(dev, self.model, self.x, self.timesteps, self.labels, self.cfg_scale)
+    fn on_device<D: Device>(self, dev: D, precision: Precision) -> Result<Array4<f32>> {
+        forward_on_device(
+            dev,
+            precision,
+            self.model,
+            self.x,
+            self.timesteps,
+            self.labels,
+            self.cfg_scale,
+        )
     }
 }
 
@@ -226,7 +264,7 @@ pub fn run_reference(
         model,
         job,
         method_name,
-        "reference",
+        ("reference", Precision::Exact),
         &trajectory,
         rows,
         samples,
@@ -240,12 +278,13 @@ pub fn run_reference(
     })
 }
 
-/// Runs `job` with caching `method` on the kernels of `dev`, replaying `replay` (recorded
-/// clusterings by full-step index; empty for none). Statistics as the reference backend's (named
-/// after the device's backend), with the time split into true denoising, clustering and
-/// simulated denoising.
+/// Runs `job` with caching `method` on the kernels of `dev` (the big GEMMs in `precision`),
+/// replaying `replay` (recorded clusterings by full-step index; empty for none). Statistics as the
+/// reference backend's (named after the device's backend), with the time split into true
+/// denoising, clustering and simulated denoising.
 pub fn run_on_device<D: Device>(
     dev: D,
+    precision: Precision,
     model: &Dit,
     job: &SampleJob,
     method: &MethodConfig,
@@ -253,7 +292,7 @@ pub fn run_on_device<D: Device>(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SampleResult> {
     let backend = dev.name();
-    let mut pipeline = Pipeline::new(dev, model)?;
+    let mut pipeline = Pipeline::with_precision(dev, model, precision)?;
     let samples = job.noise.dim().0;
     let (x, labels) = if job.guided() {
         guided_batch(&job.noise, &job.labels, &model.config)
@@ -273,7 +312,7 @@ pub fn run_on_device<D: Device>(
         model,
         job,
         &method.name(),
-        backend,
+        (backend, precision),
         &trajectory,
         labels.len(),
         samples,
@@ -287,16 +326,18 @@ pub fn run_on_device<D: Device>(
     })
 }
 
-/// `model(x, t, y)` (or `forward_with_cfg` at `cfg_scale`) on the kernels of `dev`.
+/// `model(x, t, y)` (or `forward_with_cfg` at `cfg_scale`) on the kernels of `dev`, the big
+/// GEMMs in `precision`.
 pub fn forward_on_device<D: Device>(
     dev: D,
+    precision: Precision,
     model: &Dit,
     x: ArrayView4<f32>,
     timesteps: &[f32],
     labels: &[usize],
     cfg_scale: Option<f32>,
 ) -> Result<Array4<f32>> {
-    let mut pipeline = Pipeline::new(dev, model)?;
+    let mut pipeline = Pipeline::with_precision(dev, model, precision)?;
     Ok(match cfg_scale {
         Some(scale) => pipeline.forward_with_cfg(x, timesteps, labels, scale)?,
         None => pipeline.forward(x, timesteps, labels)?,

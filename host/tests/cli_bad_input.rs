@@ -383,6 +383,58 @@ fn negative_seeds_and_flags_that_do_not_apply_are_named() {
 }
 
 #[test]
+fn a_tensor_core_precision_on_the_reference_backend_is_refused() {
+    let folder = tempfile::tempdir().unwrap();
+    let input = vectors("forward.safetensors");
+    let out = folder.path().join("out.safetensors");
+    for (mode, args) in [
+        (
+            "tf32",
+            &[
+                "sample",
+                "--model",
+                "tiny",
+                "--steps",
+                "2",
+                "--precision",
+                "tf32",
+                "--no-png",
+            ][..],
+        ),
+        (
+            "bf16",
+            &[
+                "forward",
+                "--input",
+                text(&input),
+                "--out",
+                text(&out),
+                "--precision",
+                "bf16",
+            ][..],
+        ),
+        (
+            "tf32x3",
+            &["compare", "--seeds", "1", "--steps", "2", "--precision", "tf32x3"][..],
+        ),
+    ] {
+        refused(
+            folder.path(),
+            args,
+            &[
+                &format!("--precision {mode}"),
+                "reference backend computes in FP32 only",
+                "--backend sim",
+            ],
+            &[],
+        );
+    }
+    // An unknown mode is named with the ones that exist.
+    let message = refused(folder.path(), &["sample", "--precision", "fp16"], &["fp16"], &[]);
+    assert!(message.contains("tf32x3") && message.contains("bf16"), "{message}");
+}
+
+#[test]
 fn a_fifo_or_a_folder_as_input_is_refused_without_hanging() {
     let folder = tempfile::tempdir().unwrap();
     assert!(

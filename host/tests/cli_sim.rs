@@ -1,5 +1,6 @@
 //! `--backend sim` through the CLI: `resca sample` on the vectors' model and noise (labels 7, 4,
-//! guidance 1.5) against `--backend reference`, and `resca forward` against the official output.
+//! guidance 1.5) against `--backend reference`, `resca forward` against the official output, and
+//! the tensor-core `--precision` modes against the exact one.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -133,4 +134,71 @@ fn forward_on_the_sim_backend_matches_the_official_output() {
     let err = max_abs_diff("sim forward out", &ours, &official);
     // Budget 1e-5 absolute; measured 7.2e-7.
     assert!(err < 1e-5, "sim forward vs official: {err}");
+}
+
+/// `resca forward --backend sim --precision <precision>` on the vectors' input: the output `out`.
+fn sim_forward(precision: &str) -> ArrayD<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let (weights, input) = (vectors("weights.safetensors"), vectors("forward.safetensors"));
+    let output = resca(&[
+        "forward",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "sim",
+        "--precision",
+        precision,
+    ]);
+    assert!(
+        output.status.success(),
+        "{precision}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    SafetensorsFile::open(&out).unwrap().read_f32("out").unwrap()
+}
+
+fn rel_l2(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (a, e) in actual.iter().zip(expected) {
+        num += (*a as f64 - *e as f64).powi(2);
+        den += (*e as f64).powi(2);
+    }
+    (num / den).sqrt()
+}
+
+#[test]
+fn forward_in_a_tensor_core_precision_differs_from_exact_within_its_budget() {
+    let exact = sim_forward("exact");
+    // The budgets of host/tests/sim_precision.rs (relative L2 error of the forward output).
+    for (precision, budget) in [("tf32x3", 1e-6), ("tf32", 1e-3), ("bf16", 1e-2)] {
+        let fast = sim_forward(precision);
+        let error = rel_l2(&fast, &exact);
+        eprintln!("forward --precision {precision} vs exact: relative L2 {error:.2e}");
+        // Measured 2.1e-7 (tf32x3), 2.8e-4 (tf32), 2.2e-3 (bf16).
+        assert!(error < budget, "{precision}: {error}");
+        assert!(
+            error > 0.0,
+            "{precision}: the same bits as exact, so no tensor cores ran"
+        );
+    }
+}
+
+#[test]
+fn sampling_in_tf32_records_its_precision_and_stays_near_exact() {
+    let run = |precision: &str| {
+        let (stats, x, _) = sample("sim", &["--method", "full", "--steps", "10", "--precision", precision]);
+        assert_eq!(stats["precision"], precision);
+        x
+    };
+    let (exact, tf32) = (run("exact"), run("tf32"));
+    let error = max_rel_to_max(&tf32, &exact);
+    eprintln!("guided DDIM-10, --precision tf32 vs exact: {error:.2e} of max|x|");
+    // Budget 1e-3 of max|x|; measured 2.3e-4 (guided DDIM-10, 10 TF32 forwards of 4 rows).
+    assert!(error < 1e-3, "tf32 vs exact: {error}");
+    assert!(error > 0.0, "tf32 gave the same bits as exact");
 }

@@ -180,6 +180,7 @@ on_every_device!(guided_ddim_50_run_matches_reference_and_official_trajectory);
 #[test]
 fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
     use resca_host::job::SampleJob;
+    use resca_host::pipeline::launch::Precision;
     use resca_host::run::{Backend, run_method, run_reference};
     use resca_reference::FullCompute;
     let file = vectors("ddim.safetensors");
@@ -193,7 +194,16 @@ fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
         sampler_name: "ddim".to_string(),
     };
     let method = resca_reference::cache::MethodConfig::full();
-    let ours = run_method(&model, &job, &method, Backend::Sim, None, &mut |_, _| {}).unwrap();
+    let ours = run_method(
+        &model,
+        &job,
+        &method,
+        Backend::Sim,
+        Precision::Exact,
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
     let reference = run_reference(&model, &job, "full", &mut FullCompute, &mut |_, _| {}).unwrap();
     assert_eq!(ours.stats.backend, "sim");
     assert_eq!(ours.stats.tflops, reference.stats.tflops);

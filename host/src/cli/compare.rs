@@ -12,6 +12,7 @@ use resca_host::limits::grid_samples;
 use resca_reference::cache::{MethodConfig, MethodKind};
 use resca_reference::memory::{RunMemory, sampling_estimate};
 
+use super::backend_args::BackendArgs;
 use super::model_args::ModelArgs;
 use super::output::{MemoryCheck, check_outputs, print_line, progress_bar};
 use super::sampling_args::Guidance;
@@ -32,6 +33,8 @@ pub struct Args {
     steps: usize,
     #[command(flatten)]
     guidance: Guidance,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Write the table as JSON here.
     #[arg(long, value_name = "FILE.json")]
     json: Option<PathBuf>,
@@ -46,6 +49,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    args.backend.check()?;
     let destinations = check_outputs(
         &[
             ("--png", Some(args.png.as_path())),
@@ -74,15 +78,15 @@ pub fn run(args: Args) -> Result<()> {
     };
     args.memory.check(&needed, "this comparison")?;
     let model = args.model.load()?;
-    let (noise, labels) = class_grid(&model.config, args.seeds, args.seed);
+    let grid = class_grid(&model.config, args.seeds, args.seed);
     // The digit classifier measures quality only for the model it was trained with.
     let embedded = args.model.is_embedded();
     let classifier = if embedded { Some(embedded::classifier()?) } else { None };
     let bar = progress_bar(contenders(args.steps).len() as u64, "compare");
     let comparison = compare(
         &model,
-        noise,
-        labels,
+        (args.backend.backend, args.backend.precision),
+        grid,
         cfg_scale,
         args.steps,
         classifier.as_ref(),
@@ -94,6 +98,8 @@ pub fn run(args: Args) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
+    let first_run = &comparison.results.first().expect("at least one contender").stats;
+    let (backend, precision) = (first_run.backend.as_str(), first_run.precision.as_str());
     let table = markdown(&comparison.rows);
     let columns = model.config.num_classes;
     let samples = samples(&comparison);
@@ -114,6 +120,8 @@ pub fn run(args: Args) -> Result<()> {
         let json = serde_json::json!({
             "cfg_scale": cfg_scale,
             "steps": args.steps,
+            "backend": backend,
+            "precision": precision,
             "note": comparison.real_data_frechet_note,
             "rows": comparison.rows,
         });
@@ -123,7 +131,12 @@ pub fn run(args: Args) -> Result<()> {
         destination.write_text(&table)?;
     }
     print_line(&format!(
-        "guided DDIM-{}, guidance scale {cfg_scale}\n\n{table}\n{}",
-        args.steps, comparison.real_data_frechet_note
+        "guided DDIM-{}, guidance scale {cfg_scale}, {backend} backend{}\n\n{table}\n{}",
+        args.steps,
+        match precision {
+            "exact" => String::new(),
+            fast => format!(" in {fast}"),
+        },
+        comparison.real_data_frechet_note
     ))
 }

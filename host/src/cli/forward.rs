@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use ndarray::Ix4;
-use resca_host::run::{Backend, forward};
+use resca_host::run::forward;
 use resca_host::limits::check_samples;
 use resca_reference::memory::forward_estimate;
 use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors_to};
 
+use super::backend_args::BackendArgs;
 use super::model_args::ModelArgs;
 use super::output::{MemoryCheck, check_outputs};
 use super::value_parsers::cfg_scale;
@@ -28,13 +29,14 @@ pub struct Args {
     /// Run `forward_with_cfg` at this scale (the batch must be [x; x] with labels [y; null]).
     #[arg(long, allow_hyphen_values = true, value_parser = cfg_scale)]
     cfg_scale: Option<f32>,
-    #[arg(long, value_enum, default_value_t = Backend::Reference)]
-    backend: Backend,
+    #[command(flatten)]
+    backend: BackendArgs,
     #[command(flatten)]
     memory: MemoryCheck,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    args.backend.check()?;
     let mut inputs = args.model.input_files();
     inputs.push(("--input", Some(args.input.as_path())));
     let out_file = check_outputs(&[("--out", Some(args.out.as_path()))], &inputs)?.remove(0);
@@ -73,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let y: Vec<usize> = y.iter().map(|&v| v as usize).collect();
-    let out = forward(&model, x.view(), &t, &y, args.cfg_scale, args.backend)
+    let out = forward(&model, x.view(), &t, &y, args.cfg_scale, args.backend.backend, args.backend.precision)
         .with_context(|| format!("running the model on {}", args.input.display()))?;
     let mut metadata = HashMap::new();
     metadata.insert("config".to_string(), serde_json::to_string(&model.config)?);

@@ -3,6 +3,7 @@
 //! groups and helpers the subcommands share. A new subcommand is a new module here and one line
 //! in the table at the end of this file.
 
+mod backend_args;
 mod method_args;
 mod model_args;
 mod output;

@@ -10,7 +10,7 @@ use resca_host::evaluation::metrics::{psnr, rmse};
 use resca_host::figures::panels::{Panel, panels};
 use resca_host::inputs::{check_labels, class_grid, load_noise, seeded_noise};
 use resca_host::job::{SampleJob, SampleResult, final_samples};
-use resca_host::run::{Backend, run_method};
+use resca_host::run::run_method;
 use resca_reference::Dit;
 use resca_reference::cache::MethodKind;
 use resca_host::limits::{check_samples, grid_samples};
@@ -18,6 +18,7 @@ use resca_host::outputs::Destination;
 use resca_reference::memory::{RunMemory, sampling_estimate};
 use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors_to};
 
+use super::backend_args::BackendArgs;
 use super::method_args::{Method, MethodArgs};
 use super::model_args::ModelArgs;
 use super::output::{MemoryCheck, check_outputs, print_line, progress_bar};
@@ -55,8 +56,8 @@ pub struct Args {
     /// Time shift of the flow sampler's grid (default 1, uniform; --sampler flow only).
     #[arg(long, allow_hyphen_values = true)]
     flow_shift: Option<f64>,
-    #[arg(long, value_enum, default_value_t = Backend::Reference)]
-    backend: Backend,
+    #[command(flatten)]
+    backend: BackendArgs,
     #[command(flatten)]
     method: MethodArgs,
     /// Write the trajectory `x` (steps+1, B, C, H, W) and `model_out` (steps, B, ..) here.
@@ -80,6 +81,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    args.backend.check()?;
     // Without --noise, --batch or --labels: the classes x seeds grid of the default run.
     let grid = args.noise.is_none() && args.batch.is_none() && args.labels.is_none();
     let png = match args.no_png {
@@ -200,7 +202,7 @@ pub fn run(args: Args) -> Result<()> {
             .replay_clusters
             .as_deref()
             .filter(|_| method.kind == MethodKind::ResCa);
-        let result = run_method(&model, &job, method, args.backend, replay, &mut |done, _| {
+        let result = run_method(&model, &job, method, args.backend.backend, args.backend.precision, replay, &mut |done, _| {
             bar.set_position(done as u64)
         })?;
         bar.finish_and_clear();

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::classifier::{Classifier, feature_statistics};
 use super::metrics::{accuracy, frechet_distance, psnr, rmse};
 use crate::job::{SampleJob, SampleResult, final_samples};
+use crate::pipeline::launch::Precision;
 use crate::run::{Backend, run_method};
 
 /// One entry of the comparison: a caching method, or plain DDIM with fewer steps.
@@ -130,12 +131,13 @@ pub struct Comparison {
     pub real_data_frechet_note: String,
 }
 
-/// Runs every contender on `noise`/`labels` and measures it. `classifier` (when the model is the
-/// embedded MNIST one) adds accuracy and the Frechet distance.
+/// Runs every contender on `noise` (B, C, H, W) with `labels` (B) on `backend` in `precision`
+/// and measures it.
+/// `classifier` (when the model is the embedded MNIST one) adds accuracy and the Frechet distance.
 pub fn compare(
     model: &Dit,
-    noise: Array4<f32>,
-    labels: Vec<usize>,
+    (backend, precision): (Backend, Precision),
+    (noise, labels): (Array4<f32>, Vec<usize>),
     cfg_scale: f32,
     steps: usize,
     classifier: Option<&Classifier>,
@@ -159,7 +161,8 @@ pub fn compare(
             model,
             &job,
             &contender.method,
-            Backend::Reference,
+            backend,
+            precision,
             None,
             &mut |done, total| progress(&name, done, total),
         )?;

@@ -560,7 +560,7 @@ pub fn gemm_splitk_gated_residual<D: Device>(
 
 /// The arithmetic of the big GEMMs (the token-wise linear layers): the exact FP32 kernels, or
 /// tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// FP32 with an exact CPU model: the GPU equals the simulator bit for bit.
     #[default]
@@ -595,17 +595,6 @@ impl Precision {
             Precision::Tf32 => Some(gemm_tc::TF32),
             Precision::Bf16 => Some(gemm_tc::BF16),
         }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Precision::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown precision `{s}` (expected exact, tf32x3, tf32 or bf16)"))
     }
 }
 
@@ -661,14 +650,10 @@ fn tensor_core_kernel(precision: Precision, epilogue: Option<Epilogue>) -> Resul
     Ok((kernel, mode))
 }
 
-fn weight_for(
-    kernel: Kernel,
-    precision: Precision,
-    w: GemmWeight,
-) -> Result<(Option<Slice<f32>>, Option<Slice<u32>>), DeviceError> {
+/// Fails unless `w` is in the layout the kernels of `precision` read.
+fn check_weight(kernel: Kernel, precision: Precision, w: GemmWeight) -> Result<(), DeviceError> {
     match (precision, w) {
-        (Precision::Bf16, GemmWeight::Bf16(w)) => Ok((None, Some(w))),
-        (Precision::Tf32 | Precision::Tf32x3, GemmWeight::F32(w)) => Ok((Some(w), None)),
+        (Precision::Bf16, GemmWeight::Bf16(_)) | (Precision::Tf32 | Precision::Tf32x3, GemmWeight::F32(_)) => Ok(()),
         _ => Err(DeviceError::Invalid(format!(
             "kernel `{}`: the weight is not in the {} layout",
             kernel.name(),
@@ -696,8 +681,9 @@ pub fn gemm_tc<D: Device>(
     }
     let (m, n, k_len) = (size(k, "m", m)?, size(k, "n", n)?, size(k, "k", k_len)?);
     let dims = gemm_tc::gemm_tc_dims(m, n, mode);
-    match weight_for(k, precision, w)? {
-        (Some(w), _) => launch_as(
+    check_weight(k, precision, w)?;
+    match w {
+        GemmWeight::F32(w) => launch_as(
             dev,
             k,
             dims,
@@ -711,7 +697,7 @@ pub fn gemm_tc<D: Device>(
                 k: k_len,
             },
         ),
-        (_, Some(w)) => launch_as(
+        GemmWeight::Bf16(w) => launch_as(
             dev,
             k,
             dims,
@@ -725,7 +711,6 @@ pub fn gemm_tc<D: Device>(
                 k: k_len,
             },
         ),
-        _ => unreachable!("weight_for gives one weight"),
     }
 }
 
@@ -757,8 +742,9 @@ pub fn gemm_tc_gated_residual<D: Device>(
         size(k, "gate_offset", gate_offset)?,
     );
     let dims = gemm_tc::gemm_tc_dims(m, n, mode);
-    match weight_for(k, precision, w)? {
-        (Some(w), _) => launch_as(
+    check_weight(k, precision, w)?;
+    match w {
+        GemmWeight::F32(w) => launch_as(
             dev,
             k,
             dims,
@@ -776,7 +762,7 @@ pub fn gemm_tc_gated_residual<D: Device>(
                 gate_offset,
             },
         ),
-        (_, Some(w)) => launch_as(
+        GemmWeight::Bf16(w) => launch_as(
             dev,
             k,
             dims,
@@ -794,7 +780,6 @@ pub fn gemm_tc_gated_residual<D: Device>(
                 gate_offset,
             },
         ),
-        _ => unreachable!("weight_for gives one weight"),
     }
 }
 
