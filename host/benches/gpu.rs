@@ -94,7 +94,10 @@ enum Variant {
     /// The tensor-core kernel of a fast precision mode.
     TensorCore(Precision),
     Tiled(GemmTile),
-    SplitK { splits: usize, k_per_split: usize },
+    SplitK {
+        splits: usize,
+        k_per_split: usize,
+    },
 }
 
 /// Buffers for the GEMM table, sized for the largest shape.
