@@ -12,7 +12,7 @@ use resca_reference::safetensors_file::SafetensorsFile;
 
 pub mod golden;
 
-/// `tests/vectors/tiny`: tensors from the official PyTorch code (a copy of `../shared/vectors`).
+/// `tests/vectors/tiny`: tensors from the official PyTorch code (see `tests/vectors/README.md`).
 pub fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors").join("tiny")
 }
