@@ -196,7 +196,7 @@ fn sampling_in_tf32_records_its_precision_and_stays_near_exact() {
         x
     };
     let (exact, tf32) = (run("exact"), run("tf32"));
-    let error = max_rel_to_max(&tf32, &exact);
+    let error = max_rel_to_max("tf32 against exact samples", &tf32, &exact);
     eprintln!("guided DDIM-10, --precision tf32 vs exact: {error:.2e} of max|x|");
     // Budget 1e-3 of max|x|; measured 2.3e-4 (guided DDIM-10, 10 TF32 forwards of 4 rows).
     assert!(error < 1e-3, "tf32 vs exact: {error}");

@@ -2,14 +2,14 @@
 //! checks its arguments against the entry point's parameters ([`KernelCall::check`]: kind and
 //! element type) and every slice against its buffer, binds them to the kernel body
 //! ([`resca_gpu_kernels::Kernel::bind`], expanded from the kernel table) and runs it with
-//! [`launch`](super::launch). Slices passed to one launch may alias (as device pointers do), which is why
+//! [`run_grid`](super::run_grid). Slices passed to one launch may alias (as device pointers do), which is why
 //! parameters are built from raw pointers.
 
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{ArgSource, BufferElement, Global, GlobalMut};
 
-use super::{BufferName, SimError, launch_with_buffer_names};
+use super::{BufferName, SimError, run_grid_with_buffer_names};
 use crate::pipeline::device::{
     Arg, Buffer, DType, Device, DeviceError, Element, Graph, GraphOp, KernelCall, Mark, RawSlice, Slice,
 };
@@ -243,7 +243,7 @@ impl Device for SimDevice {
         };
         let kernel = call.kernel.bind(&mut args)?;
         let names = args.written;
-        launch_with_buffer_names(call.kernel.name(), call.dims, &names, |ctx| kernel.run(ctx))
+        run_grid_with_buffer_names(call.kernel.name(), call.dims, &names, |ctx| kernel.run(ctx))
             .map_err(DeviceError::from)
     }
 

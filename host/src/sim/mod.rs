@@ -1,5 +1,5 @@
 //! A GPU-semantics simulator for the kernel bodies of `resca-gpu-kernels`, in the spirit of
-//! compute-sanitizer: [`launch`] runs a grid block by block, with every thread of a block live at
+//! compute-sanitizer: [`run_grid`] runs a grid block by block, with every thread of a block live at
 //! once as a stackful coroutine (corosensei) on one OS thread. A thread runs until it reaches a
 //! barrier (`sync_threads`), a warp shuffle or its end; the scheduler then completes the
 //! shuffles of warps whose lanes all arrived, and releases a barrier once every thread of the
@@ -382,7 +382,7 @@ struct BlockShared {
     epoch: u32,
 }
 
-/// The order in which [`launch`] runs the blocks of a grid.
+/// The order in which [`run_grid`] runs the blocks of a grid.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BlockOrder {
     /// Grid order, x fastest.
@@ -986,16 +986,16 @@ fn check_dims(kernel: &str, dims: &LaunchDims) -> Result<(), SimError> {
 /// Runs `body` as kernel `kernel` over the grid, block by block in the thread's
 /// [`block_order`], every thread of a block live at once. The first error found stops the
 /// launch; what the kernel wrote before it stays written.
-pub fn launch<F>(kernel: &str, dims: LaunchDims, body: F) -> Result<(), SimError>
+pub fn run_grid<F>(kernel: &str, dims: LaunchDims, body: F) -> Result<(), SimError>
 where
     F: Fn(&SimThread<'_>),
 {
-    launch_with_buffer_names(kernel, dims, &[], body)
+    run_grid_with_buffer_names(kernel, dims, &[], body)
 }
 
-/// [`launch`], with names for the global buffers that errors name (those not named are named
+/// [`run_grid`], with names for the global buffers that errors name (those not named are named
 /// by their address).
-pub fn launch_with_buffer_names<F>(
+pub fn run_grid_with_buffer_names<F>(
     kernel: &str,
     dims: LaunchDims,
     buffer_names: &[BufferName],
