@@ -28,13 +28,14 @@ shift 2
 
 case $target in
     kernels)
-        files=(pdds tetc attention gemm taylor norm)
+        files=(pdds tetc attention gemm gemm_tiled gemm_tc taylor norm)
         select=()
         for f in "${files[@]}"; do select+=(--file "gpu-kernels/src/$f.rs"); done
         # The kernels run on the simulator in resca-host's tests: every kernel against the
         # reference ops, the simulator's checks, and the pipeline on the simulator.
         judge=(--test-package resca-host)
-        test_args=(--test sim_kernels --test sim_cache_kernels --test sim_checks --test sim_methods --test sim_forward)
+        test_args=(--test sim_kernels --test sim_cache_kernels --test sim_checks --test sim_methods --test sim_forward
+                   --test sim_gemm --test sim_attention --test sim_tensor_cores --test sim_precision)
         # cargo-mutants 27 runs its unmutated baseline with the mutated package's tests
         # (resca-gpu-kernels, which has none of these targets), so the baseline is skipped:
         # run `cargo test -p resca-host` on the unmutated tree first. 15 minutes per mutant at
