@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The exact GEMMs' machine code: assembles the committed PTX with ptxas 12 for sm_80 and sm_90,
+# The GEMMs' machine code: assembles the committed PTX with ptxas 12 for sm_80 and sm_90,
 # disassembles the cubins with nvdisasm and checks, for every gemm128_*, gemm64_* and
 # gemm_splitk_partial kernel (scripts/sass_mix.py): the main loop holds FFMA and no separate
-# FMUL/FADD, it reads shared memory with LDS.128, and the kernel uses no local memory; ptxas
-# reports no spill and no stack for them. Prints the ptxas registers/spills of those kernels.
+# FMUL/FADD, it reads shared memory with LDS.128, and the kernel uses no local memory; for every
+# tensor-core GEMM (gemm_tf32_*, gemm_tf32x3_*, gemm_bf16_*): the main loop holds HMMA, LDSM and
+# LDGSTS, and no local memory; ptxas reports no spill and no stack for any of them. Prints the
+# ptxas registers/spills of those kernels.
 #
 #   scripts/sass-check.sh            # tools from $PTXAS / $NVDISASM, else the cached venv below
 #
@@ -45,6 +47,7 @@ status=0
 for arch in sm_80 sm_90; do
     ptx="$root/gpu-kernels/ptx/resca_kernels.$arch.ptx"
     kernels=$(sed -n 's/^\.visible \.entry \(gemm128_[a-z_]*\|gemm64_[a-z_]*\|gemm_splitk_partial\)(.*/\1/p' "$ptx")
+    tensor_core_kernels=$(sed -n 's/^\.visible \.entry \(gemm_tf32[a-z0-9_]*\|gemm_bf16_[a-z_]*\)(.*/\1/p' "$ptx")
     [ -n "$kernels" ] || {
         echo "FAIL: $arch: no exact GEMM kernels in $ptx"
         status=1
@@ -58,7 +61,7 @@ for arch in sm_80 sm_90; do
     }
     echo "== $arch"
     # Registers, spills and stack of the exact GEMMs.
-    awk -v q="'" -v list=" $(echo $kernels) " '
+    awk -v q="'" -v list=" $(echo $kernels $tensor_core_kernels) " '
         /Compiling entry function/ { split($0, part, q); name = part[2] }
         /bytes stack frame/ { stack = $1; st = $5; ld = $9 }
         /Used [0-9]+ registers/ && index(list, " " name " ") {
@@ -66,9 +69,15 @@ for arch in sm_80 sm_90; do
             bad = (st + ld + stack > 0) ? "FAIL: " : ""
             printf "%s%s: %s registers, spill stores/loads %s/%s bytes, stack %s bytes\n", bad, name, regs, st, ld, stack
         }' "$scratch/$arch.log" | sort | tee "$scratch/$arch.regs"
+    [ -n "$tensor_core_kernels" ] || {
+        echo "FAIL: $arch: no tensor-core GEMM kernels in $ptx"
+        status=1
+    }
     if grep -q '^FAIL' "$scratch/$arch.regs"; then status=1; fi
     "$nvdisasm" -c "$scratch/$arch.cubin" >"$scratch/$arch.sass" 2>/dev/null
     # shellcheck disable=SC2086
     python3 "$root/scripts/sass_mix.py" "$scratch/$arch.sass" $kernels || status=1
+    # shellcheck disable=SC2086
+    python3 "$root/scripts/sass_mix.py" --tensor-cores "$scratch/$arch.sass" $tensor_core_kernels || status=1
 done
 exit "$status"

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Instruction mix of the exact GEMMs' main loops in an `nvdisasm -c` listing.
+"""Instruction mix of the GEMMs' main loops in an `nvdisasm -c` listing.
 
-    sass_mix.py LISTING KERNEL...
+    sass_mix.py LISTING KERNEL...                   # the exact GEMMs
+    sass_mix.py --tensor-cores LISTING KERNEL...    # the tensor-core GEMMs
 
 For each kernel: its innermost-enclosing loop with the most FFMA (a backward branch to a label,
 the loop being the instructions from the label to the branch), and in that loop the counts of
 FFMA, FMUL, FADD, LDS.128 and other LDS. Asserts, per kernel: the loop exists and holds FFMA,
 no FMUL and no FADD (every multiply-add fused), at least one LDS.128 (vector shared loads), and
-in the whole kernel no local memory (LDL/STL). Prints one line per kernel; exit 1 on a failure.
+in the whole kernel no local memory (LDL/STL). With --tensor-cores: the loop with the most HMMA
+holds HMMA (the mma.sync), LDSM (ldmatrix) and LDGSTS (cp.async), and the kernel no local
+memory. Prints one line per kernel; exit 1 on a failure.
 """
 import re
 import sys
@@ -66,15 +69,57 @@ def mix(instrs, lo, hi):
     return counts
 
 
+def tensor_core_mix(instrs, lo, hi):
+    counts = {"HMMA": 0, "LDSM": 0, "LDGSTS": 0}
+    for address, op, _, _ in instrs:
+        if lo <= address <= hi and op in counts:
+            counts[op] += 1
+    return counts
+
+
+def check_tensor_cores(kernels, names):
+    status = 0
+    for name in names:
+        if name not in kernels:
+            print(f"FAIL: {name}: not in the listing")
+            status = 1
+            continue
+        labels, instrs = kernels[name]
+        best = max(loops(labels, instrs), key=lambda r: tensor_core_mix(instrs, *r)["HMMA"], default=None)
+        local = sum(1 for _, op, _, _ in instrs if op in ("LDL", "STL"))
+        if best is None:
+            print(f"FAIL: {name}: no loop")
+            status = 1
+            continue
+        c = tensor_core_mix(instrs, *best)
+        line = (f"{name}: main loop {best[0]:#06x}-{best[1]:#06x}: HMMA {c['HMMA']}, LDSM {c['LDSM']}, "
+                f"LDGSTS {c['LDGSTS']}; local memory ops {local}")
+        problems = [f"no {op}" for op, count in c.items() if count == 0]
+        if local:
+            problems.append("local memory")
+        if problems:
+            print(f"FAIL: {line} ({', '.join(problems)})")
+            status = 1
+        else:
+            print(f"ok: {line}")
+    return status
+
+
 def main():
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    tensor_cores = args[:1] == ["--tensor-cores"]
+    if tensor_cores:
+        args = args[1:]
+    if len(args) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    kernels = parse(sys.argv[1])
+    kernels = parse(args[0])
+    if tensor_cores:
+        return check_tensor_cores(kernels, args[1:])
     status = 0
-    for name in sys.argv[2:]:
+    for name in args[1:]:
         if name not in kernels:
-            print(f"FAIL: {name}: not in {sys.argv[1]}")
+            print(f"FAIL: {name}: not in {args[0]}")
             status = 1
             continue
         labels, instrs = kernels[name]

@@ -257,10 +257,11 @@ pub fn in_every_block_order(body: impl Fn() -> Result<(), TestCaseError>) -> Res
 }
 
 /// The GEMM kernels the shape choice never makes for small models: the classic mul + add GEMMs
-/// (the C interface's), the 128 x 128 FMA tiles and the split-K GELU reduction, each once on
-/// (130, D) x (D, D) with the model's hidden size D.
+/// (the C interface's), the 128 x 128 FMA tiles and the split-K GELU reduction, and the
+/// tensor-core GEMMs of the fast precisions, each once on (130, D) x (D, D) with the model's
+/// hidden size D.
 fn gemms_the_shapes_do_not_choose<D: Device>(dev: &mut D, c: &DitConfig) {
-    use launch::{Epilogue, GemmTile};
+    use launch::{Epilogue, GemmTile, GemmWeight, Precision};
     let (m, d) = (130, c.hidden_size);
     let a = dev.upload_new(&values(14, m * d)).unwrap();
     let w = dev.upload_new(&values(15, d * d)).unwrap();
@@ -292,6 +293,21 @@ fn gemms_the_shapes_do_not_choose<D: Device>(dev: &mut D, c: &DitConfig) {
     .unwrap();
     launch::gemm_splitk_partial(dev, a, w, partials.all(), m, d, d, d.div_ceil(2)).unwrap();
     launch::gemm_splitk_reduce(dev, partials.all(), bias, out_all, m, d, 2, Epilogue::BiasGelu).unwrap();
+    let w_bf16 = dev
+        .upload_new(&launch::pack_bf16_weight(&values(15, d * d), d, d))
+        .unwrap();
+    for precision in [Precision::Tf32, Precision::Tf32x3, Precision::Bf16] {
+        let weight = match precision {
+            Precision::Bf16 => GemmWeight::Bf16(w_bf16.all()),
+            _ => GemmWeight::F32(w),
+        };
+        for epilogue in [Epilogue::Bias, Epilogue::BiasGelu] {
+            launch::gemm_tc(dev, precision, a, weight, bias, out_all, m, d, d, epilogue).unwrap();
+        }
+        launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, out_all, gate, m, d, d, m, 6 * d, 5 * d)
+            .unwrap();
+    }
+    dev.free(w_bf16.id()).unwrap();
     for buffer in [a.id, w.id, bias.id, gate.id, out.id(), partials.id()] {
         dev.free(buffer).unwrap();
     }
