@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from dit import DiT, ddim_sample, ddim_timestep_map
 
-d = sys.argv[1] if len(sys.argv) > 1 else "../../shared/vectors/tiny"
+d = sys.argv[1] if len(sys.argv) > 1 else "../tests/vectors/tiny"
 torch.set_num_threads(1)
 with safe_open(f"{d}/weights.safetensors", "pt") as f:
     meta = f.metadata()

@@ -179,7 +179,7 @@ fn the_cpu_forward_matches_the_official_output_within_its_budget() {
     };
     assert_eq!(status, RescaStatus::Ok, "{}", last_error());
     let out = ndarray::ArrayD::from_shape_vec(expected.shape(), out).unwrap();
-    let diff = max_abs_diff(out.view(), expected.view());
+    let diff = max_abs_diff("resca_forward out", &out, &expected);
     eprintln!("resca_forward vs forward.safetensors `out`: max |diff| {diff:.2e}");
     // Budget 1e-5 (tests/vectors/tiny: float32 vs float64 of the same code differ by ~5e-7);
     // measured 7.15e-7 (AMD EPYC Zen 4, OpenBLAS).
@@ -211,7 +211,7 @@ fn the_cpu_forward_matches_the_official_output_within_its_budget() {
     };
     assert_eq!(status, RescaStatus::Ok, "{}", last_error());
     let out = ndarray::ArrayD::from_shape_vec(expected.shape(), out).unwrap();
-    let diff = max_abs_diff(out.view(), expected.view());
+    let diff = max_abs_diff("resca_forward_with_cfg out", &out, &expected);
     eprintln!("resca_forward_with_cfg vs `cfg.out`: max |diff| {diff:.2e}");
     // Budget 1e-4 as the reference's test; measured 9.5e-7.
     assert!(diff < 1e-4, "max |diff| {diff}");
@@ -298,7 +298,7 @@ fn cpu_sampling_matches_the_official_guided_ddim_run_and_resca_stays_close() {
     let file = vectors("ddim.safetensors");
     let expected = tensor(&file, "cfg.x").into_dimensionality::<Ix5>().unwrap();
     let expected = expected.slice(s![50, ..2, .., .., ..]).to_owned();
-    let err = max_rel_to_max(full.view().into_dyn(), expected.view().into_dyn());
+    let err = max_rel_to_max("full x", &full, &expected);
     eprintln!("resca_sample full, guided DDIM-50: max |diff| / max|x| {err:.2e}");
     // Budget 1e-5 of max|x| as the reference's trajectory test; measured 5.6e-7.
     assert!(err < 1e-5, "relative error {err}");
@@ -315,8 +315,8 @@ fn cpu_sampling_matches_the_official_guided_ddim_run_and_resca_stays_close() {
     let official = vectors("resca_i4_o1_k4_p0.0_ie_center.safetensors");
     let official = tensor(&official, "x").into_dimensionality::<Ix5>().unwrap();
     let official = official.slice(s![50, ..2, .., .., ..]).to_owned();
-    let err = max_rel_to_max(resca.view().into_dyn(), official.view().into_dyn());
-    let from_full = max_rel_to_max(resca.view().into_dyn(), full.view().into_dyn());
+    let err = max_rel_to_max("resca x", &resca, &official);
+    let from_full = max_rel_to_max("resca x vs full", &resca, &full);
     eprintln!("resca_sample ResCa: {err:.2e} of max|x| from the official ResCa run, {from_full:.2e} from full");
     // Measured 1.7e-3 of max|x| from the official run (6.3e-3 from full compute).
     assert!(err < 1e-2, "ResCa relative error {err}");
@@ -611,10 +611,9 @@ fn an_in_place_ddim_step_aliases_on_the_simulator_as_on_a_gpu() {
     let eps = ndarray::Array4::from_shape_vec((1, 8, 2, 2), model_out).unwrap();
     let expected = schedule.step(10, x4.view(), eps.slice(s![.., ..4, .., ..]));
     let diff = max_abs_diff(
-        ndarray::ArrayView4::from_shape((1, 4, 2, 2), &state)
-            .unwrap()
-            .into_dyn(),
-        expected.view().into_dyn(),
+        "ddim_step x",
+        &ndarray::ArrayView4::from_shape((1, 4, 2, 2), &state).unwrap(),
+        &expected,
     );
     // The kernel's float32 operations in the reference's order: measured 0.
     assert!(diff <= 1e-6, "max |diff| {diff}");

@@ -2,9 +2,10 @@
 //! backend on DiT-XL/2 shapes (random weights, float32), beside PyTorch on the same GPU.
 //!
 //! * the GEMMs of the model's blocks (qkv, proj, fc1, fc2) at M = 64 (a sparse step's proxies),
-//!   512 and 1024 rows, in every precision mode: the kernel the host picks for the shape (exact)
-//!   or the mode's tensor-core kernel, the median of 20 launches timed by CUDA events (no host
-//!   synchronize between them), TFLOP/s;
+//!   512 and 1024 rows on every kernel variant (the classic 64 x 64 `mul` + `add` kernel, the FMA
+//!   64 x 64 and 128 x 128 tiles, split-K where the host would split, the host's exact choice
+//!   marked) and on each fast precision mode's tensor-core kernel: the median of 20 launches timed
+//!   by CUDA events (no host synchronize between them), TFLOP/s;
 //! * per-kernel times within one DiT-XL/2 forward (batch 2): each launch synchronised and timed
 //!   on the host, so the numbers include the launch overhead (a few microseconds each);
 //! * the DiT-XL/2 forward, batch 2 (median of 10 after a warm-up);
@@ -30,7 +31,8 @@ use resca_host::cuda::CudaDevice;
 use resca_host::evaluation::metrics::rmse;
 use resca_host::inputs::seeded_noise;
 use resca_host::job::{SampleJob, final_samples};
-use resca_host::pipeline::launch::{self, Epilogue, GemmWeight, Precision};
+use resca_host::pipeline::gemm_plan::{GemmPlan, choose_gemm, splitk_workspace_len};
+use resca_host::pipeline::launch::{self, Epilogue, GemmTile, GemmWeight, Precision};
 use resca_host::pipeline::{Buffer, Device, DeviceError, Element, KernelCall, Pipeline, Slice};
 use resca_host::run::run_on_device;
 use resca_reference::cache::{MethodConfig, MethodKind};
@@ -84,6 +86,20 @@ enum Gemm {
     Gated,
 }
 
+/// The GEMM kernels of the table: the classic 64 x 64 kernel (`mul.rn` + `add.rn`), the FMA
+/// register-tiled family and split-K.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Classic,
+    /// The tensor-core kernel of a fast precision mode.
+    TensorCore(Precision),
+    Tiled(GemmTile),
+    SplitK {
+        splits: usize,
+        k_per_split: usize,
+    },
+}
+
 /// Buffers for the GEMM table, sized for the largest shape.
 struct GemmBuffers {
     a: Buffer<f32>,
@@ -93,11 +109,12 @@ struct GemmBuffers {
     bias: Buffer<f32>,
     out: Buffer<f32>,
     gate: Buffer<f32>,
+    workspace: Buffer<f32>,
 }
 
-/// `out (m, n) = a (m, k) w^T + b` (or `out += gate * (...)`) through the launch functions, so
-/// that the kernel is the one the host picks for the shape.
-fn run_gemm<D: Device>(dev: &mut D, g: &GemmBuffers, precision: Precision, op: Gemm, m: usize, n: usize, k: usize) {
+/// `out (m, n) = a (m, k) w^T + b` (or `out += gate * (...)`, one sample of m rows, its gate at
+/// 0) on the kernels of `variant`.
+fn run_gemm<D: Device>(dev: &mut D, g: &GemmBuffers, op: Gemm, variant: Variant, m: usize, n: usize, k: usize) {
     let (a, w, bias, out) = (
         g.a.range(0, m * k),
         g.w.range(0, n * k),
@@ -105,23 +122,43 @@ fn run_gemm<D: Device>(dev: &mut D, g: &GemmBuffers, precision: Precision, op: G
         g.out.range(0, m * n),
     );
     let gate = g.gate.range(0, n);
-    let weight = match precision {
-        Precision::Bf16 => GemmWeight::Bf16(g.w_bf16.range(0, n * bf16_weight_words(k as u32) as usize)),
-        _ => GemmWeight::F32(w),
-    };
-    // One sample of m rows, its gate at 0.
-    match (precision, op) {
-        (Precision::Exact, Gemm::Plain(epilogue)) => launch::gemm(dev, a, w, bias, out, m, n, k, epilogue),
-        (Precision::Exact, Gemm::Gated) => launch::gemm_gated_residual(dev, a, w, bias, out, gate, m, n, k, m, n, 0),
-        (_, Gemm::Plain(epilogue)) => launch::gemm_tc(dev, precision, a, weight, bias, out, m, n, k, epilogue),
-        (_, Gemm::Gated) => {
-            launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, out, gate, m, n, k, m, n, 0)
+    match (variant, op) {
+        (Variant::TensorCore(precision), op) => {
+            let weight = match precision {
+                Precision::Bf16 => GemmWeight::Bf16(g.w_bf16.range(0, n * bf16_weight_words(k as u32) as usize)),
+                _ => GemmWeight::F32(w),
+            };
+            match op {
+                Gemm::Plain(epilogue) => launch::gemm_tc(dev, precision, a, weight, bias, out, m, n, k, epilogue),
+                Gemm::Gated => {
+                    launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, out, gate, m, n, k, m, n, 0)
+                }
+            }
+        }
+        (Variant::Classic, Gemm::Plain(epilogue)) => launch::gemm(dev, a, w, bias, out, m, n, k, epilogue),
+        (Variant::Classic, Gemm::Gated) => launch::gemm_gated_residual(dev, a, w, bias, out, gate, m, n, k, m, n, 0),
+        (Variant::Tiled(tile), Gemm::Plain(epilogue)) => {
+            launch::gemm_tiled(dev, tile, a, w, bias, out, m, n, k, epilogue)
+        }
+        (Variant::Tiled(tile), Gemm::Gated) => {
+            launch::gemm_tiled_gated_residual(dev, tile, a, w, bias, out, gate, m, n, k, m, n, 0)
+        }
+        (Variant::SplitK { splits, k_per_split }, op) => {
+            let partials = g.workspace.range(0, splits * m * n);
+            launch::gemm_splitk_partial(dev, a, w, partials, m, n, k, k_per_split).expect("split-K partials");
+            match op {
+                Gemm::Plain(epilogue) => launch::gemm_splitk_reduce(dev, partials, bias, out, m, n, splits, epilogue),
+                Gemm::Gated => {
+                    launch::gemm_splitk_gated_residual(dev, partials, bias, out, gate, m, n, splits, m, n, 0)
+                }
+            }
         }
     }
     .expect("GEMM launch");
 }
 
-/// The GEMM table (see the module docs) for hidden size `d`.
+/// The GEMM table (see the module docs) for hidden size `d`: every kernel variant on every
+/// shape, the host's choice (`choose_gemm`) marked.
 fn gemm_table(timed: &mut Timed, d: usize) {
     let shapes = [
         ("qkv", Gemm::Plain(Epilogue::Bias), 3 * d, d),
@@ -130,10 +167,11 @@ fn gemm_table(timed: &mut Timed, d: usize) {
         ("fc2 (gated residual)", Gemm::Gated, d, 4 * d),
     ];
     let pattern = |len: usize| -> Vec<f32> { (0..len).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect() };
-    let (max_m, max_nk) = (1024, 4 * d * d);
+    let max_m = 1024;
+    let workspace_len = splitk_workspace_len(4 * d);
     let buffers = GemmBuffers {
         a: timed.dev.upload_new(&pattern(max_m * 4 * d)).expect("upload"),
-        w: timed.dev.upload_new(&pattern(max_nk)).expect("upload"),
+        w: timed.dev.upload_new(&pattern(4 * d * d)).expect("upload"),
         w_bf16: timed
             .dev
             .upload_new(&vec![0x3f80_bf80u32; 4 * d * bf16_weight_words(4 * d as u32) as usize])
@@ -141,39 +179,71 @@ fn gemm_table(timed: &mut Timed, d: usize) {
         bias: timed.dev.upload_new(&pattern(4 * d)).expect("upload"),
         out: timed.dev.alloc(max_m * 4 * d).expect("alloc"),
         gate: timed.dev.upload_new(&pattern(4 * d)).expect("upload"),
+        workspace: timed.dev.alloc(workspace_len).expect("alloc"),
     };
     println!("## GEMMs of a block at DiT shapes (D = {d}): median of 20 launches, CUDA events\n");
-    println!("| GEMM | M | N | K | kernel | mode | ms | TFLOP/s |");
-    println!("| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |");
-    for (precision, m) in Precision::ALL.into_iter().flat_map(|p| [64, 512, 1024].map(|m| (p, m))) {
+    println!("| GEMM | M | N | K | kernels | mode | host's choice | ms | TFLOP/s |");
+    println!("| --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |");
+    for m in [64, 512, 1024] {
         for (name, op, n, k) in shapes {
-            // Once through the timing wrapper: a warm-up that also names the kernel(s) used.
-            timed.per_kernel.clear();
-            run_gemm(timed, &buffers, precision, op, m, n, k);
-            let kernels: Vec<&str> = timed.per_kernel.keys().copied().collect();
-            let marks: Vec<_> = (0..20)
-                .map(|_| {
-                    let start = timed.dev.mark().expect("event");
-                    run_gemm(&mut timed.dev, &buffers, precision, op, m, n, k);
-                    (start, timed.dev.mark().expect("event"))
-                })
-                .collect();
-            let seconds = median(
-                marks
+            let chosen = match choose_gemm(m, n, k, workspace_len) {
+                GemmPlan::Tiled(tile) => Variant::Tiled(tile),
+                GemmPlan::SplitK { splits, k_per_split } => Variant::SplitK { splits, k_per_split },
+            };
+            let mut variants = vec![
+                Variant::Classic,
+                Variant::Tiled(GemmTile::Tile64),
+                Variant::Tiled(GemmTile::Tile128),
+            ];
+            if matches!(chosen, Variant::SplitK { .. }) {
+                variants.push(chosen);
+            }
+            variants.extend(
+                Precision::ALL
                     .into_iter()
-                    .map(|(start, end)| timed.dev.seconds_between(start, end).expect("event timing"))
-                    .collect(),
+                    .filter(|&p| p != Precision::Exact)
+                    .map(Variant::TensorCore),
             );
-            let tflops = 2.0 * (m * n * k) as f64 / seconds / 1e12;
-            println!(
-                "| {name} | {m} | {n} | {k} | `{}` | {} | {:.3} | {tflops:.1} |",
-                kernels.join("` + `"),
-                precision.name(),
-                seconds * 1e3
-            );
+            for variant in variants {
+                // Once through the timing wrapper: a warm-up that also names the kernels used.
+                timed.per_kernel.clear();
+                run_gemm(timed, &buffers, op, variant, m, n, k);
+                let kernels: Vec<&str> = timed.per_kernel.keys().copied().collect();
+                let marks: Vec<_> = (0..20)
+                    .map(|_| {
+                        let start = timed.dev.mark().expect("event");
+                        run_gemm(&mut timed.dev, &buffers, op, variant, m, n, k);
+                        (start, timed.dev.mark().expect("event"))
+                    })
+                    .collect();
+                let seconds = median(
+                    marks
+                        .into_iter()
+                        .map(|(start, end)| timed.dev.seconds_between(start, end).expect("event timing"))
+                        .collect(),
+                );
+                let tflops = 2.0 * (m * n * k) as f64 / seconds / 1e12;
+                println!(
+                    "| {name} | {m} | {n} | {k} | `{}` | {} | {} | {:.3} | {tflops:.1} |",
+                    kernels.join("` + `"),
+                    match variant {
+                        Variant::TensorCore(precision) => precision.name(),
+                        _ => Precision::Exact.name(),
+                    },
+                    if variant == chosen { "yes" } else { "" },
+                    seconds * 1e3
+                );
+            }
         }
     }
-    for buffer in [buffers.a, buffers.w, buffers.bias, buffers.out, buffers.gate] {
+    for buffer in [
+        buffers.a,
+        buffers.w,
+        buffers.bias,
+        buffers.out,
+        buffers.gate,
+        buffers.workspace,
+    ] {
         timed.dev.free(buffer.id()).expect("free");
     }
     timed.dev.free(buffers.w_bf16.id()).expect("free");

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use ndarray::s;
 use resca_reference::safetensors_file::SafetensorsFile;
+use resca_tests::max_rel_to_max;
 
 fn vectors(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -108,12 +109,7 @@ fn sample_tiny(method: &[&str]) -> (serde_json::Value, ndarray::ArrayD<f32>) {
 fn error_against(name: &str, x: &ndarray::ArrayD<f32>) -> f32 {
     let expected = SafetensorsFile::open(vectors(name)).unwrap().read_f32("x").unwrap();
     let expected = expected.slice(s![.., ..2, .., .., ..]).to_owned().into_dyn();
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    x.iter()
-        .zip(expected.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-        / scale
+    max_rel_to_max(&format!("x against {name}"), x, &expected)
 }
 
 #[test]

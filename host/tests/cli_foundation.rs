@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use ndarray::s;
 use resca_reference::safetensors_file::{OutTensor, SafetensorsFile, write_safetensors};
+use resca_tests::{max_abs_diff, max_rel_to_max};
 
 fn vectors(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,11 +19,6 @@ fn resca(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("resca runs")
-}
-
-fn max_abs_diff(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn stderr(output: &Output) -> String {
@@ -47,7 +43,7 @@ fn forward_subcommand_reproduces_the_official_output() {
     assert!(run.status.success(), "{}", stderr(&run));
     let ours = SafetensorsFile::open(&out).unwrap().read_f32("out").unwrap();
     let expected = SafetensorsFile::open(&input).unwrap().read_f32("out").unwrap();
-    let diff = max_abs_diff(&ours, &expected);
+    let diff = max_abs_diff("forward out", &ours, &expected);
     // Same budget as the library test: 1e-5 absolute; measured 7.2e-7.
     assert!(diff < 1e-5, "forward via CLI differs by {diff}");
 }
@@ -79,8 +75,7 @@ fn guided_sample_reproduces_the_conditional_rows_of_the_official_ddim_run() {
     let x = SafetensorsFile::open(&out).unwrap().read_f32("x").unwrap();
     let expected = file.read_f32("cfg.x").unwrap();
     let expected = expected.slice(s![.., ..2, .., .., ..]).to_owned().into_dyn();
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let rel = max_abs_diff(&x, &expected) / scale;
+    let rel = max_rel_to_max("sample x", &x, &expected);
     // 1e-5 relative to max|x|, as the library test; measured 6.8e-7.
     assert!(rel < 1e-5, "sample via CLI differs by {rel} of max|x|");
 }

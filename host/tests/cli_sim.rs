@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use ndarray::ArrayD;
 use resca_reference::safetensors_file::SafetensorsFile;
+use resca_tests::{max_abs_diff, max_rel_to_max};
 
 fn vectors(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -53,17 +54,6 @@ fn sample(backend: &str, method: &[&str]) -> (serde_json::Value, ArrayD<f32>, Ar
     (stats, file.read_f32("x").unwrap(), file.read_f32("model_out").unwrap())
 }
 
-fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
-    assert_eq!(actual.shape(), expected.shape());
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    actual
-        .iter()
-        .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 #[test]
 fn sampling_on_the_sim_backend_matches_the_reference_backend() {
     let replay = vectors("resca_i4_o1_k4_p0.0_ie_center.safetensors");
@@ -93,8 +83,8 @@ fn sampling_on_the_sim_backend_matches_the_reference_backend() {
     ] {
         let (sim_stats, sim_x, sim_out) = sample("sim", flags);
         let (ref_stats, ref_x, ref_out) = sample("reference", flags);
-        let err = max_rel_to_max(&sim_x, &ref_x);
-        let err_out = max_rel_to_max(&sim_out, &ref_out);
+        let err = max_rel_to_max(&format!("{what} x"), &sim_x, &ref_x);
+        let err_out = max_rel_to_max(&format!("{what} model_out"), &sim_out, &ref_out);
         eprintln!("{what}: sim vs reference {err:.2e} (x), {err_out:.2e} (model_out) of max|.|");
         // Budget 1e-4 of max|.| (guided DDIM-50); measured x 7.3e-7 (full) and 6.8e-7 (resca
         // official), model_out 6.7e-7 and 6.9e-7.
@@ -141,11 +131,7 @@ fn forward_on_the_sim_backend_matches_the_official_output() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let ours = SafetensorsFile::open(&out).unwrap().read_f32("out").unwrap();
     let official = SafetensorsFile::open(&input).unwrap().read_f32("out").unwrap();
-    let err = ours
-        .iter()
-        .zip(&official)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let err = max_abs_diff("sim forward out", &ours, &official);
     // Budget 1e-5 absolute; measured 7.2e-7.
     assert!(err < 1e-5, "sim forward vs official: {err}");
 }
@@ -210,7 +196,7 @@ fn sampling_in_tf32_records_its_precision_and_stays_near_exact() {
         x
     };
     let (exact, tf32) = (run("exact"), run("tf32"));
-    let error = max_rel_to_max(&tf32, &exact);
+    let error = max_rel_to_max("tf32 against exact samples", &tf32, &exact);
     eprintln!("guided DDIM-10, --precision tf32 vs exact: {error:.2e} of max|x|");
     // Budget 1e-3 of max|x|; measured 2.3e-4 (guided DDIM-10, 10 TF32 forwards of 4 rows).
     assert!(error < 1e-3, "tf32 vs exact: {error}");

@@ -20,7 +20,7 @@ mod support;
 
 use std::process::Command;
 
-use ndarray::{ArrayD, Ix4};
+use ndarray::Ix4;
 use resca_host::cuda::CudaDevice;
 use resca_host::cuda::replay::{Recorder, compare, replay};
 use resca_host::pipeline::{Device, Kernel, Pipeline, SampleOptions, SampleOutput};
@@ -29,25 +29,15 @@ use resca_reference::cache::{CachingHook, ClusteringRecord, MethodConfig};
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, FullCompute, Sampler, Trajectory, sample};
+use resca_tests::{max_abs_diff, max_rel_to_max};
 
 fn gpu() -> CudaDevice {
     CudaDevice::open_default().unwrap()
 }
 
-fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
-    assert_eq!(actual.shape(), expected.shape());
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = actual
-        .iter()
-        .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    diff / scale
-}
-
 fn trajectories_close(what: &str, ours: &Trajectory, theirs: &Trajectory, budget: f32) {
-    let x = max_rel_to_max(&ours.x.clone().into_dyn(), &theirs.x.clone().into_dyn());
-    let out = max_rel_to_max(&ours.model_out.clone().into_dyn(), &theirs.model_out.clone().into_dyn());
+    let x = max_rel_to_max(&format!("{what}: x"), &ours.x, &theirs.x);
+    let out = max_rel_to_max(&format!("{what}: model_out"), &ours.model_out, &theirs.model_out);
     eprintln!("{what}: x {x:.2e}, model_out {out:.2e} (of max|.|)");
     assert!(x < budget, "{what}: x differs by {x} of max|x|");
     assert!(out < budget, "{what}: model_out differs by {out} of max|model_out|");
@@ -117,8 +107,8 @@ fn forward_matches_the_reference_and_the_official_output() {
     let ours = pipeline.forward(x.view(), &t, &y).unwrap().into_dyn();
     let reference = model.forward(x.view(), &t, &y).unwrap().into_dyn();
     let official = file.read_f32("out").unwrap();
-    let max_abs = |a: &ArrayD<f32>, b: &ArrayD<f32>| a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
-    let (vs_reference, vs_official) = (max_abs(&ours, &reference), max_abs(&ours, &official));
+    let vs_reference = max_abs_diff("gpu forward vs reference", &ours, &reference);
+    let vs_official = max_abs_diff("gpu forward vs official", &ours, &official);
     eprintln!("gpu forward: max |gpu - reference| {vs_reference:.2e}, max |gpu - official| {vs_official:.2e}");
     // Budget 1e-5 absolute, as the simulator's (measured there 7.2e-7).
     assert!(vs_reference < 1e-5, "gpu vs reference {vs_reference}");
@@ -128,7 +118,7 @@ fn forward_matches_the_reference_and_the_official_output() {
         .forward(x.view(), &t, &y)
         .unwrap()
         .into_dyn();
-    let vs_sim = max_abs(&ours, &sim);
+    let vs_sim = max_abs_diff("gpu forward vs sim", &ours, &sim);
     eprintln!("gpu forward: max |gpu - sim| {vs_sim:.2e}");
     assert!(vs_sim < 1e-6, "gpu vs sim {vs_sim}");
 }
@@ -248,7 +238,7 @@ fn cli_sample_on_cuda_matches_the_reference_backend() {
         SafetensorsFile::open(&out).unwrap().read_f32("x").unwrap()
     };
     let (cuda, reference) = (run("cuda"), run("reference"));
-    let err = max_rel_to_max(&cuda, &reference);
+    let err = max_rel_to_max("cuda vs reference", &cuda, &reference);
     eprintln!("resca sample --backend cuda vs reference: {err:.2e} of max|x|");
     assert!(err < 1e-4);
     let info = Command::new(env!("CARGO_BIN_EXE_resca")).arg("info").output().unwrap();

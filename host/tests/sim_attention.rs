@@ -8,6 +8,7 @@ mod support;
 
 use ndarray::{Array2, ArrayView2, s};
 use resca_reference::ops;
+use resca_tests::{max_abs_diff, max_abs_diff_matching_non_finite};
 use support::kernels;
 
 /// Deterministic uniform values in [-scale, scale] (xorshift64*).
@@ -40,35 +41,11 @@ fn kernel(qkv: &Array2<f32>, batch: usize, tokens: usize, heads: usize, head_dim
     out
 }
 
-/// The largest absolute difference, NaN-aware: a NaN on one side only (or a different infinity)
-/// is an infinite difference, NaN on both sides or equal values none.
-fn max_abs_diff(ours: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(ours.len(), expected.len());
-    ours.iter()
-        .zip(expected)
-        .map(|(&a, &b)| match (a.is_nan(), b.is_nan()) {
-            (true, true) => 0.0,
-            (false, false) if a == b => 0.0,
-            (false, false) => (a - b).abs(),
-            _ => f32::INFINITY,
-        })
-        .fold(0.0, f32::max)
-}
-
 /// Prints `err` with `SIM_PRINT_ERRORS` set (the measured errors the tolerances quote).
 fn report(case: &str, err: f32) {
     if std::env::var_os("SIM_PRINT_ERRORS").is_some() {
         eprintln!("{case}: {err:.3e}");
     }
-}
-
-#[test]
-fn the_nan_aware_difference_sees_a_one_sided_nan() {
-    assert_eq!(max_abs_diff(&[f32::NAN, 1.0], &[f32::NAN, 1.0]), 0.0);
-    assert_eq!(max_abs_diff(&[f32::NAN, 1.0], &[0.0, 1.0]), f32::INFINITY);
-    assert_eq!(max_abs_diff(&[1.0], &[f32::NAN]), f32::INFINITY);
-    assert_eq!(max_abs_diff(&[f32::INFINITY], &[f32::INFINITY]), 0.0);
-    assert_eq!(max_abs_diff(&[1.0, 2.5], &[1.5, 2.0]), 0.5);
 }
 
 #[test]
@@ -80,6 +57,7 @@ fn attention_matches_the_reference_at_the_tile_edges() {
             let seed = (head_dim * 1000 + tokens) as u64;
             let qkv = matrix(seed, batch * tokens, 3 * heads * head_dim, 1.5);
             let err = max_abs_diff(
+                &format!("head_dim {head_dim}, tokens {tokens}"),
                 &kernel(&qkv, batch, tokens, heads, head_dim),
                 &reference(&qkv, batch, tokens, heads),
             );
@@ -104,6 +82,7 @@ fn attention_handles_large_scores_like_the_reference() {
     let (batch, tokens, heads, head_dim) = (1, 70, 1, 16);
     let qkv = matrix(7, batch * tokens, 3 * heads * head_dim, 6.0);
     let err = max_abs_diff(
+        "large scores",
         &kernel(&qkv, batch, tokens, heads, head_dim),
         &reference(&qkv, batch, tokens, heads),
     );
@@ -127,7 +106,7 @@ fn nan_lands_where_the_reference_puts_it() {
             nans > 0 && nans < expected.len(),
             "the reference spreads the NaN of ({row}, {col}) partly"
         );
-        let err = max_abs_diff(&ours, &expected);
+        let err = max_abs_diff_matching_non_finite("attention with a NaN input", &ours, &expected);
         report(&format!("NaN at ({row}, {col})"), err);
         // The same NaN pattern, the rest as in the finite cases (measured max 2.4e-7).
         assert!(err <= 3e-6, "NaN at ({row}, {col}): err {err}");

@@ -5,7 +5,7 @@
 
 use resca_gpu_kernels::reduce::warp_sum;
 use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, ThreadCtx};
-use resca_host::sim::{Access, Coord, SimError, Space, launch};
+use resca_host::sim::{Access, Coord, SimError, Space, run_grid};
 
 fn dims(grid: u32, block: u32, shared_bytes: u32) -> LaunchDims {
     LaunchDims {
@@ -30,7 +30,7 @@ fn out_of_bounds_global_write_is_reported_with_block_thread_and_index() {
     let x = vec![1.0f32; 100];
     let mut out = vec![0.0f32; 100];
     let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
-    let err = launch("scale_unguarded", dims(2, 64, 0), |ctx| scale_unguarded(ctx, gx, go)).unwrap_err();
+    let err = run_grid("scale_unguarded", dims(2, 64, 0), |ctx| scale_unguarded(ctx, gx, go)).unwrap_err();
     eprintln!("{err}");
     match &err {
         SimError::OutOfBounds {
@@ -65,7 +65,7 @@ fn out_of_bounds_global_write_is_reported_with_block_thread_and_index() {
 fn out_of_bounds_global_load_and_shared_access_are_reported() {
     let x = vec![1.0f32; 10];
     let gx = Global::new(&x);
-    let err = launch("load_past_end", dims(1, 32, 0), |ctx| {
+    let err = run_grid("load_past_end", dims(1, 32, 0), |ctx| {
         let _ = ctx.load(gx, ctx.thread_idx_x() as usize);
     })
     .unwrap_err();
@@ -73,7 +73,7 @@ fn out_of_bounds_global_load_and_shared_access_are_reported() {
         matches!(err, SimError::OutOfBounds { space: Space::Global, access: Access::Load, index: 10, len: 10, thread, .. } if thread == at(10)),
         "{err}"
     );
-    let err = launch("shared_past_end", dims(1, 32, 64), |ctx| {
+    let err = run_grid("shared_past_end", dims(1, 32, 64), |ctx| {
         ctx.shared_store(ctx.thread_idx_x() as usize, 1.0f32);
     })
     .unwrap_err();
@@ -85,9 +85,13 @@ fn out_of_bounds_global_load_and_shared_access_are_reported() {
 }
 
 /// BROKEN: each thread reads its neighbour's shared word without a barrier after the writes.
+/// (The words are cleared first, so that the read is a race and not a read of a word never
+/// written.)
 fn neighbour_sum_racy<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, with_barrier: bool) {
     let t = ctx.thread_idx_x() as usize;
     let n = ctx.block_dim_x() as usize;
+    ctx.shared_store(t, 0.0f32);
+    ctx.sync_threads();
     ctx.shared_store(t, t as f32);
     if with_barrier {
         ctx.sync_threads();
@@ -100,7 +104,7 @@ fn neighbour_sum_racy<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, with_barri
 fn shared_memory_race_between_barriers_is_reported() {
     let mut out = vec![0.0f32; 64];
     let go = GlobalMut::new(&mut out);
-    let err = launch("neighbour_sum_racy", dims(1, 64, 256), |ctx| {
+    let err = run_grid("neighbour_sum_racy", dims(1, 64, 256), |ctx| {
         neighbour_sum_racy(ctx, go, false)
     })
     .unwrap_err();
@@ -124,7 +128,7 @@ fn shared_memory_race_between_barriers_is_reported() {
     }
     // The same kernel with the barrier is correct.
     let go = GlobalMut::new(&mut out);
-    launch("neighbour_sum", dims(1, 64, 256), |ctx| {
+    run_grid("neighbour_sum", dims(1, 64, 256), |ctx| {
         neighbour_sum_racy(ctx, go, true)
     })
     .unwrap();
@@ -134,7 +138,7 @@ fn shared_memory_race_between_barriers_is_reported() {
 
 #[test]
 fn write_after_write_race_is_reported() {
-    let err = launch("everyone_writes_word_0", dims(1, 32, 4), |ctx| {
+    let err = run_grid("everyone_writes_word_0", dims(1, 32, 4), |ctx| {
         ctx.shared_store(0, ctx.thread_idx_x());
     })
     .unwrap_err();
@@ -158,7 +162,7 @@ fn half_block_barrier<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>) {
 fn barrier_in_a_divergent_branch_is_reported() {
     let mut out = vec![0.0f32; 64];
     let go = GlobalMut::new(&mut out);
-    let err = launch("half_block_barrier", dims(1, 64, 256), |ctx| {
+    let err = run_grid("half_block_barrier", dims(1, 64, 256), |ctx| {
         half_block_barrier(ctx, go)
     })
     .unwrap_err();
@@ -185,7 +189,7 @@ fn barrier_in_a_divergent_branch_is_reported() {
 // Two barriers that look alike but are different instructions, the point of the test.
 #[allow(clippy::if_same_then_else)]
 fn two_different_barriers_are_reported() {
-    let err = launch("if_else_barriers", dims(1, 64, 0), |ctx| {
+    let err = run_grid("if_else_barriers", dims(1, 64, 0), |ctx| {
         if ctx.thread_idx_x() % 2 == 0 {
             ctx.sync_threads();
         } else {
@@ -204,7 +208,7 @@ fn two_different_barriers_are_reported() {
 fn shuffle_in_a_divergent_branch_is_reported() {
     let mut out = vec![0.0f32; 32];
     let go = GlobalMut::new(&mut out);
-    let err = launch("half_warp_sum", dims(1, 32, 0), |ctx| {
+    let err = run_grid("half_warp_sum", dims(1, 32, 0), |ctx| {
         let lane = ctx.lane_id();
         if lane < 16 {
             let s = warp_sum(ctx, 1.0);
@@ -221,7 +225,7 @@ fn shuffle_in_a_divergent_branch_is_reported() {
 
 #[test]
 fn kernel_panics_become_errors() {
-    let err = launch("panics", dims(2, 32, 0), |ctx| {
+    let err = run_grid("panics", dims(2, 32, 0), |ctx| {
         if ctx.block_idx_x() == 1 && ctx.thread_idx_x() == 3 {
             panic!("deliberate");
         }
@@ -246,7 +250,7 @@ fn invalid_launches_are_rejected() {
         dims(1, 32, 227 * 1024 + 4),
         dims(1, 32, 6),
     ] {
-        let err = launch("any", bad, |_| {}).unwrap_err();
+        let err = run_grid("any", bad, |_| {}).unwrap_err();
         assert!(matches!(err, SimError::InvalidLaunch { .. }), "{err}");
     }
 }
@@ -255,7 +259,7 @@ fn invalid_launches_are_rejected() {
 fn shuffles_follow_ptx_semantics() {
     let mut out = vec![0.0f32; 3 * 64];
     let go = GlobalMut::new(&mut out);
-    launch("shuffles", dims(1, 64, 0), |ctx| {
+    run_grid("shuffles", dims(1, 64, 0), |ctx| {
         let t = ctx.thread_idx_x() as usize;
         let v = t as f32;
         ctx.store(go, t, ctx.shfl_xor_f32(v, 5));
@@ -304,7 +308,7 @@ fn a_correct_block_reduction_runs_clean_and_deterministically() {
     let run = || {
         let mut out = vec![0.0f32; 3];
         let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
-        launch("block_sum", dims(3, 256, 32), |ctx| block_sum(ctx, gx, go)).unwrap();
+        run_grid("block_sum", dims(3, 256, 32), |ctx| block_sum(ctx, gx, go)).unwrap();
         out
     };
     let first = run();
@@ -320,13 +324,190 @@ fn a_correct_block_reduction_runs_clean_and_deterministically() {
     }
 }
 
+/// BROKEN: a tile of `tile` words is staged in shared memory by the first `staged` threads, but
+/// every thread reads its own word (a staging loop that stops short).
+fn tile_staged_short<C: ThreadCtx>(ctx: &C, x: Global<'_, f32>, out: GlobalMut<'_, f32>, staged: usize) {
+    let t = ctx.thread_idx_x() as usize;
+    if t < staged {
+        ctx.shared_store(t, ctx.load(x, t));
+    }
+    ctx.sync_threads();
+    let v: f32 = ctx.shared_load(t);
+    ctx.store(out, t, v);
+}
+
 #[test]
-fn fresh_shared_memory_reads_as_nan() {
-    let mut out = vec![0.0f32; 1];
+fn a_load_of_shared_memory_never_written_is_reported_with_its_site() {
+    let x = vec![1.5f32; 32];
+    let mut out = vec![0.0f32; 32];
+    let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
+    let err = run_grid("tile_staged_short", dims(1, 32, 128), |ctx| {
+        tile_staged_short(ctx, gx, go, 31)
+    })
+    .unwrap_err();
+    eprintln!("{err}");
+    match &err {
+        SimError::UnwrittenSharedLoad {
+            kernel,
+            block,
+            thread,
+            index,
+            site,
+            ..
+        } => {
+            assert_eq!(kernel, "tile_staged_short");
+            assert_eq!((*block, *thread, *index), (at(0), at(31), 31));
+            assert!(site.contains("sim_checks.rs"), "{site}");
+        }
+        other => panic!("expected an unwritten shared load, got {other}"),
+    }
+    // Staging every word is correct; and a word written by an earlier block does not count for
+    // the next one (each block's shared memory starts unwritten).
     let go = GlobalMut::new(&mut out);
-    launch("reads_garbage", dims(1, 1, 4), |ctx| {
-        ctx.store(go, 0, ctx.shared_load::<f32>(0));
+    run_grid("tile_staged", dims(1, 32, 128), |ctx| {
+        tile_staged_short(ctx, gx, go, 32)
     })
     .unwrap();
-    assert!(out[0].is_nan());
+    assert_eq!(out, x);
+    let err = run_grid("second_block_reads_first_blocks_word", dims(2, 1, 4), |ctx| {
+        if ctx.block_idx_x() == 0 {
+            ctx.shared_store(0, 1.0f32);
+        }
+        let _: f32 = ctx.shared_load(0);
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, SimError::UnwrittenSharedLoad { block, index: 0, .. } if block == at(1)),
+        "{err}"
+    );
+}
+
+/// BROKEN: each block writes a tile of `2 * tile` outputs but the blocks are `tile` apart (a
+/// tile size mismatch), so neighbouring blocks overwrite each other's rows.
+fn overlapping_tiles<C: ThreadCtx>(ctx: &C, out: GlobalMut<'_, f32>, tile: usize) {
+    let first = ctx.block_idx_x() as usize * tile;
+    let t = ctx.thread_idx_x() as usize;
+    if first + t < out.len() {
+        ctx.store(out, first + t, ctx.block_idx_x() as f32);
+    }
+}
+
+#[test]
+fn two_blocks_writing_one_global_element_are_reported() {
+    let mut out = vec![0.0f32; 64];
+    let go = GlobalMut::new(&mut out);
+    let err = run_grid("overlapping_tiles", dims(4, 32, 0), |ctx| {
+        overlapping_tiles(ctx, go, 16)
+    })
+    .unwrap_err();
+    eprintln!("{err}");
+    match &err {
+        SimError::GlobalWriteConflict {
+            kernel,
+            index,
+            first_block,
+            second_block,
+            thread,
+            site,
+            ..
+        } => {
+            assert_eq!(kernel, "overlapping_tiles");
+            // Block 0 wrote 0..32; block 1 starts at 16.
+            assert_eq!(
+                (*index, *first_block, *second_block, *thread),
+                (16, at(0), at(1), at(0))
+            );
+            assert!(site.contains("sim_checks.rs"), "{site}");
+        }
+        other => panic!("expected a write conflict, got {other}"),
+    }
+    // Blocks tiling the output exactly run clean; a block writing one element twice is fine.
+    let go = GlobalMut::new(&mut out);
+    run_grid("tiles", dims(2, 32, 0), |ctx| overlapping_tiles(ctx, go, 32)).unwrap();
+    let go = GlobalMut::new(&mut out);
+    run_grid("accumulates", dims(2, 1, 0), |ctx| {
+        let i = ctx.block_idx_x() as usize;
+        ctx.store(go, i, 1.0);
+        ctx.store(go, i, 2.0);
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_write_conflict_names_the_buffer_by_its_parameter_name() {
+    use resca_host::sim::{BufferName, run_grid_with_buffer_names};
+    let mut out = vec![0.0f32; 64];
+    let go = GlobalMut::new(&mut out);
+    // What `SimDevice` passes for each writable parameter of a kernel.
+    let names = [BufferName {
+        name: "out".to_string(),
+        base: go.as_mut_ptr() as usize,
+    }];
+    let err = run_grid_with_buffer_names("overlapping_tiles", dims(4, 32, 0), &names, |ctx| {
+        overlapping_tiles(ctx, go, 16)
+    })
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("blocks (0, 0, 0) and (1, 0, 0) both write element 16 of global buffer `out`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn blocks_run_in_the_chosen_order() {
+    use resca_host::sim::{BlockOrder, block_order, with_block_order};
+    let order_of = |order: BlockOrder| {
+        let visited = std::cell::RefCell::new(Vec::new());
+        with_block_order(order, || {
+            run_grid("records_its_block", dims(6, 1, 0), |ctx| {
+                visited.borrow_mut().push(ctx.block_idx_x())
+            })
+        })
+        .unwrap();
+        visited.into_inner()
+    };
+    assert_eq!(order_of(BlockOrder::InOrder), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(order_of(BlockOrder::Reversed), [5, 4, 3, 2, 1, 0]);
+    let shuffled = order_of(BlockOrder::Shuffled(7));
+    assert_eq!(
+        shuffled,
+        order_of(BlockOrder::Shuffled(7)),
+        "the same seed, the same order"
+    );
+    assert_ne!(shuffled, order_of(BlockOrder::Shuffled(8)));
+    let mut sorted = shuffled.clone();
+    sorted.sort();
+    assert_eq!(sorted, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(block_order(), BlockOrder::InOrder, "restored after");
+}
+
+/// BROKEN: each block adds its partial into a running total that the next block reads (blocks
+/// that assume they run in grid order).
+fn chained_blocks<C: ThreadCtx>(ctx: &C, x: Global<'_, f32>, total: GlobalMut<'_, f32>) {
+    let b = ctx.block_idx_x() as usize;
+    let before = if b == 0 {
+        0.0
+    } else {
+        ctx.load(total.as_global(), b - 1)
+    };
+    ctx.store(total, b, before + ctx.load(x, b));
+}
+
+#[test]
+fn a_kernel_that_depends_on_the_block_order_gives_different_results_in_reverse() {
+    use resca_host::sim::{BlockOrder, with_block_order};
+    let x = vec![1.0f32; 8];
+    let run = |order| {
+        let mut total = vec![0.0f32; 8];
+        let (gx, gt) = (Global::new(&x), GlobalMut::new(&mut total));
+        with_block_order(order, || {
+            run_grid("chained_blocks", dims(8, 1, 0), |ctx| chained_blocks(ctx, gx, gt))
+        })
+        .unwrap();
+        total
+    };
+    assert_eq!(run(BlockOrder::InOrder)[7], 8.0);
+    // In reverse, each block reads a total not yet written: the last element is 1, not 8.
+    assert_eq!(run(BlockOrder::Reversed)[7], 1.0);
 }

@@ -13,6 +13,7 @@ use resca_reference::cache::MethodConfig;
 use resca_reference::ddim::DdimSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, FullCompute, Sampler, Trajectory, sample};
+use resca_tests::{max_abs_diff, max_rel_to_max};
 use support::{TestDevice, on_every_device};
 
 fn vectors_dir() -> PathBuf {
@@ -33,16 +34,6 @@ fn ints(file: &SafetensorsFile, name: &str) -> Vec<i64> {
 
 fn tiny_model() -> Dit {
     Dit::load(&vectors_dir().join("weights.safetensors"), None, None).unwrap()
-}
-
-fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    max_abs_diff(actual, expected) / scale
 }
 
 /// A whole DDIM run of the full (uncached) model on `pipeline`.
@@ -72,8 +63,8 @@ fn forward_matches_reference_and_official_output<D: TestDevice>() {
     eprintln!("sim forward (B = 4): {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
     let reference = model.forward(x.view(), &t, &y).unwrap().into_dyn();
     let official = tensor(&file, "out");
-    let vs_reference = max_abs_diff(&ours, &reference);
-    let vs_official = max_abs_diff(&ours, &official);
+    let vs_reference = max_abs_diff("forward out vs reference", &ours, &reference);
+    let vs_official = max_abs_diff("forward out vs official", &ours, &official);
     eprintln!("forward: max |sim - reference| {vs_reference:.2e}, max |sim - official| {vs_official:.2e}");
     // Budget 1e-5 absolute (README.md, "Correctness"); measured 7.2e-7 vs the reference and vs
     // torch.
@@ -91,8 +82,8 @@ fn guided_forward_matches_reference_and_official_output<D: TestDevice>() {
     let y: Vec<usize> = ints(&file, "cfg.y").iter().map(|&v| v as usize).collect();
     let ours = sim.forward_with_cfg(x.view(), &t, &y, 1.5).unwrap().into_dyn();
     let reference = model.forward_with_cfg(x.view(), &t, &y, 1.5).unwrap().into_dyn();
-    let vs_reference = max_abs_diff(&ours, &reference);
-    let vs_official = max_abs_diff(&ours, &tensor(&file, "cfg.out"));
+    let vs_reference = max_abs_diff("cfg out vs reference", &ours, &reference);
+    let vs_official = max_abs_diff("cfg out vs official", &ours, &tensor(&file, "cfg.out"));
     eprintln!("cfg forward: max |sim - reference| {vs_reference:.2e}, max |sim - official| {vs_official:.2e}");
     // Budget 1e-5 absolute; measured 1.1e-6 vs the reference, 9.5e-7 vs torch.
     assert!(vs_reference < 1e-5, "sim vs reference {vs_reference}");
@@ -171,9 +162,9 @@ fn guided_ddim_50_run_matches_reference_and_official_trajectory<D: TestDevice>()
     )
     .unwrap();
     let x = ours.x.into_dyn();
-    let vs_reference = max_rel_to_max(&x, &reference.x.into_dyn());
-    let vs_official = max_rel_to_max(&x, &tensor(&file, "cfg.x"));
-    let out_vs_reference = max_rel_to_max(&ours.model_out.into_dyn(), &reference.model_out.into_dyn());
+    let vs_reference = max_rel_to_max("x vs reference", &x, &reference.x);
+    let vs_official = max_rel_to_max("x vs official", &x, &tensor(&file, "cfg.x"));
+    let out_vs_reference = max_rel_to_max("model_out vs reference", &ours.model_out, &reference.model_out);
     eprintln!(
         "cfg DDIM-50: x rel. to max|x|: {vs_reference:.2e} vs reference, {vs_official:.2e} vs official; \
          model_out {out_vs_reference:.2e} vs reference"
@@ -216,7 +207,7 @@ fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {
     let reference = run_reference(&model, &job, "full", &mut FullCompute, &mut |_, _| {}).unwrap();
     assert_eq!(ours.stats.backend, "sim");
     assert_eq!(ours.stats.tflops, reference.stats.tflops);
-    let err = max_rel_to_max(&ours.x.into_dyn(), &reference.x.into_dyn());
+    let err = max_rel_to_max("job x", &ours.x, &reference.x);
     eprintln!("sim job vs reference job: {err:.2e}");
     // Guided DDIM-10 (2 samples, 4 model rows); budget 1e-4 relative; measured 3.4e-7.
     assert!(err < 1e-4, "{err}");

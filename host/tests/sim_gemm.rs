@@ -310,7 +310,7 @@ fn a_misaligned_vector_shared_load_is_reported() {
         block: Dim3::x(TILED_THREADS),
         shared_bytes: GEMM64_SHARED_BYTES,
     };
-    let err = sim::launch("misaligned", dims, |ctx| {
+    let err = sim::run_grid("misaligned", dims, |ctx| {
         let t = ctx.thread_idx_x() as usize;
         ctx.shared_store(t, 1.0f32);
         ctx.sync_threads();

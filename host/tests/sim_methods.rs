@@ -20,7 +20,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use ndarray::{ArrayD, Ix4};
+use ndarray::Ix4;
 use resca_host::inputs::guided_batch;
 use resca_host::pipeline::{Pipeline, SampleOptions, SampleOutput};
 use resca_reference::cache::pdds::Solver;
@@ -32,6 +32,7 @@ use resca_reference::ddim::DdimSchedule;
 use resca_reference::flow::FlowSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, Sampler, Trajectory, sample};
+use resca_tests::max_rel_to_max;
 use support::{TestDevice, on_every_device};
 
 fn vectors(name: &str) -> PathBuf {
@@ -92,25 +93,11 @@ fn run_reference(
     (trajectory, hook.clustering_history().to_vec())
 }
 
-fn max_rel_to_max(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
-    assert_eq!(actual.shape(), expected.shape());
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = actual
-        .iter()
-        .zip(expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    diff / scale
-}
-
 /// Asserts trajectory and model outputs within `budget` of max|.| of the reference's; returns
 /// the error of x.
 fn assert_close(what: &str, sim: &Trajectory, reference: &Trajectory, budget: f32) -> f32 {
-    let err_x = max_rel_to_max(&sim.x.clone().into_dyn(), &reference.x.clone().into_dyn());
-    let err_out = max_rel_to_max(
-        &sim.model_out.clone().into_dyn(),
-        &reference.model_out.clone().into_dyn(),
-    );
+    let err_x = max_rel_to_max(&format!("{what}: x"), &sim.x, &reference.x);
+    let err_out = max_rel_to_max(&format!("{what}: model_out"), &sim.model_out, &reference.model_out);
     eprintln!("{what}: x {err_x:.2e}, model_out {err_out:.2e} (of max|.|)");
     assert!(err_x < budget, "{what}: x differs by {err_x} of max|x|");
     assert!(

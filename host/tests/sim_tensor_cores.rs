@@ -8,7 +8,7 @@ mod support;
 
 use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, ThreadCtx};
 use resca_host::sim::mma::{bf16, bf16_to_f32, tf32};
-use resca_host::sim::{Access, Coord, MAX_SHARED_BYTES, SimError, launch};
+use resca_host::sim::{Access, Coord, MAX_SHARED_BYTES, SimError, run_grid};
 use support::kernels::tensor_core::{Fragments, ldmatrix_mma_tf32_tile, mma_bf16_tile, mma_tf32_tile};
 use support::values;
 
@@ -40,7 +40,7 @@ fn run_tf32(fragments: Fragments) -> (Vec<f32>, Vec<f32>) {
     let mut d = vec![0.0f32; 16 * 8];
     let gd = GlobalMut::new(&mut d);
     let (ga, gw, gc) = (Global::new(&a), Global::new(&w), Global::new(&c));
-    launch("mma_tf32_tile", warp(0), |ctx| {
+    run_grid("mma_tf32_tile", warp(0), |ctx| {
         mma_tf32_tile(ctx, ga, gw, gc, gd, fragments)
     })
     .unwrap();
@@ -53,7 +53,7 @@ fn run_bf16(fragments: Fragments) -> (Vec<f32>, Vec<f32>) {
     let mut d = vec![0.0f32; 16 * 8];
     let gd = GlobalMut::new(&mut d);
     let (ga, gw, gc) = (Global::new(&a), Global::new(&w), Global::new(&c));
-    launch("mma_bf16_tile", warp(0), |ctx| {
+    run_grid("mma_bf16_tile", warp(0), |ctx| {
         mma_bf16_tile(ctx, ga, gw, gc, gd, fragments)
     })
     .unwrap();
@@ -87,7 +87,7 @@ fn a_wrong_fragment_index_changes_the_product() {
 fn mma_tf32_rejects_operands_not_rounded_to_tf32() {
     let mut d = vec![0.0f32; 4];
     let gd = GlobalMut::new(&mut d);
-    let err = launch("unrounded", warp(0), |ctx| {
+    let err = run_grid("unrounded", warp(0), |ctx| {
         let x = 1.0f32 + f32::EPSILON; // a low fraction bit set: not a TF32 value
         let r = ctx.mma_tf32_m16n8k8([x.to_bits(); 4], [1.0f32.to_bits(); 2], [0.0; 4]);
         if ctx.lane_id() == 0 {
@@ -103,7 +103,7 @@ fn mma_tf32_rejects_operands_not_rounded_to_tf32() {
 
 #[test]
 fn mma_in_a_divergent_branch_is_reported() {
-    let err = launch("half_warp_mma", warp(0), |ctx| {
+    let err = run_grid("half_warp_mma", warp(0), |ctx| {
         if ctx.lane_id() < 16 {
             ctx.mma_tf32_m16n8k8([0; 4], [0; 2], [0.0; 4]);
         }
@@ -117,7 +117,7 @@ fn ldmatrix_deals_rows_as_the_ptx_isa_says() {
     // Shared word i holds i: row r of matrix m starts at word 4 (8 m + r) (lane 8 m + r's address).
     let mut out = vec![0u32; 32 * 11];
     let go = GlobalMut::new(&mut out);
-    launch("ldmatrix", warp(4 * 128), |ctx| {
+    run_grid("ldmatrix", warp(4 * 128), |ctx| {
         let lane = ctx.lane_id() as usize;
         for j in 0..4 {
             ctx.shared_store(4 * lane + j, (4 * lane + j) as u32);
@@ -158,7 +158,7 @@ fn ldmatrix_deals_rows_as_the_ptx_isa_says() {
 
 #[test]
 fn ldmatrix_rows_must_be_16_byte_aligned() {
-    let err = launch("misaligned", warp(4 * 256), |ctx| {
+    let err = run_grid("misaligned", warp(4 * 256), |ctx| {
         ctx.ldmatrix_x4(4 * ctx.lane_id() as usize + 2);
     })
     .unwrap_err();
@@ -179,7 +179,7 @@ fn ldmatrix_tile(wait: bool) -> Result<(Vec<f32>, Vec<f32>), SimError> {
     let mut d = vec![0.0f32; 16 * 8];
     let gd = GlobalMut::new(&mut d);
     let (ga, gw) = (Global::new(&a), Global::new(&w));
-    launch("ldmatrix_mma_tf32_tile", warp(4 * (16 * 8 + 8 * 8)), |ctx| {
+    run_grid("ldmatrix_mma_tf32_tile", warp(4 * (16 * 8 + 8 * 8)), |ctx| {
         ldmatrix_mma_tf32_tile(ctx, ga, gw, gd, wait)
     })?;
     let round = |v: &[f32]| v.iter().map(|&x| tf32(x) as f64).collect::<Vec<_>>();
@@ -211,7 +211,7 @@ fn a_missing_cp_async_wait_is_reported() {
 fn reading_another_threads_copy_needs_a_barrier_after_the_wait() {
     let x = values(9, 64);
     let gx = Global::new(&x);
-    let err = launch("no_barrier", warp(4 * 64), |ctx| {
+    let err = run_grid("no_barrier", warp(4 * 64), |ctx| {
         let lane = ctx.lane_id() as usize;
         ctx.cp_async(2 * lane, gx, 2 * lane, 2, true);
         ctx.cp_async_commit();
@@ -233,7 +233,7 @@ fn cp_async_groups_retire_oldest_first_and_zero_fill() {
     let x = values(10, 128);
     let mut out = vec![f32::NAN; 3 * 32];
     let (gx, go) = (Global::new(&x), GlobalMut::new(&mut out));
-    launch("groups", warp(4 * 96), |ctx| {
+    run_grid("groups", warp(4 * 96), |ctx| {
         let lane = ctx.lane_id() as usize;
         ctx.cp_async(lane, gx, lane, 1, true); // group 0
         ctx.cp_async_commit();
@@ -257,7 +257,7 @@ fn cp_async_groups_retire_oldest_first_and_zero_fill() {
 fn a_group_still_in_flight_is_pending() {
     let x = values(11, 64);
     let gx = Global::new(&x);
-    let err = launch("early_read", warp(4 * 64), |ctx| {
+    let err = run_grid("early_read", warp(4 * 64), |ctx| {
         let lane = ctx.lane_id() as usize;
         ctx.cp_async(lane, gx, lane, 1, true);
         ctx.cp_async_commit();
@@ -277,7 +277,7 @@ fn a_group_still_in_flight_is_pending() {
 fn cp_async_addresses_must_be_aligned_to_the_copy() {
     let x = values(12, 64);
     let gx = Global::new(&x);
-    let err = launch("misaligned_copy", warp(4 * 256), |ctx| {
+    let err = run_grid("misaligned_copy", warp(4 * 256), |ctx| {
         ctx.cp_async(4 * ctx.lane_id() as usize, gx, 2, 4, true);
     })
     .unwrap_err();
@@ -299,7 +299,7 @@ fn dynamic_shared_memory_goes_up_to_the_device_limit() {
     let words = (MAX_SHARED_BYTES / 4) as usize;
     let mut sums = vec![0u32; 32];
     let gs = GlobalMut::new(&mut sums);
-    launch("all_of_it", warp(MAX_SHARED_BYTES), |ctx| {
+    run_grid("all_of_it", warp(MAX_SHARED_BYTES), |ctx| {
         let lane = ctx.lane_id() as usize;
         let mut sum = 0u32;
         for i in (lane..words).step_by(32) {
@@ -312,7 +312,7 @@ fn dynamic_shared_memory_goes_up_to_the_device_limit() {
     let expected: u32 = (0..words as u32).fold(0, u32::wrapping_add);
     assert_eq!(sums.iter().fold(0u32, |a, &b| a.wrapping_add(b)), expected);
     // One word more is past what a block may have.
-    let err = launch("too_much", warp(MAX_SHARED_BYTES + 4), |_| {}).unwrap_err();
+    let err = run_grid("too_much", warp(MAX_SHARED_BYTES + 4), |_| {}).unwrap_err();
     assert!(
         matches!(&err, SimError::InvalidLaunch { reason, .. } if reason.contains("at most 232448")),
         "{err}"

@@ -1,14 +1,18 @@
 //! Shared helpers of the workspace-level tests: where the reference vectors live and how to
-//! measure the distance between two tensors.
+//! measure the distance between two tensors ([`compare`], shared by every crate's tests).
+
+pub mod compare;
+
+pub use compare::{Tensor, max_abs_diff, max_abs_diff_matching_non_finite, max_rel_to_max};
 
 use std::path::PathBuf;
 
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::ArrayD;
 use resca_reference::safetensors_file::SafetensorsFile;
 
 pub mod golden;
 
-/// `tests/vectors/tiny`: tensors from the official PyTorch code (a copy of `../shared/vectors`).
+/// `tests/vectors/tiny`: tensors from the official PyTorch code (see `tests/vectors/README.md`).
 pub fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors").join("tiny")
 }
@@ -21,19 +25,6 @@ pub fn vectors(name: &str) -> SafetensorsFile {
 /// Reads an f32 tensor of a vectors file.
 pub fn tensor(file: &SafetensorsFile, name: &str) -> ArrayD<f32> {
     file.read_f32(name).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Largest absolute elementwise difference (shapes must match).
-pub fn max_abs_diff(a: ArrayViewD<f32>, b: ArrayViewD<f32>) -> f32 {
-    assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-/// Largest absolute difference divided by the largest magnitude of the expected tensor: the
-/// measure the vectors' README prescribes for trajectories whose scale grows to ~800.
-pub fn max_rel_to_max(actual: ArrayViewD<f32>, expected: ArrayViewD<f32>) -> f32 {
-    let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    max_abs_diff(actual, expected) / scale
 }
 
 /// The labels of a vectors file as the model's `usize` labels.

@@ -20,10 +20,11 @@ fn decode_errors(decoder: &VaeDecoder, vectors: &Path) -> (f32, f32) {
     let latents = tensor(&file, "x").into_dimensionality::<Ix4>().unwrap() / SD_LATENT_SCALE;
     let images = decoder.decode(latents.view()).unwrap().into_dyn();
     (
-        max_rel_to_max(images.view(), tensor(&file, "images").view()),
+        max_rel_to_max("images", &images, &tensor(&file, "images")),
         max_rel_to_max(
-            images.view(),
-            file.read_f64("images.f64").unwrap().mapv(|v| v as f32).view(),
+            "images vs float64",
+            &images,
+            &file.read_f64("images.f64").unwrap().mapv(|v| v as f32),
         ),
     )
 }

@@ -40,11 +40,8 @@ fn caching_hook(method: MethodConfig) -> CachingHook {
 /// Asserts the trajectory and model outputs of `file_name` within `budget` of max|x|.
 fn assert_matches(file_name: &str, trajectory: &Trajectory, budget: f32) {
     let file = vectors(file_name);
-    let err_x = max_rel_to_max(trajectory.x.view().into_dyn(), tensor(&file, "x").view());
-    let err_out = max_rel_to_max(
-        trajectory.model_out.view().into_dyn(),
-        tensor(&file, "model_out").view(),
-    );
+    let err_x = max_rel_to_max("x", &trajectory.x, &tensor(&file, "x"));
+    let err_out = max_rel_to_max("model_out", &trajectory.model_out, &tensor(&file, "model_out"));
     eprintln!("{file_name}: x {err_x:.2e}, model_out {err_out:.2e} (of max|.|)");
     assert!(err_x < budget, "{file_name}: x differs by {err_x} of max|x|");
     assert!(

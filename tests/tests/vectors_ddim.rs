@@ -45,13 +45,14 @@ fn run(noise_name: &str, y_name: &str, cfg_scale: Option<f32>) -> resca_referenc
 fn plain_ddim_trajectory_matches_all_51_states() {
     let file = vectors("ddim.safetensors");
     let trajectory = run("noise", "y", None);
-    let err = max_rel_to_max(trajectory.x.view().into_dyn(), tensor(&file, "plain.x").view());
+    let err = max_rel_to_max("plain.x", &trajectory.x, &tensor(&file, "plain.x"));
     eprintln!("plain.x: max |diff| / max|x| = {err:.2e}");
     // Budget 1e-5 relative to max|x| (|x| grows to ~800 with random weights); measured 6.8e-7.
     assert!(err < 1e-5, "plain.x relative error {err}");
     let err = max_rel_to_max(
-        trajectory.model_out.view().into_dyn(),
-        tensor(&file, "plain.model_out").view(),
+        "plain.model_out",
+        &trajectory.model_out,
+        &tensor(&file, "plain.model_out"),
     );
     eprintln!("plain.model_out: max |diff| / max = {err:.2e}");
     // Measured 4.9e-7.
@@ -62,14 +63,11 @@ fn plain_ddim_trajectory_matches_all_51_states() {
 fn guided_ddim_trajectory_matches_all_51_states_and_rows() {
     let file = vectors("ddim.safetensors");
     let trajectory = run("cfg.noise", "cfg.y", Some(1.5));
-    let err = max_rel_to_max(trajectory.x.view().into_dyn(), tensor(&file, "cfg.x").view());
+    let err = max_rel_to_max("cfg.x", &trajectory.x, &tensor(&file, "cfg.x"));
     eprintln!("cfg.x: max |diff| / max|x| = {err:.2e}");
     // Measured 6.8e-7 (all four rows: the unconditional half evolves as upstream's does).
     assert!(err < 1e-5, "cfg.x relative error {err}");
-    let err = max_rel_to_max(
-        trajectory.model_out.view().into_dyn(),
-        tensor(&file, "cfg.model_out").view(),
-    );
+    let err = max_rel_to_max("cfg.model_out", &trajectory.model_out, &tensor(&file, "cfg.model_out"));
     eprintln!("cfg.model_out: max |diff| / max = {err:.2e}");
     // Measured 7.4e-7.
     assert!(err < 1e-5, "cfg.model_out relative error {err}");

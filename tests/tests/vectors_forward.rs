@@ -47,11 +47,11 @@ fn timestep_features_match_torch_except_two_exp_roundings() {
     let ours = ops::timestep_features(&timesteps(&file, "t"));
     // The README's budget: torch's float32 exp differs from a correctly rounded exp in 2 of 128
     // frequencies, moving cos/sin by up to ~6e-5 at t = 999. Measured (AMD EPYC Zen 3): 2.9e-5.
-    let diff = max_abs_diff(ours.view().into_dyn(), expected.view().into_dyn());
+    let diff = max_abs_diff("t_freq", &ours, &expected);
     eprintln!("t_freq: max |diff| {diff:.2e}");
     assert!(diff < 6e-5, "timestep features differ by {diff}");
     // Everything else agrees to float32 rounding of sin/cos of arguments up to ~1000 rad.
-    let row0 = max_abs_diff(ours.row(0).into_dyn(), expected.row(0).into_dyn());
+    let row0 = max_abs_diff("t_freq row 0", &ours.row(0), &expected.row(0));
     assert!(row0 < 1e-7, "t = 0 features differ by {row0}");
 }
 
@@ -66,7 +66,7 @@ fn forward_matches_every_official_activation_given_torch_timestep_features() {
     let out = model.forward_features(x.view(), t_freq.view(), &y, &mut recorder);
 
     let check = |name: &str, actual: ndarray::ArrayViewD<f32>| {
-        let diff = max_abs_diff(actual, tensor(&file, name).view());
+        let diff = max_abs_diff(name, &actual, &tensor(&file, name));
         eprintln!("{name}: max |diff| {diff:.2e}");
         assert!(diff < TOL, "{name}: max |diff| {diff} >= {TOL}");
         diff
@@ -103,8 +103,9 @@ fn forward_from_integer_timesteps_meets_the_budget() {
     // t_emb. Measured max |diff| per row (t = 0, 333, 666, 999): 6.0e-7, 6.6e-7, 7.2e-7, 6.6e-7.
     for (row, budget) in [(0, TOL), (1, TOL), (2, TOL), (3, TOL)] {
         let diff = max_abs_diff(
-            out.slice(s![row, .., .., ..]).into_dyn(),
-            expected.slice(s![row, .., .., ..]).into_dyn(),
+            &format!("out row {row}"),
+            &out.slice(s![row, .., .., ..]),
+            &expected.slice(s![row, .., .., ..]),
         );
         eprintln!("out row {row}: max |diff| {diff:.2e}");
         assert!(diff < budget, "row {row}: max |diff| {diff} >= {budget}");
@@ -119,7 +120,7 @@ fn forward_with_cfg_matches_upstream_guidance_on_three_channels() {
     let out = model
         .forward_with_cfg(x.view(), &timesteps(&file, "cfg.t"), &labels(&file, "cfg.y"), 1.5)
         .unwrap();
-    let diff = max_abs_diff(out.view().into_dyn(), tensor(&file, "cfg.out").view());
+    let diff = max_abs_diff("cfg.out", &out, &tensor(&file, "cfg.out"));
     // Measured 3e-6 (cfg.t holds no t = 999 entry, see the file) ; budget 1e-5.
     eprintln!("cfg.out: max |diff| {diff:.2e}");
     assert!(diff < 1e-4, "cfg.out: max |diff| {diff}");

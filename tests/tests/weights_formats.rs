@@ -62,7 +62,7 @@ fn f16_and_bf16_checkpoints_load_converted_to_f32() {
         let out = model
             .forward(x.view(), &timesteps(&forward, "t"), &labels(&forward, "y"))
             .unwrap();
-        let diff = max_abs_diff(out.view().into_dyn(), expected.view());
+        let diff = max_abs_diff(&format!("{dtype:?} out"), &out, &expected);
         eprintln!("{dtype:?}: max |diff| {diff:.2e}");
         assert!(diff < budget, "{dtype:?}: {diff}");
         // Every value is the exact f32 of its half-precision source.

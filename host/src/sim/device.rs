@@ -2,14 +2,14 @@
 //! checks its arguments against the entry point's parameters ([`KernelCall::check`]: kind and
 //! element type) and every slice against its buffer, binds them to the kernel body
 //! ([`resca_gpu_kernels::Kernel::bind`], expanded from the kernel table) and runs it with
-//! [`launch`]. Slices passed to one launch may alias (as device pointers do), which is why
+//! [`run_grid`](super::run_grid). Slices passed to one launch may alias (as device pointers do), which is why
 //! parameters are built from raw pointers.
 
 use resca_gpu_kernels::ddim::DdimCoefficients;
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_gpu_kernels::{ArgSource, BufferElement, Global, GlobalMut};
 
-use super::{SimError, launch};
+use super::{BufferName, SimError, run_grid_with_buffer_names};
 use crate::pipeline::device::{
     Arg, Buffer, DType, Device, DeviceError, Element, Graph, GraphOp, KernelCall, Mark, RawSlice, Slice,
 };
@@ -235,12 +235,16 @@ impl Device for SimDevice {
             return Ok(());
         }
         self.launches += 1;
-        let kernel = call.kernel.bind(&mut SimArgs {
+        let mut args = SimArgs {
             device: self,
             call,
             next: 0,
-        })?;
-        launch(call.kernel.name(), call.dims, |ctx| kernel.run(ctx)).map_err(DeviceError::from)
+            written: Vec::new(),
+        };
+        let kernel = call.kernel.bind(&mut args)?;
+        let names = args.written;
+        run_grid_with_buffer_names(call.kernel.name(), call.dims, &names, |ctx| kernel.run(ctx))
+            .map_err(DeviceError::from)
     }
 
     fn synchronize(&mut self) -> Result<(), DeviceError> {
@@ -286,6 +290,8 @@ struct SimArgs<'d> {
     device: &'d mut SimDevice,
     call: &'d KernelCall,
     next: usize,
+    /// The writable parameters bound so far, for the simulator's error messages.
+    written: Vec<BufferName>,
 }
 
 impl SimArgs<'_> {
@@ -318,12 +324,16 @@ impl SimArgs<'_> {
                 ));
             }
         };
-        let what = format!(
-            "kernel `{}` parameter {i} `{}`",
-            self.call.kernel.name(),
-            self.call.kernel.params().get(i).map_or("?", |p| p.name)
-        );
-        Ok((self.device.pointer(slice, &what)?.cast::<T>(), slice.len))
+        let name = self.call.kernel.params().get(i).map_or("?", |p| p.name);
+        let what = format!("kernel `{}` parameter {i} `{name}`", self.call.kernel.name());
+        let pointer = self.device.pointer(slice, &what)?.cast::<T>();
+        if write {
+            self.written.push(BufferName {
+                name: name.to_string(),
+                base: pointer as usize,
+            });
+        }
+        Ok((pointer, slice.len))
     }
 
     /// The next argument as a value: `take` returns it when the argument has the right kind.

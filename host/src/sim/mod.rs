@@ -1,15 +1,20 @@
 //! A GPU-semantics simulator for the kernel bodies of `resca-gpu-kernels`, in the spirit of
-//! compute-sanitizer: [`launch`] runs a grid block by block, with every thread of a block live at
+//! compute-sanitizer: [`run_grid`] runs a grid block by block, with every thread of a block live at
 //! once as a stackful coroutine (corosensei) on one OS thread. A thread runs until it reaches a
 //! barrier (`sync_threads`), a warp shuffle or its end; the scheduler then completes the
 //! shuffles of warps whose lanes all arrived, and releases a barrier once every thread of the
-//! block waits at it. Threads are resumed in a fixed order, so results are deterministic.
+//! block waits at it. Threads are resumed in a fixed order, so results are deterministic. Blocks
+//! run in the order [`with_block_order`] sets (grid order by default): a GPU runs them in any
+//! order, so a kernel whose result changes with the order is wrong.
 //!
 //! Reported as a typed [`SimError`] naming kernel, block, thread, index and source line:
 //! * out-of-bounds global and shared loads and stores, and 16-byte shared loads not aligned to
 //!   16 bytes,
 //! * shared-memory races: two different threads touching the same word between two barriers,
 //!   at least one of them writing,
+//! * loads of shared words that no thread of the block has written during the launch,
+//! * two blocks of one launch writing the same global element (on a GPU the last writer is
+//!   whichever block runs last),
 //! * barriers not reached by every thread of the block (a thread exited, or waits at another
 //!   barrier), and warp collectives (shuffles, `ldmatrix`, `mma.sync`) not executed by every
 //!   lane of the warp,
@@ -32,7 +37,7 @@
 //!   a block may have on Hopper ([`MAX_SHARED_BYTES`]).
 //!
 //! Shared memory starts every block filled with a NaN pattern, like the garbage of real shared
-//! memory, so a kernel that reads before writing produces NaNs instead of plausible numbers.
+//! memory; a load of a word the block has not written is reported rather than read.
 //!
 //! [`SimDevice`] (in [`device`]) is the pipeline's `Device` on the simulator
 //! (`crate::pipeline`): the CLI's `--backend sim`.
@@ -40,13 +45,16 @@
 pub mod device;
 pub mod mma;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, Location, catch_unwind};
 
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use resca_gpu_kernels::{Dim3, Global, GlobalMut, LaunchDims, SharedWord, ThreadCtx, WARP_SIZE};
 
 pub use device::SimDevice;
@@ -207,6 +215,32 @@ pub enum SimError {
         site: String,
     },
     #[error(
+        "kernel `{kernel}` block {block} thread {thread}: shared load of word {index} (byte address \
+         {address:#x}), which no thread of the block has written during the launch, at {site} (a word \
+         never stored, or a barrier missing between the store and this load)"
+    )]
+    UnwrittenSharedLoad {
+        kernel: String,
+        block: Coord,
+        thread: Coord,
+        index: usize,
+        address: usize,
+        site: String,
+    },
+    #[error(
+        "kernel `{kernel}`: blocks {first_block} and {second_block} both write element {index} of global \
+         buffer {buffer} (the second at {site} by thread {thread}); the result depends on the block order"
+    )]
+    GlobalWriteConflict {
+        kernel: String,
+        buffer: String,
+        index: usize,
+        first_block: Coord,
+        second_block: Coord,
+        thread: Coord,
+        site: String,
+    },
+    #[error(
         "kernel `{kernel}` block {block} thread {thread}: shared {access} of word {index} (byte address \
          {address:#x}) at {site} while a cp.async of thread {issuer} to it is pending (a missing \
          cp.async.wait_group, or a missing barrier after it)"
@@ -341,17 +375,112 @@ struct Shadow {
 struct BlockShared {
     words: Vec<u32>,
     shadow: Vec<Shadow>,
+    /// Whether a thread of the block has stored to the word during the launch.
+    written: Vec<bool>,
     /// The thread id (`rank + 1`) whose `cp.async` to the word is pending, or 0.
     pending: Vec<u32>,
     epoch: u32,
 }
 
-/// Identity of a launch and block, for error messages.
+/// The order in which [`run_grid`] runs the blocks of a grid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BlockOrder {
+    /// Grid order, x fastest.
+    #[default]
+    InOrder,
+    /// Grid order backwards: the last block first.
+    Reversed,
+    /// A random permutation drawn from the seed (the same seed, the same order).
+    Shuffled(u64),
+}
+
+thread_local! {
+    /// The block order of this thread's launches.
+    static BLOCK_ORDER: Cell<BlockOrder> = const { Cell::new(BlockOrder::InOrder) };
+}
+
+/// The block order of this thread's launches.
+pub fn block_order() -> BlockOrder {
+    BLOCK_ORDER.with(Cell::get)
+}
+
+/// Runs `f` with this thread's launches running their blocks in `order`; the previous order is
+/// restored afterwards, also when `f` panics.
+pub fn with_block_order<R>(order: BlockOrder, f: impl FnOnce() -> R) -> R {
+    struct Restore(BlockOrder);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BLOCK_ORDER.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(BLOCK_ORDER.with(|o| o.replace(order)));
+    f()
+}
+
+/// The block ranks of a grid of `count` blocks in `order`.
+fn block_ranks(count: u64, order: BlockOrder) -> Vec<u64> {
+    let mut ranks: Vec<u64> = (0..count).collect();
+    match order {
+        BlockOrder::InOrder => {}
+        BlockOrder::Reversed => ranks.reverse(),
+        BlockOrder::Shuffled(seed) => ranks.shuffle(&mut ChaCha8Rng::seed_from_u64(seed)),
+    }
+    ranks
+}
+
+/// Which block wrote each element of the global buffers a launch stores to, to find two blocks
+/// writing the same element. Buffers are told apart by their first element's address.
+#[derive(Default)]
+struct GlobalWrites {
+    buffers: Vec<WrittenBuffer>,
+}
+
+struct WrittenBuffer {
+    base: usize,
+    /// Per element: the writing block's rank + 1, or 0.
+    writer: Vec<u64>,
+}
+
+impl GlobalWrites {
+    /// Records that block `rank` stored element `index` of the buffer at `base` (of `len`
+    /// elements); returns the rank of another block that stored it before, if any.
+    fn record(&mut self, base: usize, len: usize, index: usize, rank: u64) -> Option<u64> {
+        let buffer = match self
+            .buffers
+            .iter()
+            .position(|b| b.base == base && b.writer.len() == len)
+        {
+            Some(i) => &mut self.buffers[i],
+            None => {
+                self.buffers.push(WrittenBuffer {
+                    base,
+                    writer: vec![0; len],
+                });
+                self.buffers.last_mut().unwrap()
+            }
+        };
+        let previous = std::mem::replace(&mut buffer.writer[index], rank + 1);
+        (previous != 0 && previous != rank + 1).then(|| previous - 1)
+    }
+}
+
+/// A name for a global buffer in error messages: a kernel parameter's name and the address of
+/// the slice the parameter was bound to.
+#[derive(Clone, Debug)]
+pub struct BufferName {
+    pub name: String,
+    pub base: usize,
+}
+
+/// Identity of a launch and block, for error messages, and the launch's record of global writes.
 struct LaunchInfo<'a> {
     kernel: &'a str,
     grid: Dim3,
     block_dim: Dim3,
     block: Coord,
+    block_rank: u64,
+    buffer_names: &'a [BufferName],
+    global_writes: &'a RefCell<GlobalWrites>,
 }
 
 /// One simulated GPU thread: what a kernel body gets as its [`ThreadCtx`] in the simulator.
@@ -413,6 +542,17 @@ impl SimThread<'_> {
                 site: site.to_string(),
             });
         }
+        if access == Access::Load && !shared.written[index] {
+            drop(shared);
+            self.fault(SimError::UnwrittenSharedLoad {
+                kernel: self.info.kernel.to_string(),
+                block: self.info.block,
+                thread: self.thread,
+                index,
+                address: index * 4,
+                site: site.to_string(),
+            });
+        }
         self.record_access(shared, index, access, site);
     }
 
@@ -462,6 +602,35 @@ impl SimThread<'_> {
             Access::Load => {}
             Access::Store => s.writer = me,
         }
+        if access == Access::Store {
+            shared.written[index] = true;
+        }
+    }
+
+    /// Records a global store and reports it when another block of the launch stored the same
+    /// element.
+    fn global_store(&self, base: usize, len: usize, index: usize, site: Site) {
+        let info = self.info;
+        let Some(first) = info
+            .global_writes
+            .borrow_mut()
+            .record(base, len, index, info.block_rank)
+        else {
+            return;
+        };
+        let buffer = match info.buffer_names.iter().find(|b| b.base == base) {
+            Some(b) => format!("`{}`", b.name),
+            None => format!("at {base:#x} ({len} elements)"),
+        };
+        self.fault(SimError::GlobalWriteConflict {
+            kernel: info.kernel.to_string(),
+            buffer,
+            index,
+            first_block: Coord::of_rank(first, info.grid),
+            second_block: info.block,
+            thread: self.thread,
+            site: site.to_string(),
+        })
     }
 
     fn shuffle(&self, kind: ShuffleKind, value: f32, arg: u32, site: Site) -> f32 {
@@ -760,6 +929,7 @@ impl ThreadCtx for SimThread<'_> {
                 Location::caller(),
             );
         }
+        self.global_store(buffer.as_mut_ptr() as usize, buffer.len(), index, Location::caller());
         // SAFETY: as for `load`; writes through the pointer of an exclusively borrowed slice.
         unsafe { *buffer.as_mut_ptr().add(index) = value }
     }
@@ -813,34 +983,55 @@ fn check_dims(kernel: &str, dims: &LaunchDims) -> Result<(), SimError> {
     Ok(())
 }
 
-/// Runs `body` as kernel `kernel` over the grid, block by block in order (x fastest), every
-/// thread of a block live at once. The first error found stops the launch; what the kernel
-/// wrote before it stays written.
-pub fn launch<F>(kernel: &str, dims: LaunchDims, body: F) -> Result<(), SimError>
+/// Runs `body` as kernel `kernel` over the grid, block by block in the thread's
+/// [`block_order`], every thread of a block live at once. The first error found stops the
+/// launch; what the kernel wrote before it stays written.
+pub fn run_grid<F>(kernel: &str, dims: LaunchDims, body: F) -> Result<(), SimError>
+where
+    F: Fn(&SimThread<'_>),
+{
+    run_grid_with_buffer_names(kernel, dims, &[], body)
+}
+
+/// [`run_grid`], with names for the global buffers that errors name (those not named are named
+/// by their address).
+pub fn run_grid_with_buffer_names<F>(
+    kernel: &str,
+    dims: LaunchDims,
+    buffer_names: &[BufferName],
+    body: F,
+) -> Result<(), SimError>
 where
     F: Fn(&SimThread<'_>),
 {
     check_dims(kernel, &dims)?;
     let threads = dims.block.count() as usize;
+    let words = dims.shared_bytes as usize / 4;
     let shared = RefCell::new(BlockShared {
-        words: vec![SHARED_POISON; dims.shared_bytes as usize / 4],
-        shadow: vec![Shadow::default(); dims.shared_bytes as usize / 4],
-        pending: vec![0; dims.shared_bytes as usize / 4],
+        words: vec![SHARED_POISON; words],
+        shadow: vec![Shadow::default(); words],
+        written: vec![false; words],
+        pending: vec![0; words],
         epoch: 0,
     });
+    let global_writes = RefCell::new(GlobalWrites::default());
     let mut stacks = take_stacks(threads);
     let mut result = Ok(());
-    for rank in 0..dims.grid.count() {
+    for rank in block_ranks(dims.grid.count(), block_order()) {
         let info = LaunchInfo {
             kernel,
             grid: dims.grid,
             block_dim: dims.block,
             block: Coord::of_rank(rank, dims.grid),
+            block_rank: rank,
+            buffer_names,
+            global_writes: &global_writes,
         };
         {
             let mut s = shared.borrow_mut();
             s.epoch += 1;
             s.words.fill(SHARED_POISON);
+            s.written.fill(false);
             s.pending.fill(0);
         }
         let (outcome, reclaimed) = run_block(&info, threads, &shared, &body, stacks);

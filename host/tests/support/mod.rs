@@ -7,14 +7,16 @@
 
 pub mod kernels;
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 
 use ndarray::{Array4, Ix4};
+use proptest::test_runner::{Config as ProptestConfig, RngSeed, TestCaseError};
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_host::cuda::CudaDevice;
 use resca_host::inputs::guided_batch;
 use resca_host::pipeline::{Device, Pipeline, SampleOptions, SampleOutput, launch};
-use resca_host::sim::SimDevice;
+use resca_host::sim::{BlockOrder, SimDevice, with_block_order};
 use resca_reference::cache::pdds::Solver;
 use resca_reference::cache::tetc::ProxyChoice;
 use resca_reference::cache::{ClusteringSource, MethodConfig, MethodKind, ResidualScaling};
@@ -205,6 +207,53 @@ pub fn drive<D: Device>(dev: D, model: &Dit) -> (D, Vec<SampleOutput>) {
     dev.free(out.id()).unwrap();
     gemms_the_shapes_do_not_choose(dev, &c);
     (pipeline.dev, outputs)
+}
+
+/// The seed the property tests draw their cases from unless `PROPTEST_RNG_SEED` says otherwise:
+/// fixed, so that a failure in CI reproduces on any machine.
+pub const PROPTEST_SEED: u64 = 0x7e5c_a24b;
+
+/// The property tests' configuration: 24 cases from [`PROPTEST_SEED`]. proptest's own variables
+/// run others: `PROPTEST_CASES=2000` for many more cases, `PROPTEST_RNG_SEED=<u64>` for another
+/// draw.
+pub fn proptest_config() -> ProptestConfig {
+    // `ProptestConfig::default()` holds what the environment says.
+    let from_env = ProptestConfig::default();
+    let set = |name: &str| std::env::var_os(name).is_some();
+    ProptestConfig {
+        cases: if set("PROPTEST_CASES") { from_env.cases } else { 24 },
+        rng_seed: if set("PROPTEST_RNG_SEED") {
+            from_env.rng_seed
+        } else {
+            RngSeed::Fixed(PROPTEST_SEED)
+        },
+        failure_persistence: None,
+        ..from_env
+    }
+}
+
+/// The block orders every kernel test runs the simulator in: grid order and its reverse. A GPU
+/// runs a grid's blocks in any order, so a kernel whose result depends on the order (one block
+/// reading what another wrote, or two blocks writing one element) is wrong in at least one.
+pub const BLOCK_ORDERS: [BlockOrder; 2] = [BlockOrder::InOrder, BlockOrder::Reversed];
+
+/// Runs a property's body once in each of [`BLOCK_ORDERS`]; a failure names the order.
+pub fn in_every_block_order(body: impl Fn() -> Result<(), TestCaseError>) -> Result<(), TestCaseError> {
+    for order in BLOCK_ORDERS {
+        let outcome = catch_unwind(AssertUnwindSafe(|| with_block_order(order, &body)));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(TestCaseError::Fail(why))) => {
+                return Err(TestCaseError::fail(format!("{why} (blocks {order:?})")));
+            }
+            Ok(Err(other)) => return Err(other),
+            Err(panic) => {
+                eprintln!("(the panic above happened with the blocks {order:?})");
+                resume_unwind(panic);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The GEMM kernels the shape choice never makes for small models: the classic mul + add GEMMs

@@ -115,24 +115,12 @@ pub struct Conv2d {
     pub weight: Array2<f32>,
     pub bias: Array1<f32>,
     pub kernel: usize,
-    /// A 3x3 kernel's Winograd transform: 16 matrices (out, in), one per point of the 4x4 tile.
-    winograd: Vec<Array2<f32>>,
 }
 
 impl Conv2d {
-    /// A convolution of weight (out, in * kernel^2); a 3x3 one's Winograd transform is made here.
+    /// A convolution of weight (out, in * kernel^2).
     pub fn new(weight: Array2<f32>, bias: Array1<f32>, kernel: usize) -> Self {
-        let winograd = if kernel == 3 {
-            winograd_weights(weight.view())
-        } else {
-            Vec::new()
-        };
-        Self {
-            weight,
-            bias,
-            kernel,
-            winograd,
-        }
+        Self { weight, bias, kernel }
     }
 
     pub fn in_channels(&self) -> usize {
@@ -378,6 +366,10 @@ impl Conv2d {
         let band_rows = winograd_band_rows(width);
         let tiles_across = width.div_ceil(2);
         let (inputs, outputs) = (self.in_channels(), self.out_channels());
+        // Transformed for this call only (16/9 of the layer's weights, at most 16 MB for the
+        // sd-vae's widest layer, and well under 1% of the convolution's work): kept with the
+        // model, the transforms would add 1.8x its weights to its memory.
+        let kernels = winograd_weights(self.weight.view());
         out.axis_chunks_iter_mut(Axis(1), band_rows * width)
             .into_par_iter()
             .enumerate()
@@ -423,7 +415,7 @@ impl Conv2d {
                         &transformed[p * inputs * tiles..(p + 1) * inputs * tiles],
                     )
                     .expect("sized above");
-                    general_mat_mul(1.0, &self.winograd[p], &v, 0.0, &mut product);
+                    general_mat_mul(1.0, &kernels[p], &v, 0.0, &mut product);
                 }
                 drop(transformed);
                 let products = products.as_slice().expect("contiguous");
