@@ -113,7 +113,15 @@ struct Sizes {
 /// the q, k or v slice starting at feature `part` of a `qkv` row into shared rows `dst ..`:
 /// zeros past the last token and past the head dimension.
 #[inline(always)]
-fn copy_rows<C: ThreadCtx>(ctx: &C, qkv: Global<'_, f32>, sizes: &Sizes, part: usize, first: usize, rows: usize, dst: usize) {
+fn copy_rows<C: ThreadCtx>(
+    ctx: &C,
+    qkv: Global<'_, f32>,
+    sizes: &Sizes,
+    part: usize,
+    first: usize,
+    rows: usize,
+    dst: usize,
+) {
     let tid = ctx.thread_rank() as usize;
     let chunks = (sizes.row - 4) / 4;
     let mut e = tid;
@@ -148,7 +156,15 @@ fn copy_key_tile<C: ThreadCtx>(ctx: &C, qkv: Global<'_, f32>, sizes: &Sizes, til
     let base = key_base(tile % 2, sizes.row);
     let first = tile * KEY_ROWS;
     copy_rows(ctx, qkv, sizes, sizes.d_model, first, KEY_ROWS, base);
-    copy_rows(ctx, qkv, sizes, 2 * sizes.d_model, first, KEY_ROWS, base + KEY_ROWS * sizes.row);
+    copy_rows(
+        ctx,
+        qkv,
+        sizes,
+        2 * sizes.d_model,
+        first,
+        KEY_ROWS,
+        base + KEY_ROWS * sizes.row,
+    );
 }
 
 /// A TF32 operand and, in 3xTF32, the TF32 rounding of what it leaves out (`x = big + small`).
@@ -163,7 +179,12 @@ fn split<C: ThreadCtx, const MODE: u32>(ctx: &C, x: f32) -> (u32, u32) {
 /// products first, so they are not lost against the big one.
 #[track_caller]
 #[inline(always)]
-fn mma_tf32<C: ThreadCtx, const MODE: u32>(ctx: &C, a: ([u32; 4], [u32; 4]), b: ([u32; 2], [u32; 2]), c: [f32; 4]) -> [f32; 4] {
+fn mma_tf32<C: ThreadCtx, const MODE: u32>(
+    ctx: &C,
+    a: ([u32; 4], [u32; 4]),
+    b: ([u32; 2], [u32; 2]),
+    c: [f32; 4],
+) -> [f32; 4] {
     let mut c = c;
     if MODE == TF32X3 {
         c = ctx.mma_tf32_m16n8k8(a.1, b.0, c);
