@@ -29,7 +29,7 @@ fn budget(precision: Precision) -> f32 {
     match precision {
         // Measured 5.5e-7 over the tile-edge cases: FP32 level (the exact kernel: 5.4e-7).
         Precision::Tf32x3 => 2e-6,
-        // Measured 4.9e-4: q, k, p and v rounded to TF32 (2^-11 relative each).
+        // Measured 5.3e-4: q, k, p and v rounded to TF32 (2^-11 relative each).
         Precision::Tf32 => 2e-3,
         // Measured 3.9e-3: rounded to BF16 (2^-8 relative each).
         Precision::Bf16 => 1.5e-2,
@@ -95,7 +95,7 @@ fn tensor_core_attention_matches_the_reference_at_the_tile_edges() {
     for precision in FAST {
         let worst = Cell::new(0.0f32);
         for head_dim in [1, 72, 127, 128] {
-            for tokens in [1, 31, 33, 64, 65] {
+            for tokens in [1, 31, 32, 33, 63, 64, 65, 97] {
                 let (batch, heads) = (2, 2);
                 let seed = (head_dim * 1000 + tokens) as u64;
                 let qkv = matrix(seed, batch * tokens, 3 * heads * head_dim, 1.5);
