@@ -558,8 +558,8 @@ pub fn gemm_splitk_gated_residual<D: Device>(
     launch(dev, gemm_tiled::gemm_splitk_reduce_dims(m, n), args)
 }
 
-/// The arithmetic of the big GEMMs (the token-wise linear layers): the exact FP32 kernels, or
-/// tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
+/// The arithmetic of the big GEMMs (the token-wise linear layers) and of the attention: the
+/// exact FP32 kernels, or tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// FP32 with an exact CPU model: the GPU equals the simulator bit for bit.
