@@ -9,7 +9,7 @@
 //! key loop. The block stages its query tile once, then walks the keys in tiles of 32 through
 //! two shared-memory buffers filled by `cp.async`: while the warps work on tile t, the copies of
 //! tile t + 1 are in flight, and one wait and one barrier per tile suffice. All of it in dynamic
-//! shared memory (rows padded, see below): 64.5 KiB for DiT's head dimension 72, 99 KiB for 128.
+//! shared memory (rows padded, see below): 63 KiB for DiT's head dimension 72, 99 KiB for 128.
 //!
 //! Per key tile, a warp
 //! * scores `S (16 x 32) = Q K^T` as four n8 tiles, the reduction over the head dimension
