@@ -149,11 +149,13 @@ fn confidence<C: ThreadCtx>(
     warp_sum(ctx, dot).max(0.0)
 }
 
-/// The simulated MLP outputs `out` (B N, D) of every token from the cache (`order` + 1 slots read,
-/// `stored` of them held), the cluster `labels` (B N), the `proxies` (B K) and the proxies'
-/// residuals of [`proxy_residuals`]; `solver` is [`SOLVER_TAYLOR`] (IE for order 1, IT above) or
-/// [`SOLVER_BDF2`] (order 1). The proxies' own rows are overwritten afterwards by
-/// `gather::scatter_rows` with their fresh outputs.
+/// The MLP outputs `out` (B N, D) of every token: a proxy's row is its fresh output (`fresh`,
+/// B K rows; where several clusters of a batch row name the same token, the last one's, as
+/// `gather::scatter_rows` writes them), every other row is simulated from the cache (`order` + 1
+/// slots read, `stored` of them held), the cluster `labels` (B N), the `proxies` (B K) and the
+/// proxies' residuals of [`proxy_residuals`]; `solver` is [`SOLVER_TAYLOR`] (IE for order 1, IT
+/// above) or [`SOLVER_BDF2`] (order 1). Writing the proxies' rows here instead of scattering them
+/// afterwards saves a launch per block and gives the same values (a copy either way).
 ///
 /// Mapping: one warp per token row; lanes stride over the D features; each order's confidence is
 /// two shuffle reductions (norms, then the normalised dot), and every lane updates the features
@@ -164,6 +166,7 @@ pub fn pdds_update<C: ThreadCtx>(
     labels: Global<'_, u32>,
     proxies: Global<'_, u32>,
     residuals: Global<'_, f32>,
+    fresh: Global<'_, f32>,
     out: GlobalMut<'_, f32>,
     batch: u32,
     tokens: u32,
@@ -180,6 +183,22 @@ pub fn pdds_update<C: ThreadCtx>(
         return;
     }
     let (lane, step) = (ctx.lane_id() as usize, WARP_SIZE as usize);
+    // A proxy's row: its fresh output (the last cluster naming the token wins).
+    let (b, token) = (row / n, (row % n) as u32);
+    let mut proxy_slot = None;
+    for c in 0..k {
+        if ctx.load(proxies, b * k + c) == token {
+            proxy_slot = Some(b * k + c);
+        }
+    }
+    if let Some(from) = proxy_slot {
+        let mut d = lane;
+        while d < d_len {
+            ctx.store(out, row * d_len + d, ctx.load(fresh, from * d_len + d));
+            d += step;
+        }
+        return;
+    }
     let len = batch as usize * n * d_len;
     let slot = (row / n) * k + ctx.load(labels, row) as usize;
     let proxy_row = (row / n) * n + ctx.load(proxies, slot) as usize;

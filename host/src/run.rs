@@ -303,6 +303,7 @@ pub fn run_on_device<D: Device>(
     let options = SampleOptions {
         replay,
         record_clusterings: false,
+        ..Default::default()
     };
     let start = Instant::now();
     let output = pipeline.sample(x.view(), &labels, scale, &job.sampler, method, options, progress)?;

@@ -1009,7 +1009,8 @@ pub fn taylor_predict<D: Device>(
     launch(dev, taylor::taylor_dims(len), args)
 }
 
-/// `x += gate * prediction` for token rows (rows, D).
+/// `x += gate * prediction` for token rows (rows, D), the prediction's coefficients read from
+/// `coef` (the values of `TaylorCoefficients::to_values`).
 pub fn taylor_predict_gated_add<D: Device>(
     dev: &mut D,
     x: Slice<f32>,
@@ -1021,11 +1022,19 @@ pub fn taylor_predict_gated_add<D: Device>(
     gate_stride: usize,
     gate_offset: usize,
     stored: usize,
-    coef: TaylorCoefficients,
+    coef: Slice<f32>,
 ) -> Result<(), DeviceError> {
     let k = Kernel::TaylorPredictGatedAdd;
     if rows == 0 || hidden == 0 {
         return Ok(());
+    }
+    if coef.len != taylor::TAYLOR_COEFFICIENT_VALUES {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}`: coef holds {} values, the coefficients are {}",
+            k.name(),
+            coef.len,
+            taylor::TAYLOR_COEFFICIENT_VALUES
+        )));
     }
     let total = size(k, "total", rows * hidden)?;
     let args = args::TaylorPredictGatedAdd {
@@ -1452,13 +1461,15 @@ pub fn pdds_proxy_residuals<D: Device>(
     launch(dev, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
 }
 
-/// The implicit update of every token row; `bdf2` selects BDF2, else IE / IT of `order`.
+/// Every token row's MLP output: the proxies' `fresh` rows, the implicit update of the others;
+/// `bdf2` selects BDF2, else IE / IT of `order`.
 pub fn pdds_update<D: Device>(
     dev: &mut D,
     cache: Slice<f32>,
     labels: Slice<u32>,
     proxies: Slice<u32>,
     residuals: Slice<f32>,
+    fresh: Slice<f32>,
     out: Slice<f32>,
     batch: usize,
     tokens: usize,
@@ -1479,6 +1490,7 @@ pub fn pdds_update<D: Device>(
         labels,
         proxies,
         residuals,
+        fresh,
         out,
         batch: size(k, "batch", batch)?,
         tokens: size(k, "tokens", tokens)?,
