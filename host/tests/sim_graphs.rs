@@ -255,3 +255,16 @@ fn sparse_steps_replayed_as_graphs_give_the_direct_runs_bits_for_every_method() 
         }
     }
 }
+
+#[test]
+fn graph_modes_parse_by_name_and_a_bad_one_is_named() {
+    assert_eq!(GraphMode::parse("off").unwrap(), GraphMode::Off);
+    assert_eq!(GraphMode::parse("on").unwrap(), GraphMode::On);
+    assert_eq!(GraphMode::parse("checked").unwrap(), GraphMode::Checked);
+    assert_eq!(GraphMode::parse("auto").unwrap(), GraphMode::Auto);
+    let error = GraphMode::parse("sometimes").unwrap_err().to_string();
+    assert!(
+        error.contains("RESCA_GRAPHS=sometimes") && error.contains("auto, off, on, checked"),
+        "{error}"
+    );
+}

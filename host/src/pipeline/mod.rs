@@ -70,6 +70,34 @@ pub enum GraphMode {
     Checked,
 }
 
+impl GraphMode {
+    /// The environment variable that sets the mode of the command line's runs.
+    pub const ENV: &'static str = "RESCA_GRAPHS";
+
+    /// `auto`, `off`, `on` or `checked`.
+    pub fn parse(name: &str) -> Result<Self, PipelineError> {
+        match name {
+            "auto" => Ok(GraphMode::Auto),
+            "off" => Ok(GraphMode::Off),
+            "on" => Ok(GraphMode::On),
+            "checked" => Ok(GraphMode::Checked),
+            _ => Err(PipelineError::Unsupported(format!(
+                "{}={name}: not a graph mode (auto, off, on, checked)",
+                Self::ENV
+            ))),
+        }
+    }
+
+    /// The mode [`GraphMode::ENV`] names, `Auto` where it is not set (`off` launches every
+    /// kernel directly, and times the sparse steps' simulated denoising).
+    pub fn from_env() -> Result<Self, PipelineError> {
+        match std::env::var(Self::ENV) {
+            Ok(name) => Self::parse(&name),
+            Err(_) => Ok(GraphMode::Auto),
+        }
+    }
+}
+
 /// A sparse step's graph and the host state it was captured in and left behind.
 struct SparseStepGraph {
     /// [`CachingEngine::sparse_step_key`] before the capture.
