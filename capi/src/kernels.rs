@@ -1212,7 +1212,8 @@ pub fn rule(kernel: Kernel) -> Rule {
                     pdds::PDDS_ROWS_PER_BLOCK * WARP_SIZE
                 )
             },
-            lengths: "out ≥ batch tokens hidden, labels ≥ batch tokens, proxies ≥ batch clusters, fresh ≥ batch \
+            lengths: "out ≥ batch tokens hidden, x ≥ batch tokens hidden, gate ≥ (batch - 1) gate_stride + \
+                      gate_offset + hidden, labels ≥ batch tokens, proxies ≥ batch clusters, fresh ≥ batch \
                       clusters hidden, residuals ≥ order \
                       batch clusters hidden (BDF2: batch clusters hidden), cache ≥ min(order + 1, stored) batch \
                       tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2)",
@@ -1224,6 +1225,10 @@ pub fn rule(kernel: Kernel) -> Rule {
                 p.need("labels", product(&[batch, tokens]), "batch tokens")?;
                 p.need("proxies", product(&[batch, clusters]), "batch clusters")?;
                 p.need("fresh", product(&[batch, clusters, hidden]), "batch clusters hidden")?;
+                p.need("x", product(&[batch, tokens, hidden]), "batch tokens hidden")?;
+                let (stride, offset) = (p.u("gate_stride"), p.u("gate_offset"));
+                let gate = p.per_sample(batch.saturating_mul(tokens), tokens, stride, offset, hidden);
+                p.need("gate", gate, "(batch - 1) gate_stride + gate_offset + hidden")?;
                 let (residual_slots, cache_slots) = if bdf2 {
                     (1, stored.min(2))
                 } else {
@@ -1235,8 +1240,10 @@ pub fn rule(kernel: Kernel) -> Rule {
                 p.need("cache", cache, "min(order + 1, stored) batch tokens hidden")?;
                 let (c, labels, proxies) = (p.all("cache"), p.all("labels"), p.all("proxies"));
                 let (r, fresh, out) = (p.all("residuals"), p.all("fresh"), p.all("out"));
+                let (x, gate) = (p.all("x"), p.all("gate"));
                 launch::pdds_update(
-                    dev, c, labels, proxies, r, fresh, out, batch, tokens, clusters, hidden, order, stored, sign, bdf2,
+                    dev, c, labels, proxies, r, fresh, out, x, gate, batch, tokens, clusters, hidden, order, stored,
+                    sign, bdf2, stride, offset,
                 )
             },
         },

@@ -453,6 +453,9 @@ fn check_pdds(
         up(dev, &fresh),
     );
     let (residuals, out) = (zeros(dev, order * batch * k * d), zeros(dev, len));
+    // The gated residual add after the update: x += gate * out, gates at offset d of (batch, 3d).
+    let (x0, gates) = (values(seed ^ 10, len, 1.0), values(seed ^ 12, batch * 3 * d, 1.0));
+    let (xi, gi) = (up(dev, &x0), up(dev, &gates));
     launch::pdds_proxy_residuals(dev, fi, ci, pi, residuals, batch, n, k, d, order, stored, sign).unwrap();
     let proxy_residuals = down(dev, residuals);
     launch::pdds_update(
@@ -463,6 +466,8 @@ fn check_pdds(
         residuals,
         fi,
         out,
+        xi,
+        gi,
         batch,
         n,
         k,
@@ -471,9 +476,20 @@ fn check_pdds(
         stored,
         sign,
         solver == Solver::Bdf2,
+        3 * d,
+        d,
     )
     .unwrap();
     let ours = down(dev, out);
+    // `residual::gated_add`'s operations on the output: the same bits.
+    let expected_x: Vec<u32> = (0..len)
+        .map(|i| (x0[i] + gates[(i / (n * d)) * 3 * d + d + i % d] * ours[i]).to_bits())
+        .collect();
+    let x_bits: Vec<u32> = down(dev, xi).iter().map(|v| v.to_bits()).collect();
+    prop_assert!(
+        x_bits == expected_x,
+        "pdds_update's gated add differs from x + gate * out"
+    );
     // The proxies' rows written by pdds_update are those scatter_rows writes (the last cluster
     // naming a token wins): scattering again changes no bit.
     launch::scatter_rows(dev, fi, pi, out, batch, n, k, d).unwrap();

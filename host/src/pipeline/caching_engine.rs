@@ -620,6 +620,8 @@ impl CachingEngine {
             residuals.all(),
             fresh.all(),
             simulated.all(),
+            x,
+            modulation,
             self.rows,
             n,
             k,
@@ -628,10 +630,11 @@ impl CachingEngine {
             stored,
             self.sign,
             solver == Solver::Bdf2,
+            6 * d,
+            5 * d,
         )?;
         self.store(dev, l, Branch::Mlp, simulated.all())?;
         self.end_sparse_span(dev, started)?;
-        launch::gated_add(dev, x, simulated.all(), modulation, self.rows * n, d, n, 6 * d, 5 * d)?;
         Ok(())
     }
 

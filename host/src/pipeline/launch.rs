@@ -1461,8 +1461,9 @@ pub fn pdds_proxy_residuals<D: Device>(
     launch(dev, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
 }
 
-/// Every token row's MLP output: the proxies' `fresh` rows, the implicit update of the others;
-/// `bdf2` selects BDF2, else IE / IT of `order`.
+/// Every token row's MLP output `out`: the proxies' `fresh` rows, the implicit update of the
+/// others (`bdf2` selects BDF2, else IE / IT of `order`); then `x += gate * out`, each row gated
+/// by its sample's gate at `gate_offset` of a `gate_stride`-wide modulation row.
 pub fn pdds_update<D: Device>(
     dev: &mut D,
     cache: Slice<f32>,
@@ -1471,6 +1472,8 @@ pub fn pdds_update<D: Device>(
     residuals: Slice<f32>,
     fresh: Slice<f32>,
     out: Slice<f32>,
+    x: Slice<f32>,
+    gate: Slice<f32>,
     batch: usize,
     tokens: usize,
     clusters: usize,
@@ -1479,6 +1482,8 @@ pub fn pdds_update<D: Device>(
     stored: usize,
     sign: f32,
     bdf2: bool,
+    gate_stride: usize,
+    gate_offset: usize,
 ) -> Result<(), DeviceError> {
     let k = Kernel::PddsUpdate;
     let rows = batch * tokens;
@@ -1492,6 +1497,8 @@ pub fn pdds_update<D: Device>(
         residuals,
         fresh,
         out,
+        x,
+        gate,
         batch: size(k, "batch", batch)?,
         tokens: size(k, "tokens", tokens)?,
         clusters: size(k, "clusters", clusters)?,
@@ -1500,6 +1507,8 @@ pub fn pdds_update<D: Device>(
         stored: size(k, "stored", stored)?,
         sign,
         solver: if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR },
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
     };
     launch(dev, pdds::pdds_update_dims(size(k, "rows", rows)?), args)
 }
