@@ -861,6 +861,33 @@ pub fn rule(kernel: Kernel) -> Rule {
                 launch::attention(dev, p.all("qkv"), p.all("out"), batch, tokens, heads, head_dim)
             },
         },
+        K::FlashAttentionTf32 | K::FlashAttentionTf32X3 | K::FlashAttentionBf16 => Rule {
+            geometry: || {
+                format!(
+                    "`attention_tc_dims(batch, tokens, heads, head_dim)`, batch = qkv.len / (3 tokens heads head_dim): \
+                     grid (⌈tokens/{}⌉, heads, batch), block ({}), dynamic shared memory \
+                     `attention_tc_shared_bytes(head_dim)` (at most {} bytes)",
+                    resca_gpu_kernels::attention_tc::ATTN_TC_QUERY_TILE,
+                    resca_gpu_kernels::attention_tc::ATTN_TC_WARPS * WARP_SIZE,
+                    resca_gpu_kernels::attention_tc::ATTN_TC_MAX_SHARED_BYTES
+                )
+            },
+            lengths: "qkv = batch 3 tokens heads head_dim, out ≥ batch tokens heads head_dim; head_dim ≤ 128; \
+                      scale = 1/√head_dim (f32)",
+            plan: |dev, p| {
+                let (tokens, heads, head_dim) = (p.u("tokens"), p.u("heads"), p.u("head_dim"));
+                let batch = p.count("qkv", product(&[3, tokens, heads, head_dim]), "3 tokens heads head_dim")?;
+                let out = product(&[batch, tokens, heads, head_dim]);
+                p.need("out", out, "batch tokens heads head_dim")?;
+                let precision = match p.kernel() {
+                    K::FlashAttentionTf32 => Precision::Tf32,
+                    K::FlashAttentionTf32X3 => Precision::Tf32x3,
+                    _ => Precision::Bf16,
+                };
+                let (qkv, out) = (p.all("qkv"), p.all("out"));
+                launch::attention_tc(dev, precision, qkv, out, batch, tokens, heads, head_dim)
+            },
+        },
         K::Unpatchify => Rule {
             geometry: || {
                 threads_1d(
@@ -957,14 +984,17 @@ pub fn rule(kernel: Kernel) -> Rule {
         K::TaylorPredictGatedAdd => Rule {
             geometry: || threads_1d("taylor_dims(rows hidden)", taylor::TAYLOR_THREADS),
             lengths: "x ≥ rows hidden, factors ≥ clamp(stored, 1, 5) rows hidden, gate ≥ ((rows - 1)/tokens) \
-                      gate_stride + gate_offset + hidden; tokens ≥ 1",
+                      gate_stride + gate_offset + hidden, coef = 8 (the fields of TaylorCoefficients in order); \
+                      tokens ≥ 1",
             plan: |dev, p| {
                 let (rows, hidden, stored) = (p.u("rows"), p.u("hidden"), p.u("stored"));
                 let (tokens, stride, offset) = p.gate((rows, "rows"), (hidden, "hidden"))?;
                 p.need("x", product(&[rows, hidden]), "rows hidden")?;
                 let factors = product(&[stored.clamp(1, 5), rows, hidden]);
                 p.need("factors", factors, "clamp(stored, 1, 5) rows hidden")?;
-                let (x, f, g, coef) = (p.all("x"), p.all("factors"), p.all("gate"), p.taylor("coef"));
+                p.need("coef", taylor::TAYLOR_COEFFICIENT_VALUES as u128, "8")?;
+                let coef = p.first("coef", taylor::TAYLOR_COEFFICIENT_VALUES);
+                let (x, f, g) = (p.all("x"), p.all("factors"), p.all("gate"));
                 launch::taylor_predict_gated_add(dev, x, f, g, rows, hidden, tokens, stride, offset, stored, coef)
             },
         },
@@ -1207,7 +1237,9 @@ pub fn rule(kernel: Kernel) -> Rule {
                     pdds::PDDS_ROWS_PER_BLOCK * WARP_SIZE
                 )
             },
-            lengths: "out ≥ batch tokens hidden, labels ≥ batch tokens, proxies ≥ batch clusters, residuals ≥ order \
+            lengths: "out ≥ batch tokens hidden, x ≥ batch tokens hidden, gate ≥ (batch - 1) gate_stride + \
+                      gate_offset + hidden, labels ≥ batch tokens, proxies ≥ batch clusters, fresh ≥ batch \
+                      clusters hidden, residuals ≥ order \
                       batch clusters hidden (BDF2: batch clusters hidden), cache ≥ min(order + 1, stored) batch \
                       tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2)",
             plan: |dev, p| {
@@ -1217,6 +1249,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                 p.need("out", product(&[batch, tokens, hidden]), "batch tokens hidden")?;
                 p.need("labels", product(&[batch, tokens]), "batch tokens")?;
                 p.need("proxies", product(&[batch, clusters]), "batch clusters")?;
+                p.need("fresh", product(&[batch, clusters, hidden]), "batch clusters hidden")?;
+                p.need("x", product(&[batch, tokens, hidden]), "batch tokens hidden")?;
+                let (stride, offset) = (p.u("gate_stride"), p.u("gate_offset"));
+                let gate = p.per_sample(batch.saturating_mul(tokens), tokens, stride, offset, hidden);
+                p.need("gate", gate, "(batch - 1) gate_stride + gate_offset + hidden")?;
                 let (residual_slots, cache_slots) = if bdf2 {
                     (1, stored.min(2))
                 } else {
@@ -1227,9 +1264,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                 let cache = product(&[cache_slots, batch, tokens, hidden]);
                 p.need("cache", cache, "min(order + 1, stored) batch tokens hidden")?;
                 let (c, labels, proxies) = (p.all("cache"), p.all("labels"), p.all("proxies"));
-                let (r, out) = (p.all("residuals"), p.all("out"));
+                let (r, fresh, out) = (p.all("residuals"), p.all("fresh"), p.all("out"));
+                let (x, gate) = (p.all("x"), p.all("gate"));
                 launch::pdds_update(
-                    dev, c, labels, proxies, r, out, batch, tokens, clusters, hidden, order, stored, sign, bdf2,
+                    dev, c, labels, proxies, r, fresh, out, x, gate, batch, tokens, clusters, hidden, order, stored,
+                    sign, bdf2, stride, offset,
                 )
             },
         },

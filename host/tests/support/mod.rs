@@ -203,10 +203,42 @@ pub fn drive<D: Device>(dev: D, model: &Dit) -> (D, Vec<SampleOutput>) {
         power4: 16.0,
     };
     launch::taylor_predict(dev, factors.all(), out.all(), 777, 3, coef).unwrap();
+    // The scatter of fresh rows (pdds_update writes the proxies' rows itself): 2 rows of 3
+    // tokens, 2 indices each, 5 features.
+    let rows = dev.upload_new(&values(14, 2 * 2 * 5)).unwrap();
+    let indices = dev.upload_new(&[2u32, 0, 1, 1]).unwrap();
+    launch::scatter_rows(dev, rows.all(), indices.all(), out.range(0, 2 * 3 * 5), 2, 3, 2, 5).unwrap();
+    dev.free(rows.id()).unwrap();
+    dev.free(indices.id()).unwrap();
     dev.free(factors.id()).unwrap();
     dev.free(out.id()).unwrap();
     gemms_the_shapes_do_not_choose(dev, &c);
+    attention_on_tensor_cores(dev, &c);
     (pipeline.dev, outputs)
+}
+
+/// The tensor-core attention kernels of the fast precisions (the workload's pipeline runs the
+/// exact ones), each once on a batch of 2 with the model's tokens and heads.
+fn attention_on_tensor_cores<D: Device>(dev: &mut D, c: &DitConfig) {
+    use launch::Precision;
+    let (batch, tokens, d) = (2, c.tokens(), c.hidden_size);
+    let qkv = dev.upload_new(&values(18, batch * tokens * 3 * d)).unwrap();
+    let out = dev.alloc::<f32>(batch * tokens * d).unwrap();
+    for precision in [Precision::Tf32, Precision::Tf32x3, Precision::Bf16] {
+        launch::attention_tc(
+            dev,
+            precision,
+            qkv.all(),
+            out.all(),
+            batch,
+            tokens,
+            c.num_heads,
+            c.head_dim(),
+        )
+        .unwrap();
+    }
+    dev.free(qkv.id()).unwrap();
+    dev.free(out.id()).unwrap();
 }
 
 /// The seed the property tests draw their cases from unless `PROPTEST_RNG_SEED` says otherwise:
