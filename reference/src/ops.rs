@@ -302,13 +302,33 @@ pub fn attention_into(qkv: ArrayView2<f32>, heads: usize, mut out: ArrayViewMut2
     }
 }
 
+/// The largest value of a slice (NaNs ignored; -inf if there is none): the value of
+/// `fold(NEG_INFINITY, f32::max)`, from 16 independent running maxima. (One running maximum is
+/// a chain of dependent `max` instructions, 4 cycles a value: it was most of the softmax's time,
+/// 1.8% of XL/2's forward on an Intel Xeon.) The maximum of a set does not depend on the order
+/// it is taken in; where the largest value is zero, its sign may differ, which leaves every
+/// `exp(v - max)` unchanged.
+pub fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = values.chunks_exact(lanes.len());
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
+        }
+    }
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
 /// Row-wise softmax, in place, with the row maximum subtracted first for stability.
 pub fn softmax_rows_in_place(mut x: ArrayViewMut2<f32>) {
     for mut row in x.rows_mut() {
-        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         match row.as_slice_mut() {
-            Some(values) => exp_shifted_slice(values, max),
-            None => row.mapv_inplace(|v| exp_f32(v - max)),
+            Some(values) => exp_shifted_slice(values, max_of(values)),
+            None => {
+                let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                row.mapv_inplace(|v| exp_f32(v - max));
+            }
         }
         let inverse = 1.0 / row.sum();
         row.mapv_inplace(|v| v * inverse);
@@ -559,6 +579,27 @@ mod tests {
             assert_eq!(gelu[i].to_bits(), gelu_tanh(x).to_bits(), "gelu at {x}");
             assert_eq!(exp[i].to_bits(), exp_f32(x - 1.5).to_bits(), "exp at {x}");
         }
+    }
+
+    #[test]
+    fn max_of_is_the_sequential_maximum() {
+        let sequential = |values: &[f32]| values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for len in [0usize, 1, 15, 16, 17, 33, 256, 300] {
+            let mut values: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3).collect();
+            assert_eq!(max_of(&values).to_bits(), sequential(&values).to_bits(), "{len} values");
+            if len > 3 {
+                // NaNs are ignored by both; an infinity wins; all NaN gives -inf.
+                values[len / 2] = f32::NAN;
+                values[len - 1] = f32::NAN;
+                assert_eq!(max_of(&values), sequential(&values), "{len} values with NaNs");
+                values[1] = f32::INFINITY;
+                assert_eq!(max_of(&values), f32::INFINITY);
+                values.iter_mut().for_each(|v| *v = f32::NAN);
+                assert_eq!(max_of(&values), f32::NEG_INFINITY);
+            }
+        }
+        // A largest value of zero: equal, whatever its sign.
+        assert_eq!(max_of(&[-0.0, -1.0, 0.0, -2.0]), 0.0);
     }
 
     #[test]
