@@ -740,7 +740,7 @@ impl PanelVariant {
     /// first of the widest instruction set this CPU runs (the 12 x 16 AVX-512 tile, else the 6 x
     /// 16 AVX2 tile, else portable code). On a 2-core Intel Xeon (family 6 model 167) the 14 x
     /// 32 tile ran XL/2's and B/2's products at 32 to 512 rows 15-47% faster than the 12 x 16
-    /// tile, and at least as fast as the other variants (one core, CPU time, alternated).
+    /// tile, and within 2% of the fastest variant on each (one core, CPU time, alternated).
     pub fn built_in() -> PanelVariant {
         static BUILT_IN: OnceLock<PanelVariant> = OnceLock::new();
         *BUILT_IN.get_or_init(|| {
