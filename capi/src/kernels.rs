@@ -956,7 +956,8 @@ pub fn rule(kernel: Kernel) -> Rule {
         K::TaylorPredictGatedAdd => Rule {
             geometry: || threads_1d("taylor_dims(rows hidden)", taylor::TAYLOR_THREADS),
             lengths: "x ≥ rows hidden, factors ≥ clamp(stored, 1, 5) rows hidden, gate ≥ ((rows - 1)/tokens) \
-                      gate_stride + gate_offset + hidden; tokens ≥ 1",
+                      gate_stride + gate_offset + hidden, coef = 8 (the fields of TaylorCoefficients in order); \
+                      tokens ≥ 1",
             plan: |dev, p| {
                 let (rows, hidden, stored) = (p.u("rows"), p.u("hidden"), p.u("stored"));
                 let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
@@ -966,7 +967,9 @@ pub fn rule(kernel: Kernel) -> Rule {
                 p.need("factors", factors, "clamp(stored, 1, 5) rows hidden")?;
                 let gate = p.per_sample(rows, tokens, stride, offset, hidden);
                 p.need("gate", gate, "((rows - 1)/tokens) gate_stride + gate_offset + hidden")?;
-                let (x, f, g, coef) = (p.all("x"), p.all("factors"), p.all("gate"), p.taylor("coef"));
+                p.need("coef", taylor::TAYLOR_COEFFICIENT_VALUES as u128, "8")?;
+                let coef = p.first("coef", taylor::TAYLOR_COEFFICIENT_VALUES);
+                let (x, f, g) = (p.all("x"), p.all("factors"), p.all("gate"));
                 launch::taylor_predict_gated_add(dev, x, f, g, rows, hidden, tokens, stride, offset, stored, coef)
             },
         },
@@ -1209,7 +1212,9 @@ pub fn rule(kernel: Kernel) -> Rule {
                     pdds::PDDS_ROWS_PER_BLOCK * WARP_SIZE
                 )
             },
-            lengths: "out ≥ batch tokens hidden, labels ≥ batch tokens, proxies ≥ batch clusters, residuals ≥ order \
+            lengths: "out ≥ batch tokens hidden, x ≥ batch tokens hidden, gate ≥ (batch - 1) gate_stride + \
+                      gate_offset + hidden, labels ≥ batch tokens, proxies ≥ batch clusters, fresh ≥ batch \
+                      clusters hidden, residuals ≥ order \
                       batch clusters hidden (BDF2: batch clusters hidden), cache ≥ min(order + 1, stored) batch \
                       tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2)",
             plan: |dev, p| {
@@ -1219,6 +1224,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                 p.need("out", product(&[batch, tokens, hidden]), "batch tokens hidden")?;
                 p.need("labels", product(&[batch, tokens]), "batch tokens")?;
                 p.need("proxies", product(&[batch, clusters]), "batch clusters")?;
+                p.need("fresh", product(&[batch, clusters, hidden]), "batch clusters hidden")?;
+                p.need("x", product(&[batch, tokens, hidden]), "batch tokens hidden")?;
+                let (stride, offset) = (p.u("gate_stride"), p.u("gate_offset"));
+                let gate = p.per_sample(batch.saturating_mul(tokens), tokens, stride, offset, hidden);
+                p.need("gate", gate, "(batch - 1) gate_stride + gate_offset + hidden")?;
                 let (residual_slots, cache_slots) = if bdf2 {
                     (1, stored.min(2))
                 } else {
@@ -1229,9 +1239,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                 let cache = product(&[cache_slots, batch, tokens, hidden]);
                 p.need("cache", cache, "min(order + 1, stored) batch tokens hidden")?;
                 let (c, labels, proxies) = (p.all("cache"), p.all("labels"), p.all("proxies"));
-                let (r, out) = (p.all("residuals"), p.all("out"));
+                let (r, fresh, out) = (p.all("residuals"), p.all("fresh"), p.all("out"));
+                let (x, gate) = (p.all("x"), p.all("gate"));
                 launch::pdds_update(
-                    dev, c, labels, proxies, r, out, batch, tokens, clusters, hidden, order, stored, sign, bdf2,
+                    dev, c, labels, proxies, r, fresh, out, x, gate, batch, tokens, clusters, hidden, order, stored,
+                    sign, bdf2, stride, offset,
                 )
             },
         },

@@ -246,7 +246,7 @@ macro_rules! kernel_table {
             TaylorPredictGatedAdd = taylor_predict_gated_add(
                 x: GlobalMut<f32>, factors: Global<f32>, gate: Global<f32>,
                 rows: u32, hidden: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
-                stored: u32, coef: TaylorCoefficients,
+                stored: u32, coef: Global<f32>,
             ) => taylor::taylor_predict_gated_add;
             /// `out[r] = x[r] / max(|x[r]|, 1e-6)`.
             RowNormalize = row_normalize(x: Global<f32>, out: GlobalMut<f32>, rows: u32, dim: u32)
@@ -315,11 +315,13 @@ macro_rules! kernel_table {
                 fresh: Global<f32>, cache: Global<f32>, proxies: Global<u32>, residuals: GlobalMut<f32>,
                 batch: u32, tokens: u32, clusters: u32, hidden: u32, order: u32, stored: u32, sign: f32,
             ) => pdds::proxy_residuals;
-            /// The implicit update (IE / IT / BDF2) of every token row.
+            /// The proxies' fresh rows and the implicit update (IE / IT / BDF2) of every other row,
+            /// then `x += gate * out`.
             PddsUpdate = pdds_update(
                 cache: Global<f32>, labels: Global<u32>, proxies: Global<u32>, residuals: Global<f32>,
-                out: GlobalMut<f32>, batch: u32, tokens: u32, clusters: u32, hidden: u32,
-                order: u32, stored: u32, sign: f32, solver: u32,
+                fresh: Global<f32>, out: GlobalMut<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                batch: u32, tokens: u32, clusters: u32, hidden: u32,
+                order: u32, stored: u32, sign: f32, solver: u32, gate_stride: u32, gate_offset: u32,
             ) => pdds::pdds_update;
         }
     };

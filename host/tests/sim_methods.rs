@@ -77,6 +77,7 @@ fn run_on<D: TestDevice>(
     let options = SampleOptions {
         replay,
         record_clusterings: true,
+        ..Default::default()
     };
     pipeline
         .sample(x.view(), &y, Some(1.5), sampler, method, options, &mut |_, _| {})

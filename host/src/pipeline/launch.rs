@@ -1009,7 +1009,8 @@ pub fn taylor_predict<D: Device>(
     launch(dev, taylor::taylor_dims(len), args)
 }
 
-/// `x += gate * prediction` for token rows (rows, D).
+/// `x += gate * prediction` for token rows (rows, D), the prediction's coefficients read from
+/// `coef` (the values of `TaylorCoefficients::to_values`).
 pub fn taylor_predict_gated_add<D: Device>(
     dev: &mut D,
     x: Slice<f32>,
@@ -1021,11 +1022,19 @@ pub fn taylor_predict_gated_add<D: Device>(
     gate_stride: usize,
     gate_offset: usize,
     stored: usize,
-    coef: TaylorCoefficients,
+    coef: Slice<f32>,
 ) -> Result<(), DeviceError> {
     let k = Kernel::TaylorPredictGatedAdd;
     if rows == 0 || hidden == 0 {
         return Ok(());
+    }
+    if coef.len != taylor::TAYLOR_COEFFICIENT_VALUES {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}`: coef holds {} values, the coefficients are {}",
+            k.name(),
+            coef.len,
+            taylor::TAYLOR_COEFFICIENT_VALUES
+        )));
     }
     let total = size(k, "total", rows * hidden)?;
     let args = args::TaylorPredictGatedAdd {
@@ -1452,14 +1461,19 @@ pub fn pdds_proxy_residuals<D: Device>(
     launch(dev, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
 }
 
-/// The implicit update of every token row; `bdf2` selects BDF2, else IE / IT of `order`.
+/// Every token row's MLP output `out`: the proxies' `fresh` rows, the implicit update of the
+/// others (`bdf2` selects BDF2, else IE / IT of `order`); then `x += gate * out`, each row gated
+/// by its sample's gate at `gate_offset` of a `gate_stride`-wide modulation row.
 pub fn pdds_update<D: Device>(
     dev: &mut D,
     cache: Slice<f32>,
     labels: Slice<u32>,
     proxies: Slice<u32>,
     residuals: Slice<f32>,
+    fresh: Slice<f32>,
     out: Slice<f32>,
+    x: Slice<f32>,
+    gate: Slice<f32>,
     batch: usize,
     tokens: usize,
     clusters: usize,
@@ -1468,6 +1482,8 @@ pub fn pdds_update<D: Device>(
     stored: usize,
     sign: f32,
     bdf2: bool,
+    gate_stride: usize,
+    gate_offset: usize,
 ) -> Result<(), DeviceError> {
     let k = Kernel::PddsUpdate;
     let rows = batch * tokens;
@@ -1479,7 +1495,10 @@ pub fn pdds_update<D: Device>(
         labels,
         proxies,
         residuals,
+        fresh,
         out,
+        x,
+        gate,
         batch: size(k, "batch", batch)?,
         tokens: size(k, "tokens", tokens)?,
         clusters: size(k, "clusters", clusters)?,
@@ -1488,6 +1507,8 @@ pub fn pdds_update<D: Device>(
         stored: size(k, "stored", stored)?,
         sign,
         solver: if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR },
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
     };
     launch(dev, pdds::pdds_update_dims(size(k, "rows", rows)?), args)
 }

@@ -203,6 +203,13 @@ pub fn drive<D: Device>(dev: D, model: &Dit) -> (D, Vec<SampleOutput>) {
         power4: 16.0,
     };
     launch::taylor_predict(dev, factors.all(), out.all(), 777, 3, coef).unwrap();
+    // The scatter of fresh rows (pdds_update writes the proxies' rows itself): 2 rows of 3
+    // tokens, 2 indices each, 5 features.
+    let rows = dev.upload_new(&values(14, 2 * 2 * 5)).unwrap();
+    let indices = dev.upload_new(&[2u32, 0, 1, 1]).unwrap();
+    launch::scatter_rows(dev, rows.all(), indices.all(), out.range(0, 2 * 3 * 5), 2, 3, 2, 5).unwrap();
+    dev.free(rows.id()).unwrap();
+    dev.free(indices.id()).unwrap();
     dev.free(factors.id()).unwrap();
     dev.free(out.id()).unwrap();
     gemms_the_shapes_do_not_choose(dev, &c);
