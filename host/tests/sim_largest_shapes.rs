@@ -68,6 +68,7 @@ fn taylor_kernels_at_their_largest_order_are_the_reference() {
         let modulation = Array2::from_shape_vec((batch, 6 * d), values(50, batch * 6 * d)).unwrap();
         let x0 = values(51, len);
         let (x, m) = (up(dev, &x0), up(dev, &flat(&modulation)));
+        let coef = up(dev, &coef.to_values());
         launch::taylor_predict_gated_add(
             dev,
             x,
