@@ -857,6 +857,33 @@ pub fn rule(kernel: Kernel) -> Rule {
                 launch::attention(dev, p.all("qkv"), p.all("out"), batch, tokens, heads, head_dim)
             },
         },
+        K::FlashAttentionTf32 | K::FlashAttentionTf32X3 | K::FlashAttentionBf16 => Rule {
+            geometry: || {
+                format!(
+                    "`attention_tc_dims(batch, tokens, heads, head_dim)`, batch = qkv.len / (3 tokens heads head_dim): \
+                     grid (⌈tokens/{}⌉, heads, batch), block ({}), dynamic shared memory \
+                     `attention_tc_shared_bytes(head_dim)` (at most {} bytes)",
+                    resca_gpu_kernels::attention_tc::ATTN_TC_QUERY_TILE,
+                    resca_gpu_kernels::attention_tc::ATTN_TC_WARPS * WARP_SIZE,
+                    resca_gpu_kernels::attention_tc::ATTN_TC_MAX_SHARED_BYTES
+                )
+            },
+            lengths: "qkv = batch 3 tokens heads head_dim, out ≥ batch tokens heads head_dim; head_dim ≤ 128; \
+                      scale = 1/√head_dim (f32)",
+            plan: |dev, p| {
+                let (tokens, heads, head_dim) = (p.u("tokens"), p.u("heads"), p.u("head_dim"));
+                let batch = p.count("qkv", product(&[3, tokens, heads, head_dim]), "3 tokens heads head_dim")?;
+                let out = product(&[batch, tokens, heads, head_dim]);
+                p.need("out", out, "batch tokens heads head_dim")?;
+                let precision = match p.kernel() {
+                    K::FlashAttentionTf32 => Precision::Tf32,
+                    K::FlashAttentionTf32X3 => Precision::Tf32x3,
+                    _ => Precision::Bf16,
+                };
+                let (qkv, out) = (p.all("qkv"), p.all("out"));
+                launch::attention_tc(dev, precision, qkv, out, batch, tokens, heads, head_dim)
+            },
+        },
         K::Unpatchify => Rule {
             geometry: || {
                 threads_1d(

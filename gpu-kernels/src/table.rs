@@ -212,6 +212,18 @@ macro_rules! kernel_table {
             FlashAttention = flash_attention(
                 qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
             ) => attention::flash_attention, shared attention::ATTN_SHARED_BYTES;
+            /// Multi-head attention on TF32 tensor cores (`q k^T` and `p v` on `mma.sync`).
+            FlashAttentionTf32 = flash_attention_tf32(
+                qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
+            ) => attention_tc::flash_attention_tc::<_, { $crate::gemm_tc::TF32 }>, dynamic_shared attention_tc::ATTN_TC_MAX_SHARED_BYTES;
+            /// Multi-head attention on 3xTF32 tensor cores (FP32-level accuracy).
+            FlashAttentionTf32X3 = flash_attention_tf32x3(
+                qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
+            ) => attention_tc::flash_attention_tc::<_, { $crate::gemm_tc::TF32X3 }>, dynamic_shared attention_tc::ATTN_TC_MAX_SHARED_BYTES;
+            /// Multi-head attention on BF16 tensor cores.
+            FlashAttentionBf16 = flash_attention_bf16(
+                qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
+            ) => attention_tc::flash_attention_tc::<_, { $crate::gemm_tc::BF16 }>, dynamic_shared attention_tc::ATTN_TC_MAX_SHARED_BYTES;
             /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).
             Unpatchify = unpatchify(
                 tokens: Global<f32>, out: GlobalMut<f32>, batch: u32, out_channels: u32, side: u32, patch: u32,

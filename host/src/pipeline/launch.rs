@@ -558,8 +558,8 @@ pub fn gemm_splitk_gated_residual<D: Device>(
     launch(dev, gemm_tiled::gemm_splitk_reduce_dims(m, n), args)
 }
 
-/// The arithmetic of the big GEMMs (the token-wise linear layers): the exact FP32 kernels, or
-/// tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
+/// The arithmetic of the big GEMMs (the token-wise linear layers) and of the attention: the
+/// exact FP32 kernels, or tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// FP32 with an exact CPU model: the GPU equals the simulator bit for bit.
@@ -818,6 +818,74 @@ pub fn attention<D: Device>(
         scale,
     };
     launch(dev, attention::attention_dims(b, n, h), args)
+}
+
+/// Multi-head attention on tensor cores in a fast `precision` (`flash_attention_tf32`,
+/// `_tf32x3`, `_bf16`; docs/gpu.md, "Attention kernel"): as [`attention`].
+pub fn attention_tc<D: Device>(
+    dev: &mut D,
+    precision: Precision,
+    qkv: Slice<f32>,
+    out: Slice<f32>,
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(), DeviceError> {
+    use resca_gpu_kernels::attention_tc::{ATTN_TC_MAX_HEAD_DIM, attention_tc_dims};
+    let k = match precision {
+        Precision::Tf32 => Kernel::FlashAttentionTf32,
+        Precision::Tf32x3 => Kernel::FlashAttentionTf32X3,
+        Precision::Bf16 => Kernel::FlashAttentionBf16,
+        Precision::Exact => {
+            return Err(DeviceError::Invalid(
+                "the exact precision has no tensor-core attention (use `attention`)".to_string(),
+            ));
+        }
+    };
+    if head_dim > ATTN_TC_MAX_HEAD_DIM as usize || head_dim == 0 {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}`: head_dim {head_dim} outside 1..={ATTN_TC_MAX_HEAD_DIM}",
+            k.name()
+        )));
+    }
+    if batch == 0 || tokens == 0 || heads == 0 {
+        return Ok(());
+    }
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let (b, n, h, hd) = (
+        size(k, "batch", batch)?,
+        size(k, "tokens", tokens)?,
+        size(k, "heads", heads)?,
+        size(k, "head_dim", head_dim)?,
+    );
+    let args = args::FlashAttention {
+        qkv,
+        out,
+        tokens: n,
+        heads: h,
+        head_dim: hd,
+        scale,
+    };
+    launch_as(dev, k, attention_tc_dims(b, n, h, hd), args)
+}
+
+/// Multi-head attention in `precision`: [`attention`] (exact) or [`attention_tc`] (the fast
+/// modes, tensor cores).
+pub fn attention_in<D: Device>(
+    dev: &mut D,
+    precision: Precision,
+    qkv: Slice<f32>,
+    out: Slice<f32>,
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(), DeviceError> {
+    match precision {
+        Precision::Exact => attention(dev, qkv, out, batch, tokens, heads, head_dim),
+        _ => attention_tc(dev, precision, qkv, out, batch, tokens, heads, head_dim),
+    }
 }
 
 /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).

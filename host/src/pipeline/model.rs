@@ -636,7 +636,17 @@ pub fn forward<D: Device>(
             block
                 .qkv
                 .gemm(dev, act.normed.all(), act.qkv.all(), rows, Epilogue::Bias)?;
-            launch::attention(dev, act.qkv.all(), act.heads.all(), b, n, c.num_heads, c.head_dim())?;
+            let precision = block.qkv.precision;
+            launch::attention_in(
+                dev,
+                precision,
+                act.qkv.all(),
+                act.heads.all(),
+                b,
+                n,
+                c.num_heads,
+                c.head_dim(),
+            )?;
             match hook.as_deref_mut() {
                 Some(h) => {
                     block

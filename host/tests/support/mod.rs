@@ -213,7 +213,32 @@ pub fn drive<D: Device>(dev: D, model: &Dit) -> (D, Vec<SampleOutput>) {
     dev.free(factors.id()).unwrap();
     dev.free(out.id()).unwrap();
     gemms_the_shapes_do_not_choose(dev, &c);
+    attention_on_tensor_cores(dev, &c);
     (pipeline.dev, outputs)
+}
+
+/// The tensor-core attention kernels of the fast precisions (the workload's pipeline runs the
+/// exact ones), each once on a batch of 2 with the model's tokens and heads.
+fn attention_on_tensor_cores<D: Device>(dev: &mut D, c: &DitConfig) {
+    use launch::Precision;
+    let (batch, tokens, d) = (2, c.tokens(), c.hidden_size);
+    let qkv = dev.upload_new(&values(18, batch * tokens * 3 * d)).unwrap();
+    let out = dev.alloc::<f32>(batch * tokens * d).unwrap();
+    for precision in [Precision::Tf32, Precision::Tf32x3, Precision::Bf16] {
+        launch::attention_tc(
+            dev,
+            precision,
+            qkv.all(),
+            out.all(),
+            batch,
+            tokens,
+            c.num_heads,
+            c.head_dim(),
+        )
+        .unwrap();
+    }
+    dev.free(qkv.id()).unwrap();
+    dev.free(out.id()).unwrap();
 }
 
 #[allow(unused_imports)] // named by the docs and failure messages
