@@ -36,7 +36,7 @@ shift 2
 
 case $target in
     kernels)
-        files=(pdds tetc attention gemm gemm_tiled gemm_tc taylor norm)
+        files=(pdds tetc attention attention_tc gemm gemm_tiled gemm_tc taylor norm)
         select=()
         for f in "${files[@]}"; do select+=(--file "gpu-kernels/src/$f.rs"); done
         judge=(--test-package resca-host -C --test=mutants_judge)

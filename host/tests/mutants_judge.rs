@@ -7,6 +7,8 @@ mod support;
 
 #[path = "sim_attention.rs"]
 mod sim_attention;
+#[path = "sim_attention_tc.rs"]
+mod sim_attention_tc;
 #[path = "sim_cache_kernels.rs"]
 mod sim_cache_kernels;
 #[path = "sim_checks.rs"]
