@@ -4,8 +4,10 @@
 #      visible SKIP, and the manifest's source hash must still match the source);
 #   2. ptxas (Debian's nvidia-cuda-toolkit, fetched once and cached) accepts every kernel for
 #      sm_80 and sm_90; the register/spill table is printed; any spill on sm_90 fails;
-#      2b. the exact GEMMs with ptxas 12 + nvdisasm (PyPI wheels, scripts/sass-check.sh): no
-#      spill or local memory on sm_80 and sm_90, main loops of FFMA (no FMUL/FADD) and LDS.128;
+#      2b. the GEMMs and the tensor-core attention with ptxas 12 + nvdisasm (PyPI wheels,
+#      scripts/sass-check.sh): no spill or local memory on sm_80 and sm_90, main loops of FFMA
+#      (no FMUL/FADD) and LDS.128 in the exact GEMMs, of HMMA, LDSM and LDGSTS in the tensor-core
+#      kernels;
 #   3. the `nvvm` feature (cuda_std #[kernel] entry points) type-checks, clippy-clean;
 #   4. the `cust` feature (Rust-CUDA's host crate, links libcuda) builds and links against a stub
 #      libcuda generated from cust's own bindings, and the program fails cleanly on that stub.
@@ -50,7 +52,7 @@ else
     bash scripts/ptxas-report.sh "$ptxas" || fail "ptxas rejected a kernel or a kernel spills on sm_90"
 fi
 
-section "2b. exact GEMMs: ptxas 12 registers/spills and the SASS instruction mix"
+section "2b. GEMMs and tensor-core attention: ptxas 12 registers/spills and the SASS instruction mix"
 bash scripts/sass-check.sh
 rc=$?
 if [ "$rc" -eq 3 ]; then

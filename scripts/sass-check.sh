@@ -3,8 +3,9 @@
 # disassembles the cubins with nvdisasm and checks, for every gemm128_*, gemm64_* and
 # gemm_splitk_partial kernel (scripts/sass_mix.py): the main loop holds FFMA and no separate
 # FMUL/FADD, it reads shared memory with LDS.128, and the kernel uses no local memory; for every
-# tensor-core GEMM (gemm_tf32_*, gemm_tf32x3_*, gemm_bf16_*): the main loop holds HMMA, LDSM and
-# LDGSTS, and no local memory; ptxas reports no spill and no stack for any of them. Prints the
+# tensor-core GEMM (gemm_tf32_*, gemm_tf32x3_*, gemm_bf16_*) and tensor-core attention
+# (flash_attention_tf32, _tf32x3, _bf16): the main loop holds HMMA, LDSM and LDGSTS, and no local
+# memory; ptxas reports no spill and no stack for any of them. Prints the
 # ptxas registers/spills of those kernels.
 #
 #   scripts/sass-check.sh            # tools from $PTXAS / $NVDISASM, else the cached venv below
@@ -47,7 +48,7 @@ status=0
 for arch in sm_80 sm_90; do
     ptx="$root/gpu-kernels/ptx/resca_kernels.$arch.ptx"
     kernels=$(sed -n 's/^\.visible \.entry \(gemm128_[a-z_]*\|gemm64_[a-z_]*\|gemm_splitk_partial\)(.*/\1/p' "$ptx")
-    tensor_core_kernels=$(sed -n 's/^\.visible \.entry \(gemm_tf32[a-z0-9_]*\|gemm_bf16_[a-z_]*\)(.*/\1/p' "$ptx")
+    tensor_core_kernels=$(sed -n 's/^\.visible \.entry \(gemm_tf32[a-z0-9_]*\|gemm_bf16_[a-z_]*\|flash_attention_[a-z0-9]*\)(.*/\1/p' "$ptx")
     [ -n "$kernels" ] || {
         echo "FAIL: $arch: no exact GEMM kernels in $ptx"
         status=1

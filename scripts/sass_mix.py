@@ -77,24 +77,46 @@ def tensor_core_mix(instrs, lo, hi):
     return counts
 
 
-def check_tensor_cores(kernels, names):
+def exact_report(instrs, lo, hi):
+    """The exact GEMMs' main-loop counts and what is wrong with them."""
+    c = mix(instrs, lo, hi)
+    summary = (f"FFMA {c['FFMA']}, FMUL {c['FMUL']}, FADD {c['FADD']}, LDS.128 {c['LDS.128']}, "
+               f"LDS {c['LDS']}")
+    problems = []
+    if c["FFMA"] == 0:
+        problems.append("no FFMA")
+    if c["FMUL"] or c["FADD"]:
+        problems.append("separate FMUL/FADD")
+    if c["LDS.128"] == 0:
+        problems.append("no LDS.128")
+    return summary, problems
+
+
+def tensor_core_report(instrs, lo, hi):
+    """The tensor-core GEMMs' main-loop counts and what is wrong with them."""
+    c = tensor_core_mix(instrs, lo, hi)
+    summary = f"HMMA {c['HMMA']}, LDSM {c['LDSM']}, LDGSTS {c['LDGSTS']}"
+    return summary, [f"no {op}" for op, count in c.items() if count == 0]
+
+
+def check(kernels, listing, names, loop_counts, key, report):
+    """Finds each kernel's main loop (the loop with the most `key` instructions by `loop_counts`),
+    prints its `report` and the kernel's local memory operations; 1 if any kernel fails."""
     status = 0
     for name in names:
         if name not in kernels:
-            print(f"FAIL: {name}: not in the listing")
+            print(f"FAIL: {name}: not in {listing}")
             status = 1
             continue
         labels, instrs = kernels[name]
-        best = max(loops(labels, instrs), key=lambda r: tensor_core_mix(instrs, *r)["HMMA"], default=None)
+        best = max(loops(labels, instrs), key=lambda r: loop_counts(instrs, *r)[key], default=None)
         local = sum(1 for _, op, _, _ in instrs if op in ("LDL", "STL"))
         if best is None:
             print(f"FAIL: {name}: no loop")
             status = 1
             continue
-        c = tensor_core_mix(instrs, *best)
-        line = (f"{name}: main loop {best[0]:#06x}-{best[1]:#06x}: HMMA {c['HMMA']}, LDSM {c['LDSM']}, "
-                f"LDGSTS {c['LDGSTS']}; local memory ops {local}")
-        problems = [f"no {op}" for op, count in c.items() if count == 0]
+        summary, problems = report(instrs, *best)
+        line = f"{name}: main loop {best[0]:#06x}-{best[1]:#06x}: {summary}; local memory ops {local}"
         if local:
             problems.append("local memory")
         if problems:
@@ -115,38 +137,8 @@ def main():
         return 2
     kernels = parse(args[0])
     if tensor_cores:
-        return check_tensor_cores(kernels, args[1:])
-    status = 0
-    for name in args[1:]:
-        if name not in kernels:
-            print(f"FAIL: {name}: not in {args[0]}")
-            status = 1
-            continue
-        labels, instrs = kernels[name]
-        best = max(loops(labels, instrs), key=lambda r: mix(instrs, *r)["FFMA"], default=None)
-        local = sum(1 for _, op, _, _ in instrs if op in ("LDL", "STL"))
-        if best is None:
-            print(f"FAIL: {name}: no loop")
-            status = 1
-            continue
-        c = mix(instrs, *best)
-        line = (f"{name}: main loop {best[0]:#06x}-{best[1]:#06x}: FFMA {c['FFMA']}, FMUL {c['FMUL']}, "
-                f"FADD {c['FADD']}, LDS.128 {c['LDS.128']}, LDS {c['LDS']}; local memory ops {local}")
-        problems = []
-        if c["FFMA"] == 0:
-            problems.append("no FFMA")
-        if c["FMUL"] or c["FADD"]:
-            problems.append("separate FMUL/FADD")
-        if c["LDS.128"] == 0:
-            problems.append("no LDS.128")
-        if local:
-            problems.append("local memory")
-        if problems:
-            print(f"FAIL: {line} ({', '.join(problems)})")
-            status = 1
-        else:
-            print(f"ok: {line}")
-    return status
+        return check(kernels, args[0], args[1:], tensor_core_mix, "HMMA", tensor_core_report)
+    return check(kernels, args[0], args[1:], mix, "FFMA", exact_report)
 
 
 if __name__ == "__main__":

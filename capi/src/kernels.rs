@@ -526,6 +526,22 @@ impl Params<'_> {
         }
         product(&[(rows - 1) / tokens, stride]) + offset as u128 + width as u128
     }
+
+    /// The gate's `tokens`, `gate_stride` and `gate_offset`, checked for a gated-residual launch
+    /// of `rows` rows of `width` (each a value and its name in the rule): `tokens` is not 0
+    /// (for a non-empty launch) and `gate` holds the per-sample elements the rows read.
+    fn gate(
+        &self,
+        rows: (usize, &str),
+        width: (usize, &str),
+    ) -> std::result::Result<(usize, usize, usize), DeviceError> {
+        let (tokens, stride, offset) = (self.u("tokens"), self.u("gate_stride"), self.u("gate_offset"));
+        self.positive("tokens", rows.0)?;
+        let required = self.per_sample(rows.0, tokens, stride, offset, width.0);
+        let rule = format!("(({} - 1)/tokens) gate_stride + gate_offset + {}", rows.1, width.1);
+        self.need("gate", required, &rule)?;
+        Ok((tokens, stride, offset))
+    }
 }
 
 type PlanFn = fn(&mut Planner, &Params) -> std::result::Result<(), DeviceError>;
@@ -692,14 +708,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                       tokens ≥ 1",
             plan: |dev, p| {
                 let (m, n, k) = (p.u("m"), p.u("n"), p.u("k"));
-                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
-                p.positive("tokens", m)?;
+                let (tokens, stride, offset) = p.gate((m, "m"), (n, "n"))?;
                 p.need("a", product(&[m, k]), "m k")?;
                 p.need("w", product(&[n, k]), "n k")?;
                 p.need("bias", n as u128, "n")?;
                 p.need("x", product(&[m, n]), "m n")?;
-                let gate = p.per_sample(m, tokens, stride, offset, n);
-                p.need("gate", gate, "((m - 1)/tokens) gate_stride + gate_offset + n")?;
                 let (a, w, bias, x, g) = (p.all("a"), p.all("w"), p.all("bias"), p.all("x"), p.all("gate"));
                 launch::gemm_gated_residual(dev, a, w, bias, x, g, m, n, k, tokens, stride, offset)
             },
@@ -729,14 +742,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                       tokens ≥ 1",
             plan: |dev, p| {
                 let (m, n, k) = (p.u("m"), p.u("n"), p.u("k"));
-                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
-                p.positive("tokens", m)?;
+                let (tokens, stride, offset) = p.gate((m, "m"), (n, "n"))?;
                 p.need("a", product(&[m, k]), "m k")?;
                 p.need("w", product(&[n, k]), "n k")?;
                 p.need("bias", n as u128, "n")?;
                 p.need("x", product(&[m, n]), "m n")?;
-                let gate = p.per_sample(m, tokens, stride, offset, n);
-                p.need("gate", gate, "((m - 1)/tokens) gate_stride + gate_offset + n")?;
                 let tile = match p.kernel() {
                     K::Gemm128BiasGatedResidual => GemmTile::Tile128,
                     _ => GemmTile::Tile64,
@@ -785,13 +795,10 @@ pub fn rule(kernel: Kernel) -> Rule {
                       splits ≥ 1, tokens ≥ 1",
             plan: |dev, p| {
                 let (m, n, splits) = (p.u("m"), p.u("n"), p.u("splits"));
-                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
-                p.positive("tokens", m)?;
+                let (tokens, stride, offset) = p.gate((m, "m"), (n, "n"))?;
                 p.need("partials", product(&[splits, m, n]), "splits m n")?;
                 p.need("bias", n as u128, "n")?;
                 p.need("x", product(&[m, n]), "m n")?;
-                let gate = p.per_sample(m, tokens, stride, offset, n);
-                p.need("gate", gate, "((m - 1)/tokens) gate_stride + gate_offset + n")?;
                 let (partials, bias, x, g) = (p.all("partials"), p.all("bias"), p.all("x"), p.all("gate"));
                 launch::gemm_splitk_gated_residual(dev, partials, bias, x, g, m, n, splits, tokens, stride, offset)
             },
@@ -825,15 +832,12 @@ pub fn rule(kernel: Kernel) -> Rule {
                       gate ≥ ((m - 1)/tokens) gate_stride + gate_offset + n; tokens ≥ 1",
             plan: |dev, p| {
                 let (m, n, k) = (p.u("m"), p.u("n"), p.u("k"));
-                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
+                let (tokens, stride, offset) = p.gate((m, "m"), (n, "n"))?;
                 let (precision, _) = tc_precision(p.kernel());
-                p.positive("tokens", m)?;
                 p.need("a", product(&[m, k]), "m k")?;
                 let weight = tc_weight(p, precision, n, k)?;
                 p.need("bias", n as u128, "n")?;
                 p.need("x", product(&[m, n]), "m n")?;
-                let gate = p.per_sample(m, tokens, stride, offset, n);
-                p.need("gate", gate, "((m - 1)/tokens) gate_stride + gate_offset + n")?;
                 let (a, bias, x, g) = (p.all("a"), p.all("bias"), p.all("x"), p.all("gate"));
                 launch::gemm_tc_gated_residual(dev, precision, a, weight, bias, x, g, m, n, k, tokens, stride, offset)
             },
@@ -855,6 +859,33 @@ pub fn rule(kernel: Kernel) -> Rule {
                 let out = product(&[batch, tokens, heads, head_dim]);
                 p.need("out", out, "batch tokens heads head_dim")?;
                 launch::attention(dev, p.all("qkv"), p.all("out"), batch, tokens, heads, head_dim)
+            },
+        },
+        K::FlashAttentionTf32 | K::FlashAttentionTf32X3 | K::FlashAttentionBf16 => Rule {
+            geometry: || {
+                format!(
+                    "`attention_tc_dims(batch, tokens, heads, head_dim)`, batch = qkv.len / (3 tokens heads head_dim): \
+                     grid (⌈tokens/{}⌉, heads, batch), block ({}), dynamic shared memory \
+                     `attention_tc_shared_bytes(head_dim)` (at most {} bytes)",
+                    resca_gpu_kernels::attention_tc::ATTN_TC_QUERY_TILE,
+                    resca_gpu_kernels::attention_tc::ATTN_TC_WARPS * WARP_SIZE,
+                    resca_gpu_kernels::attention_tc::ATTN_TC_MAX_SHARED_BYTES
+                )
+            },
+            lengths: "qkv = batch 3 tokens heads head_dim, out ≥ batch tokens heads head_dim; head_dim ≤ 128; \
+                      scale = 1/√head_dim (f32)",
+            plan: |dev, p| {
+                let (tokens, heads, head_dim) = (p.u("tokens"), p.u("heads"), p.u("head_dim"));
+                let batch = p.count("qkv", product(&[3, tokens, heads, head_dim]), "3 tokens heads head_dim")?;
+                let out = product(&[batch, tokens, heads, head_dim]);
+                p.need("out", out, "batch tokens heads head_dim")?;
+                let precision = match p.kernel() {
+                    K::FlashAttentionTf32 => Precision::Tf32,
+                    K::FlashAttentionTf32X3 => Precision::Tf32x3,
+                    _ => Precision::Bf16,
+                };
+                let (qkv, out) = (p.all("qkv"), p.all("out"));
+                launch::attention_tc(dev, precision, qkv, out, batch, tokens, heads, head_dim)
             },
         },
         K::Unpatchify => Rule {
@@ -918,12 +949,9 @@ pub fn rule(kernel: Kernel) -> Rule {
                       gate_offset + hidden; tokens ≥ 1",
             plan: |dev, p| {
                 let (rows, hidden) = (p.u("rows"), p.u("hidden"));
-                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
-                p.positive("tokens", rows)?;
+                let (tokens, stride, offset) = p.gate((rows, "rows"), (hidden, "hidden"))?;
                 p.need("x", product(&[rows, hidden]), "rows hidden")?;
                 p.need("branch", product(&[rows, hidden]), "rows hidden")?;
-                let gate = p.per_sample(rows, tokens, stride, offset, hidden);
-                p.need("gate", gate, "((rows - 1)/tokens) gate_stride + gate_offset + hidden")?;
                 let (x, branch, g) = (p.all("x"), p.all("branch"), p.all("gate"));
                 launch::gated_add(dev, x, branch, g, rows, hidden, tokens, stride, offset)
             },
@@ -956,17 +984,17 @@ pub fn rule(kernel: Kernel) -> Rule {
         K::TaylorPredictGatedAdd => Rule {
             geometry: || threads_1d("taylor_dims(rows hidden)", taylor::TAYLOR_THREADS),
             lengths: "x ≥ rows hidden, factors ≥ clamp(stored, 1, 5) rows hidden, gate ≥ ((rows - 1)/tokens) \
-                      gate_stride + gate_offset + hidden; tokens ≥ 1",
+                      gate_stride + gate_offset + hidden, coef = 8 (the fields of TaylorCoefficients in order); \
+                      tokens ≥ 1",
             plan: |dev, p| {
                 let (rows, hidden, stored) = (p.u("rows"), p.u("hidden"), p.u("stored"));
-                let (tokens, stride, offset) = (p.u("tokens"), p.u("gate_stride"), p.u("gate_offset"));
-                p.positive("tokens", rows)?;
+                let (tokens, stride, offset) = p.gate((rows, "rows"), (hidden, "hidden"))?;
                 p.need("x", product(&[rows, hidden]), "rows hidden")?;
                 let factors = product(&[stored.clamp(1, 5), rows, hidden]);
                 p.need("factors", factors, "clamp(stored, 1, 5) rows hidden")?;
-                let gate = p.per_sample(rows, tokens, stride, offset, hidden);
-                p.need("gate", gate, "((rows - 1)/tokens) gate_stride + gate_offset + hidden")?;
-                let (x, f, g, coef) = (p.all("x"), p.all("factors"), p.all("gate"), p.taylor("coef"));
+                p.need("coef", taylor::TAYLOR_COEFFICIENT_VALUES as u128, "8")?;
+                let coef = p.first("coef", taylor::TAYLOR_COEFFICIENT_VALUES);
+                let (x, f, g) = (p.all("x"), p.all("factors"), p.all("gate"));
                 launch::taylor_predict_gated_add(dev, x, f, g, rows, hidden, tokens, stride, offset, stored, coef)
             },
         },
@@ -1209,7 +1237,9 @@ pub fn rule(kernel: Kernel) -> Rule {
                     pdds::PDDS_ROWS_PER_BLOCK * WARP_SIZE
                 )
             },
-            lengths: "out ≥ batch tokens hidden, labels ≥ batch tokens, proxies ≥ batch clusters, residuals ≥ order \
+            lengths: "out ≥ batch tokens hidden, x ≥ batch tokens hidden, gate ≥ (batch - 1) gate_stride + \
+                      gate_offset + hidden, labels ≥ batch tokens, proxies ≥ batch clusters, fresh ≥ batch \
+                      clusters hidden, residuals ≥ order \
                       batch clusters hidden (BDF2: batch clusters hidden), cache ≥ min(order + 1, stored) batch \
                       tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2)",
             plan: |dev, p| {
@@ -1219,6 +1249,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                 p.need("out", product(&[batch, tokens, hidden]), "batch tokens hidden")?;
                 p.need("labels", product(&[batch, tokens]), "batch tokens")?;
                 p.need("proxies", product(&[batch, clusters]), "batch clusters")?;
+                p.need("fresh", product(&[batch, clusters, hidden]), "batch clusters hidden")?;
+                p.need("x", product(&[batch, tokens, hidden]), "batch tokens hidden")?;
+                let (stride, offset) = (p.u("gate_stride"), p.u("gate_offset"));
+                let gate = p.per_sample(batch.saturating_mul(tokens), tokens, stride, offset, hidden);
+                p.need("gate", gate, "(batch - 1) gate_stride + gate_offset + hidden")?;
                 let (residual_slots, cache_slots) = if bdf2 {
                     (1, stored.min(2))
                 } else {
@@ -1229,9 +1264,11 @@ pub fn rule(kernel: Kernel) -> Rule {
                 let cache = product(&[cache_slots, batch, tokens, hidden]);
                 p.need("cache", cache, "min(order + 1, stored) batch tokens hidden")?;
                 let (c, labels, proxies) = (p.all("cache"), p.all("labels"), p.all("proxies"));
-                let (r, out) = (p.all("residuals"), p.all("out"));
+                let (r, fresh, out) = (p.all("residuals"), p.all("fresh"), p.all("out"));
+                let (x, gate) = (p.all("x"), p.all("gate"));
                 launch::pdds_update(
-                    dev, c, labels, proxies, r, out, batch, tokens, clusters, hidden, order, stored, sign, bdf2,
+                    dev, c, labels, proxies, r, fresh, out, x, gate, batch, tokens, clusters, hidden, order, stored,
+                    sign, bdf2, stride, offset,
                 )
             },
         },

@@ -42,6 +42,7 @@
 #![cfg_attr(all(target_arch = "nvptx64", feature = "nvvm"), feature(asm_experimental_arch))]
 
 pub mod attention;
+pub mod attention_tc;
 pub mod clusca;
 pub mod clusters;
 pub mod ddim;

@@ -149,11 +149,15 @@ fn confidence<C: ThreadCtx>(
     warp_sum(ctx, dot).max(0.0)
 }
 
-/// The simulated MLP outputs `out` (B N, D) of every token from the cache (`order` + 1 slots read,
-/// `stored` of them held), the cluster `labels` (B N), the `proxies` (B K) and the proxies'
-/// residuals of [`proxy_residuals`]; `solver` is [`SOLVER_TAYLOR`] (IE for order 1, IT above) or
-/// [`SOLVER_BDF2`] (order 1). The proxies' own rows are overwritten afterwards by
-/// `gather::scatter_rows` with their fresh outputs.
+/// The MLP outputs `out` (B N, D) of every token: a proxy's row is its fresh output (`fresh`,
+/// B K rows; where several clusters of a batch row name the same token, the last one's, as
+/// `gather::scatter_rows` writes them), every other row is simulated from the cache (`order` + 1
+/// slots read, `stored` of them held), the cluster `labels` (B N), the `proxies` (B K) and the
+/// proxies' residuals of [`proxy_residuals`]; `solver` is [`SOLVER_TAYLOR`] (IE for order 1, IT
+/// above) or [`SOLVER_BDF2`] (order 1). Writing the proxies' rows here instead of scattering them
+/// afterwards saves a launch per block and gives the same values (a copy either way). Then the
+/// gated residual add of the branch, as `residual::gated_add` computes it:
+/// `x[r, d] += gate[(r / tokens) gate_stride + gate_offset + d] * out[r, d]`.
 ///
 /// Mapping: one warp per token row; lanes stride over the D features; each order's confidence is
 /// two shuffle reductions (norms, then the normalised dot), and every lane updates the features
@@ -164,7 +168,10 @@ pub fn pdds_update<C: ThreadCtx>(
     labels: Global<'_, u32>,
     proxies: Global<'_, u32>,
     residuals: Global<'_, f32>,
+    fresh: Global<'_, f32>,
     out: GlobalMut<'_, f32>,
+    x: GlobalMut<'_, f32>,
+    gate: Global<'_, f32>,
     batch: u32,
     tokens: u32,
     clusters: u32,
@@ -173,6 +180,8 @@ pub fn pdds_update<C: ThreadCtx>(
     stored: u32,
     sign: f32,
     solver: u32,
+    gate_stride: u32,
+    gate_offset: u32,
 ) {
     let row = (ctx.block_idx_x() * PDDS_ROWS_PER_BLOCK + ctx.warp_id()) as usize;
     let (n, k, d_len) = (tokens as usize, clusters as usize, hidden as usize);
@@ -180,6 +189,23 @@ pub fn pdds_update<C: ThreadCtx>(
         return;
     }
     let (lane, step) = (ctx.lane_id() as usize, WARP_SIZE as usize);
+    // A proxy's row: its fresh output (the last cluster naming the token wins).
+    let (b, token) = (row / n, (row % n) as u32);
+    let mut proxy_slot = None;
+    for c in 0..k {
+        if ctx.load(proxies, b * k + c) == token {
+            proxy_slot = Some(b * k + c);
+        }
+    }
+    if let Some(from) = proxy_slot {
+        let mut d = lane;
+        while d < d_len {
+            ctx.store(out, row * d_len + d, ctx.load(fresh, from * d_len + d));
+            d += step;
+        }
+        gated_add_row(ctx, x, gate, out.as_global(), row, n, d_len, gate_stride, gate_offset);
+        return;
+    }
     let len = batch as usize * n * d_len;
     let slot = (row / n) * k + ctx.load(labels, row) as usize;
     let proxy_row = (row / n) * n + ctx.load(proxies, slot) as usize;
@@ -196,6 +222,7 @@ pub fn pdds_update<C: ThreadCtx>(
             ctx.store(out, row * d_len + d, value);
             d += step;
         }
+        gated_add_row(ctx, x, gate, out.as_global(), row, n, d_len, gate_stride, gate_offset);
         return;
     }
     let mut d = lane;
@@ -221,5 +248,32 @@ pub fn pdds_update<C: ThreadCtx>(
             ctx.store(out, at, ctx.load(out.as_global(), at) + r * scale);
             d += step;
         }
+    }
+    gated_add_row(ctx, x, gate, out.as_global(), row, n, d_len, gate_stride, gate_offset);
+}
+
+/// `x[row, d] += gate[(row / tokens) gate_stride + gate_offset + d] * branch[row, d]` for the
+/// features the lane owns (each reads back what the same lane wrote), the operations of
+/// `residual::gated_add`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gated_add_row<C: ThreadCtx>(
+    ctx: &C,
+    x: GlobalMut<'_, f32>,
+    gate: Global<'_, f32>,
+    branch: Global<'_, f32>,
+    row: usize,
+    tokens: usize,
+    d_len: usize,
+    gate_stride: u32,
+    gate_offset: u32,
+) {
+    let gate_row = (row / tokens) * gate_stride as usize + gate_offset as usize;
+    let mut d = ctx.lane_id() as usize;
+    while d < d_len {
+        let at = row * d_len + d;
+        let g = ctx.load(gate, gate_row + d);
+        ctx.store(x, at, ctx.load(x.as_global(), at) + g * ctx.load(branch, at));
+        d += WARP_SIZE as usize;
     }
 }

@@ -212,6 +212,18 @@ macro_rules! kernel_table {
             FlashAttention = flash_attention(
                 qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
             ) => attention::flash_attention, shared attention::ATTN_SHARED_BYTES;
+            /// Multi-head attention on TF32 tensor cores (`q k^T` and `p v` on `mma.sync`).
+            FlashAttentionTf32 = flash_attention_tf32(
+                qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
+            ) => attention_tc::flash_attention_tc::<_, { $crate::gemm_tc::TF32 }>, dynamic_shared attention_tc::ATTN_TC_MAX_SHARED_BYTES;
+            /// Multi-head attention on 3xTF32 tensor cores (FP32-level accuracy).
+            FlashAttentionTf32X3 = flash_attention_tf32x3(
+                qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
+            ) => attention_tc::flash_attention_tc::<_, { $crate::gemm_tc::TF32X3 }>, dynamic_shared attention_tc::ATTN_TC_MAX_SHARED_BYTES;
+            /// Multi-head attention on BF16 tensor cores.
+            FlashAttentionBf16 = flash_attention_bf16(
+                qkv: Global<f32>, out: GlobalMut<f32>, tokens: u32, heads: u32, head_dim: u32, scale: f32,
+            ) => attention_tc::flash_attention_tc::<_, { $crate::gemm_tc::BF16 }>, dynamic_shared attention_tc::ATTN_TC_MAX_SHARED_BYTES;
             /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).
             Unpatchify = unpatchify(
                 tokens: Global<f32>, out: GlobalMut<f32>, batch: u32, out_channels: u32, side: u32, patch: u32,
@@ -246,7 +258,7 @@ macro_rules! kernel_table {
             TaylorPredictGatedAdd = taylor_predict_gated_add(
                 x: GlobalMut<f32>, factors: Global<f32>, gate: Global<f32>,
                 rows: u32, hidden: u32, tokens: u32, gate_stride: u32, gate_offset: u32,
-                stored: u32, coef: TaylorCoefficients,
+                stored: u32, coef: Global<f32>,
             ) => taylor::taylor_predict_gated_add;
             /// `out[r] = x[r] / max(|x[r]|, 1e-6)`.
             RowNormalize = row_normalize(x: Global<f32>, out: GlobalMut<f32>, rows: u32, dim: u32)
@@ -315,11 +327,13 @@ macro_rules! kernel_table {
                 fresh: Global<f32>, cache: Global<f32>, proxies: Global<u32>, residuals: GlobalMut<f32>,
                 batch: u32, tokens: u32, clusters: u32, hidden: u32, order: u32, stored: u32, sign: f32,
             ) => pdds::proxy_residuals;
-            /// The implicit update (IE / IT / BDF2) of every token row.
+            /// The proxies' fresh rows and the implicit update (IE / IT / BDF2) of every other row,
+            /// then `x += gate * out`.
             PddsUpdate = pdds_update(
                 cache: Global<f32>, labels: Global<u32>, proxies: Global<u32>, residuals: Global<f32>,
-                out: GlobalMut<f32>, batch: u32, tokens: u32, clusters: u32, hidden: u32,
-                order: u32, stored: u32, sign: f32, solver: u32,
+                fresh: Global<f32>, out: GlobalMut<f32>, x: GlobalMut<f32>, gate: Global<f32>,
+                batch: u32, tokens: u32, clusters: u32, hidden: u32,
+                order: u32, stored: u32, sign: f32, solver: u32, gate_stride: u32, gate_offset: u32,
             ) => pdds::pdds_update;
         }
     };

@@ -30,6 +30,43 @@ pub struct TaylorCoefficients {
     pub power4: f32,
 }
 
+/// How many f32 values a [`TaylorCoefficients`] is in a device buffer
+/// ([`TaylorCoefficients::to_values`]).
+pub const TAYLOR_COEFFICIENT_VALUES: usize = 8;
+
+impl TaylorCoefficients {
+    /// The coefficients as the values of a device buffer, in field order: what
+    /// [`taylor_predict_gated_add`] reads, so that a captured graph reads the coefficients the
+    /// host uploaded for the step instead of the ones it was captured with.
+    pub fn to_values(&self) -> [f32; TAYLOR_COEFFICIENT_VALUES] {
+        [
+            self.scale1,
+            self.power1,
+            self.scale2,
+            self.power2,
+            self.scale3,
+            self.power3,
+            self.scale4,
+            self.power4,
+        ]
+    }
+
+    /// The coefficients from a buffer of [`TaylorCoefficients::to_values`].
+    #[inline(always)]
+    fn load<C: ThreadCtx>(ctx: &C, values: Global<'_, f32>) -> Self {
+        TaylorCoefficients {
+            scale1: ctx.load(values, 0),
+            power1: ctx.load(values, 1),
+            scale2: ctx.load(values, 2),
+            power2: ctx.load(values, 3),
+            scale3: ctx.load(values, 4),
+            power3: ctx.load(values, 5),
+            scale4: ctx.load(values, 6),
+            power4: ctx.load(values, 7),
+        }
+    }
+}
+
 /// One thread per cached element.
 pub fn taylor_dims(len: u32) -> LaunchDims {
     LaunchDims {
@@ -121,7 +158,9 @@ pub fn taylor_predict<C: ThreadCtx>(
 }
 
 /// `x += gate * prediction` for token rows (rows, D): the cached branch fused with the gated
-/// residual add; row r is gated by `gate[(r / tokens) gate_stride + gate_offset ..]`.
+/// residual add; row r is gated by `gate[(r / tokens) gate_stride + gate_offset ..]`. The
+/// coefficients come from a device buffer (`coef`, [`TaylorCoefficients::to_values`]): they
+/// change every sparse step, and a sparse step is replayed as a captured graph.
 ///
 /// Mapping: thread e owns element e of x (launch with [`taylor_dims`] of rows * D).
 pub fn taylor_predict_gated_add<C: ThreadCtx>(
@@ -135,7 +174,7 @@ pub fn taylor_predict_gated_add<C: ThreadCtx>(
     gate_stride: u32,
     gate_offset: u32,
     stored: u32,
-    coef: TaylorCoefficients,
+    coef: Global<'_, f32>,
 ) {
     let e = ctx.index_1d() as usize;
     let (d_len, len) = (hidden as usize, rows as usize * hidden as usize);
@@ -147,6 +186,7 @@ pub fn taylor_predict_gated_add<C: ThreadCtx>(
         gate,
         (r / tokens as usize) * gate_stride as usize + gate_offset as usize + d,
     );
+    let coef = TaylorCoefficients::load(ctx, coef);
     let predicted = predict_at(ctx, factors, e, len, stored, &coef);
     ctx.store(x, e, ctx.load(x.as_global(), e) + g * predicted);
 }

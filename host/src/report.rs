@@ -7,7 +7,7 @@ use serde::Serialize;
 #[derive(Clone, Debug, Serialize)]
 pub struct RunStats {
     pub backend: String,
-    /// The arithmetic of the big GEMMs (`exact`, or a tensor-core mode on a device backend).
+    /// The arithmetic of the big GEMMs and the attention (`exact`, or a tensor-core mode on a device backend).
     pub precision: String,
     pub method: String,
     pub sampler: String,

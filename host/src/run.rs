@@ -20,7 +20,7 @@ use crate::cuda::CudaDevice;
 use crate::inputs::guided_batch;
 use crate::job::{SampleJob, SampleResult, stats};
 use crate::pipeline::launch::Precision;
-use crate::pipeline::{Device, Pipeline, SampleOptions};
+use crate::pipeline::{Device, GraphMode, Pipeline, SampleOptions};
 use crate::sim::SimDevice;
 
 /// Where a run executes.
@@ -303,6 +303,7 @@ pub fn run_on_device<D: Device>(
     let options = SampleOptions {
         replay,
         record_clusterings: false,
+        graphs: GraphMode::from_env()?,
     };
     let start = Instant::now();
     let output = pipeline.sample(x.view(), &labels, scale, &job.sampler, method, options, progress)?;

@@ -30,6 +30,13 @@ fn the_dry_run_lists_every_part_within_the_budget() {
         );
     }
     assert!(text.contains("gpu_bench DiT-XL/2 50"), "{text}");
+    // The GPU tests once per precision mode, the mode passed as RESCA_PRECISION (which
+    // host/tests/cuda_gpu.rs reads), and the probe by its test name.
+    assert!(
+        text.contains("RESCA_PRECISION=exact") && text.contains("RESCA_PRECISION=<mode>"),
+        "{text}"
+    );
+    assert!(text.contains("cuda_gpu tensor_core"), "{text}");
     let budget: u32 = text
         .split("budget ")
         .nth(1)

@@ -333,7 +333,7 @@ proptest! {
             let dev = &mut SimDevice::new();
             let factors = up(dev, &orders.iter().flat_map(flat).collect::<Vec<_>>());
             let (xi, mi) = (up(dev, &x0), up(dev, &flat(&modulation)));
-            let coef = taylor_coefficients(distance as f32);
+            let coef = up(dev, &taylor_coefficients(distance as f32).to_values());
             launch::taylor_predict_gated_add(dev, xi, factors, mi, batch * tokens, d, tokens, 6 * d, 5 * d, stored, coef).unwrap();
             let predicted = TaylorFactors { orders }.predict(distance as f32);
             let mut expected = Array3::from_shape_vec((batch, tokens, d), x0).unwrap();
@@ -453,6 +453,9 @@ fn check_pdds(
         up(dev, &fresh),
     );
     let (residuals, out) = (zeros(dev, order * batch * k * d), zeros(dev, len));
+    // The gated residual add after the update: x += gate * out, gates at offset d of (batch, 3d).
+    let (x0, gates) = (values(seed ^ 10, len, 1.0), values(seed ^ 12, batch * 3 * d, 1.0));
+    let (xi, gi) = (up(dev, &x0), up(dev, &gates));
     launch::pdds_proxy_residuals(dev, fi, ci, pi, residuals, batch, n, k, d, order, stored, sign).unwrap();
     let proxy_residuals = down(dev, residuals);
     launch::pdds_update(
@@ -461,7 +464,10 @@ fn check_pdds(
         li,
         pi,
         residuals,
+        fi,
         out,
+        xi,
+        gi,
         batch,
         n,
         k,
@@ -470,10 +476,28 @@ fn check_pdds(
         stored,
         sign,
         solver == Solver::Bdf2,
+        3 * d,
+        d,
     )
     .unwrap();
-    launch::scatter_rows(dev, fi, pi, out, batch, n, k, d).unwrap();
     let ours = down(dev, out);
+    // `residual::gated_add`'s operations on the output: the same bits.
+    let expected_x: Vec<u32> = (0..len)
+        .map(|i| (x0[i] + gates[(i / (n * d)) * 3 * d + d + i % d] * ours[i]).to_bits())
+        .collect();
+    let x_bits: Vec<u32> = down(dev, xi).iter().map(|v| v.to_bits()).collect();
+    prop_assert!(
+        x_bits == expected_x,
+        "pdds_update's gated add differs from x + gate * out"
+    );
+    // The proxies' rows written by pdds_update are those scatter_rows writes (the last cluster
+    // naming a token wins): scattering again changes no bit.
+    launch::scatter_rows(dev, fi, pi, out, batch, n, k, d).unwrap();
+    let scattered = down(dev, out);
+    prop_assert!(
+        ours.iter().zip(&scattered).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "pdds_update's proxy rows differ from scatter_rows'"
+    );
     // The proxies' residuals of orders 1..=M, (M, B, K, D): R(m) = R(m-1) - sign^(m-1) c[m-1][proxy]
     // with R(0) the fresh outputs and orders not stored read as zeros.
     let mut expected_residuals = vec![0.0f32; order * batch * k * d];

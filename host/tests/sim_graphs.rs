@@ -3,10 +3,21 @@
 //! the graph is launched; a replay reads the values the host uploaded into device buffers since
 //! (bit for bit the direct launches); a host value baked into the capture that has changed is
 //! caught by `Graph::check_replayable`; nothing that needs the host is allowed inside a capture.
+//! A sampling run with its sparse steps replayed as graphs gives the bits of the direct run, for
+//! every caching method.
+
+mod support;
 
 use resca_host::pipeline::device::{Device, GraphOp, Slice};
-use resca_host::pipeline::launch;
+use resca_host::pipeline::{GraphMode, Pipeline, SampleOptions, SampleOutput, launch};
 use resca_host::sim::SimDevice;
+use resca_reference::Sampler;
+use resca_reference::cache::pdds::Solver;
+use resca_reference::cache::tetc::ProxyChoice;
+use resca_reference::cache::{ClusteringSource, MethodConfig, MethodKind, ResidualScaling};
+use resca_reference::ddim::DdimSchedule;
+use resca_reference::flops::StepWork;
+use resca_reference::flow::FlowSchedule;
 
 const ROWS: usize = 6;
 const HIDDEN: usize = 40;
@@ -120,4 +131,140 @@ fn nothing_that_needs_the_host_is_allowed_inside_a_capture() {
 fn inside_free_again(dev: &mut SimDevice, slice: Slice<f32>) {
     dev.upload(slice, &[1.0; 4]).unwrap();
     assert_eq!(dev.download_vec(slice).unwrap(), vec![1.0; 4]);
+}
+
+/// The caching methods at interval 4 (so that sparse steps follow each other, at distances 1 to
+/// 3 from the last full step: the Taylor coefficients differ between consecutive replays), with
+/// the sampler each runs.
+fn graphed_methods() -> Vec<(&'static str, MethodConfig, Sampler)> {
+    let ddim = || Sampler::Ddim(DdimSchedule::new(14).unwrap());
+    let resca = support::released_resca();
+    vec![
+        ("fora", MethodConfig::new(MethodKind::Fora, 4, 0), ddim()),
+        ("taylorseer o2", MethodConfig::new(MethodKind::TaylorSeer, 4, 2), ddim()),
+        (
+            "clusca",
+            MethodConfig {
+                clusters: 4,
+                seed: 3,
+                ..MethodConfig::new(MethodKind::ClusCa, 4, 1)
+            },
+            ddim(),
+        ),
+        ("resca ie official", resca.clone(), ddim()),
+        (
+            "resca it2 paper feature",
+            MethodConfig {
+                clustering: ClusteringSource::Feature,
+                solver: Solver::ImplicitTaylor(2),
+                order: 2,
+                residuals: ResidualScaling::Paper,
+                ..resca.clone()
+            },
+            ddim(),
+        ),
+        (
+            "resca bdf2 center-random",
+            MethodConfig {
+                solver: Solver::Bdf2,
+                order: 2,
+                proxy: ProxyChoice::CenterRandom,
+                seed: 5,
+                ..resca.clone()
+            },
+            ddim(),
+        ),
+        (
+            "flow resca paper",
+            MethodConfig {
+                residuals: ResidualScaling::Paper,
+                ..resca
+            },
+            Sampler::Flow(FlowSchedule::new(14, 1.0).unwrap()),
+        ),
+    ]
+}
+
+/// A guided run (cfg 1.5) of `method` on the tiny model of `tests/vectors/tiny`.
+fn guided_run(method: &MethodConfig, sampler: &Sampler, graphs: GraphMode) -> (SampleOutput, SimDevice) {
+    let model = support::tiny_model();
+    let (x, y) = support::tiny_guided_inputs(&model);
+    let mut pipeline = Pipeline::new(SimDevice::new(), &model).unwrap();
+    let options = SampleOptions {
+        graphs,
+        ..Default::default()
+    };
+    let out = pipeline
+        .sample(x.view(), &y, Some(1.5), sampler, method, options, &mut |_, _| {})
+        .unwrap();
+    (out, pipeline.dev)
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn sparse_steps_replayed_as_graphs_give_the_direct_runs_bits_for_every_method() {
+    for (what, method, sampler) in graphed_methods() {
+        let (direct, direct_dev) = guided_run(&method, &sampler, GraphMode::Off);
+        let sparse = direct
+            .trajectory
+            .work
+            .iter()
+            .filter(|w| **w != StepWork::full(&support::tiny_model().config))
+            .count();
+        assert!(sparse >= 8, "{what}: {sparse} sparse steps of 14");
+        assert_eq!(direct_dev.graph_launches().0, 0, "{what}: no graph without graphs");
+        // `Checked`: every sparse step is captured again and compared with the graph it replays
+        // (check_replayable on consecutive sparse steps); `On`: captured once per key.
+        for mode in [GraphMode::Checked, GraphMode::On] {
+            let (graphed, dev) = guided_run(&method, &sampler, mode);
+            let (graph_launches, replayed) = dev.graph_launches();
+            assert_eq!(
+                graph_launches, sparse,
+                "{what} {mode:?}: one graph launch per sparse step"
+            );
+            let captured = dev.graphs_captured() as usize;
+            match mode {
+                GraphMode::Checked => assert_eq!(captured, sparse, "{what}: every sparse step captured"),
+                _ => assert!(
+                    captured < sparse,
+                    "{what}: {captured} captures for {sparse} sparse steps (the graphs are replayed)"
+                ),
+            }
+            // Every launch of the direct run ran, as many in all (replayed or direct).
+            assert_eq!(dev.launches(), direct_dev.launches(), "{what} {mode:?}: launches");
+            for (name, ours, expected) in [
+                ("x", &graphed.trajectory.x, &direct.trajectory.x),
+                ("model_out", &graphed.trajectory.model_out, &direct.trajectory.model_out),
+            ] {
+                let (ours, expected) = (ours.as_slice().unwrap(), expected.as_slice().unwrap());
+                assert!(
+                    bits(ours) == bits(expected),
+                    "{what} {mode:?}: {name} differs from the direct run (max |diff| {:e})",
+                    resca_tests::max_abs_diff(name, ours, expected)
+                );
+            }
+            if mode == GraphMode::On {
+                eprintln!(
+                    "{what}: {sparse} sparse steps, {captured} graphs captured, {} kernel launches per graph replay",
+                    replayed / graph_launches
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn graph_modes_parse_by_name_and_a_bad_one_is_named() {
+    assert_eq!(GraphMode::parse("off").unwrap(), GraphMode::Off);
+    assert_eq!(GraphMode::parse("on").unwrap(), GraphMode::On);
+    assert_eq!(GraphMode::parse("checked").unwrap(), GraphMode::Checked);
+    assert_eq!(GraphMode::parse("auto").unwrap(), GraphMode::Auto);
+    let error = GraphMode::parse("sometimes").unwrap_err().to_string();
+    assert!(
+        error.contains("RESCA_GRAPHS=sometimes") && error.contains("auto, off, on, checked"),
+        "{error}"
+    );
 }

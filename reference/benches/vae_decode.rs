@@ -6,8 +6,10 @@
 //! 512x512, measured in a fresh process (this program run again with `memory`): its peak
 //! resident set (`VmHWM`) against the weights plus the largest feature map.
 //!
-//! `cargo bench -p resca-reference --bench vae_decode -- [RUNS]` (default 5). Without python3,
-//! torch or diffusers the anchor is skipped with the reason, and ours is timed alone.
+//! `cargo bench -p resca-reference --bench vae_decode -- [RUNS]` (default 5). The anchor runs
+//! under the Python of `RESCA_PYTHON` if set (e.g. a virtual environment's `bin/python3`), else
+//! `python3` from the `PATH`. Without it, torch or diffusers the anchor is skipped with the
+//! reason, and ours is timed alone.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -41,19 +43,22 @@ struct Anchor {
 impl Anchor {
     fn start(threads: usize) -> Result<(Self, String), String> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/pytorch_vae_decode.py");
-        let mut child = Command::new("python3")
+        let python = std::env::var("RESCA_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(&python)
             .args([script, "--serve", "--threads", &threads.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start python3: {e}"))?;
+            .map_err(|e| format!("cannot start {python} (set RESCA_PYTHON to another Python): {e}"))?;
         let input = child.stdin.take().expect("piped");
         let mut output = BufReader::new(child.stdout.take().expect("piped"));
         let mut ready = String::new();
         output.read_line(&mut ready).map_err(|e| e.to_string())?;
         if !ready.starts_with("ready") {
             let _ = child.wait();
-            return Err("bench/pytorch_vae_decode.py did not start (are torch and diffusers installed?)".into());
+            return Err(format!(
+                "bench/pytorch_vae_decode.py did not start under {python} (are torch and diffusers installed?)"
+            ));
         }
         Ok((Self { input, output, child }, ready.trim().to_string()))
     }

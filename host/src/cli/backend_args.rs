@@ -1,5 +1,5 @@
 //! The flags that choose where a run executes: `--backend` and, on the device backends,
-//! `--precision` (the arithmetic of the big GEMMs).
+//! `--precision` (the arithmetic of the big GEMMs and the attention).
 
 use anyhow::Result;
 use resca_host::pipeline::launch::Precision;
@@ -10,9 +10,9 @@ use resca_host::run::Backend;
 pub struct BackendArgs {
     #[arg(long, value_enum, default_value_t = Backend::Reference)]
     pub backend: Backend,
-    /// Arithmetic of the token-wise GEMMs on --backend sim or cuda: exact FP32 (the GPU equals
-    /// the simulator bit for bit) or tensor cores (docs/gpu.md, "Precision modes"). The
-    /// reference backend computes in FP32 only.
+    /// Arithmetic of the token-wise GEMMs and the attention on --backend sim or cuda: exact FP32
+    /// (the GPU equals the simulator bit for bit) or tensor cores (docs/gpu.md, "Precision
+    /// modes"). The reference backend computes in FP32 only.
     #[arg(long, value_enum, value_name = "exact|tf32x3|tf32|bf16", default_value_t = Precision::Exact)]
     pub precision: Precision,
 }

@@ -408,6 +408,10 @@ impl<D: Driver> Device for GpuDevice<D> {
         self.driver.synchronize().map_err(backend("synchronize"))
     }
 
+    fn graphs_pay_off(&self) -> bool {
+        true
+    }
+
     fn begin_capture(&mut self) -> Result<(), DeviceError> {
         self.outside_capture("a capture")?;
         self.driver

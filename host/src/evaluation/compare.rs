@@ -44,7 +44,7 @@ pub fn contenders(steps: usize) -> Vec<Contender> {
         Contender {
             group: "~2.5x",
             method: MethodConfig::full(),
-            steps: (steps * 2) / 5,
+            steps: ((steps * 2) / 5).max(2),
         },
         Contender {
             group: "~2.5x",
@@ -269,4 +269,25 @@ pub fn first(images: &Array4<f32>, count: usize) -> Array4<f32> {
     images
         .slice_axis(Axis(0), ndarray::Slice::from(0..count.min(images.dim().0)))
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contenders;
+
+    /// Every run of a comparison has at least one step and no more than the reference run's:
+    /// a short `--steps` must not turn a reduced-step baseline into a refused `--steps 0`.
+    #[test]
+    fn every_contender_runs_between_one_step_and_the_reference_steps() {
+        for steps in 2..=60 {
+            for contender in contenders(steps) {
+                assert!(
+                    (1..=steps).contains(&contender.steps),
+                    "--steps {steps}: a contender of {} steps",
+                    contender.steps
+                );
+            }
+        }
+        assert_eq!(contenders(50)[1].steps, 20, "the ~2.5x reduced-step run of DDIM-50");
+    }
 }

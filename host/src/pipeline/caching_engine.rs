@@ -20,7 +20,7 @@
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use resca_gpu_kernels::taylor::TaylorCoefficients;
+use resca_gpu_kernels::taylor::{TAYLOR_COEFFICIENT_VALUES, TaylorCoefficients};
 use resca_gpu_kernels::tetc::NO_TOKEN;
 use resca_reference::DitConfig;
 use resca_reference::cache::pdds::Solver;
@@ -113,6 +113,8 @@ struct ClusterBuffers {
     next_centroids: Buffer<f32>,
     moved: Buffer<u32>,
     commit: Buffer<u32>,
+    /// ClusCa's member ranks of a sparse step, (depth, rows, K): drawn for every block before
+    /// the step ([`CachingEngine::prepare_step`]).
     ranks: Buffer<u32>,
     picks: Buffer<u32>,
     // The sparse MLP of the K computed tokens per row, and PDDS.
@@ -135,6 +137,13 @@ pub struct CachingEngine {
     previous_index: Option<i64>,
     full: bool,
     caches: Vec<[TaylorCache; 2]>,
+    /// The Taylor coefficients of the current sparse step
+    /// (`TaylorCoefficients::to_values`), uploaded before the step
+    /// ([`CachingEngine::prepare_step`]) so that a step replayed as a graph reads its own.
+    coefficients: Buffer<f32>,
+    /// Whether sparse steps time their spans of simulated denoising with marks (not when they
+    /// run as captured graphs, where a mark is not allowed).
+    time_sparse_spans: bool,
     /// ResCa in paper scaling: the MLP factors of the full steps alone, per block.
     full_step_mlp: Vec<TaylorCache>,
     clusters: Option<ClusterBuffers>,
@@ -193,6 +202,7 @@ impl CachingEngine {
             let [attention, mlp]: [TaylorCache; 2] = pair.try_into().ok().expect("two branches");
             caches.push([attention, mlp]);
         }
+        let coefficients = alloc(dev, &mut owned, TAYLOR_COEFFICIENT_VALUES)?;
         let mut full_step_mlp = Vec::new();
         if one_step_residuals(&method, Branch::Mlp) {
             for _ in 0..config.depth {
@@ -222,6 +232,8 @@ impl CachingEngine {
             previous_index: None,
             full: true,
             caches,
+            coefficients,
+            time_sparse_spans: true,
             full_step_mlp,
             clusters,
             counts: Vec::new(),
@@ -265,7 +277,7 @@ impl CachingEngine {
             next_centroids: alloc(dev, owned, rows * k * d)?,
             moved: alloc(dev, owned, rows * k)?,
             commit: alloc(dev, owned, rows)?,
-            ranks: alloc(dev, owned, rows * k)?,
+            ranks: alloc(dev, owned, config.depth * rows * k)?,
             picks: alloc(dev, owned, rows * k)?,
             gathered: alloc(dev, owned, rows * k * d)?,
             normed: alloc(dev, owned, rows * k * d)?,
@@ -327,6 +339,107 @@ impl CachingEngine {
         self.full = self.schedule.next(step.position, step.index);
     }
 
+    /// Uploads what a sparse step reads from device buffers rather than as launch parameters
+    /// (nothing at a full step): the Taylor coefficients of the step and, for ClusCa, the member
+    /// ranks of every block, drawn from the row generators in the order the blocks use them.
+    /// Call it after [`CachingEngine::begin_step`], before the step's launches (a graph replay
+    /// included).
+    pub fn prepare_step<D: Device>(&mut self, dev: &mut D) -> Result<(), PipelineError> {
+        if self.full {
+            return Ok(());
+        }
+        let coefficients = self.coefficients()?.to_values();
+        dev.upload(self.coefficients.all(), &coefficients)?;
+        if self.method.kind == MethodKind::ClusCa {
+            let (k, depth) = (self.method.clusters, self.config.depth);
+            let mut ranks = vec![NO_TOKEN; depth * self.rows * k];
+            for block in ranks.chunks_mut(self.rows * k) {
+                for (row, rng) in self.rngs.iter_mut().enumerate() {
+                    for c in 0..k {
+                        let count = self.counts[row * k + c] as usize;
+                        if count > 0 {
+                            block[row * k + c] = rng.random_range(0..count) as u32;
+                        }
+                    }
+                }
+            }
+            let buffer = self.buffers()?.ranks;
+            dev.upload(buffer.all(), &ranks)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the current step is sparse (its launches can be captured and replayed as a graph).
+    pub fn is_sparse(&self) -> bool {
+        !self.full
+    }
+
+    /// Whether sparse steps time their simulated denoising with marks (on by default; a sparse
+    /// step captured as a graph may not mark, so the pipeline turns it off with graphs).
+    pub fn time_sparse_spans(&mut self, on: bool) {
+        self.time_sparse_spans = on;
+    }
+
+    /// Every host value that a sparse step passes to its launches by value and that can change
+    /// between sparse steps: the stored-factor count of every cache and the gaps of ResCa's
+    /// cache update (between the last two full steps; one step for the per-step residuals). Two
+    /// sparse steps with the same key issue the same launches (everything else they read is in
+    /// device buffers), so a graph captured at one is replayed at the other.
+    pub fn sparse_step_key(&self) -> Result<Vec<u64>, PipelineError> {
+        let mut key = self.stored_counts();
+        key.push(self.schedule.full_step_gap().unwrap_or(0) as u64);
+        if one_step_residuals(&self.method, Branch::Mlp) {
+            let index = self.current()?.index;
+            key.push(self.previous_index.map_or(0, |p| index - p) as u64);
+        }
+        Ok(key)
+    }
+
+    /// The stored-factor count of every cache: the host state a sparse step changes (ResCa's
+    /// per-step residuals add a factor until the cache is full).
+    pub fn stored_counts(&self) -> Vec<u64> {
+        let caches = self.caches.iter().flat_map(|pair| pair.iter());
+        caches
+            .chain(&self.full_step_mlp)
+            .map(|cache| cache.stored as u64)
+            .collect()
+    }
+
+    /// Sets the counts of [`CachingEngine::stored_counts`]: after a replayed graph, those its
+    /// capture left.
+    pub fn set_stored_counts(&mut self, counts: &[u64]) -> Result<(), PipelineError> {
+        let caches = self.caches.iter_mut().flat_map(|pair| pair.iter_mut());
+        let all: Vec<&mut TaylorCache> = caches.chain(self.full_step_mlp.iter_mut()).collect();
+        if all.len() != counts.len() {
+            return Err(PipelineError::Unsupported(format!(
+                "{} stored-factor counts for {} caches",
+                counts.len(),
+                all.len()
+            )));
+        }
+        for (cache, &count) in all.into_iter().zip(counts) {
+            cache.stored = count as usize;
+        }
+        Ok(())
+    }
+
+    /// A mark starting a span of simulated denoising, when sparse steps are timed.
+    fn sparse_mark<D: Device>(&mut self, dev: &mut D) -> Result<Option<Mark>, PipelineError> {
+        Ok(if self.time_sparse_spans {
+            Some(dev.mark()?)
+        } else {
+            None
+        })
+    }
+
+    /// Ends the span begun by [`CachingEngine::sparse_mark`].
+    fn end_sparse_span<D: Device>(&mut self, dev: &mut D, started: Option<Mark>) -> Result<(), PipelineError> {
+        if let Some(started) = started {
+            self.spans.push((Span::Simulated, started, dev.mark()?));
+        }
+        Ok(())
+    }
+
     fn current(&self) -> Result<StepInfo, PipelineError> {
         self.step
             .ok_or_else(|| PipelineError::Unsupported("a forward pass before the first step".into()))
@@ -358,7 +471,6 @@ impl CachingEngine {
         modulation: Slice<f32>,
         gate_offset: usize,
     ) -> Result<(), PipelineError> {
-        let coef = self.coefficients()?;
         let (n, d) = (self.config.tokens(), self.config.hidden_size);
         let cache = &self.caches[block][Self::slot(branch)];
         launch::taylor_predict_gated_add(
@@ -372,7 +484,7 @@ impl CachingEngine {
             6 * d,
             gate_offset,
             cache.stored,
-            coef,
+            self.coefficients.all(),
         )?;
         Ok(())
     }
@@ -437,23 +549,14 @@ impl CachingEngine {
         modulation: Slice<f32>,
     ) -> Result<(), PipelineError> {
         let (n, d, k) = (self.config.tokens(), self.config.hidden_size, self.method.clusters);
-        let mut ranks = vec![NO_TOKEN; self.rows * k];
-        for (row, rng) in self.rngs.iter_mut().enumerate() {
-            for c in 0..k {
-                let count = self.counts[row * k + c] as usize;
-                if count > 0 {
-                    ranks[row * k + c] = rng.random_range(0..count) as u32;
-                }
-            }
-        }
-        let (labels, ranks_buf, picks) = {
+        let (labels, picks) = {
             let b = self.buffers()?;
-            (b.labels, b.ranks, b.picks)
+            (b.labels, b.picks)
         };
-        dev.upload(ranks_buf.all(), &ranks)?;
-        launch::cluster_members(dev, labels.all(), ranks_buf.all(), picks.all(), self.rows, n, k)?;
+        let ranks = self.buffers()?.ranks.range(l * self.rows * k, self.rows * k);
+        launch::cluster_members(dev, labels.all(), ranks, picks.all(), self.rows, n, k)?;
         self.computed_tokens(dev, block, x, modulation, picks.all())?;
-        let started = dev.mark()?;
+        let started = self.sparse_mark(dev)?;
         let fresh = self.buffers()?.fresh;
         let cache0 = self.caches[l][1].order(0);
         launch::clusca_propagate(
@@ -462,7 +565,7 @@ impl CachingEngine {
             fresh.all(),
             labels.all(),
             picks.all(),
-            ranks_buf.all(),
+            ranks,
             self.rows,
             n,
             k,
@@ -470,7 +573,7 @@ impl CachingEngine {
             self.method.propagation,
         )?;
         self.predict_gated_add(dev, l, Branch::Mlp, x, modulation, 5 * d)?;
-        self.spans.push((Span::Simulated, started, dev.mark()?));
+        self.end_sparse_span(dev, started)?;
         Ok(())
     }
 
@@ -487,7 +590,7 @@ impl CachingEngine {
         let (n, d, k) = (self.config.tokens(), self.config.hidden_size, self.method.clusters);
         let proxies = self.buffers()?.proxies;
         self.computed_tokens(dev, block, x, modulation, proxies.all())?;
-        let started = dev.mark()?;
+        let started = self.sparse_mark(dev)?;
         let b = self.buffers()?;
         let (labels, fresh, residuals, simulated) = (b.labels, b.fresh, b.residuals, b.simulated);
         let solver = self.method.solver;
@@ -515,7 +618,10 @@ impl CachingEngine {
             labels.all(),
             proxies.all(),
             residuals.all(),
+            fresh.all(),
             simulated.all(),
+            x,
+            modulation,
             self.rows,
             n,
             k,
@@ -524,11 +630,11 @@ impl CachingEngine {
             stored,
             self.sign,
             solver == Solver::Bdf2,
+            6 * d,
+            5 * d,
         )?;
-        launch::scatter_rows(dev, fresh.all(), proxies.all(), simulated.all(), self.rows, n, k, d)?;
         self.store(dev, l, Branch::Mlp, simulated.all())?;
-        self.spans.push((Span::Simulated, started, dev.mark()?));
-        launch::gated_add(dev, x, simulated.all(), modulation, self.rows * n, d, n, 6 * d, 5 * d)?;
+        self.end_sparse_span(dev, started)?;
         Ok(())
     }
 

@@ -336,6 +336,13 @@ pub trait Device {
         }
     }
 
+    /// Whether replaying a step's launches as a graph saves time here (a GPU, where each launch
+    /// costs host time; not the simulator, whose launches run when issued): what
+    /// `GraphMode::Auto` of a sampling run follows.
+    fn graphs_pay_off(&self) -> bool {
+        false
+    }
+
     /// Starts capturing the launches and device-to-device copies issued from now on into a graph
     /// instead of running them ([`Device::end_capture`]). Inside a capture, allocations, frees,
     /// uploads, downloads, synchronizes and marks are errors (a captured step must not need the

@@ -558,8 +558,8 @@ pub fn gemm_splitk_gated_residual<D: Device>(
     launch(dev, gemm_tiled::gemm_splitk_reduce_dims(m, n), args)
 }
 
-/// The arithmetic of the big GEMMs (the token-wise linear layers): the exact FP32 kernels, or
-/// tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
+/// The arithmetic of the big GEMMs (the token-wise linear layers) and of the attention: the
+/// exact FP32 kernels, or tensor cores in one of the fast modes (docs/gpu.md, "Precision modes").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// FP32 with an exact CPU model: the GPU equals the simulator bit for bit.
@@ -820,6 +820,74 @@ pub fn attention<D: Device>(
     launch(dev, attention::attention_dims(b, n, h), args)
 }
 
+/// Multi-head attention on tensor cores in a fast `precision` (`flash_attention_tf32`,
+/// `_tf32x3`, `_bf16`; docs/gpu.md, "Attention kernel"): as [`attention`].
+pub fn attention_tc<D: Device>(
+    dev: &mut D,
+    precision: Precision,
+    qkv: Slice<f32>,
+    out: Slice<f32>,
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(), DeviceError> {
+    use resca_gpu_kernels::attention_tc::{ATTN_TC_MAX_HEAD_DIM, attention_tc_dims};
+    let k = match precision {
+        Precision::Tf32 => Kernel::FlashAttentionTf32,
+        Precision::Tf32x3 => Kernel::FlashAttentionTf32X3,
+        Precision::Bf16 => Kernel::FlashAttentionBf16,
+        Precision::Exact => {
+            return Err(DeviceError::Invalid(
+                "the exact precision has no tensor-core attention (use `attention`)".to_string(),
+            ));
+        }
+    };
+    if head_dim > ATTN_TC_MAX_HEAD_DIM as usize || head_dim == 0 {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}`: head_dim {head_dim} outside 1..={ATTN_TC_MAX_HEAD_DIM}",
+            k.name()
+        )));
+    }
+    if batch == 0 || tokens == 0 || heads == 0 {
+        return Ok(());
+    }
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let (b, n, h, hd) = (
+        size(k, "batch", batch)?,
+        size(k, "tokens", tokens)?,
+        size(k, "heads", heads)?,
+        size(k, "head_dim", head_dim)?,
+    );
+    let args = args::FlashAttention {
+        qkv,
+        out,
+        tokens: n,
+        heads: h,
+        head_dim: hd,
+        scale,
+    };
+    launch_as(dev, k, attention_tc_dims(b, n, h, hd), args)
+}
+
+/// Multi-head attention in `precision`: [`attention`] (exact) or [`attention_tc`] (the fast
+/// modes, tensor cores).
+pub fn attention_in<D: Device>(
+    dev: &mut D,
+    precision: Precision,
+    qkv: Slice<f32>,
+    out: Slice<f32>,
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(), DeviceError> {
+    match precision {
+        Precision::Exact => attention(dev, qkv, out, batch, tokens, heads, head_dim),
+        _ => attention_tc(dev, precision, qkv, out, batch, tokens, heads, head_dim),
+    }
+}
+
 /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).
 pub fn unpatchify<D: Device>(
     dev: &mut D,
@@ -1009,7 +1077,8 @@ pub fn taylor_predict<D: Device>(
     launch(dev, taylor::taylor_dims(len), args)
 }
 
-/// `x += gate * prediction` for token rows (rows, D).
+/// `x += gate * prediction` for token rows (rows, D), the prediction's coefficients read from
+/// `coef` (the values of `TaylorCoefficients::to_values`).
 pub fn taylor_predict_gated_add<D: Device>(
     dev: &mut D,
     x: Slice<f32>,
@@ -1021,11 +1090,19 @@ pub fn taylor_predict_gated_add<D: Device>(
     gate_stride: usize,
     gate_offset: usize,
     stored: usize,
-    coef: TaylorCoefficients,
+    coef: Slice<f32>,
 ) -> Result<(), DeviceError> {
     let k = Kernel::TaylorPredictGatedAdd;
     if rows == 0 || hidden == 0 {
         return Ok(());
+    }
+    if coef.len != taylor::TAYLOR_COEFFICIENT_VALUES {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}`: coef holds {} values, the coefficients are {}",
+            k.name(),
+            coef.len,
+            taylor::TAYLOR_COEFFICIENT_VALUES
+        )));
     }
     let total = size(k, "total", rows * hidden)?;
     let args = args::TaylorPredictGatedAdd {
@@ -1452,14 +1529,19 @@ pub fn pdds_proxy_residuals<D: Device>(
     launch(dev, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
 }
 
-/// The implicit update of every token row; `bdf2` selects BDF2, else IE / IT of `order`.
+/// Every token row's MLP output `out`: the proxies' `fresh` rows, the implicit update of the
+/// others (`bdf2` selects BDF2, else IE / IT of `order`); then `x += gate * out`, each row gated
+/// by its sample's gate at `gate_offset` of a `gate_stride`-wide modulation row.
 pub fn pdds_update<D: Device>(
     dev: &mut D,
     cache: Slice<f32>,
     labels: Slice<u32>,
     proxies: Slice<u32>,
     residuals: Slice<f32>,
+    fresh: Slice<f32>,
     out: Slice<f32>,
+    x: Slice<f32>,
+    gate: Slice<f32>,
     batch: usize,
     tokens: usize,
     clusters: usize,
@@ -1468,6 +1550,8 @@ pub fn pdds_update<D: Device>(
     stored: usize,
     sign: f32,
     bdf2: bool,
+    gate_stride: usize,
+    gate_offset: usize,
 ) -> Result<(), DeviceError> {
     let k = Kernel::PddsUpdate;
     let rows = batch * tokens;
@@ -1479,7 +1563,10 @@ pub fn pdds_update<D: Device>(
         labels,
         proxies,
         residuals,
+        fresh,
         out,
+        x,
+        gate,
         batch: size(k, "batch", batch)?,
         tokens: size(k, "tokens", tokens)?,
         clusters: size(k, "clusters", clusters)?,
@@ -1488,6 +1575,8 @@ pub fn pdds_update<D: Device>(
         stored: size(k, "stored", stored)?,
         sign,
         solver: if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR },
+        gate_stride: size(k, "gate_stride", gate_stride)?,
+        gate_offset: size(k, "gate_offset", gate_offset)?,
     };
     launch(dev, pdds::pdds_update_dims(size(k, "rows", rows)?), args)
 }

@@ -45,6 +45,95 @@ pub struct SampleOptions {
     pub replay: Vec<ClusteringRecord>,
     /// Read back every clustering (labels, proxies, smoothed similarity) for inspection.
     pub record_clusterings: bool,
+    /// Whether sparse steps run as captured graphs.
+    pub graphs: GraphMode,
+}
+
+/// Whether a caching method's sparse steps run as graphs ([`Device::begin_capture`]): a sparse
+/// step's device work (the copy of the state into the model input, the forward with its
+/// predictions, proxies and PDDS, guidance) is captured once and replayed at the next sparse
+/// steps, while its key ([`CachingEngine::sparse_step_key`]) stays the same. The results are
+/// those of the direct launches, bit for bit (the launches and their order are the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GraphMode {
+    /// Graphs where they pay off ([`Device::graphs_pay_off`]: on a GPU, whose launches cost
+    /// host time each; not on the simulator, whose launches run when issued anyway).
+    #[default]
+    Auto,
+    /// Every launch issued directly (debugging, comparisons).
+    Off,
+    /// Sparse steps as graphs on any device that captures them.
+    On,
+    /// As `On`, and every sparse step is captured again (not run) and checked against the graph
+    /// it replays ([`Graph::check_replayable`]): a launch parameter that changed between steps
+    /// without changing the key is an error naming the kernel and the parameter (tests).
+    Checked,
+}
+
+impl GraphMode {
+    /// The environment variable that sets the mode of the command line's runs.
+    pub const ENV: &'static str = "RESCA_GRAPHS";
+
+    /// `auto`, `off`, `on` or `checked`.
+    pub fn parse(name: &str) -> Result<Self, PipelineError> {
+        match name {
+            "auto" => Ok(GraphMode::Auto),
+            "off" => Ok(GraphMode::Off),
+            "on" => Ok(GraphMode::On),
+            "checked" => Ok(GraphMode::Checked),
+            _ => Err(PipelineError::Unsupported(format!(
+                "{}={name}: not a graph mode (auto, off, on, checked)",
+                Self::ENV
+            ))),
+        }
+    }
+
+    /// The mode [`GraphMode::ENV`] names, `Auto` where it is not set (`off` launches every
+    /// kernel directly, and times the sparse steps' simulated denoising).
+    pub fn from_env() -> Result<Self, PipelineError> {
+        match std::env::var(Self::ENV) {
+            Ok(name) => Self::parse(&name),
+            Err(_) => Ok(GraphMode::Auto),
+        }
+    }
+}
+
+/// A sparse step's graph and the host state it was captured in and left behind.
+struct SparseStepGraph {
+    /// [`CachingEngine::sparse_step_key`] before the capture.
+    key: Vec<u64>,
+    graph: device::Graph,
+    /// [`CachingEngine::stored_counts`] after the capture: the engine's state after a replay.
+    stored_after: Vec<u64>,
+}
+
+/// The device work of one step up to the sampler's update: the state `x` copied into the model
+/// input (both halves of a guided batch), the forward, the guidance mix.
+#[allow(clippy::too_many_arguments)]
+fn issue_step<D: Device>(
+    dev: &mut D,
+    weights: &DeviceDit,
+    act: &Activations,
+    hook: Option<&mut dyn BranchHook<D>>,
+    modulations: model::StepModulations<'_>,
+    x: Buffer<f32>,
+    cfg_scale: Option<f32>,
+    config: &resca_reference::DitConfig,
+) -> Result<(), PipelineError> {
+    let half = x.len() / 2;
+    match cfg_scale {
+        Some(_) => {
+            dev.copy(x.range(0, half), act.image.range(0, half))?;
+            dev.copy(x.range(0, half), act.image.range(half, half))?;
+        }
+        None => dev.copy(x.all(), act.image.all())?,
+    }
+    model::forward(dev, weights, act, hook, Conditioning::Precomputed(modulations))?;
+    if let Some(scale) = cfg_scale {
+        let (side, oc) = (config.input_size, config.out_channels());
+        launch::cfg_mix(dev, act.out.all(), act.rows / 2, oc, side * side, scale)?;
+    }
+    Ok(())
 }
 
 /// A finished sampling run.
@@ -233,6 +322,16 @@ impl<'m, D: Device> Pipeline<'m, D> {
                 Some(engine)
             }
         };
+        let graphs = engine.is_some()
+            && match options.graphs {
+                GraphMode::Auto => self.dev.graphs_pay_off(),
+                GraphMode::Off => false,
+                GraphMode::On | GraphMode::Checked => true,
+            };
+        if let Some(e) = engine.as_mut() {
+            e.time_sparse_spans(!graphs);
+        }
+        let mut sparse_graph: Option<SparseStepGraph> = None;
         let act = self.activations(b)?;
         let x = self.dev.alloc::<f32>(b * ch * side * side)?;
         let noise = noise.as_standard_layout();
@@ -247,30 +346,70 @@ impl<'m, D: Device> Pipeline<'m, D> {
         xs.index_axis_mut(Axis(0), 0).assign(&noise);
         let mut work = Vec::with_capacity(steps);
         let mut step_seconds = Vec::with_capacity(steps);
-        let half = x.len() / 2;
         for position in 0..steps {
             let started = std::time::Instant::now();
             let info = sampler.step_info(position);
             if let Some(e) = engine.as_mut() {
                 e.begin_step(&info);
+                e.prepare_step(&mut self.dev)?;
             }
-            match cfg_scale {
-                Some(_) => {
-                    self.dev.copy(x.range(0, half), act.image.range(0, half))?;
-                    self.dev.copy(x.range(0, half), act.image.range(half, half))?;
+            match engine.as_mut() {
+                Some(e) if graphs && e.is_sparse() => {
+                    let staged = modulations.staged(&mut self.dev, position)?;
+                    let key = e.sparse_step_key()?;
+                    let current = sparse_graph.as_ref().filter(|g| g.key == key);
+                    match current {
+                        Some(g) if options.graphs != GraphMode::Checked => {
+                            self.dev.launch_graph(&g.graph)?;
+                            e.set_stored_counts(&g.stored_after)?;
+                        }
+                        _ => {
+                            // Capture (the work is not run yet), then replay what was captured.
+                            self.dev.begin_capture()?;
+                            let hook: &mut dyn BranchHook<D> = &mut *e;
+                            let issued =
+                                issue_step(&mut self.dev, &self.weights, &act, Some(hook), staged, x, cfg_scale, &c);
+                            let captured = self.dev.end_capture()?;
+                            issued?;
+                            let stored_after = e.stored_counts();
+                            match current {
+                                Some(g) => {
+                                    g.graph.check_replayable(&captured.ops)?;
+                                    if g.stored_after != stored_after {
+                                        return Err(PipelineError::Unsupported(format!(
+                                            "step {position}: the sparse step's graph left the stored-factor counts \
+                                             {:?}, the step {stored_after:?}",
+                                            g.stored_after
+                                        )));
+                                    }
+                                    self.dev.launch_graph(&g.graph)?;
+                                }
+                                None => {
+                                    self.dev.launch_graph(&captured)?;
+                                    sparse_graph = Some(SparseStepGraph {
+                                        key,
+                                        graph: captured,
+                                        stored_after,
+                                    });
+                                }
+                            }
+                        }
+                    }
                 }
-                None => self.dev.copy(x.all(), act.image.all())?,
-            }
-            let hook = engine.as_mut().map(|e| e as &mut dyn BranchHook<D>);
-            model::forward(
-                &mut self.dev,
-                &self.weights,
-                &act,
-                hook,
-                Conditioning::Precomputed(modulations.step(position)?),
-            )?;
-            if let Some(scale) = cfg_scale {
-                launch::cfg_mix(&mut self.dev, act.out.all(), b / 2, oc, side * side, scale)?;
+                _ => {
+                    let hook = engine.as_mut().map(|e| e as &mut dyn BranchHook<D>);
+                    let step_modulations = modulations.step(position)?;
+                    issue_step(
+                        &mut self.dev,
+                        &self.weights,
+                        &act,
+                        hook,
+                        step_modulations,
+                        x,
+                        cfg_scale,
+                        &c,
+                    )?;
+                }
             }
             let pixels = side * side;
             match sampler {

@@ -381,7 +381,8 @@ pub struct RunModulations {
     /// Model rows per step.
     rows: usize,
     steps: usize,
-    /// Per block: (steps rows, 6D), step s at rows `s rows ..`.
+    /// Per block: (steps rows, 6D), step s at rows `s rows ..`; then one more step's rows, the
+    /// staging slot ([`RunModulations::staged`]).
     blocks: Vec<Buffer<f32>>,
     /// The final layer's (shift, scale): (steps rows, 2D).
     final_layer: Buffer<f32>,
@@ -399,13 +400,13 @@ pub struct StepModulations<'a> {
 impl StepModulations<'_> {
     /// Block `l`'s modulation (rows, 6D).
     fn block(&self, l: usize) -> Slice<f32> {
-        let len = self.run.blocks[l].len() / self.run.steps;
+        let len = self.run.blocks[l].len() / (self.run.steps + 1);
         self.run.blocks[l].range(self.step * len, len)
     }
 
     /// The final layer's (rows, 2D).
     fn final_layer(&self) -> Slice<f32> {
-        let len = self.run.final_layer.len() / self.run.steps;
+        let len = self.run.final_layer.len() / (self.run.steps + 1);
         self.run.final_layer.range(self.step * len, len)
     }
 }
@@ -429,9 +430,9 @@ impl RunModulations {
         };
         let mut blocks = Vec::with_capacity(model.blocks.len());
         for _ in &model.blocks {
-            blocks.push(alloc(dev, all * 6 * d)?);
+            blocks.push(alloc(dev, (all + rows) * 6 * d)?);
         }
-        let final_layer = alloc(dev, all * 2 * d)?;
+        let final_layer = alloc(dev, (all + rows) * 2 * d)?;
         let t: Vec<f32> = timesteps.iter().flat_map(|&t| std::iter::repeat_n(t, rows)).collect();
         let all_labels: Vec<u32> = (0..steps).flat_map(|_| labels.iter().copied()).collect();
         let t = dev.upload_new(&t)?;
@@ -450,9 +451,11 @@ impl RunModulations {
             all,
         )?;
         for (block, out) in model.blocks.iter().zip(&blocks) {
-            block.ada_ln.rows(dev, silu, out.all(), all, false)?;
+            block.ada_ln.rows(dev, silu, out.range(0, all * 6 * d), all, false)?;
         }
-        model.final_ada_ln.rows(dev, silu, final_layer.all(), all, false)?;
+        model
+            .final_ada_ln
+            .rows(dev, silu, final_layer.range(0, all * 2 * d), all, false)?;
         for id in [
             t.id(),
             all_labels.id(),
@@ -481,6 +484,22 @@ impl RunModulations {
             )));
         }
         Ok(StepModulations { run: self, step })
+    }
+
+    /// Step `step`'s modulations copied into the staging slot (device-to-device copies, one per
+    /// block and one for the final layer), and that slot: the same buffers at every step, so that
+    /// a step captured as a graph reads the modulations staged for the step it is replayed at.
+    pub fn staged<D: Device>(&self, dev: &mut D, step: usize) -> Result<StepModulations<'_>, PipelineError> {
+        let from = self.step(step)?;
+        let staging = StepModulations {
+            run: self,
+            step: self.steps,
+        };
+        for l in 0..self.blocks.len() {
+            dev.copy(from.block(l), staging.block(l))?;
+        }
+        dev.copy(from.final_layer(), staging.final_layer())?;
+        Ok(staging)
     }
 
     /// Model rows per step.
@@ -617,7 +636,17 @@ pub fn forward<D: Device>(
             block
                 .qkv
                 .gemm(dev, act.normed.all(), act.qkv.all(), rows, Epilogue::Bias)?;
-            launch::attention(dev, act.qkv.all(), act.heads.all(), b, n, c.num_heads, c.head_dim())?;
+            let precision = block.qkv.precision;
+            launch::attention_in(
+                dev,
+                precision,
+                act.qkv.all(),
+                act.heads.all(),
+                b,
+                n,
+                c.num_heads,
+                c.head_dim(),
+            )?;
             match hook.as_deref_mut() {
                 Some(h) => {
                     block

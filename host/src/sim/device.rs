@@ -72,6 +72,9 @@ pub struct SimDevice {
     capture: Option<Vec<GraphOp>>,
     /// Graphs captured so far (their ids).
     graphs: u64,
+    /// Graph launches so far, and the kernel launches they ran.
+    graph_launches: usize,
+    replayed_launches: usize,
 }
 
 impl SimDevice {
@@ -82,6 +85,16 @@ impl SimDevice {
     /// Kernel launches so far.
     pub fn launches(&self) -> usize {
         self.launches
+    }
+
+    /// Graphs captured so far.
+    pub fn graphs_captured(&self) -> u64 {
+        self.graphs
+    }
+
+    /// Graph launches so far ([`Device::launch_graph`]) and the kernel launches they ran.
+    pub fn graph_launches(&self) -> (usize, usize) {
+        (self.graph_launches, self.replayed_launches)
     }
 
     /// Elements held by live buffers (freed ones hold none).
@@ -274,9 +287,13 @@ impl Device for SimDevice {
     /// Runs the graph's operations in order, each checked as a direct launch or copy is.
     fn launch_graph(&mut self, graph: &Graph) -> Result<(), DeviceError> {
         self.outside_capture("a graph launch")?;
+        self.graph_launches += 1;
         for op in &graph.ops {
             match op {
-                GraphOp::Launch(call) => self.launch(call)?,
+                GraphOp::Launch(call) => {
+                    self.launch(call)?;
+                    self.replayed_launches += 1;
+                }
                 GraphOp::Copy { src, dst } => self.copy_raw(*src, *dst)?,
             }
         }

@@ -170,6 +170,22 @@ pub fn attention(
     output(dev, o, out)
 }
 
+/// Multi-head attention on tensor cores in a fast `precision`.
+pub fn attention_tc(
+    precision: launch::Precision,
+    qkv: &[f32],
+    out: &mut [f32],
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(), DeviceError> {
+    let dev = &mut SimDevice::new();
+    let (qi, o) = (input(dev, qkv)?, input(dev, out)?);
+    launch::attention_tc(dev, precision, qi, o, batch, tokens, heads, head_dim)?;
+    output(dev, o, out)
+}
+
 /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).
 pub fn unpatchify(
     tokens: &[f32],
