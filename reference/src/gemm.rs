@@ -1520,7 +1520,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(resca_tests::proptest_config(48))]
         /// The split over the cores (by panels) adds up to the whole product, for any shape.
         #[test]
         fn linear_equals_the_exact_product(rows in 0usize..40, inputs in 1usize..300, outputs in 1usize..70, seed in 0usize..50) {
