@@ -5,8 +5,8 @@
 //!   five);
 //! - attention at 65535 heads and at 65535 batch rows: the grid's y and z (a GPU's limit, which
 //!   the simulator enforces), and one more refused with a clear error. The two largest runs take
-//!   about two minutes on two cores, so they run on request:
-//!   `cargo test -p resca-host --test sim_largest_shapes -- --include-ignored`.
+//!   about two minutes on two cores, so `cargo test` leaves them out and `.ci/run` runs them as a
+//!   step of their own: `cargo test -p resca-host --test sim_largest_shapes -- --ignored`.
 
 mod support;
 
@@ -122,13 +122,13 @@ fn check_attention(batch: usize, heads: usize) {
 }
 
 #[test]
-#[ignore = "65535 blocks of 128 threads in two block orders: about two minutes on two cores; run with --ignored"]
+#[ignore = "65535 blocks of 128 threads in two block orders: about two minutes on two cores; .ci/run runs it with --ignored"]
 fn attention_at_the_largest_head_count_is_the_reference() {
     check_attention(1, MAX_GRID_YZ);
 }
 
 #[test]
-#[ignore = "65535 blocks of 128 threads in two block orders: about two minutes on two cores; run with --ignored"]
+#[ignore = "65535 blocks of 128 threads in two block orders: about two minutes on two cores; .ci/run runs it with --ignored"]
 fn attention_at_the_largest_batch_is_the_reference() {
     check_attention(MAX_GRID_YZ, 1);
 }
