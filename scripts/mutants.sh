@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Mutation testing (cargo-mutants, configured in .cargo/mutants.toml): mutants of the GPU kernels
-# judged by the simulator's kernel-vs-reference tests, and mutants of the reference's caching
-# engine judged by the tests of the crates that use it. A full run takes hours on two cores, so
-# it runs in shards, one mutant at a time, each shard in its own scratch directory under /tmp
-# (deleted when it ends):
+# judged by the simulator's tests, and mutants of the reference's caching engine judged by the
+# tests that run it. A full run takes days on two cores, so it runs in shards, one mutant at a
+# time:
 #
 #   scripts/mutants.sh kernels 0/32        # shard 0 of 32 of the kernel mutants
 #   scripts/mutants.sh cache 5/16          # shard 5 of 16 of the caching-engine mutants
 #   scripts/mutants.sh kernels list        # list the mutants without running them
-#   scripts/mutants.sh kernels 0/12 --re gpu-kernels/src/norm.rs  # narrower: further arguments
-#                                                                   # go to cargo-mutants
+#   scripts/mutants.sh kernels 0/70 --re gemm_tc.rs   # narrower: further arguments go to
+#                                                     # cargo-mutants
+#
+# What makes a mutant cheap (docs/verification.md, "Mutation testing", has the measured times):
+# - the tree is mutated in place in one persistent copy, target/mutants/tree (refreshed from the
+#   working tree at each start; its own target/ is kept), so a shard builds only what a mutant
+#   changes, and the first shard starts from a copy of target/debug when there is one;
+# - the kernels' judge is one test binary, `mutants_judge` (every simulator test file as a
+#   module), so a mutant costs one test link instead of nine;
+# - the tests run under cargo-nextest's `mutants` profile (.config/nextest.toml): the first
+#   failing test stops the run, and the quick tests run before the whole-model runs.
 #
 # Results land in target/mutants/<target>-<k>of<n>/mutants.out (caught.txt, missed.txt,
-# timeout.txt, unviable.txt, outcomes.json). A shard of ~30 kernel mutants takes about an hour
-# on two cores. Needs `cargo install cargo-mutants` (27.x).
+# timeout.txt, unviable.txt, outcomes.json). Needs `cargo install cargo-mutants` (27.x) and
+# `cargo install cargo-nextest`. Two shards never run at once (they share the copy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,44 +36,68 @@ shift 2
 
 case $target in
     kernels)
-        files=(pdds tetc attention gemm gemm_tiled gemm_tc taylor norm)
+        files=(pdds tetc attention attention_tc gemm gemm_tiled gemm_tc taylor norm)
         select=()
         for f in "${files[@]}"; do select+=(--file "gpu-kernels/src/$f.rs"); done
-        # The kernels run on the simulator in resca-host's tests: every kernel against the
-        # reference ops, the simulator's checks, and the pipeline on the simulator.
-        judge=(--test-package resca-host)
-        test_args=(--test sim_kernels --test sim_cache_kernels --test sim_checks --test sim_methods --test sim_forward
-                   --test sim_gemm --test sim_attention --test sim_tensor_cores --test sim_precision)
+        judge=(--test-package resca-host -C --test=mutants_judge)
         # cargo-mutants 27 runs its unmutated baseline with the mutated package's tests
-        # (resca-gpu-kernels, which has none of these targets), so the baseline is skipped:
-        # run `cargo test -p resca-host` on the unmutated tree first. 15 minutes per mutant at
-        # most (an incremental build of resca-host's tests and their run take about 5).
-        judge+=(--baseline skip --timeout 900)
+        # (resca-gpu-kernels, which has none of the judge's), so the baseline is skipped: run
+        # `cargo test -p resca-host --test mutants_judge` on the unmutated tree first. The judge
+        # takes about 2 minutes on two cores when every test passes.
+        judge+=(--baseline skip --timeout 480)
         ;;
     cache)
         select=(--file 'reference/src/cache/*.rs')
         judge=(--test-package resca-reference,resca-tests,resca-proofs)
-        test_args=()
+        # The tests that run the caching engine: its own unit tests, the properties and
+        # clustering tests, the end-to-end runs against the vectors and golden outputs, and
+        # the proofs' recurrences.
+        for t in caching_properties clustering replay_files golden_caching vectors_cached vectors_clusca \
+            pdds_linear residual_recurrences tetc_pdds_invariants; do
+            judge+=(-C "--test=$t")
+        done
+        judge+=(-C --lib)
         ;;
     *) usage ;;
 esac
 
-if ! cargo mutants --version >/dev/null 2>&1; then
-    echo "error: cargo-mutants is not installed (cargo install cargo-mutants)" >&2
-    exit 1
-fi
+for tool in mutants nextest; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        echo "error: cargo-$tool is not installed (cargo install cargo-$tool)" >&2
+        exit 1
+    fi
+done
 
 if [[ $shard == list ]]; then
     exec cargo mutants --list "${select[@]}" "$@"
 fi
 [[ $shard =~ ^[0-9]+/[0-9]+$ ]] || usage
 
-scratch=$(mktemp -d /tmp/resca-mutants.XXXXXX)
-trap 'rm -rf "$scratch"' EXIT
-out="target/mutants/$target-${shard/\//of}"
-mkdir -p "$out"
+root=$PWD
+tree=$root/target/mutants/tree
+out=$root/target/mutants/$target-${shard/\//of}
+mkdir -p "$tree" "$out"
+exec 9>"$root/target/mutants/lock"
+if ! flock -n 9; then
+    echo "error: another scripts/mutants.sh run holds target/mutants/lock" >&2
+    exit 1
+fi
+
+# Refresh the copy: every tracked or new file whose content differs (also one a stopped run
+# left mutated) is copied, with a new modification time so that cargo rebuilds it.
+git ls-files --cached --others --exclude-standard -z | while IFS= read -r -d '' file; do
+    if [[ -f $file ]] && ! cmp -s "$file" "$tree/$file"; then
+        mkdir -p "$tree/$(dirname "$file")"
+        cp "$file" "$tree/$file"
+    fi
+done
+if [[ ! -d $tree/target/debug && -d target/debug ]]; then
+    echo "seeding target/mutants/tree/target from target/debug (the dependencies' builds)" >&2
+    mkdir -p "$tree/target"
+    cp -a target/debug "$tree/target/"
+fi
+
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
-# cargo-mutants copies the tree into TMPDIR and builds there.
-TMPDIR=$scratch cargo mutants "${select[@]}" "${judge[@]}" \
-    --shard "$shard" --jobs 1 --output "$out" "$@" \
-    -- "${test_args[@]}"
+export NEXTEST_PROFILE=mutants
+cargo mutants --dir "$tree" --in-place "${select[@]}" "${judge[@]}" --test-tool nextest \
+    --shard "$shard" --output "$out" "$@"

@@ -117,12 +117,6 @@ static RescaArg f32_arg(const char *name, float value) {
     return arg;
 }
 
-static RescaArg taylor_arg(const char *name, const float coefficients[8]) {
-    RescaArg arg = {.name = name, .kind = RESCA_ARG_TAYLOR};
-    memcpy(arg.coefficients, coefficients, sizeof arg.coefficients);
-    return arg;
-}
-
 #define LAUNCH(backend, kernel, ...)                                              \
     do {                                                                          \
         RescaArg args_[] = {__VA_ARGS__};                                         \
@@ -376,13 +370,15 @@ static float *resca_sparse_step(const Backend *b, const Model *m, const State *s
     float coefficients[8];
     /* One step past the last full step, counting down: distance -1. */
     check(resca_taylor_coefficients(-1.0f, coefficients), "resca_taylor_coefficients");
+    /* The kernel reads them from a device buffer, so that a captured graph can replay the step. */
+    uint64_t coefficients_buffer = backend_upload(b, coefficients, sizeof coefficients);
     const float sign = -1.0f;
     size_t modulation_len = batch * 6 * d;
 
     LAUNCH(b, "taylor_predict_gated_add", F32S("x", s->tokens, rows * d), F32S("factors", attention_cache, factors_len),
            F32S("gate", s->modulation, modulation_len), u32_arg("rows", rows), u32_arg("hidden", d),
            u32_arg("tokens", n), u32_arg("gate_stride", 6 * d), u32_arg("gate_offset", 2 * d), u32_arg("stored", 2),
-           taylor_arg("coef", coefficients));
+           F32S("coef", coefficients_buffer, 8));
     LAUNCH(b, "gather_rows", F32S("src", s->tokens, rows * d), U32S("indices", proxies_buffer, batch * k),
            F32S("out", gathered, batch * k * d), u32_arg("batch", batch), u32_arg("tokens", n),
            u32_arg("per_row", k), u32_arg("hidden", d));
@@ -393,22 +389,18 @@ static float *resca_sparse_step(const Backend *b, const Model *m, const State *s
            U32S("proxies", proxies_buffer, batch * k), F32S("residuals", residuals, batch * k * d),
            u32_arg("batch", batch), u32_arg("tokens", n), u32_arg("clusters", k), u32_arg("hidden", d),
            u32_arg("order", 1), u32_arg("stored", 2), f32_arg("sign", sign));
+    /* PDDS for every token, the proxies' fresh rows in their places, then x += gate * out: one launch. */
     LAUNCH(b, "pdds_update", F32S("cache", mlp_cache, factors_len), U32S("labels", labels_buffer, rows),
            U32S("proxies", proxies_buffer, batch * k), F32S("residuals", residuals, batch * k * d),
-           F32S("out", simulated, rows * d), u32_arg("batch", batch), u32_arg("tokens", n), u32_arg("clusters", k),
-           u32_arg("hidden", d), u32_arg("order", 1), u32_arg("stored", 2), f32_arg("sign", sign),
-           u32_arg("solver", 0));
-    LAUNCH(b, "scatter_rows", F32S("rows", fresh, batch * k * d), U32S("indices", proxies_buffer, batch * k),
-           F32S("dst", simulated, rows * d), u32_arg("batch", batch), u32_arg("tokens", n), u32_arg("per_row", k),
-           u32_arg("hidden", d));
-    LAUNCH(b, "gated_add", F32S("x", s->tokens, rows * d), F32S("branch", simulated, rows * d),
-           F32S("gate", s->modulation, modulation_len), u32_arg("rows", rows), u32_arg("hidden", d),
-           u32_arg("tokens", n), u32_arg("gate_stride", 6 * d), u32_arg("gate_offset", 5 * d));
+           F32S("fresh", fresh, batch * k * d), F32S("out", simulated, rows * d), F32S("x", s->tokens, rows * d),
+           F32S("gate", s->modulation, modulation_len), u32_arg("batch", batch), u32_arg("tokens", n),
+           u32_arg("clusters", k), u32_arg("hidden", d), u32_arg("order", 1), u32_arg("stored", 2),
+           f32_arg("sign", sign), u32_arg("solver", 0), u32_arg("gate_stride", 6 * d), u32_arg("gate_offset", 5 * d));
 
     float *out = malloc(rows * d * sizeof(float));
     backend_download(b, out, s->tokens, rows * d * sizeof(float));
     uint64_t all[] = {attention_cache, mlp_cache, labels_buffer, proxies_buffer, gathered, normed,
-                      hidden, fresh, residuals, simulated};
+                      hidden, fresh, residuals, simulated, coefficients_buffer};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) backend_free(b, all[i]);
     free(values);
     free(labels);

@@ -118,7 +118,7 @@ fn run(folder: &Path, args: &[String]) -> (Option<i32>, String) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+    #![proptest_config(resca_tests::proptest_config(150))]
 
     #[test]
     fn any_command_line_ends_with_a_status_and_a_reason(

@@ -1,6 +1,7 @@
 //! The whole DiT forward, guided forward and a guided DDIM-50 run on the kernels, on every device
 //! present (the simulator, and the GPU where there is one), against the reference backend and the
-//! official PyTorch tensors of `vectors/tiny`.
+//! official PyTorch tensors of `vectors/tiny`. The simulator runs each with the blocks of every
+//! launch in grid order (`sim`) and reversed (`sim_reversed`).
 
 mod support;
 
@@ -14,7 +15,7 @@ use resca_reference::ddim::DdimSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, FullCompute, Sampler, Trajectory, sample};
 use resca_tests::{max_abs_diff, max_rel_to_max};
-use support::{TestDevice, on_every_device};
+use support::{TestDevice, on_every_device, on_every_device_in_every_block_order};
 
 fn vectors_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/tiny")
@@ -71,7 +72,7 @@ fn forward_matches_reference_and_official_output<D: TestDevice>() {
     assert!(vs_reference < 1e-5, "sim vs reference {vs_reference}");
     assert!(vs_official < 1e-5, "sim vs official {vs_official}");
 }
-on_every_device!(forward_matches_reference_and_official_output);
+on_every_device_in_every_block_order!(forward_matches_reference_and_official_output);
 
 fn guided_forward_matches_reference_and_official_output<D: TestDevice>() {
     let file = vectors("forward.safetensors");
@@ -89,7 +90,7 @@ fn guided_forward_matches_reference_and_official_output<D: TestDevice>() {
     assert!(vs_reference < 1e-5, "sim vs reference {vs_reference}");
     assert!(vs_official < 1e-5, "sim vs official {vs_official}");
 }
-on_every_device!(guided_forward_matches_reference_and_official_output);
+on_every_device_in_every_block_order!(guided_forward_matches_reference_and_official_output);
 
 fn forward_is_bit_for_bit_deterministic<D: TestDevice>() {
     let file = vectors("forward.safetensors");
@@ -102,7 +103,7 @@ fn forward_is_bit_for_bit_deterministic<D: TestDevice>() {
     let first = bits(sim.forward(x.view(), &t, &y).unwrap());
     assert_eq!(first, bits(sim.forward(x.view(), &t, &y).unwrap()));
 }
-on_every_device!(forward_is_bit_for_bit_deterministic);
+on_every_device_in_every_block_order!(forward_is_bit_for_bit_deterministic);
 
 /// A sampling run takes its adaLN modulations from one batched computation at its start; a
 /// forward pass computes them itself. Both give the same bits: each step's model output is the
@@ -128,7 +129,7 @@ fn a_sampled_step_is_the_forward_of_its_input<D: TestDevice>() {
         );
     }
 }
-on_every_device!(a_sampled_step_is_the_forward_of_its_input);
+on_every_device_in_every_block_order!(a_sampled_step_is_the_forward_of_its_input);
 
 fn odd_guided_batch_and_bad_labels_are_errors_not_panics<D: TestDevice>() {
     let model = tiny_model();
@@ -175,7 +176,7 @@ fn guided_ddim_50_run_matches_reference_and_official_trajectory<D: TestDevice>()
     assert!(vs_official < 1e-4, "x vs official {vs_official}");
     assert!(out_vs_reference < 1e-4, "model_out vs reference {out_vs_reference}");
 }
-on_every_device!(guided_ddim_50_run_matches_reference_and_official_trajectory);
+on_every_device_in_every_block_order!(guided_ddim_50_run_matches_reference_and_official_trajectory);
 
 #[test]
 fn a_cli_job_on_the_sim_backend_matches_the_reference_backend() {

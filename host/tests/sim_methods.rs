@@ -15,6 +15,11 @@
 //! BDF2, paper residuals, center-random, feature clustering, flow), which still give 6 full and
 //! 14 sparse steps at interval 4. ResCa official with the released clusterings, and `full`, run
 //! through the CLI in `cli_sim.rs`.
+//!
+//! The simulator runs each test with the blocks of every launch in grid order (`sim`) and
+//! reversed (`sim_reversed`), but for the two slowest (TaylorSeer and FORA; ResCa IT and BDF2),
+//! whose Taylor and PDDS kernels `sim_cache_kernels.rs` checks in both orders: reversed, they
+//! would add 45 s to the binary's 60.
 
 mod support;
 
@@ -33,7 +38,7 @@ use resca_reference::flow::FlowSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, Sampler, Trajectory, sample};
 use resca_tests::max_rel_to_max;
-use support::{TestDevice, on_every_device};
+use support::{TestDevice, on_every_device, on_every_device_in_every_block_order};
 
 fn vectors(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -199,7 +204,7 @@ fn resca_own_clusterings_are_k_medoids_fixed_points_and_the_rest_matches<D: Test
     eprintln!("{exact} of 56 clusterings identical to the reference's");
     assert!(exact >= 28, "only {exact} clusterings agree with the reference's");
 }
-on_every_device!(resca_own_clusterings_are_k_medoids_fixed_points_and_the_rest_matches);
+on_every_device_in_every_block_order!(resca_own_clusterings_are_k_medoids_fixed_points_and_the_rest_matches);
 
 fn taylorseer_and_fora_match_the_reference<D: TestDevice>() {
     let model = model();
@@ -236,7 +241,7 @@ fn clusca_with_a_fixed_seed_matches_the_reference<D: TestDevice>() {
     };
     assert_eq!(labels(&ours.history), labels(&theirs), "K-means clusterings differ");
 }
-on_every_device!(clusca_with_a_fixed_seed_matches_the_reference);
+on_every_device_in_every_block_order!(clusca_with_a_fixed_seed_matches_the_reference);
 
 fn resca_implicit_taylor_and_bdf2_match_the_reference<D: TestDevice>() {
     for (what, solver, residuals) in [
@@ -302,7 +307,7 @@ fn resca_center_random_and_feature_clustering_match_the_reference<D: TestDevice>
     // Measured 3.4e-7 (x), 5.5e-7 (model_out).
     check_against_replayed_reference::<D>("resca feature clustering", &feature, &ddim(20), 1e-4);
 }
-on_every_device!(resca_center_random_and_feature_clustering_match_the_reference);
+on_every_device_in_every_block_order!(resca_center_random_and_feature_clustering_match_the_reference);
 
 fn flow_sampler_runs_cached_methods_like_the_reference<D: TestDevice>() {
     let model = model();
@@ -322,7 +327,7 @@ fn flow_sampler_runs_cached_methods_like_the_reference<D: TestDevice>() {
     // Paper residuals, sign +1: measured 1.9e-7 (x), 3.8e-6 (model_out).
     check_against_replayed_reference::<D>("flow resca", &resca, &flow(20), 1e-4);
 }
-on_every_device!(flow_sampler_runs_cached_methods_like_the_reference);
+on_every_device_in_every_block_order!(flow_sampler_runs_cached_methods_like_the_reference);
 
 fn repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit<D: TestDevice>() {
     let model = model();
@@ -351,4 +356,4 @@ fn repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit<D: Te
     assert_eq!(resident, resident_again, "a run leaves buffers behind");
     assert_eq!(first, second);
 }
-on_every_device!(repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit);
+on_every_device_in_every_block_order!(repeated_runs_on_one_pipeline_free_their_buffers_and_repeat_bit_for_bit);

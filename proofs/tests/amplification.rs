@@ -24,6 +24,7 @@ fn moderate() -> impl Strategy<Value = Complex> {
 }
 
 proptest! {
+    #![proptest_config(resca_tests::proptest_config(256))]
     /// Horner's rule equals the defining sum `sum_{m<=M} w^m/m!` (relative tolerance 1e-12:
     /// both are sums of at most five terms of size <= 5^4/24 ~ 26, so their rounding is
     /// below 1e-14 of the largest term; relative to the result this can be larger only near

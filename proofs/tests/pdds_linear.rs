@@ -81,7 +81,7 @@ fn random_run() -> impl Strategy<Value = RandomRun> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(resca_tests::proptest_config(128))]
 
     /// `simulate` is exactly the recurrence `d_{n+1} = sum_j a_j d_{n-j} + sum_k b_k p_{n+1-k}`
     /// of `pdds_recurrence` (IE, IT(1..=4), IB; DDIM and flow orientation), with the
@@ -152,6 +152,7 @@ fn nearest_root(roots: &[Complex], target: f64) -> f64 {
 }
 
 proptest! {
+    #![proptest_config(resca_tests::proptest_config(256))]
     /// `r = 1` is a root for every confidence (no restoring force: a constant offset of the
     /// driven token is kept forever). Tolerance 1e-6: a simple root from `geev` is accurate to
     /// ~1e-15, a double one (`theta_1 = 0`) to ~`sqrt(eps) = 1.5e-8`.
@@ -261,7 +262,7 @@ fn lambda_log(min_exp: f64, max_exp: f64) -> impl Strategy<Value = f64> {
 const STEPS: usize = 300;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(resca_tests::proptest_config(64))]
 
     /// IE with a driven token positively proportional to its proxy (`d_0 = k p_0`, `k > 0`, so
     /// `theta = 1`): at every step where `theta = 1` the driven increment IS the proxy's,
@@ -533,7 +534,7 @@ fn norm(v: ndarray::ArrayView1<f64>) -> f64 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(resca_tests::proptest_config(48))]
 
     /// Premise of the matrix tests: `A`'s eigenvalues lie in `Re mu < 0`, and the
     /// eigen-decomposition behind the exact trajectory holds, `A W = W diag(mu)` (tolerance

@@ -45,6 +45,7 @@ fn order_and_window() -> impl Strategy<Value = (usize, Vec<i128>)> {
 }
 
 proptest! {
+    #![proptest_config(resca_tests::proptest_config(256))]
     /// `Delta^(m) x_t = sum_k (-1)^k C(m, k) x_{t+k}`, exactly (integers).
     #[test]
     fn residual_recursion_equals_the_binomial_closed_form((m, window) in order_and_window()) {
@@ -138,6 +139,7 @@ fn updates() -> impl Strategy<Value = Vec<Vec<f32>>> {
 }
 
 proptest! {
+    #![proptest_config(resca_tests::proptest_config(256))]
     /// The reference's finite-difference derivatives are the residuals divided by the gap.
     ///
     /// Derivation: with updates at `s_0, s_1 = s_0 + g, ..., s_k` (constant gap `g`) and

@@ -22,6 +22,7 @@ fn real(x: f64) -> Complex {
 // Supplement (S12)-(S14): explicit Taylor M = 1, G(z) = 1 + z.
 
 proptest! {
+    #![proptest_config(resca_tests::proptest_config(256))]
     /// For real `z < -2`, `|1 + z| > 1`. Sampled `z = -2 - d` with `d` log-uniform in
     /// `[1e-9, 1e300]`: `d >= 1e-9` keeps `z` at least 1e-9 away from the boundary, so that
     /// rounding (1e-16 relative) cannot decide the comparison; no tolerance is needed.
@@ -88,7 +89,7 @@ static AXIS_MAXIMA: LazyLock<Vec<(Scheme, u32, f64)>> = LazyLock::new(|| {
 // A-stable. Sampled over the closed left half-plane including |z| up to 1e300.
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4096))]
+    #![proptest_config(resca_tests::proptest_config(4096))]
 
     /// Backward Euler: `|1/(1 - z)| <= 1` for every `Re z <= 0` (tolerance: `ROUNDING`).
     #[test]
@@ -223,7 +224,7 @@ fn implicit_taylor_orders_3_and_4_are_stable_left_of_a_thin_strip() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4096))]
+    #![proptest_config(resca_tests::proptest_config(4096))]
 
     /// ...and left of the strip, everything is stable: `|G(z)| <= 1` for `Re z <= -0.041`
     /// (M = 3) and `Re z <= -0.238` (M = 4), sampled (tolerance: `ROUNDING`).

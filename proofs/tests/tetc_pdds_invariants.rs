@@ -62,7 +62,7 @@ fn row_norm(x: ArrayView2<f32>, i: usize) -> f32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(resca_tests::proptest_config(128))]
 
     /// `cosine_similarity_matrix`: symmetric (tolerance 1e-6: `S = Y Y^T` by GEMM, whose
     /// blocking may sum the two triangles in different orders), entries in `[-1, 1]` up to

@@ -35,9 +35,9 @@
 //! Environment variables, read once per process:
 //! - `RESCA_CPU_CALIBRATION=always`: calibrate, and keep what is measured even on a busy machine.
 //! - `RESCA_CPU_CALIBRATION=off` (or `0`, `false`, `no`): no measurement and no cache file; the
-//!   built-in rule (the panel kernel's 12 x 16 AVX-512 tile for every layer where the CPU has
-//!   AVX-512; else OpenBLAS for many rows, the lanes kernel for a few, the AVX2 panel kernel for
-//!   the conditioning layers).
+//!   built-in rule (the panel kernel's AVX-512 tile for every layer where the CPU has AVX-512:
+//!   14 x 32 on Intel CPUs, 12 x 16 on others; else OpenBLAS for many rows, the lanes kernel for
+//!   a few, the AVX2 panel kernel for the conditioning layers).
 //! - `RESCA_CPU_KERNEL=panels|lanes|openblas|<variant>`: one kernel for every token layer, no
 //!   measurement and no cache file. `panels`: the panel kernel (built-in variant), `<variant>`
 //!   the panel kernel's variant of that name (e.g. `avx512-12x32`; every product of packed

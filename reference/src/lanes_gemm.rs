@@ -519,7 +519,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(resca_tests::proptest_config(48))]
         /// Any shape, split over the cores or not: the panel kernel's bits, and a row's outputs
         /// do not depend on the rows beside it.
         #[test]

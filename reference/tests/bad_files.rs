@@ -131,7 +131,7 @@ fn header_and_data() -> impl Strategy<Value = (String, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(resca_tests::proptest_config(400))]
 
     /// Crafted headers (duplicate names, 0-D and size-0 shapes, absurd sizes, wrong offsets,
     /// unknown dtypes) and wrong length fields.

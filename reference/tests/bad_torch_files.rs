@@ -181,7 +181,7 @@ fn exercise(path: &Path) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(resca_tests::proptest_config(200))]
 
     /// The tiny DiT's `torch.save` file with bytes overwritten (in its pickle, its zip
     /// directory or anywhere) or cut short: an error or a load, never a panic.

@@ -141,7 +141,7 @@ const SOLVERS: [Solver; 6] = [
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(resca_tests::proptest_config(128))]
 
     /// Our single sampling-direction implementation equals the released DDIM formulas and the
     /// flow formulas, for every solver. Tolerance 1e-5: only the float operation order differs

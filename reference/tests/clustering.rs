@@ -6,7 +6,9 @@ use ndarray::{Array2, array};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use resca_reference::cache::clusca::kmeans_l1;
-use resca_reference::cache::tetc::{Clustering, ProxyChoice, choose_proxies, k_medoids, objective, update_medoids};
+use resca_reference::cache::tetc::{
+    Clustering, ProxyChoice, choose_proxies, k_medoids, objective, temporal_smoothing, update_medoids,
+};
 
 #[test]
 fn kmeans_centroids_are_the_exact_means_of_their_members() {
@@ -133,4 +135,18 @@ fn medoid_proxies_are_the_medoids() {
         choose_proxies(s.view(), &clustering, ProxyChoice::Medoid, &mut rng),
         clustering.medoids
     );
+}
+
+/// The smoothing blends with a previous similarity of the same size, and starts afresh from one
+/// of another size (the token count changed), as it does without a previous one.
+#[test]
+fn smoothing_blends_a_previous_of_the_same_size_and_drops_one_of_another() {
+    let current = array![[1.0f32, 0.5], [0.5, 1.0]];
+    let same = Array2::from_elem((2, 2), 0.25f32);
+    // 0.5 * current + 0.5 * 0.25, exact in f32.
+    let blended = temporal_smoothing(current.clone(), Some(&same), 0.5);
+    assert_eq!(blended, array![[0.625f32, 0.375], [0.375, 0.625]]);
+    let other = Array2::from_elem((3, 3), 0.25f32);
+    assert_eq!(temporal_smoothing(current.clone(), Some(&other), 0.5), current);
+    assert_eq!(temporal_smoothing(current.clone(), None, 0.5), current);
 }

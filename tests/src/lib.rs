@@ -1,9 +1,12 @@
-//! Shared helpers of the workspace-level tests: where the reference vectors live and how to
-//! measure the distance between two tensors ([`compare`], shared by every crate's tests).
+//! Shared helpers of the workspace-level tests: where the reference vectors live, how to
+//! measure the distance between two tensors ([`compare`]) and the property tests' fixed seed
+//! ([`proptest_seed`]), the last two shared by every crate's tests.
 
 pub mod compare;
+pub mod proptest_seed;
 
 pub use compare::{Tensor, max_abs_diff, max_abs_diff_matching_non_finite, max_rel_to_max};
+pub use proptest_seed::{PROPTEST_SEED, proptest_config};
 
 use std::path::PathBuf;
 

@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 
 use ndarray::{Array4, Ix4};
-use proptest::test_runner::{Config as ProptestConfig, RngSeed, TestCaseError};
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_host::cuda::CudaDevice;
 use resca_host::inputs::guided_batch;
@@ -241,26 +241,16 @@ fn attention_on_tensor_cores<D: Device>(dev: &mut D, c: &DitConfig) {
     dev.free(out.id()).unwrap();
 }
 
-/// The seed the property tests draw their cases from unless `PROPTEST_RNG_SEED` says otherwise:
-/// fixed, so that a failure in CI reproduces on any machine.
-pub const PROPTEST_SEED: u64 = 0x7e5c_a24b;
+#[allow(unused_imports)] // named by the docs and failure messages
+pub use resca_tests::PROPTEST_SEED;
 
-/// The property tests' configuration: 24 cases from [`PROPTEST_SEED`]. proptest's own variables
-/// run others: `PROPTEST_CASES=2000` for many more cases, `PROPTEST_RNG_SEED=<u64>` for another
-/// draw.
+/// The kernel properties' configuration: 24 cases from [`PROPTEST_SEED`]
+/// (`resca_tests::proptest_config`; `PROPTEST_CASES`, `PROPTEST_RNG_SEED` run others), and no
+/// failure files: a failing case is found again from the seed, and printed with its inputs.
 pub fn proptest_config() -> ProptestConfig {
-    // `ProptestConfig::default()` holds what the environment says.
-    let from_env = ProptestConfig::default();
-    let set = |name: &str| std::env::var_os(name).is_some();
     ProptestConfig {
-        cases: if set("PROPTEST_CASES") { from_env.cases } else { 24 },
-        rng_seed: if set("PROPTEST_RNG_SEED") {
-            from_env.rng_seed
-        } else {
-            RngSeed::Fixed(PROPTEST_SEED)
-        },
         failure_persistence: None,
-        ..from_env
+        ..resca_tests::proptest_config(24)
     }
 }
 
@@ -425,3 +415,35 @@ macro_rules! on_every_device {
 }
 #[allow(unused_imports)]
 pub(crate) use on_every_device;
+
+/// [`on_every_device!`] with the simulator run in each of [`BLOCK_ORDERS`]: `sim` in grid order,
+/// `sim_reversed` with the blocks of every launch reversed (a GPU runs them in any order), as
+/// separate tests so that the harness runs them side by side.
+#[allow(unused_macros)]
+macro_rules! on_every_device_in_every_block_order {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn sim() {
+                super::$test::<resca_host::sim::SimDevice>();
+            }
+
+            #[test]
+            fn sim_reversed() {
+                resca_host::sim::with_block_order(
+                    resca_host::sim::BlockOrder::Reversed,
+                    super::$test::<resca_host::sim::SimDevice>,
+                );
+            }
+
+            #[test]
+            fn cuda() {
+                if $crate::support::gpu_or_skip(concat!(stringify!($test), " on cuda")) {
+                    super::$test::<resca_host::cuda::CudaDevice>();
+                }
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use on_every_device_in_every_block_order;
