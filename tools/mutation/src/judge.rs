@@ -287,7 +287,10 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
         timeout: usize,
         missed: usize,
         unreached: usize,
-        not_rewritten: usize,
+        /// The schema does not compile: neither would the mutant.
+        unviable: usize,
+        /// Left for cargo-mutants (a const context, a kind without a schema).
+        no_schema: usize,
         not_run: usize,
     }
     let mut per_file: BTreeMap<&str, Counts> = BTreeMap::new();
@@ -295,9 +298,16 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
     for entry in schemata {
         let counts = per_file.entry(&entry.file).or_default();
         counts.listed += 1;
-        if entry.not_rewritten.is_some() {
-            counts.not_rewritten += 1;
-            continue;
+        match &entry.not_rewritten {
+            Some(why) if why.starts_with(crate::UNVIABLE) => {
+                counts.unviable += 1;
+                continue;
+            }
+            Some(_) => {
+                counts.no_schema += 1;
+                continue;
+            }
+            None => {}
         }
         match outcomes.get(&entry.id).map(|o| o.outcome.as_str()) {
             Some("caught") => counts.caught += 1,
@@ -313,8 +323,8 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
             _ => counts.not_run += 1,
         }
     }
-    println!("| file | mutants | caught | timeout | missed | unreached | not rewritten | not run | score |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| file | mutants | caught | timeout | missed | unreached | unviable | no schema | not run | score |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut total = Counts::default();
     let row = |name: &str, c: &Counts| {
         let judged = c.caught + c.timeout + c.missed + c.unreached;
@@ -324,8 +334,8 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
             format!("{:.1}%", 100.0 * (c.caught + c.timeout) as f64 / judged as f64)
         };
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {score} |",
-            c.listed, c.caught, c.timeout, c.missed, c.unreached, c.not_rewritten, c.not_run
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {score} |",
+            c.listed, c.caught, c.timeout, c.missed, c.unreached, c.unviable, c.no_schema, c.not_run
         );
     };
     for (file, c) in &per_file {
@@ -335,7 +345,8 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
         total.timeout += c.timeout;
         total.missed += c.missed;
         total.unreached += c.unreached;
-        total.not_rewritten += c.not_rewritten;
+        total.unviable += c.unviable;
+        total.no_schema += c.no_schema;
         total.not_run += c.not_run;
     }
     row("**all**", &total);

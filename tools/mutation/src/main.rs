@@ -87,6 +87,9 @@ enum Step {
     },
 }
 
+/// The start of the reason of a mutant whose schema does not compile.
+pub const UNVIABLE: &str = "its schema does not compile";
+
 /// What `instrument` wrote for one mutant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SchemaEntry {
@@ -203,7 +206,7 @@ fn instrument(
                 Some((_, ids)) => {
                     for id in ids {
                         if !excluded.contains_key(id) {
-                            excluded.insert(*id, format!("its schema does not compile: {}", error.message));
+                            excluded.insert(*id, format!("{UNVIABLE}: {}", error.message));
                             blamed += 1;
                         }
                     }

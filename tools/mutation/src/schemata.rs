@@ -13,7 +13,8 @@
 //! - a function whose body is replaced by a value gets `if active(ID) { return VALUE; }` in
 //!   front of its statements;
 //! - a deleted match arm gets the guard `if !active(ID)` (or `!active(ID) && (guard)`), so that
-//!   the value falls through to the arms below, as if the arm were not there.
+//!   the value falls through to the arms below, as if the arm were not there;
+//! - a guard replaced by `true` or `false` becomes `(if active(ID) { true } else { guard })`.
 //!
 //! Mutants in const contexts (const and static items, const fns, array lengths), in let chains,
 //! and of other kinds (a deleted struct field) are not rewritten: they are left for
@@ -121,6 +122,8 @@ enum Site {
         pattern_end: usize,
         guard: Option<Range<usize>>,
     },
+    /// A match arm's guard, replaced by a constant.
+    Guard { guard: Range<usize> },
 }
 
 /// Byte offsets of a source's lines, to turn line and column into a byte offset.
@@ -155,6 +158,7 @@ struct Collector<'a> {
     unary: HashMap<ListedPosition, Site>,
     fn_body: HashMap<ListedPosition, Site>,
     arm: HashMap<ListedPosition, Site>,
+    guard: HashMap<ListedPosition, Site>,
     unfit: HashMap<ListedPosition, &'static str>,
     const_depth: usize,
 }
@@ -177,6 +181,7 @@ impl Collector<'_> {
             "binary" => &mut self.binary,
             "unary" => &mut self.unary,
             "fn" => &mut self.fn_body,
+            "guard" => &mut self.guard,
             _ => &mut self.arm,
         };
         map.insert(at, site);
@@ -317,6 +322,15 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             guard: arm.guard.as_ref().map(|(_, guard)| self.lines.range(guard.span())),
         };
         self.add("arm", arm.span().start().into(), site);
+        if let Some((_, guard)) = &arm.guard {
+            self.add(
+                "guard",
+                guard.span().start().into(),
+                Site::Guard {
+                    guard: self.lines.range(guard.span()),
+                },
+            );
+        }
         visit::visit_arm(self, arm);
     }
 }
@@ -445,6 +459,23 @@ fn edits_of(site: &Site, mutants: &[(usize, String)]) -> Vec<Edit> {
                 rank: 0,
             })
             .collect(),
+        Site::Guard { guard } => {
+            let mut pieces = vec![text("(")];
+            for (id, value) in mutants {
+                pieces.push(Piece::Branch(
+                    *id,
+                    vec![text(format!("if {} {{ {value} }} else ", switch(*id)))],
+                ));
+            }
+            pieces.extend([text("{ "), Piece::Hole(0), text(" })")]);
+            vec![Edit {
+                range: guard.clone(),
+                holes: vec![guard.clone()],
+                pieces,
+                mutants: ids,
+                rank: 0,
+            }]
+        }
         Site::Arm { pattern_end, guard } => {
             let id = ids[0];
             match guard {
@@ -577,6 +608,7 @@ pub fn rewrite(
         unary: HashMap::new(),
         fn_body: HashMap::new(),
         arm: HashMap::new(),
+        guard: HashMap::new(),
         unfit: HashMap::new(),
         const_depth: 0,
     };
@@ -597,6 +629,7 @@ pub fn rewrite(
             "UnaryOperator" => ("unary", &collector.unary),
             "FnValue" => ("fn", &collector.fn_body),
             "MatchArm" => ("arm", &collector.arm),
+            "MatchArmGuard" => ("guard", &collector.guard),
             other => {
                 placements.push((*id, Placement::NotRewritten(format!("a {other} mutant has no schema"))));
                 continue;
@@ -786,6 +819,26 @@ mod tests {
         let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
         let expected = "fn f(k: u8, b: bool) -> i32 {\n    match k { 0 if !crate::mutant_schemata::active(0) => 1, \
             1 if (!crate::mutant_schemata::active(1) && (b)) => (match (2) { mutant_e => if crate::mutant_schemata::active(2) { mutant_e } else { -mutant_e } }), _ => 3 }\n}\n";
+        assert_eq!(out.text, expected);
+    }
+
+    #[test]
+    fn a_guard_replaced_by_a_constant_and_its_arm_deleted_nest() {
+        let source = "fn f(k: u8, b: bool) -> i32 {\n    match k { 1 if b => 2, _ => 3 }\n}\n";
+        let mutants = numbered(vec![
+            listed("guard true", "MatchArmGuard", "true", 2, 20),
+            listed("guard false", "MatchArmGuard", "false", 2, 20),
+            listed("arm 1", "MatchArm", "", 2, 15),
+        ]);
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
+        assert!(
+            out.placements.iter().all(|(_, p)| *p == Placement::Rewritten),
+            "{:?}",
+            out.placements
+        );
+        // Only one mutant is on at a time, so either edit may enclose the other.
+        let expected = "fn f(k: u8, b: bool) -> i32 {\n    match k { 1 if (if crate::mutant_schemata::active(0) { true } \
+            else if crate::mutant_schemata::active(1) { false } else { (!crate::mutant_schemata::active(2) && (b)) }) => 2, _ => 3 }\n}\n";
         assert_eq!(out.text, expected);
     }
 
