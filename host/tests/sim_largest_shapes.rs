@@ -2,11 +2,23 @@
 //! other limits, attention's head dimension 128 and the GEMM tiles' edges, are tested in
 //! `sim_attention.rs`, `sim_kernels.rs` and `sim_gemm.rs`):
 //! - the Taylor kernels at `MAX_TAYLOR_ORDER` = 4, five factors (the coefficients they take hold
-//!   five);
-//! - attention at 65535 heads and at 65535 batch rows: the grid's y and z (a GPU's limit, which
-//!   the simulator enforces), and one more refused with a clear error. The two largest runs take
-//!   about two minutes on two cores, so `cargo test` leaves them out and `.ci/run` runs them as a
-//!   step of their own: `cargo test -p resca-host --test sim_largest_shapes -- --ignored`.
+//!   five). PDDS reads such a cache: its launches refuse order 5 with an error naming the order
+//!   (here); order 4 with five stored factors and four proxy residuals, against the reference in
+//!   both block orders, is in `sim_cache_kernels.rs` (`pdds_matches_for_every_solver_at_k_1_and_k_n`);
+//! - the grid's y and z hold 65535 blocks (a GPU's limit, which the simulator enforces; the
+//!   launches refuse more with an error naming the dimension). At 65535, against the reference:
+//!   attention's heads (y) and batch rows (z), the exact FMA GEMM's row tiles (y; 64- and
+//!   128-row tiles) and K-medoids' batch rows (the medoid update's y), each in both block
+//!   orders; the mul + add GEMM's row tiles in grid order only. One more is refused for each, and
+//!   for the tensor-core GEMMs' row tiles, split-K's splits (z) and the similarity's batch (z).
+//!   The tensor-core GEMMs are not run at the limit: one block order takes 1.5 minutes (BF16)
+//!   to 5 minutes (3xTF32) of the simulator.
+//!
+//! The runs at the limit take 3.5 minutes of CPU on an Intel Xeon (family 6 model 167):
+//! attention 24 and 25 s, the FMA GEMM 31 s (64-row tiles) and 81 s (128-row tiles), the mul + add
+//! GEMM 17 s, K-medoids 27 s; 3 min 40 s of wall time for them all on its two cores shared with
+//! other jobs. So `cargo test` leaves them out and `.ci/run` runs them as a step of their own:
+//! `cargo test -p resca-host --test sim_largest_shapes -- --ignored`.
 
 mod support;
 
@@ -126,13 +138,13 @@ fn check_attention(batch: usize, heads: usize) {
 }
 
 #[test]
-#[ignore = "65535 blocks of 128 threads in two block orders: about two minutes on two cores; .ci/run runs it with --ignored"]
+#[ignore = "65535 blocks of 128 threads in two block orders: 24 s of CPU; .ci/run runs it with --ignored"]
 fn attention_at_the_largest_head_count_is_the_reference() {
     check_attention(1, MAX_GRID_YZ);
 }
 
 #[test]
-#[ignore = "65535 blocks of 128 threads in two block orders: about two minutes on two cores; .ci/run runs it with --ignored"]
+#[ignore = "65535 blocks of 128 threads in two block orders: 25 s of CPU; .ci/run runs it with --ignored"]
 fn attention_at_the_largest_batch_is_the_reference() {
     check_attention(MAX_GRID_YZ, 1);
 }
@@ -142,11 +154,22 @@ fn attention_past_the_largest_head_count_and_batch_is_an_error() {
     for (batch, heads) in [(1, MAX_GRID_YZ + 1), (MAX_GRID_YZ + 1, 1)] {
         let qkv = vec![0.5f32; batch * 3 * heads * 2];
         let mut out = vec![0.0f32; batch * heads * 2];
-        let err = kernels::attention(&qkv, &mut out, batch, 1, heads, 2).unwrap_err();
-        assert!(
-            err.to_string().contains("exceeds 65535"),
-            "batch {batch}, heads {heads}: {err}"
-        );
+        let named = if heads > MAX_GRID_YZ {
+            "heads = 65536 is 65536 blocks in the grid's y"
+        } else {
+            "batch = 65536 is 65536 blocks in the grid's z"
+        };
+        let refused = [
+            kernels::attention(&qkv, &mut out, batch, 1, heads, 2),
+            kernels::attention_tc(Precision::Tf32, &qkv, &mut out, batch, 1, heads, 2),
+        ];
+        for result in refused {
+            let err = result.unwrap_err().to_string();
+            assert!(
+                err.contains(named) && err.contains("exceeds its limit of 65535"),
+                "batch {batch}, heads {heads}: {err}"
+            );
+        }
     }
 }
 
@@ -287,19 +310,19 @@ fn check_gemm_at_the_largest_row_tile_count(gemm: RowTiledGemm, orders: &[BlockO
 }
 
 #[test]
-#[ignore = "65535 blocks of 256 threads in two block orders: half a minute on two cores; .ci/run runs it with --ignored"]
+#[ignore = "65535 blocks of 256 threads in two block orders: 31 s of CPU; .ci/run runs it with --ignored"]
 fn the_fma_gemm64_at_the_largest_row_tile_count_is_the_reference() {
     check_gemm_at_the_largest_row_tile_count(RowTiledGemm::Fma(GemmTile::Tile64), &BLOCK_ORDERS);
 }
 
 #[test]
-#[ignore = "65535 blocks of 256 threads in two block orders: a minute and a half on two cores; .ci/run runs it with --ignored"]
+#[ignore = "65535 blocks of 256 threads in two block orders: 81 s of CPU; .ci/run runs it with --ignored"]
 fn the_fma_gemm128_at_the_largest_row_tile_count_is_the_reference() {
     check_gemm_at_the_largest_row_tile_count(RowTiledGemm::Fma(GemmTile::Tile128), &BLOCK_ORDERS);
 }
 
 #[test]
-#[ignore = "65535 blocks of 256 threads: 20 seconds on two cores; .ci/run runs it with --ignored"]
+#[ignore = "65535 blocks of 256 threads in grid order: 17 s of CPU; .ci/run runs it with --ignored"]
 fn the_mul_add_gemm_at_the_largest_row_tile_count_is_the_reference() {
     check_gemm_at_the_largest_row_tile_count(RowTiledGemm::MulAdd, &[BlockOrder::InOrder]);
 }
@@ -369,7 +392,7 @@ fn check_kmedoids(batch: usize) {
 }
 
 #[test]
-#[ignore = "65535 blocks of 128 threads in two block orders: about a minute on two cores; .ci/run runs it with --ignored"]
+#[ignore = "2 x 65535 blocks of 128 threads, up to three iterations in two block orders: 27 s of CPU; .ci/run runs it with --ignored"]
 fn kmedoids_at_the_largest_batch_is_the_reference() {
     check_kmedoids(MAX_GRID_YZ);
 }

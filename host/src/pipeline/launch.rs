@@ -118,6 +118,12 @@ fn gemm_row_tiles(kernel: Kernel, m: u32, tile: u32, dims: &LaunchDims) -> Resul
     within_grid_yz(kernel, "y", dims.grid.y, || format!("M = {m} in row tiles of {tile}"))
 }
 
+/// Fails unless attention's grid, the heads in y and the batch rows in z, fits [`MAX_GRID_YZ`].
+fn attention_grid(kernel: Kernel, dims: &LaunchDims) -> Result<(), DeviceError> {
+    within_grid_yz(kernel, "y", dims.grid.y, || format!("heads = {}", dims.grid.y))?;
+    within_grid_yz(kernel, "z", dims.grid.z, || format!("batch = {}", dims.grid.z))
+}
+
 /// Launches `A::KERNEL` with `args` and the geometry `dims`.
 pub fn launch<D: Device, A: KernelArgs>(dev: &mut D, dims: LaunchDims, args: A) -> Result<(), DeviceError> {
     launch_as(dev, A::KERNEL, dims, args)
@@ -855,7 +861,9 @@ pub fn attention<D: Device>(
         head_dim: size(k, "head_dim", head_dim)?,
         scale,
     };
-    launch(dev, attention::attention_dims(b, n, h), args)
+    let dims = attention::attention_dims(b, n, h);
+    attention_grid(k, &dims)?;
+    launch(dev, dims, args)
 }
 
 /// Multi-head attention on tensor cores in a fast `precision` (`flash_attention_tf32`,
@@ -905,7 +913,9 @@ pub fn attention_tc<D: Device>(
         head_dim: hd,
         scale,
     };
-    launch_as(dev, k, attention_tc_dims(b, n, h, hd), args)
+    let dims = attention_tc_dims(b, n, h, hd);
+    attention_grid(k, &dims)?;
+    launch_as(dev, k, dims, args)
 }
 
 /// Multi-head attention in `precision`: [`attention`] (exact) or [`attention_tc`] (the fast
