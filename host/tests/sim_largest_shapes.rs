@@ -14,11 +14,11 @@
 //!   The tensor-core GEMMs are not run at the limit: one block order takes 1.5 minutes (BF16)
 //!   to 5 minutes (3xTF32) of the simulator.
 //!
-//! The runs at the limit take 3.5 minutes of CPU on an Intel Xeon (family 6 model 167):
+//! The runs at the limit take 3.5 to 3.7 minutes of CPU on an Intel Xeon (family 6 model 167):
 //! attention 24 and 25 s, the FMA GEMM 31 s (64-row tiles) and 81 s (128-row tiles), the mul + add
-//! GEMM 17 s, K-medoids 27 s; 3 min 40 s of wall time for them all on its two cores shared with
-//! other jobs. So `cargo test` leaves them out and `.ci/run` runs them as a step of their own:
-//! `cargo test -p resca-host --test sim_largest_shapes -- --ignored`.
+//! GEMM 17 s, K-medoids 27 s; 3 min 40 s to 4 min 35 s of wall time for them all on its two
+//! cores shared with other jobs (load 4 to 5). So `cargo test` leaves them out and `.ci/run` runs
+//! them as a step of their own: `cargo test -p resca-host --test sim_largest_shapes -- --ignored`.
 
 mod support;
 
