@@ -56,9 +56,11 @@ enum Step {
     Trace {
         #[arg(long)]
         schemata: PathBuf,
-        /// Test binaries (libtest) of the judge.
+        /// Test binaries (libtest) of the judge, each as `PATH=DIR`: its tests run in DIR, the
+        /// package's directory, as under cargo (tests read files and proptest writes its
+        /// regressions relative to it).
         #[arg(long = "binary", required = true)]
-        binaries: Vec<PathBuf>,
+        binaries: Vec<String>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 2)]
