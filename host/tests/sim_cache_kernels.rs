@@ -626,3 +626,211 @@ fn kmedoids_loop_matches_at_k_1_and_k_n() {
         }
     }
 }
+
+/// The medoid update where the 128-thread block's reductions decide: one cluster whose members
+/// (tokens 1 and 65, scanned by threads 1 and 65, which the first tree step pairs) have sums NaN
+/// and -inf, so that no sum beats -inf and the first member must come from the smallest-token
+/// reduction, not from the old medoid; one cluster whose two members (tokens 2 and 130) are
+/// scanned by the same thread and tie, so that the thread must keep the earlier one; one empty
+/// cluster, which keeps its medoid.
+#[test]
+fn kmedoids_update_takes_the_first_member_on_ties_and_on_sums_that_are_not_numbers() {
+    let n = 131;
+    let mut sim = Array2::from_shape_vec((n, n), values(11, n * n, 1.0)).unwrap();
+    // Cluster 0 = {1, 65}: sum(1) = NaN + s[1, 65] = NaN; sum(65) = -inf + s[65, 65] = -inf.
+    sim[[1, 1]] = f32::NAN;
+    sim[[65, 1]] = f32::NEG_INFINITY;
+    // Cluster 1 = {2, 130}: both sums 0.25 + 0.25 = 0.5 exactly.
+    for i in [2, 130] {
+        for j in [2, 130] {
+            sim[[i, j]] = 0.25;
+        }
+    }
+    let mut labels = vec![3usize; n];
+    (labels[1], labels[65], labels[2], labels[130]) = (0, 0, 1, 1);
+    // Old medoids that are not the expected ones, so that falling back to them shows; cluster 2
+    // has no member.
+    let medoids = [65usize, 130, 7, 0];
+    let expected = [1usize, 2, 7];
+    support::in_every_block_order(|| {
+        let dev = &mut SimDevice::new();
+        let (si, li, mi) = (up(dev, &flat(&sim)), up(dev, &u32s(&labels)), up(dev, &u32s(&medoids)));
+        let next = zeros(dev, medoids.len());
+        launch::kmedoids_update(dev, si, li, mi, next, 1, n, medoids.len()).unwrap();
+        let next = usizes(&down(dev, next));
+        let reference = tetc::update_medoids(sim.view(), &labels, &medoids);
+        prop_assert_eq!(&next[..3], &expected[..]);
+        prop_assert_eq!(&reference[..3], &expected[..]);
+        prop_assert_eq!(next, reference);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A generator whose every draw is the same 64 bits, to hand the reference the uniform number
+/// the kernel is given.
+struct ConstantDraws(u64);
+
+impl rand::RngCore for ConstantDraws {
+    fn next_u32(&mut self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for (i, byte) in dst.iter_mut().enumerate() {
+            *byte = self.0.to_le_bytes()[i % 8];
+        }
+    }
+}
+
+/// `center-random` where the target lands exactly on a member's running sum: two members of
+/// equal weight w and the uniform 0.5 give target = w, which the first member brings to exactly
+/// 0, not below, so the draw is the second member (and, at the uniform 0, the first member).
+#[test]
+fn center_random_proxies_pass_a_member_that_brings_the_target_to_exactly_zero() {
+    let n = 6;
+    let mut sim = Array2::from_shape_vec((n, n), values(13, n * n, 1.0)).unwrap();
+    let labels = [0usize, 1, 0, 1, 1, 1];
+    let medoids = [0usize, 4];
+    // Cluster 0 = {0, 2}: weights s[0, j] + 1e-6 with s = 0.5 for both, so w + w = 2w exactly.
+    (sim[[0, 0]], sim[[0, 2]]) = (0.5, 0.5);
+    // 0.5 is 2^63 >> 11 times 2^-53, the reference's draw from these 64 bits.
+    let half = 1u64 << 63;
+    let uniforms = [0.5f64, 0.0];
+    let expected = [2usize, 1];
+    support::in_every_block_order(|| {
+        let dev = &mut SimDevice::new();
+        let (si, li, mi) = (up(dev, &flat(&sim)), up(dev, &u32s(&labels)), up(dev, &u32s(&medoids)));
+        let (ui, proxies) = (up(dev, &uniforms), zeros(dev, 2));
+        launch::center_random_proxies(dev, si, li, mi, ui, proxies, 1, n, 2).unwrap();
+        let proxies = usizes(&down(dev, proxies));
+        prop_assert_eq!(&proxies, &expected);
+        // The reference draws cluster 0 from `half`, cluster 1 from 0.
+        let clustering = Clustering {
+            labels: labels.to_vec(),
+            medoids: medoids.to_vec(),
+        };
+        let first = tetc::choose_proxies(
+            sim.view(),
+            &clustering,
+            ProxyChoice::CenterRandom,
+            &mut ConstantDraws(half),
+        );
+        let second = tetc::choose_proxies(
+            sim.view(),
+            &clustering,
+            ProxyChoice::CenterRandom,
+            &mut ConstantDraws(0),
+        );
+        prop_assert_eq!(vec![first[0], second[1]], expected.to_vec());
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The PDDS kernels raise `sign` to powers by repeated multiplication, which orients the cached
+/// derivatives only for a sign of 1 (flow) or -1 (DDIM): any other value is refused at the
+/// launch, naming the kernel and the value, before anything runs.
+#[test]
+fn pdds_launches_refuse_a_sign_other_than_1_and_minus_1() {
+    let (batch, n, k, d, order, stored) = (1, 3, 2, 4, 1, 2);
+    let dev = &mut SimDevice::new();
+    let cache = up(dev, &values(1, (order + 1) * n * d, 1.0));
+    let (labels, proxies) = (up(dev, &[0u32, 1, 0]), up(dev, &[0u32, 1]));
+    let fresh = up(dev, &values(2, k * d, 1.0));
+    let (residuals, out) = (zeros(dev, order * k * d), zeros(dev, n * d));
+    let (x, gate) = (up(dev, &values(3, n * d, 1.0)), up(dev, &values(4, 3 * d, 1.0)));
+    for sign in [0.5f32, 2.0, 0.0, -0.0, f32::NAN, f32::INFINITY] {
+        let err = launch::pdds_proxy_residuals(
+            dev, fresh, cache, proxies, residuals, batch, n, k, d, order, stored, sign,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pdds_proxy_residuals") && err.contains(&format!("sign = {sign}")),
+            "{err}"
+        );
+        let err = launch::pdds_update(
+            dev,
+            cache,
+            labels,
+            proxies,
+            residuals,
+            fresh,
+            out,
+            x,
+            gate,
+            batch,
+            n,
+            k,
+            d,
+            order,
+            stored,
+            sign,
+            false,
+            3 * d,
+            d,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pdds_update") && err.contains(&format!("sign = {sign}")),
+            "{err}"
+        );
+    }
+    // Nothing ran: the output is still the zeros it was allocated as.
+    assert!(down(dev, out).iter().all(|&v| v == 0.0));
+    for sign in [1.0f32, -1.0] {
+        launch::pdds_proxy_residuals(
+            dev, fresh, cache, proxies, residuals, batch, n, k, d, order, stored, sign,
+        )
+        .unwrap();
+    }
+}
+
+/// The prediction applies the coefficients it is handed, each term `(F_i scale_i) power_i`
+/// added lowest order first, whatever their values: the host's are `1/i!` and `d^i`
+/// (`taylor_coefficients`), but the kernel must not assume any of them (a scale of 1/1! = 1
+/// that the kernel divided by instead of multiplying would go unnoticed with the host's).
+#[test]
+fn taylor_prediction_applies_every_coefficient_it_is_given() {
+    let (len, stored) = (300, 5);
+    let factors_values = values(21, stored * len, 2.0);
+    // Scales and powers that are none of 1, 1/2, 1/6, 1/24 and are not each other's inverses.
+    let coef = resca_gpu_kernels::taylor::TaylorCoefficients {
+        scale1: 0.75,
+        power1: -3.0,
+        scale2: 1.25,
+        power2: 0.375,
+        scale3: -2.5,
+        power3: 1.5,
+        scale4: 0.625,
+        power4: -0.875,
+    };
+    let c = coef.to_values();
+    let expected: Vec<f32> = (0..len)
+        .map(|e| {
+            let f = |i: usize| factors_values[i * len + e];
+            let mut out = f(0);
+            for i in 1..stored {
+                out += f(i) * c[2 * (i - 1)] * c[2 * (i - 1) + 1];
+            }
+            out
+        })
+        .collect();
+    support::in_every_block_order(|| {
+        let dev = &mut SimDevice::new();
+        let (factors, out) = (up(dev, &factors_values), zeros(dev, len));
+        launch::taylor_predict(dev, factors, out, len, stored, coef).unwrap();
+        prop_assert_eq!(down(dev, out), expected.clone());
+        // The fused prediction reads the same values from a buffer: x = 0 and a gate of 1 leave
+        // the prediction itself.
+        let (x, gate, coef_values) = (zeros(dev, len), up(dev, &vec![1.0f32; len]), up(dev, &c));
+        launch::taylor_predict_gated_add(dev, x, factors, gate, 1, len, 1, len, 0, stored, coef_values).unwrap();
+        prop_assert_eq!(down(dev, x), expected.clone());
+        Ok(())
+    })
+    .unwrap();
+}

@@ -1548,6 +1548,19 @@ pub fn scatter_rows<D: Device>(
     launch(dev, gather::gather_dims(size(k, "total", total)?), args)
 }
 
+/// The PDDS `sign`, the sampler's direction in its step index: -1 (DDIM, whose index counts
+/// down) or +1 (flow). The kernels raise it to powers by repeated multiplication; any other
+/// value would scale the cached derivatives instead of orienting them.
+fn pdds_sign(kernel: Kernel, sign: f32) -> Result<f32, DeviceError> {
+    if sign == 1.0 || sign == -1.0 {
+        return Ok(sign);
+    }
+    Err(DeviceError::Invalid(format!(
+        "kernel `{}`: sign = {sign} is neither 1 (flow) nor -1 (DDIM), the sampler's direction",
+        kernel.name()
+    )))
+}
+
 /// The PDDS `order` as a u32, at most [`taylor::MAX_TAYLOR_ORDER`]: PDDS reads a Taylor cache,
 /// which holds the factors of orders 0..=4 (`taylor_update`; `taylor_predict`'s coefficients hold
 /// four powers), so an order past it would read a slot no cache writes.
@@ -1594,7 +1607,7 @@ pub fn pdds_proxy_residuals<D: Device>(
         hidden: size(k, "hidden", hidden)?,
         order: pdds_order(k, order)?,
         stored: size(k, "stored", stored)?,
-        sign,
+        sign: pdds_sign(k, sign)?,
     };
     launch(dev, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
 }
@@ -1644,7 +1657,7 @@ pub fn pdds_update<D: Device>(
         hidden: size(k, "hidden", hidden)?,
         order: pdds_order(k, order)?,
         stored: size(k, "stored", stored)?,
-        sign,
+        sign: pdds_sign(k, sign)?,
         solver: if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR },
         gate_stride: size(k, "gate_stride", gate_stride)?,
         gate_offset: size(k, "gate_offset", gate_offset)?,
