@@ -252,6 +252,54 @@ fn split_k_sums_the_partial_chains_in_split_order_bit_for_bit() {
     }
 }
 
+/// The split-K reduction with the gated residual on every split shape, M N of them not a
+/// multiple of the 256-thread reduction block (128 x 65, 37 x 130): the last block's threads past
+/// M N must neither read past the partials nor write past x, which hold exactly what the
+/// product needs.
+#[test]
+fn split_k_gated_residual_sums_in_split_order_bit_for_bit_past_a_partial_block() {
+    for (s, &(m, n, k, per)) in SPLIT_SHAPES.iter().enumerate() {
+        let seed = 300 + s as u64;
+        // Two samples where M is even, else one: the gate row of each token is its sample's.
+        let tokens = if m % 2 == 0 { m / 2 } else { m };
+        let batch = m / tokens;
+        let a = matrix(seed, m, k, 2.0);
+        let w = matrix(seed ^ 1, n, k, 2.0 / (k as f32).sqrt());
+        let bias = matrix(seed ^ 2, 1, n, 0.2);
+        let modulation = matrix(seed ^ 3, batch, 6 * n, 2.0);
+        let x0 = matrix(seed ^ 4, m, n, 2.0);
+        let splits = launch::splitk_count(k, per);
+        let dots = model_dots(&a, &w, m, n, k, Some(per));
+        let model: Vec<f32> = (0..m * n)
+            .map(|i| {
+                let (row, col) = (i / n, i % n);
+                x0[i] + modulation[(row / tokens) * 6 * n + 2 * n + col] * (dots[i] + bias[col])
+            })
+            .collect();
+        let mut ops = Operands::new(&a, &w, &bias);
+        let partials = ops.dev.upload_new(&vec![f32::NAN; splits * m * n]).unwrap().all();
+        let x = ops.dev.upload_new(&x0).unwrap().all();
+        let gate = ops.dev.upload_new(&modulation).unwrap().all();
+        launch::gemm_splitk_partial(&mut ops.dev, ops.a, ops.w, partials, m, n, k, per).unwrap();
+        launch::gemm_splitk_gated_residual(
+            &mut ops.dev,
+            partials,
+            ops.bias,
+            x,
+            gate,
+            m,
+            n,
+            splits,
+            tokens,
+            6 * n,
+            2 * n,
+        )
+        .unwrap();
+        let what = format!("split-K {splits} x {per} gated {m}x{n}x{k}");
+        assert_same_bits(&what, &ops.dev.download_vec(x).unwrap(), &model, n);
+    }
+}
+
 #[test]
 fn the_shape_choice_runs_split_k_with_the_gated_residual_deterministically() {
     // 2 samples of 32 proxies, fc2-like (N 72, K 4 x 72 x 2): the host picks split-K.
