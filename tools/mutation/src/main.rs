@@ -199,6 +199,7 @@ fn instrument(
             return Ok(());
         }
         let mut blamed = 0;
+        let kept_before = keep_const.clone();
         for error in &errors {
             let innermost = blames.get(&error.file).and_then(|ranges| {
                 ranges
@@ -217,9 +218,11 @@ fn instrument(
                 }
                 None => match non_const_fn(&error.message) {
                     // A const fn made plain is called in a const context: it stays const.
-                    Some(name) if keep_const.insert(name.clone()) => {
-                        eprintln!("{name} is called in a const context: it stays a const fn");
-                        blamed += 1;
+                    Some(name) if !kept_before.contains(&name) => {
+                        if keep_const.insert(name.clone()) {
+                            eprintln!("{name} is called in a const context: it stays a const fn");
+                            blamed += 1;
+                        }
                     }
                     _ => bail!(
                         "{}:{}: an error outside every schema: {}",
