@@ -42,10 +42,15 @@ case $target in
     kernels)
         files=(pdds tetc attention attention_tc gemm gemm_tiled gemm_tc taylor norm)
         select=()
-        for f in "${files[@]}"; do select+=(--file "gpu-kernels/src/$f.rs"); done
+        files_glob=()
+        for f in "${files[@]}"; do
+            select+=(--file "gpu-kernels/src/$f.rs")
+            files_glob+=("gpu-kernels/src/$f.rs")
+        done
         judge=(--test-package resca-host -C --test=mutants_judge)
-        # The schemata's package, its crate root, and the judge's test binaries.
-        package=resca-gpu-kernels
+        # The packages that check the schemata (the mutated one first), its crate root, and
+        # the judge's test binaries.
+        checked=(--package resca-gpu-kernels --package resca-host)
         crate_root=gpu-kernels/src/lib.rs
         judge_builds=("-p resca-host --test mutants_judge")
         # cargo-mutants 27 runs its unmutated baseline with the mutated package's tests
@@ -56,6 +61,7 @@ case $target in
         ;;
     cache)
         select=(--file 'reference/src/cache/*.rs')
+        files_glob=('reference/src/cache/*.rs')
         judge=(--test-package resca-reference,resca-tests,resca-proofs)
         # The tests that run the caching engine: its own unit tests, the properties and
         # clustering tests, the end-to-end runs against the vectors and golden outputs, and
@@ -65,7 +71,7 @@ case $target in
             judge+=(-C "--test=$t")
         done
         judge+=(-C --lib)
-        package=resca-reference
+        checked=(--package resca-reference --package resca-tests --package resca-proofs --package resca-host)
         crate_root=reference/src/lib.rs
         judge_builds=("-p resca-reference --lib --test caching_properties --test clustering --test replay_files"
             "-p resca-tests --test golden_caching --test vectors_cached --test vectors_clusca"
@@ -116,34 +122,47 @@ lock_copy() {
 }
 
 if [[ $shard == schemata ]]; then
-    copy=$root/target/mutants/schemata-tree
+    copy=$root/target/mutants/$target-schemata-tree
     out=$root/target/mutants/$target-schemata
     mkdir -p "$out"
     lock_copy "$copy"
     cargo build -q -p resca-mutation
     tool=$root/target/debug/resca-mutation
     cargo mutants --list --json "${select[@]}" "$@" >"$out/list.json.new"
-    # Outcomes are kept only while the sources and the list are those they were judged on.
-    fingerprint=$( (git rev-parse HEAD; git diff HEAD; cat "$out/list.json.new") | sha256sum | cut -c1-16)
-    if [[ -f $out/fingerprint && $(cat "$out/fingerprint") != "$fingerprint" ]]; then
-        echo "the sources changed since the last run: starting over" >&2
+    # Outcomes stand while the mutated files and the list are those they were judged on. When
+    # only the judge changed (tests added), caught mutants stay caught and the rest are judged
+    # again; delete outcomes.jsonl for a run from scratch.
+    mutated=$( (cat "$out/list.json.new"; git ls-files -z -- "${files_glob[@]}" | xargs -0 cat) | sha256sum | cut -c1-16)
+    judged_by=$(git ls-files --cached --others --exclude-standard -z -- Cargo.toml Cargo.lock gpu-kernels \
+        reference host tests proofs | xargs -0 cat | sha256sum | cut -c1-16)
+    if [[ -f $out/mutated && $(cat "$out/mutated") != "$mutated" ]]; then
+        echo "the mutated sources changed since the last run: judging every mutant again" >&2
         rm -f "$out/outcomes.jsonl" "$out/coverage.json"
+    elif [[ -f $out/judged-by && $(cat "$out/judged-by") != "$judged_by" ]]; then
+        echo "the tests changed since the last run: judging the surviving mutants again" >&2
+        rm -f "$out/coverage.json"
+        if [[ -f $out/outcomes.jsonl ]]; then
+            grep -E '"outcome":"(caught|timeout)"' "$out/outcomes.jsonl" >"$out/outcomes.kept" || true
+            mv "$out/outcomes.kept" "$out/outcomes.jsonl"
+        fi
     fi
-    echo "$fingerprint" >"$out/fingerprint"
+    echo "$mutated" >"$out/mutated"
+    echo "$judged_by" >"$out/judged-by"
     mv "$out/list.json.new" "$out/list.json"
     refresh_copy "$copy"
     "$tool" instrument --list "$out/list.json" --source "$root" --tree "$copy" \
-        --crate-root "$crate_root" --package "$package" --out "$out/schemata.json"
+        --crate-root "$crate_root" "${checked[@]}" --out "$out/schemata.json"
     binaries=()
     for build in "${judge_builds[@]}"; do
         # shellcheck disable=SC2086 # each build is a list of cargo arguments
+        # Each test binary with its package's directory, where cargo runs it.
         while IFS= read -r exe; do binaries+=(--binary "$exe"); done < <(
             cd "$copy" && cargo test --no-run --message-format=json $build |
                 python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])')
+        print(m["executable"] + "=" + m["manifest_path"].rsplit("/", 1)[0])')
     done
     if [[ ! -f $out/coverage.json ]]; then
         "$tool" trace --schemata "$out/schemata.json" "${binaries[@]}" --out "$out/coverage.json"
@@ -154,12 +173,16 @@ for line in sys.stdin:
 fi
 
 if [[ $shard == rest ]]; then
-    # The mutants the last `schemata` run could not rewrite, by their exact names.
+    # The mutants the last `schemata` run could not rewrite, by their exact names, but for
+    # those whose schema did not compile: their replacement does not compile where it stands
+    # (a value the return type does not have, an operator the operands do not have), so
+    # cargo-mutants would find them unviable too.
     schemata_list=$root/target/mutants/$target-schemata/schemata.json
     [[ -f $schemata_list ]] || { echo "error: run scripts/mutants.sh $target schemata first" >&2; exit 1; }
     mapfile -t names < <(python3 -c 'import json,re,sys
 for e in json.load(open(sys.argv[1])):
-    if e["not_rewritten"]:
+    why = e["not_rewritten"]
+    if why and not why.startswith("its schema does not compile"):
         print("^" + re.escape(e["name"]) + "$")' "$schemata_list")
     filters=()
     for name in "${names[@]}"; do filters+=(--re "$name"); done

@@ -19,6 +19,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use resca_gpu_kernels::taylor::MAX_TAYLOR_ORDER;
 use resca_host::pipeline::caching_engine::{self as caching, KMeansBuffers, taylor_coefficients};
 use resca_host::pipeline::device::{Device, Element, Slice};
 use resca_host::pipeline::launch;
@@ -554,7 +555,9 @@ fn check_pdds(
 }
 
 /// Every solver, with one cluster and with as many clusters as tokens, a full cache and a cache
-/// holding only the last output, in both sampling directions.
+/// holding only the last output, in both sampling directions. The last is the largest order the
+/// PDDS launches accept, `MAX_TAYLOR_ORDER` = 4 with five cached factors and four proxy
+/// residuals (one more is refused: `sim_largest_shapes.rs`).
 #[test]
 fn pdds_matches_for_every_solver_at_k_1_and_k_n() {
     let solvers = [
@@ -563,7 +566,7 @@ fn pdds_matches_for_every_solver_at_k_1_and_k_n() {
         Solver::ImplicitTaylor(1),
         Solver::ImplicitTaylor(2),
         Solver::ImplicitTaylor(3),
-        Solver::ImplicitTaylor(4),
+        Solver::ImplicitTaylor(MAX_TAYLOR_ORDER as usize),
     ];
     let n = 33;
     for solver in solvers {

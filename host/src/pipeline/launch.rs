@@ -94,6 +94,36 @@ fn size(kernel: Kernel, name: &str, value: usize) -> Result<u32, DeviceError> {
     })
 }
 
+/// The most blocks a grid holds in y and in z (a GPU's limit; x holds 2^31 - 1). The simulator
+/// refuses a larger grid too.
+pub const MAX_GRID_YZ: u32 = 65535;
+
+/// Fails when `blocks`, the grid's extent in `axis` (y or z) that `what` needs, exceeds
+/// [`MAX_GRID_YZ`]: a GPU refuses such a launch with a bare "invalid argument", this error names
+/// the dimension.
+fn within_grid_yz(kernel: Kernel, axis: &str, blocks: u32, what: impl FnOnce() -> String) -> Result<(), DeviceError> {
+    if blocks <= MAX_GRID_YZ {
+        return Ok(());
+    }
+    Err(DeviceError::Invalid(format!(
+        "kernel `{}`: {} is {blocks} blocks in the grid's {axis}, which exceeds its limit of {MAX_GRID_YZ}",
+        kernel.name(),
+        what()
+    )))
+}
+
+/// Fails unless the row tiles of a GEMM of `m` rows in tiles of `tile` rows, the grid's y of
+/// every GEMM, fit [`MAX_GRID_YZ`] (4 to 8 million rows).
+fn gemm_row_tiles(kernel: Kernel, m: u32, tile: u32, dims: &LaunchDims) -> Result<(), DeviceError> {
+    within_grid_yz(kernel, "y", dims.grid.y, || format!("M = {m} in row tiles of {tile}"))
+}
+
+/// Fails unless attention's grid, the heads in y and the batch rows in z, fits [`MAX_GRID_YZ`].
+fn attention_grid(kernel: Kernel, dims: &LaunchDims) -> Result<(), DeviceError> {
+    within_grid_yz(kernel, "y", dims.grid.y, || format!("heads = {}", dims.grid.y))?;
+    within_grid_yz(kernel, "z", dims.grid.z, || format!("batch = {}", dims.grid.z))
+}
+
 /// Launches `A::KERNEL` with `args` and the geometry `dims`.
 pub fn launch<D: Device, A: KernelArgs>(dev: &mut D, dims: LaunchDims, args: A) -> Result<(), DeviceError> {
     launch_as(dev, A::KERNEL, dims, args)
@@ -292,6 +322,8 @@ pub fn gemm<D: Device>(
         return Ok(());
     }
     let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let dims = gemm::gemm_dims(m, n);
+    gemm_row_tiles(k, m, gemm::GEMM_TILE_M, &dims)?;
     let args = args::GemmBias {
         a,
         w,
@@ -301,7 +333,7 @@ pub fn gemm<D: Device>(
         n,
         k: size(k, "k", k_len)?,
     };
-    launch_as(dev, k, gemm::gemm_dims(m, n), args)
+    launch_as(dev, k, dims, args)
 }
 
 /// `x (M, N) += gate * (A W^T + b)`, row r gated by `gate[(r / tokens) gate_stride + gate_offset ..]`.
@@ -324,6 +356,8 @@ pub fn gemm_gated_residual<D: Device>(
         return Ok(());
     }
     let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let dims = gemm::gemm_dims(m, n);
+    gemm_row_tiles(k, m, gemm::GEMM_TILE_M, &dims)?;
     let args = args::GemmBiasGatedResidual {
         a,
         w,
@@ -337,7 +371,7 @@ pub fn gemm_gated_residual<D: Device>(
         gate_stride: size(k, "gate_stride", gate_stride)?,
         gate_offset: size(k, "gate_offset", gate_offset)?,
     };
-    launch(dev, gemm::gemm_dims(m, n), args)
+    launch(dev, dims, args)
 }
 
 /// The block tile of the exact FMA GEMMs (`gemm_tiled`).
@@ -382,6 +416,8 @@ pub fn gemm_tiled<D: Device>(
         return Ok(());
     }
     let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let dims = gemm_tiled::gemm_tiled_dims(m, n, tile.micro());
+    gemm_row_tiles(k, m, gemm_tiled::tile_side(tile.micro()), &dims)?;
     let args = args::Gemm128Bias {
         a,
         w,
@@ -391,7 +427,7 @@ pub fn gemm_tiled<D: Device>(
         n,
         k: size(k, "k", k_len)?,
     };
-    launch_as(dev, k, gemm_tiled::gemm_tiled_dims(m, n, tile.micro()), args)
+    launch_as(dev, k, dims, args)
 }
 
 /// `x (M, N) += gate * (A W^T + b)` on the exact FMA GEMM with block tile `tile`, row r gated by
@@ -419,6 +455,8 @@ pub fn gemm_tiled_gated_residual<D: Device>(
         return Ok(());
     }
     let (m, n) = (size(k, "m", m)?, size(k, "n", n)?);
+    let dims = gemm_tiled::gemm_tiled_dims(m, n, tile.micro());
+    gemm_row_tiles(k, m, gemm_tiled::tile_side(tile.micro()), &dims)?;
     let args = args::Gemm128BiasGatedResidual {
         a,
         w,
@@ -432,7 +470,7 @@ pub fn gemm_tiled_gated_residual<D: Device>(
         gate_stride: size(k, "gate_stride", gate_stride)?,
         gate_offset: size(k, "gate_offset", gate_offset)?,
     };
-    launch_as(dev, k, gemm_tiled::gemm_tiled_dims(m, n, tile.micro()), args)
+    launch_as(dev, k, dims, args)
 }
 
 /// The number of splits of K in ranges of `k_per_split` (at least 1, also for K = 0).
@@ -481,6 +519,10 @@ pub fn gemm_splitk_partial<D: Device>(
         k_per_split: size(k, "k_per_split", k_per_split)?,
     };
     let dims = gemm_tiled::gemm_splitk_partial_dims(m, n, size(k, "splits", splits)?);
+    gemm_row_tiles(k, m, gemm_tiled::tile_side(gemm_tiled::MICRO_64), &dims)?;
+    within_grid_yz(k, "z", dims.grid.z, || {
+        format!("K = {k_len} in splits of {k_per_split}")
+    })?;
     launch(dev, dims, args)
 }
 
@@ -681,6 +723,7 @@ pub fn gemm_tc<D: Device>(
     }
     let (m, n, k_len) = (size(k, "m", m)?, size(k, "n", n)?, size(k, "k", k_len)?);
     let dims = gemm_tc::gemm_tc_dims(m, n, mode);
+    gemm_row_tiles(k, m, gemm_tc::TC_TILE_M, &dims)?;
     check_weight(k, precision, w)?;
     match w {
         GemmWeight::F32(w) => launch_as(
@@ -742,6 +785,7 @@ pub fn gemm_tc_gated_residual<D: Device>(
         size(k, "gate_offset", gate_offset)?,
     );
     let dims = gemm_tc::gemm_tc_dims(m, n, mode);
+    gemm_row_tiles(k, m, gemm_tc::TC_TILE_M, &dims)?;
     check_weight(k, precision, w)?;
     match w {
         GemmWeight::F32(w) => launch_as(
@@ -817,7 +861,9 @@ pub fn attention<D: Device>(
         head_dim: size(k, "head_dim", head_dim)?,
         scale,
     };
-    launch(dev, attention::attention_dims(b, n, h), args)
+    let dims = attention::attention_dims(b, n, h);
+    attention_grid(k, &dims)?;
+    launch(dev, dims, args)
 }
 
 /// Multi-head attention on tensor cores in a fast `precision` (`flash_attention_tf32`,
@@ -867,7 +913,9 @@ pub fn attention_tc<D: Device>(
         head_dim: hd,
         scale,
     };
-    launch_as(dev, k, attention_tc_dims(b, n, h, hd), args)
+    let dims = attention_tc_dims(b, n, h, hd);
+    attention_grid(k, &dims)?;
+    launch_as(dev, k, dims, args)
 }
 
 /// Multi-head attention in `precision`: [`attention`] (exact) or [`attention_tc`] (the fast
@@ -1156,13 +1204,18 @@ pub fn similarity<D: Device>(
         return Ok(());
     }
     let (b, n) = (size(k, "batch", batch)?, size(k, "tokens", tokens)?);
+    let dims = tetc::similarity_dims(b, n);
+    within_grid_yz(k, "y", dims.grid.y, || {
+        format!("tokens = {n} in row tiles of {}", gemm::GEMM_TILE_M)
+    })?;
+    within_grid_yz(k, "z", dims.grid.z, || format!("batch = {b}"))?;
     let args = args::Similarity {
         xn,
         s,
         tokens: n,
         dim: size(k, "dim", dim)?,
     };
-    launch(dev, tetc::similarity_dims(b, n), args)
+    launch(dev, dims, args)
 }
 
 /// `smoothed = alpha s + (1 - alpha) smoothed`, or `smoothed = s` without a previous one.
@@ -1229,7 +1282,9 @@ pub fn kmedoids_update<D: Device>(
     if batch * clusters == 0 {
         return Ok(());
     }
-    let c = size(k, "clusters", clusters)?;
+    let (b, c) = (size(k, "batch", batch)?, size(k, "clusters", clusters)?);
+    let dims = tetc::kmedoids_update_dims(b, c);
+    within_grid_yz(k, "y", dims.grid.y, || format!("batch = {b}"))?;
     let args = args::KmedoidsUpdate {
         s,
         labels,
@@ -1238,7 +1293,7 @@ pub fn kmedoids_update<D: Device>(
         tokens: size(k, "tokens", tokens)?,
         clusters: c,
     };
-    launch(dev, tetc::kmedoids_update_dims(size(k, "batch", batch)?, c), args)
+    launch(dev, dims, args)
 }
 
 /// `center-random` proxies from the host's uniform numbers (B K, f64).
@@ -1493,7 +1548,22 @@ pub fn scatter_rows<D: Device>(
     launch(dev, gather::gather_dims(size(k, "total", total)?), args)
 }
 
-/// The proxies' residuals of orders 1..=`order` (`order` slots of B K D).
+/// The PDDS `order` as a u32, at most [`taylor::MAX_TAYLOR_ORDER`]: PDDS reads a Taylor cache,
+/// which holds the factors of orders 0..=4 (`taylor_update`; `taylor_predict`'s coefficients hold
+/// four powers), so an order past it would read a slot no cache writes.
+fn pdds_order(kernel: Kernel, order: usize) -> Result<u32, DeviceError> {
+    if order > taylor::MAX_TAYLOR_ORDER as usize {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}`: order {order} exceeds {}, the largest Taylor order a cache holds",
+            kernel.name(),
+            taylor::MAX_TAYLOR_ORDER
+        )));
+    }
+    size(kernel, "order", order)
+}
+
+/// The proxies' residuals of orders 1..=`order` (`order` slots of B K D), `order` at most
+/// [`taylor::MAX_TAYLOR_ORDER`].
 pub fn pdds_proxy_residuals<D: Device>(
     dev: &mut D,
     fresh: Slice<f32>,
@@ -1522,7 +1592,7 @@ pub fn pdds_proxy_residuals<D: Device>(
         tokens: size(k, "tokens", tokens)?,
         clusters: size(k, "clusters", clusters)?,
         hidden: size(k, "hidden", hidden)?,
-        order: size(k, "order", order)?,
+        order: pdds_order(k, order)?,
         stored: size(k, "stored", stored)?,
         sign,
     };
@@ -1530,8 +1600,9 @@ pub fn pdds_proxy_residuals<D: Device>(
 }
 
 /// Every token row's MLP output `out`: the proxies' `fresh` rows, the implicit update of the
-/// others (`bdf2` selects BDF2, else IE / IT of `order`); then `x += gate * out`, each row gated
-/// by its sample's gate at `gate_offset` of a `gate_stride`-wide modulation row.
+/// others (`bdf2` selects BDF2, else IE / IT of `order`, at most [`taylor::MAX_TAYLOR_ORDER`]);
+/// then `x += gate * out`, each row gated by its sample's gate at `gate_offset` of a
+/// `gate_stride`-wide modulation row.
 pub fn pdds_update<D: Device>(
     dev: &mut D,
     cache: Slice<f32>,
@@ -1571,7 +1642,7 @@ pub fn pdds_update<D: Device>(
         tokens: size(k, "tokens", tokens)?,
         clusters: size(k, "clusters", clusters)?,
         hidden: size(k, "hidden", hidden)?,
-        order: size(k, "order", order)?,
+        order: pdds_order(k, order)?,
         stored: size(k, "stored", stored)?,
         sign,
         solver: if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR },

@@ -20,6 +20,8 @@ use crate::SchemaEntry;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TracedTest {
     pub binary: PathBuf,
+    /// Where the test runs: its package's directory.
+    pub dir: PathBuf,
     pub name: String,
     /// Its time with every mutant off, traced.
     pub seconds: f64,
@@ -42,9 +44,10 @@ pub struct Outcome {
 /// fails its test instead of taking the machine's memory.
 const ADDRESS_SPACE_LIMIT: libc::rlim_t = 16 << 30;
 
-fn test_command(binary: &Path, name: &str) -> Command {
+fn test_command(binary: &Path, dir: &Path, name: &str) -> Command {
     let mut command = Command::new(binary);
     command
+        .current_dir(dir)
         .args(["--exact", name, "--test-threads", "1", "-q"])
         .env("RAYON_NUM_THREADS", "1")
         .env("RUST_BACKTRACE", "0")
@@ -140,13 +143,21 @@ fn in_parallel<T: Send, R: Send>(
     Ok(results.into_inner().unwrap())
 }
 
-pub fn trace(schemata: &[SchemaEntry], binaries: &[PathBuf], out: &Path, jobs: usize) -> anyhow::Result<()> {
+pub fn trace(schemata: &[SchemaEntry], binaries: &[String], out: &Path, jobs: usize) -> anyhow::Result<()> {
     let traces = out.with_extension("traces");
     std::fs::create_dir_all(&traces)?;
     let mut tests = Vec::new();
-    for binary in binaries {
-        let binary = std::fs::canonicalize(binary).with_context(|| format!("{} is not a file", binary.display()))?;
-        tests.extend(list_tests(&binary)?.into_iter().map(|name| (binary.clone(), name)));
+    for spec in binaries {
+        let Some((binary, dir)) = spec.rsplit_once('=') else {
+            bail!("--binary {spec}: expected PATH=DIR");
+        };
+        let binary = std::fs::canonicalize(binary).with_context(|| format!("{binary} is not a file"))?;
+        let dir = std::fs::canonicalize(dir).with_context(|| format!("{dir} is not a directory"))?;
+        tests.extend(
+            list_tests(&binary)?
+                .into_iter()
+                .map(|name| (binary.clone(), dir.clone(), name)),
+        );
     }
     eprintln!("tracing {} tests", tests.len());
     let count = tests.len();
@@ -154,10 +165,10 @@ pub fn trace(schemata: &[SchemaEntry], binaries: &[PathBuf], out: &Path, jobs: u
     let mut traced = in_parallel(
         tests.into_iter().enumerate().collect(),
         jobs,
-        |(index, (binary, name))| {
+        |(index, (binary, dir, name))| {
             let file = traces.join(format!("{index}.ids"));
             let _ = std::fs::remove_file(&file);
-            let mut command = test_command(&binary, &name);
+            let mut command = test_command(&binary, &dir, &name);
             command.env("RESCA_MUTANT", "trace").env("RESCA_MUTANT_TRACE", &file);
             let start = Instant::now();
             let ended = run_test(command, Duration::from_secs(1800))?;
@@ -178,6 +189,7 @@ pub fn trace(schemata: &[SchemaEntry], binaries: &[PathBuf], out: &Path, jobs: u
             );
             Ok(TracedTest {
                 binary,
+                dir,
                 name,
                 seconds,
                 reached,
@@ -247,7 +259,7 @@ pub fn run(
             None => outcome.outcome = "unreached".into(),
             Some(tests) => {
                 for test in tests {
-                    let mut command = test_command(&test.binary, &test.name);
+                    let mut command = test_command(&test.binary, &test.dir, &test.name);
                     command.env("RESCA_MUTANT", entry.id.to_string());
                     // Three times the traced time and half a minute: the machine may be busier
                     // now than when it was traced.
@@ -287,7 +299,10 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
         timeout: usize,
         missed: usize,
         unreached: usize,
-        not_rewritten: usize,
+        /// The schema does not compile: neither would the mutant.
+        unviable: usize,
+        /// Left for cargo-mutants (a const context, a kind without a schema).
+        no_schema: usize,
         not_run: usize,
     }
     let mut per_file: BTreeMap<&str, Counts> = BTreeMap::new();
@@ -295,9 +310,16 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
     for entry in schemata {
         let counts = per_file.entry(&entry.file).or_default();
         counts.listed += 1;
-        if entry.not_rewritten.is_some() {
-            counts.not_rewritten += 1;
-            continue;
+        match &entry.not_rewritten {
+            Some(why) if why.starts_with(crate::UNVIABLE) => {
+                counts.unviable += 1;
+                continue;
+            }
+            Some(_) => {
+                counts.no_schema += 1;
+                continue;
+            }
+            None => {}
         }
         match outcomes.get(&entry.id).map(|o| o.outcome.as_str()) {
             Some("caught") => counts.caught += 1,
@@ -313,8 +335,8 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
             _ => counts.not_run += 1,
         }
     }
-    println!("| file | mutants | caught | timeout | missed | unreached | not rewritten | not run | score |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| file | mutants | caught | timeout | missed | unreached | unviable | no schema | not run | score |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut total = Counts::default();
     let row = |name: &str, c: &Counts| {
         let judged = c.caught + c.timeout + c.missed + c.unreached;
@@ -324,8 +346,8 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
             format!("{:.1}%", 100.0 * (c.caught + c.timeout) as f64 / judged as f64)
         };
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {score} |",
-            c.listed, c.caught, c.timeout, c.missed, c.unreached, c.not_rewritten, c.not_run
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {score} |",
+            c.listed, c.caught, c.timeout, c.missed, c.unreached, c.unviable, c.no_schema, c.not_run
         );
     };
     for (file, c) in &per_file {
@@ -335,7 +357,8 @@ pub fn report(schemata: &[SchemaEntry], outcomes: &Path) -> anyhow::Result<()> {
         total.timeout += c.timeout;
         total.missed += c.missed;
         total.unreached += c.unreached;
-        total.not_rewritten += c.not_rewritten;
+        total.unviable += c.unviable;
+        total.no_schema += c.no_schema;
         total.not_run += c.not_run;
     }
     row("**all**", &total);

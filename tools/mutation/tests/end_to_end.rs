@@ -110,6 +110,7 @@ fn each_mutant_gets_the_verdict_of_its_own_build() {
         .find_map(|m| m["executable"].as_str().map(str::to_string))
         .expect("the test binary");
 
+    let binary = format!("{binary}={tree_arg}");
     tool(&[
         "trace",
         "--schemata",
