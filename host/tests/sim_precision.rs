@@ -97,7 +97,10 @@ fn tensor_core_gemms_match_the_f64_product_within_their_budgets() {
         // one) and seven k tiles, so that the main loop refills the three-stage ring.
         for (m, k) in [(70, 40), (70, 37), (300, 200)] {
             let error = gemm_error(precision, m, k);
-            eprintln!("{} GEMM, M = {m}, K = {k}: worst relative error {error:.2e}", precision.name());
+            eprintln!(
+                "{} GEMM, M = {m}, K = {k}: worst relative error {error:.2e}",
+                precision.name()
+            );
             assert!(error < gemm_budget(precision), "{}: {error}", precision.name());
             assert!(error > 0.0 || precision == Precision::Tf32x3, "no rounding at all?");
         }
