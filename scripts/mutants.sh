@@ -48,8 +48,9 @@ case $target in
             files_glob+=("gpu-kernels/src/$f.rs")
         done
         judge=(--test-package resca-host -C --test=mutants_judge)
-        # The schemata's package, its crate root, and the judge's test binaries.
-        package=resca-gpu-kernels
+        # The packages that check the schemata (the mutated one first), its crate root, and
+        # the judge's test binaries.
+        checked=(--package resca-gpu-kernels --package resca-host)
         crate_root=gpu-kernels/src/lib.rs
         judge_builds=("-p resca-host --test mutants_judge")
         # cargo-mutants 27 runs its unmutated baseline with the mutated package's tests
@@ -70,7 +71,7 @@ case $target in
             judge+=(-C "--test=$t")
         done
         judge+=(-C --lib)
-        package=resca-reference
+        checked=(--package resca-reference --package resca-tests --package resca-proofs --package resca-host)
         crate_root=reference/src/lib.rs
         judge_builds=("-p resca-reference --lib --test caching_properties --test clustering --test replay_files"
             "-p resca-tests --test golden_caching --test vectors_cached --test vectors_clusca"
@@ -150,7 +151,7 @@ if [[ $shard == schemata ]]; then
     mv "$out/list.json.new" "$out/list.json"
     refresh_copy "$copy"
     "$tool" instrument --list "$out/list.json" --source "$root" --tree "$copy" \
-        --crate-root "$crate_root" --package "$package" --out "$out/schemata.json"
+        --crate-root "$crate_root" "${checked[@]}" --out "$out/schemata.json"
     binaries=()
     for build in "${judge_builds[@]}"; do
         # shellcheck disable=SC2086 # each build is a list of cargo arguments

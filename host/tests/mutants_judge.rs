@@ -19,6 +19,8 @@ mod sim_forward;
 mod sim_gemm;
 #[path = "sim_kernels.rs"]
 mod sim_kernels;
+#[path = "sim_largest_shapes.rs"]
+mod sim_largest_shapes;
 #[path = "sim_methods.rs"]
 mod sim_methods;
 #[path = "sim_precision.rs"]

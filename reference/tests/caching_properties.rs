@@ -1,13 +1,19 @@
 //! Property tests of the caching engine's pieces: the dense-step schedule, the Taylor cache, PDDS
 //! against the released code's formulas in both orientations (docs/algorithms.md sections 5.3,
-//! 5.4), and blend.
+//! 5.4), and blend. Then the method settings (their checks, names, schedules and work per step)
+//! and the caching hooks of ClusCa, ResCa and `full` run end to end on the tiny preset.
 
 use approx::assert_abs_diff_eq;
-use ndarray::{Array1, Array2, Array3, ArrayView2};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView2};
 use proptest::prelude::*;
 use resca_reference::cache::pdds::{Solver, blend, confidence, simulate};
 use resca_reference::cache::schedule::Schedule;
 use resca_reference::cache::taylor::TaylorFactors;
+use resca_reference::cache::{CachingHook, MethodConfig, MethodKind, ResidualScaling, build_hook};
+use resca_reference::ddim::DdimSchedule;
+use resca_reference::flops::StepWork;
+use resca_reference::sampler::MethodTimings;
+use resca_reference::{Dit, DitConfig, FullCompute, Sampler, StepHook, sample};
 
 /// A random (rows, cols) matrix with entries in [-2, 2].
 fn matrix(rows: usize, cols: usize) -> impl Strategy<Value = Array2<f32>> {
@@ -233,4 +239,281 @@ proptest! {
         let predicted = cache.predict(distance as f32)[[0, 0, 0]];
         assert_abs_diff_eq!(predicted, f(s + distance as f32), epsilon = 1e-3);
     }
+}
+
+/// The tiny preset: 16 tokens per image (an 8x8 latent in 2x2 patches), 2 blocks.
+fn tiny() -> DitConfig {
+    DitConfig::preset("tiny").unwrap()
+}
+
+fn validation_error(method: &MethodConfig) -> String {
+    method.validate(tiny().tokens()).unwrap_err().to_string()
+}
+
+#[test]
+fn method_settings_are_checked_with_one_message_each() {
+    let tokens = tiny().tokens();
+    assert_eq!(tokens, 16);
+    let fora = MethodConfig::new(MethodKind::Fora, 0, 0);
+    assert!(validation_error(&fora).contains("--interval must be at least 1"));
+
+    // Taylor orders 0..=4 for TaylorSeer and ClusCa.
+    for kind in [MethodKind::TaylorSeer, MethodKind::ClusCa] {
+        MethodConfig::new(kind, 4, 4).validate(tokens).unwrap();
+        let error = validation_error(&MethodConfig::new(kind, 4, 5));
+        assert!(
+            error.contains("--order 5 is out of range: Taylor orders 0..=4 are supported"),
+            "{kind:?}: {error}"
+        );
+    }
+    // ResCa's `it` solver: orders 1..=4 (its `order` field is unused, the solver carries M).
+    let resca = |solver| MethodConfig {
+        solver,
+        ..MethodConfig::new(MethodKind::ResCa, 5, 0)
+    };
+    for m in [1, 4] {
+        resca(Solver::ImplicitTaylor(m)).validate(tokens).unwrap();
+    }
+    for m in [0, 5] {
+        let error = validation_error(&resca(Solver::ImplicitTaylor(m)));
+        assert!(
+            error.contains(&format!(
+                "--order {m} is out of range: the `it` solver supports orders 1..=4"
+            )),
+            "{error}"
+        );
+    }
+
+    // K between 1 and N for both clustering methods, both ends included.
+    for kind in [MethodKind::ClusCa, MethodKind::ResCa] {
+        let with = |clusters| MethodConfig {
+            clusters,
+            ..MethodConfig::new(kind, 4, 1)
+        };
+        for clusters in [1, 16] {
+            with(clusters).validate(tokens).unwrap();
+        }
+        for clusters in [0, 17] {
+            let error = validation_error(&with(clusters));
+            assert!(
+                error.contains(&format!(
+                    "--clusters {clusters} must be between 1 and the token count N = 16"
+                )),
+                "{kind:?}: {error}"
+            );
+        }
+        let alpha = MethodConfig { alpha: 1.5, ..with(4) };
+        assert!(validation_error(&alpha).contains("--alpha 1.5 must be in [0, 1]"));
+        let gamma = MethodConfig {
+            propagation: -0.25,
+            ..with(4)
+        };
+        assert!(validation_error(&gamma).contains("--gamma -0.25 must be in [0, 1]"));
+    }
+    // K and gamma mean nothing to the methods that do not cluster.
+    for kind in [MethodKind::Fora, MethodKind::TaylorSeer] {
+        let method = MethodConfig {
+            clusters: 0,
+            propagation: 2.0,
+            ..MethodConfig::new(kind, 4, 1)
+        };
+        method.validate(tokens).unwrap();
+    }
+}
+
+#[test]
+fn method_names_show_the_kind_and_its_settings() {
+    assert_eq!(MethodConfig::full().name(), "full");
+    assert_eq!(MethodConfig::new(MethodKind::Fora, 5, 0).name(), "fora (N=5)");
+    assert_eq!(
+        MethodConfig::new(MethodKind::TaylorSeer, 4, 2).name(),
+        "taylorseer (N=4, O=2)"
+    );
+    assert_eq!(
+        MethodConfig::new(MethodKind::ClusCa, 4, 2).name(),
+        "clusca (N=4, K=16, gamma=0.005)"
+    );
+    assert_eq!(
+        MethodConfig::new(MethodKind::ResCa, 5, 1).name(),
+        "resca-ie (N=5, K=16)"
+    );
+    let it3 = MethodConfig {
+        solver: Solver::ImplicitTaylor(3),
+        residuals: ResidualScaling::Official,
+        clusters: 8,
+        ..MethodConfig::new(MethodKind::ResCa, 5, 1)
+    };
+    assert_eq!(it3.name(), "resca-it3 (N=5, K=8, official)");
+    let bdf2 = MethodConfig {
+        solver: Solver::Bdf2,
+        ..MethodConfig::new(MethodKind::ResCa, 6, 1)
+    };
+    assert_eq!(bdf2.name(), "resca-ib (N=6, K=16)");
+}
+
+#[test]
+fn full_computes_every_step_whatever_its_interval() {
+    let full = MethodConfig {
+        interval: 5,
+        ..MethodConfig::full()
+    };
+    assert_eq!(full.schedule().plan(12), vec![true; 12]);
+    // The same interval on a cached method: positions 0, 1 (first_enhance 2), then 6 and 11.
+    let fora = MethodConfig::new(MethodKind::Fora, 5, 0).schedule().plan(12);
+    let full_positions: Vec<usize> = (0..12).filter(|&p| fora[p]).collect();
+    assert_eq!(full_positions, vec![0, 1, 6, 11]);
+}
+
+#[test]
+fn a_sparse_step_computes_k_mlp_rows_for_the_clustering_methods_and_none_otherwise() {
+    let config = tiny();
+    let full = StepWork {
+        attention_tokens: 16,
+        mlp_tokens: 16,
+    };
+    for kind in [
+        MethodKind::Fora,
+        MethodKind::TaylorSeer,
+        MethodKind::ClusCa,
+        MethodKind::ResCa,
+    ] {
+        let method = MethodConfig {
+            clusters: 4,
+            ..MethodConfig::new(kind, 4, 1)
+        };
+        assert_eq!(method.step_work(true, &config), full, "{kind:?}");
+        let mlp_tokens = match kind {
+            MethodKind::ClusCa | MethodKind::ResCa => 4,
+            _ => 0,
+        };
+        assert_eq!(
+            method.step_work(false, &config),
+            StepWork {
+                attention_tokens: 0,
+                mlp_tokens
+            },
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn taylor_factors_are_empty_until_the_first_update() {
+    let mut cache = TaylorFactors::default();
+    assert!(cache.is_empty());
+    cache.update(Array3::from_elem((1, 2, 3), 1.5f32).view(), 0.0, 2);
+    assert!(!cache.is_empty());
+}
+
+/// Seeded noise (B, 4, 8, 8) for the tiny preset, entries in [-1, 1].
+fn tiny_noise(batch: usize) -> Array4<f32> {
+    Array4::from_shape_fn((batch, 4, 8, 8), |(b, c, h, w)| {
+        ((b + 3 * c + 5 * h + 7 * w) % 11) as f32 / 5.0 - 1.0
+    })
+}
+
+/// ClusCa and ResCa (IE and IT2, clusterings computed, none replayed) over DDIM-7 with N = 3 on
+/// the tiny preset with seeded weights: each step computes what its place in the schedule says,
+/// the samples are finite, and the time spent clustering (full steps) and simulating (sparse
+/// steps) is counted, positive and inside the steps' own time.
+#[test]
+fn clustering_methods_run_with_computed_clusterings_and_count_their_time() {
+    let model = Dit::random(tiny(), 5).unwrap();
+    let sampler = Sampler::Ddim(DdimSchedule::new(7).unwrap());
+    let resca = |solver| MethodConfig {
+        solver,
+        ..MethodConfig::new(MethodKind::ResCa, 3, 1)
+    };
+    for method in [
+        MethodConfig::new(MethodKind::ClusCa, 3, 2),
+        resca(Solver::ImplicitEuler),
+        resca(Solver::ImplicitTaylor(2)),
+    ] {
+        let method = MethodConfig { clusters: 4, ..method };
+        let name = method.name();
+        let mut hook = CachingHook::new(method.clone(), &model.config, 2, sampler.orientation()).unwrap();
+        let trajectory = sample(
+            &model,
+            tiny_noise(2).view(),
+            &[1, 2],
+            None,
+            &sampler,
+            &mut hook,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        // Full at positions 0, 1 (first_enhance 2) and 4; sparse at 2, 3, 5, 6.
+        let plan = method.schedule().plan(7);
+        assert_eq!(plan, vec![true, true, false, false, true, false, false], "{name}");
+        for (position, &full) in plan.iter().enumerate() {
+            assert_eq!(
+                trajectory.work[position],
+                method.step_work(full, &model.config),
+                "{name}, position {position}"
+            );
+        }
+        assert!(trajectory.x.iter().all(|v| v.is_finite()), "{name}");
+        // One clustering per full step, each with a label for every token of both rows.
+        let history = hook.clustering_history();
+        assert_eq!(
+            history.iter().map(|r| r.step_index).collect::<Vec<_>>(),
+            vec![6, 5, 2],
+            "{name}"
+        );
+        assert!(
+            history
+                .iter()
+                .all(|r| r.rows.len() == 2 && r.rows.iter().all(|row| row.labels.len() == 16))
+        );
+
+        let timings = hook.timings();
+        let total: f64 = trajectory.step_seconds.iter().sum();
+        assert!(
+            timings.clustering_s > 0.0 && timings.simulated_s > 0.0,
+            "{name}: {timings:?}"
+        );
+        assert!(
+            timings.clustering_s + timings.simulated_s < total,
+            "{name}: {timings:?} of {total} s"
+        );
+    }
+}
+
+/// `full` is the plain forward: no caching setting applies to it, so even an interval that every
+/// cached method refuses builds it, and its run equals the uncached forward's bit for bit.
+#[test]
+fn the_hook_of_full_is_the_plain_forward() {
+    let model = Dit::random(tiny(), 5).unwrap();
+    let sampler = Sampler::Ddim(DdimSchedule::new(3).unwrap());
+    let full = MethodConfig {
+        interval: 0,
+        ..MethodConfig::full()
+    };
+    let mut hook = build_hook(&full, &model.config, 2, sampler.orientation()).unwrap();
+    let run = |hook: &mut dyn StepHook| {
+        sample(
+            &model,
+            tiny_noise(2).view(),
+            &[1, 2],
+            None,
+            &sampler,
+            hook,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    let built = run(hook.as_mut());
+    let plain = run(&mut FullCompute);
+    assert_eq!(built.x, plain.x);
+    assert_eq!(built.work, plain.work);
+    assert_eq!(hook.timings(), MethodTimings::default());
+    let cached = MethodConfig {
+        interval: 0,
+        ..MethodConfig::new(MethodKind::Fora, 4, 0)
+    };
+    let error = build_hook(&cached, &model.config, 2, sampler.orientation())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("--interval must be at least 1"), "{error}");
 }

@@ -136,3 +136,23 @@ fn clusca_choices_read_back_and_name_what_is_out_of_range() {
     );
     assert!(error.contains("choices.safetensors"), "{error}");
 }
+
+#[test]
+fn a_cluster_or_proxy_index_out_of_range_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (labels, bad) in [([0, 2, 1, 0], 2), ([0, 1, -1, 0], -1)] {
+        let error = read(&replay(&dir, &[49], labels, [0, 1])).unwrap_err();
+        assert!(
+            error.contains(&format!("`clus.cluster_indices` holds cluster {bad}, outside 0..2")),
+            "{error}"
+        );
+    }
+    for (proxies, bad) in [([0, 4], 4), ([-1, 1], -1)] {
+        let error = read(&replay(&dir, &[49], [0, 1, 1, 0], proxies)).unwrap_err();
+        assert!(
+            error.contains(&format!("`clus.proxy_indices` holds token {bad}, outside 0..4")),
+            "{error}"
+        );
+        assert!(error.contains("replay1.safetensors"), "{error}");
+    }
+}

@@ -11,7 +11,7 @@
 mod judge;
 mod schemata;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -45,9 +45,10 @@ enum Step {
         /// The crate root of the mutated package, relative to the workspace (gets the switch module).
         #[arg(long)]
         crate_root: PathBuf,
-        /// The mutated package (checked with `cargo check -p`).
-        #[arg(long)]
-        package: String,
+        /// The packages to check the rewritten tree with (`cargo check -p`): the mutated one and
+        /// those that use it, so that a const fn called in their const contexts stays const.
+        #[arg(long = "package", required = true)]
+        packages: Vec<String>,
         /// Where to write what became of each mutant.
         #[arg(long)]
         out: PathBuf,
@@ -109,9 +110,9 @@ fn main() -> anyhow::Result<()> {
             source,
             tree,
             crate_root,
-            package,
+            packages,
             out,
-        } => instrument(&list, &source, &tree, &crate_root, &package, &out),
+        } => instrument(&list, &source, &tree, &crate_root, &packages, &out),
         Step::Trace {
             schemata,
             binaries,
@@ -139,7 +140,7 @@ fn instrument(
     source: &Path,
     tree: &Path,
     crate_root: &Path,
-    package: &str,
+    packages: &[String],
     out: &Path,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
@@ -159,12 +160,13 @@ fn instrument(
     std::fs::write(tree.join(crate_root), with_switch(&root_source))?;
 
     let mut excluded: HashMap<usize, String> = HashMap::new();
+    let mut keep_const: HashSet<String> = HashSet::new();
     for attempt in 1.. {
         let mut blames = HashMap::new();
         let mut placements = Vec::new();
         for (file, mutants) in &by_file {
             let original = std::fs::read_to_string(source.join(file)).with_context(|| format!("reading {file}"))?;
-            let rewritten = schemata::rewrite(file, &original, mutants, &excluded)?;
+            let rewritten = schemata::rewrite(file, &original, mutants, &excluded, &keep_const)?;
             let mut text = rewritten.text;
             if Path::new(file) == crate_root {
                 text = with_switch(&text);
@@ -173,7 +175,7 @@ fn instrument(
             placements.extend(rewritten.placements);
             blames.insert(file.clone(), rewritten.blame);
         }
-        let errors = check(tree, package)?;
+        let errors = check(tree, packages)?;
         if errors.is_empty() {
             let mut entries: Vec<SchemaEntry> = placements
                 .into_iter()
@@ -197,6 +199,7 @@ fn instrument(
             return Ok(());
         }
         let mut blamed = 0;
+        let kept_before = keep_const.clone();
         for error in &errors {
             let innermost = blames.get(&error.file).and_then(|ranges| {
                 ranges
@@ -213,12 +216,21 @@ fn instrument(
                         }
                     }
                 }
-                None => bail!(
-                    "{}:{}: an error outside every schema: {}",
-                    error.file,
-                    error.byte,
-                    error.message
-                ),
+                None => match non_const_fn(&error.message) {
+                    // A const fn made plain is called in a const context: it stays const.
+                    Some(name) if !kept_before.contains(&name) => {
+                        if keep_const.insert(name.clone()) {
+                            eprintln!("{name} is called in a const context: it stays a const fn");
+                            blamed += 1;
+                        }
+                    }
+                    _ => bail!(
+                        "{}:{}: an error outside every schema: {}",
+                        error.file,
+                        error.byte,
+                        error.message
+                    ),
+                },
             }
         }
         if blamed == 0 {
@@ -244,10 +256,24 @@ struct CompileError {
     message: String,
 }
 
-/// `cargo check -p package` in the tree: the errors' primary positions.
-fn check(tree: &Path, package: &str) -> anyhow::Result<Vec<CompileError>> {
+/// The function a "cannot call non-const function `path::name` in constants" error names.
+fn non_const_fn(message: &str) -> Option<String> {
+    if !message.starts_with("cannot call non-const") {
+        return None;
+    }
+    let path = message.split('`').nth(1)?;
+    let name = path.split("::<").next()?.split('<').next()?.rsplit("::").next()?;
+    Some(name.to_string())
+}
+
+/// `cargo check -p package...` in the tree: the errors' primary positions.
+fn check(tree: &Path, packages: &[String]) -> anyhow::Result<Vec<CompileError>> {
+    let mut args = vec!["check", "--quiet", "--message-format=json"];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
     let output = Command::new("cargo")
-        .args(["check", "--quiet", "--message-format=json", "-p", package])
+        .args(&args)
         .current_dir(tree)
         .output()
         .context("running cargo check")?;
@@ -272,9 +298,26 @@ fn check(tree: &Path, package: &str) -> anyhow::Result<Vec<CompileError>> {
     }
     if !output.status.success() && errors.is_empty() {
         bail!(
-            "cargo check -p {package} failed without an error message:\n{}",
+            "cargo check -p {} failed without an error message:\n{}",
+            packages.join(" -p "),
             String::from_utf8_lossy(&output.stderr)
         );
     }
     Ok(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::non_const_fn;
+
+    #[test]
+    fn the_const_fn_of_a_const_context_error_is_named() {
+        let message = "cannot call non-const function `gemm_tiled::tiled_shared_bytes` in constants";
+        assert_eq!(non_const_fn(message).as_deref(), Some("tiled_shared_bytes"));
+        assert_eq!(
+            non_const_fn("cannot call non-const fn `row_words::<u32>` in constant functions").as_deref(),
+            Some("row_words")
+        );
+        assert_eq!(non_const_fn("mismatched types"), None);
+    }
 }

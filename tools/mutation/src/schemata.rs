@@ -20,7 +20,7 @@
 //! and of other kinds (a deleted struct field) are not rewritten: they are left for
 //! cargo-mutants to judge one build at a time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use proc_macro2::{LineColumn, Span};
@@ -161,6 +161,15 @@ struct Collector<'a> {
     guard: HashMap<ListedPosition, Site>,
     unfit: HashMap<ListedPosition, &'static str>,
     const_depth: usize,
+    /// Const fns that are called in a const context: their bodies stay const.
+    keep_const: &'a HashSet<String>,
+    /// The other const fns: name and the range of their `const` keyword, which is removed
+    /// when a mutant in them is rewritten (none of them is called in a const context).
+    const_fns: Vec<Range<usize>>,
+    /// The const fn being visited.
+    current_const_fn: Option<usize>,
+    /// The const fn each site is in, by genre and position.
+    owner: HashMap<(&'static str, ListedPosition), usize>,
 }
 
 impl Collector<'_> {
@@ -177,6 +186,9 @@ impl Collector<'_> {
                 .insert(at, "in a const context (the switch is read at run time)");
             return;
         }
+        if let Some(owner) = self.current_const_fn {
+            self.owner.insert((genre, at), owner);
+        }
         let map = match genre {
             "binary" => &mut self.binary,
             "unary" => &mut self.unary,
@@ -187,16 +199,40 @@ impl Collector<'_> {
         map.insert(at, site);
     }
 
-    fn body(&mut self, block: &syn::Block, constness: bool) {
-        if let Some(first) = block.stmts.first() {
-            let at = self.lines.offset(first.span().start());
-            if constness {
-                self.unfit.insert(
-                    first.span().start().into(),
-                    "in a const fn (the switch is read at run time)",
-                );
-            } else {
-                self.add("fn", first.span().start().into(), Site::FnBody { at });
+    /// Visits a function: `visit` walks it, `constness` is its `const` keyword, if any.
+    fn function(
+        &mut self,
+        name: &syn::Ident,
+        constness: Option<&syn::token::Const>,
+        block: Option<&syn::Block>,
+        visit: impl FnOnce(&mut Self),
+    ) {
+        let body = |c: &mut Self| {
+            if let Some(first) = block.and_then(|b| b.stmts.first()) {
+                let at = c.lines.offset(first.span().start());
+                c.add("fn", first.span().start().into(), Site::FnBody { at });
+            }
+        };
+        match constness {
+            None => {
+                body(self);
+                visit(self);
+            }
+            Some(_) if self.keep_const.contains(&name.to_string()) => {
+                if let Some(first) = block.and_then(|b| b.stmts.first()) {
+                    self.unfit
+                        .insert(first.span().start().into(), "in a const fn called in a const context");
+                }
+                self.in_const(visit);
+            }
+            Some(keyword) => {
+                // Rewritten as a plain fn; were it called in a const context, the check would
+                // say so and the next attempt would keep it const.
+                self.const_fns.push(self.lines.range(keyword.span));
+                let outer = self.current_const_fn.replace(self.const_fns.len() - 1);
+                body(self);
+                visit(self);
+                self.current_const_fn = outer;
             }
         }
     }
@@ -249,32 +285,22 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
-        let constness = item.sig.constness.is_some();
-        self.body(&item.block, constness);
-        if constness {
-            self.in_const(|c| visit::visit_item_fn(c, item));
-        } else {
-            visit::visit_item_fn(self, item);
-        }
+        let sig = &item.sig;
+        self.function(&sig.ident, sig.constness.as_ref(), Some(&item.block), |c| {
+            visit::visit_item_fn(c, item)
+        });
     }
     fn visit_impl_item_fn(&mut self, item: &'ast syn::ImplItemFn) {
-        let constness = item.sig.constness.is_some();
-        self.body(&item.block, constness);
-        if constness {
-            self.in_const(|c| visit::visit_impl_item_fn(c, item));
-        } else {
-            visit::visit_impl_item_fn(self, item);
-        }
+        let sig = &item.sig;
+        self.function(&sig.ident, sig.constness.as_ref(), Some(&item.block), |c| {
+            visit::visit_impl_item_fn(c, item)
+        });
     }
     fn visit_trait_item_fn(&mut self, item: &'ast syn::TraitItemFn) {
-        if let Some(block) = &item.default {
-            self.body(block, item.sig.constness.is_some());
-        }
-        if item.sig.constness.is_some() {
-            self.in_const(|c| visit::visit_trait_item_fn(c, item));
-        } else {
-            visit::visit_trait_item_fn(self, item);
-        }
+        let sig = &item.sig;
+        self.function(&sig.ident, sig.constness.as_ref(), item.default.as_ref(), |c| {
+            visit::visit_trait_item_fn(c, item)
+        });
     }
 
     fn visit_expr_binary(&mut self, expr: &'ast syn::ExprBinary) {
@@ -600,6 +626,7 @@ pub fn rewrite(
     source: &str,
     mutants: &[NumberedMutant],
     excluded: &HashMap<usize, String>,
+    keep_const: &HashSet<String>,
 ) -> anyhow::Result<RewrittenFile> {
     let syntax = syn::parse_file(source).map_err(|e| anyhow::anyhow!("{file}: does not parse: {e}"))?;
     let mut collector = Collector {
@@ -611,6 +638,10 @@ pub fn rewrite(
         guard: HashMap::new(),
         unfit: HashMap::new(),
         const_depth: 0,
+        keep_const,
+        const_fns: Vec::new(),
+        current_const_fn: None,
+        owner: HashMap::new(),
     };
     collector.visit_file(&syntax);
 
@@ -618,6 +649,7 @@ pub fn rewrite(
     // Each site's mutants, in list order, keyed by (genre, position).
     let mut by_site: Vec<(&Site, Vec<(usize, String)>)> = Vec::new();
     let mut site_index: HashMap<(&str, ListedPosition), usize> = HashMap::new();
+    let mut demoted = HashSet::new();
     for NumberedMutant { id, mutant } in mutants {
         if let Some(why) = excluded.get(id) {
             placements.push((*id, Placement::NotRewritten(why.clone())));
@@ -649,9 +681,20 @@ pub fn rewrite(
         });
         by_site[index].1.push((*id, mutant.replacement.clone()));
         placements.push((*id, Placement::Rewritten));
+        if let Some(&owner) = collector.owner.get(&(key, at)) {
+            demoted.insert(owner);
+        }
     }
 
-    let edits: Vec<Edit> = by_site.iter().flat_map(|(site, ms)| edits_of(site, ms)).collect();
+    let mut edits: Vec<Edit> = by_site.iter().flat_map(|(site, ms)| edits_of(site, ms)).collect();
+    // The `const` of each const fn that holds a rewritten mutant goes.
+    edits.extend(demoted.into_iter().map(|owner| Edit {
+        range: collector.const_fns[owner].clone(),
+        holes: vec![],
+        pieces: vec![],
+        mutants: vec![],
+        rank: 0,
+    }));
     let nesting = Nesting::new(edits);
     let mut text = String::with_capacity(source.len() * 2);
     let mut blame = Vec::new();
@@ -746,7 +789,7 @@ mod tests {
             listed("* to +", "BinaryOperator", "+", 2, 7),
             listed("f -> 0", "FnValue", "0", 2, 5),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
         assert!(
             out.placements.iter().all(|(_, p)| *p == Placement::Rewritten),
             "{:?}",
@@ -767,7 +810,7 @@ mod tests {
             listed("< to ==", "BinaryOperator", "==", 2, 19),
             listed("+= to -=", "BinaryOperator", "-=", 2, 32),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
         let s = &out.text;
         assert!(
             s.contains(
@@ -792,7 +835,8 @@ mod tests {
             listed("+ in array length", "BinaryOperator", "-", 3, 18),
             listed("a field", "StructField", "", 3, 1),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
+        let keep_const = HashSet::from(["g".to_string()]);
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &keep_const).unwrap();
         assert_eq!(out.text, source);
         let reasons: Vec<String> = out
             .placements
@@ -816,7 +860,7 @@ mod tests {
             listed("arm 1", "MatchArm", "", 2, 23),
             listed("delete -", "UnaryOperator", "", 2, 33),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
         let expected = "fn f(k: u8, b: bool) -> i32 {\n    match k { 0 if !crate::mutant_schemata::active(0) => 1, \
             1 if (!crate::mutant_schemata::active(1) && (b)) => (match (2) { mutant_e => if crate::mutant_schemata::active(2) { mutant_e } else { -mutant_e } }), _ => 3 }\n}\n";
         assert_eq!(out.text, expected);
@@ -830,7 +874,7 @@ mod tests {
             listed("guard false", "MatchArmGuard", "false", 2, 20),
             listed("arm 1", "MatchArm", "", 2, 15),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
         assert!(
             out.placements.iter().all(|(_, p)| *p == Placement::Rewritten),
             "{:?}",
@@ -843,13 +887,31 @@ mod tests {
     }
 
     #[test]
+    fn a_const_fn_with_a_mutant_becomes_a_plain_fn_unless_a_const_context_calls_it() {
+        let source = "pub const fn g(a: u32) -> u32 {\n    a * 2\n}\n";
+        let mutants = numbered(vec![listed("* to +", "BinaryOperator", "+", 2, 7)]);
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
+        assert_eq!(out.placements, vec![(0, Placement::Rewritten)]);
+        assert!(
+            out.text
+                .starts_with("pub  fn g(a: u32) -> u32 {\n    (match ((a), (2))"),
+            "{}",
+            out.text
+        );
+        let keep_const = HashSet::from(["g".to_string()]);
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &keep_const).unwrap();
+        assert_eq!(out.text, source);
+        assert!(matches!(&out.placements[0].1, Placement::NotRewritten(why) if why.contains("const context")));
+    }
+
+    #[test]
     fn blame_names_the_innermost_mutant_of_a_position() {
         let source = "fn f(a: u32) -> u32 {\n    a + 1\n}\n";
         let mutants = numbered(vec![
             listed("f -> 0", "FnValue", "0", 2, 5),
             listed("+ to -", "BinaryOperator", "-", 2, 7),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new()).unwrap();
+        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
         let at = out.text.find("return 0").unwrap();
         let innermost = out
             .blame
