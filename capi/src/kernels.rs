@@ -1213,7 +1213,7 @@ pub fn rule(kernel: Kernel) -> Rule {
         K::PddsProxyResiduals => Rule {
             geometry: || threads_1d("proxy_residuals_dims(batch clusters hidden)", pdds::PDDS_THREADS),
             lengths: "fresh ≥ batch clusters hidden, proxies ≥ batch clusters, residuals ≥ order batch clusters \
-                      hidden, cache ≥ min(order, stored) batch tokens hidden (every proxy < tokens); order ≤ 4",
+                      hidden, cache ≥ min(order, stored) batch tokens hidden (every proxy < tokens); order ≤ 4; sign 1 or -1",
             plan: |dev, p| {
                 let (batch, tokens, clusters, hidden) = (p.u("batch"), p.u("tokens"), p.u("clusters"), p.u("hidden"));
                 let (order, stored, sign) = (p.u("order"), p.u("stored"), p.f("sign"));
@@ -1241,7 +1241,7 @@ pub fn rule(kernel: Kernel) -> Rule {
                       gate_offset + hidden, labels ≥ batch tokens, proxies ≥ batch clusters, fresh ≥ batch \
                       clusters hidden, residuals ≥ order \
                       batch clusters hidden (BDF2: batch clusters hidden), cache ≥ min(order + 1, stored) batch \
-                      tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2); order ≤ 4",
+                      tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2); order ≤ 4; sign 1 or -1",
             plan: |dev, p| {
                 let (batch, tokens, clusters, hidden) = (p.u("batch"), p.u("tokens"), p.u("clusters"), p.u("hidden"));
                 let (order, stored, sign) = (p.u("order"), p.u("stored"), p.f("sign"));
