@@ -71,6 +71,8 @@ case $target in
             judge+=(-C "--test=$t")
         done
         judge+=(-C --lib)
+        # As for the kernels, the baseline would build only the mutated package's tests.
+        judge+=(--baseline skip --timeout 600)
         checked=(--package resca-reference --package resca-tests --package resca-proofs --package resca-host)
         crate_root=reference/src/lib.rs
         judge_builds=("-p resca-reference --lib --test caching_properties --test clustering --test replay_files"

@@ -369,3 +369,23 @@ fn a_misaligned_vector_shared_load_is_reported() {
     assert!(matches!(err, SimError::MisalignedShared { index: 2, .. }), "{err}");
     assert!(err.to_string().contains("not 16-byte aligned"), "{err}");
 }
+
+#[test]
+fn the_tiled_gemms_launch_one_block_per_output_tile() {
+    use resca_gpu_kernels::gemm_tiled::{MICRO_64, MICRO_128, gemm_splitk_partial_dims, gemm_tiled_dims};
+    // The kernels' names say their tiles: `gemm64_*` covers 64 x 64 outputs per block and
+    // `gemm128_*` 128 x 128. A grid with more blocks gives the same outputs (the extra blocks
+    // find no rows), but wastes blocks and makes the grid-limit check refuse shapes that fit.
+    for (micro, side) in [(MICRO_64, 64u32), (MICRO_128, 128)] {
+        for (m, n) in [(1, 1), (64, 64), (65, 130), (300, 1152), (4 * 128 + 1, 127)] {
+            let dims = gemm_tiled_dims(m, n, micro);
+            assert_eq!(
+                (dims.grid.x, dims.grid.y, dims.grid.z),
+                (n.div_ceil(side), m.div_ceil(side), 1),
+                "{side}: {m} x {n}"
+            );
+        }
+    }
+    let dims = gemm_splitk_partial_dims(65, 130, 3);
+    assert_eq!((dims.grid.x, dims.grid.y, dims.grid.z), (3, 2, 3));
+}
