@@ -6,32 +6,9 @@
 
 mod support;
 
-use ndarray::{Array2, ArrayView2, s};
-use resca_reference::ops;
+use ndarray::Array2;
 use resca_tests::{max_abs_diff, max_abs_diff_matching_non_finite};
-use support::kernels;
-
-/// Deterministic uniform values in [-scale, scale] (xorshift64*).
-fn matrix(seed: u64, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Array2::from_shape_fn((rows, cols), |_| {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-        (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    })
-}
-
-/// The reference's attention of each sample of `qkv` (batch tokens, 3D), concatenated.
-fn reference(qkv: &Array2<f32>, batch: usize, tokens: usize, heads: usize) -> Vec<f32> {
-    let mut expected = Vec::new();
-    for row in 0..batch {
-        let part: ArrayView2<f32> = qkv.slice(s![row * tokens..(row + 1) * tokens, ..]);
-        expected.extend(ops::attention(part, heads).iter().copied());
-    }
-    expected
-}
+use support::{attention_reference, kernels, seeded_matrix};
 
 /// The kernel's attention of `qkv`.
 fn kernel(qkv: &Array2<f32>, batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Vec<f32> {
@@ -55,11 +32,11 @@ fn attention_matches_the_reference_at_the_tile_edges() {
         for tokens in [1, 15, 16, 17, 31, 32, 33, 48, 65] {
             let (batch, heads) = (2, 2);
             let seed = (head_dim * 1000 + tokens) as u64;
-            let qkv = matrix(seed, batch * tokens, 3 * heads * head_dim, 1.5);
+            let qkv = seeded_matrix(seed, batch * tokens, 3 * heads * head_dim, 1.5);
             let err = max_abs_diff(
                 &format!("head_dim {head_dim}, tokens {tokens}"),
                 &kernel(&qkv, batch, tokens, heads, head_dim),
-                &reference(&qkv, batch, tokens, heads),
+                &attention_reference(&qkv, batch, tokens, heads),
             );
             // Online softmax (rescaled running sums, FMA dot products, division at the end)
             // against a two-pass softmax over BLAS products; outputs are convex combinations of
@@ -80,11 +57,11 @@ fn attention_handles_large_scores_like_the_reference() {
     // Scores of +-30 after scaling: the running maximum moves between key tiles, and a
     // rescaling that went wrong would overflow or zero whole rows.
     let (batch, tokens, heads, head_dim) = (1, 70, 1, 16);
-    let qkv = matrix(7, batch * tokens, 3 * heads * head_dim, 6.0);
+    let qkv = seeded_matrix(7, batch * tokens, 3 * heads * head_dim, 6.0);
     let err = max_abs_diff(
         "large scores",
         &kernel(&qkv, batch, tokens, heads, head_dim),
-        &reference(&qkv, batch, tokens, heads),
+        &attention_reference(&qkv, batch, tokens, heads),
     );
     report("large scores", err);
     // Values in [-6, 6], near one-hot rows. Measured 1.9e-6.
@@ -97,10 +74,10 @@ fn nan_lands_where_the_reference_puts_it() {
     let d = heads * head_dim;
     // (row, column) of the NaN: a query of head 0, a key of head 1, a value feature of head 0.
     for (row, col) in [(5, 3), (tokens + 33, d + head_dim + 7), (17, 2 * d + 70)] {
-        let mut qkv = matrix(11, batch * tokens, 3 * d, 1.5);
+        let mut qkv = seeded_matrix(11, batch * tokens, 3 * d, 1.5);
         qkv[[row, col]] = f32::NAN;
         let ours = kernel(&qkv, batch, tokens, heads, head_dim);
-        let expected = reference(&qkv, batch, tokens, heads);
+        let expected = attention_reference(&qkv, batch, tokens, heads);
         let nans = expected.iter().filter(|v| v.is_nan()).count();
         assert!(
             nans > 0 && nans < expected.len(),

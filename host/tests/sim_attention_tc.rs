@@ -10,16 +10,15 @@ mod support;
 
 use std::cell::Cell;
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::Array2;
 use proptest::test_runner::TestCaseError;
 use resca_gpu_kernels::attention_tc::{self, attention_tc_dims};
 use resca_gpu_kernels::gemm_tc::TF32;
 use resca_gpu_kernels::{Global, GlobalMut, SharedWord, ThreadCtx};
 use resca_host::pipeline::launch::Precision;
 use resca_host::sim::{SimThread, run_grid};
-use resca_reference::ops;
 use resca_tests::{max_abs_diff, max_abs_diff_matching_non_finite};
-use support::kernels;
+use support::{attention_reference, kernels, seeded_matrix};
 
 const FAST: [Precision; 3] = [Precision::Tf32x3, Precision::Tf32, Precision::Bf16];
 
@@ -35,28 +34,6 @@ fn budget(precision: Precision) -> f32 {
         Precision::Bf16 => 1.5e-2,
         Precision::Exact => unreachable!(),
     }
-}
-
-/// Deterministic uniform values in [-scale, scale] (xorshift64*).
-fn matrix(seed: u64, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    Array2::from_shape_fn((rows, cols), |_| {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-        (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    })
-}
-
-/// The reference's attention of each sample of `qkv` (batch tokens, 3D), concatenated.
-fn reference(qkv: &Array2<f32>, batch: usize, tokens: usize, heads: usize) -> Vec<f32> {
-    let mut expected = Vec::new();
-    for row in 0..batch {
-        let part: ArrayView2<f32> = qkv.slice(s![row * tokens..(row + 1) * tokens, ..]);
-        expected.extend(ops::attention(part, heads).iter().copied());
-    }
-    expected
 }
 
 /// The tensor-core kernel's attention of `qkv` in `precision`.
@@ -98,8 +75,8 @@ fn tensor_core_attention_matches_the_reference_at_the_tile_edges() {
             for tokens in [1, 31, 32, 33, 63, 64, 65, 97] {
                 let (batch, heads) = (2, 2);
                 let seed = (head_dim * 1000 + tokens) as u64;
-                let qkv = matrix(seed, batch * tokens, 3 * heads * head_dim, 1.5);
-                let expected = reference(&qkv, batch, tokens, heads);
+                let qkv = seeded_matrix(seed, batch * tokens, 3 * heads * head_dim, 1.5);
+                let expected = attention_reference(&qkv, batch, tokens, heads);
                 let case = format!("{}, head_dim {head_dim}, tokens {tokens}", precision.name());
                 support::in_every_block_order(|| {
                     let err = max_abs_diff(
@@ -134,8 +111,8 @@ fn the_modes_lose_what_their_operands_predict() {
     // One case, DiT's head dimension, three tiles of keys: 3xTF32 at FP32 level, TF32 about 8x
     // more accurate than BF16 (3 more fraction bits).
     let (batch, tokens, heads, head_dim) = (1, 80, 2, 72);
-    let qkv = matrix(5, batch * tokens, 3 * heads * head_dim, 1.5);
-    let expected = reference(&qkv, batch, tokens, heads);
+    let qkv = seeded_matrix(5, batch * tokens, 3 * heads * head_dim, 1.5);
+    let expected = attention_reference(&qkv, batch, tokens, heads);
     let err = |p: Precision| max_abs_diff(p.name(), &kernel(p, &qkv, batch, tokens, heads, head_dim), &expected);
     let (x3, tf32, bf16) = (err(Precision::Tf32x3), err(Precision::Tf32), err(Precision::Bf16));
     report("tf32x3, head_dim 72, tokens 80", x3);
@@ -158,8 +135,8 @@ fn tensor_core_attention_handles_large_scores_like_the_reference() {
     // Scores of +-30 after scaling: the running maximum moves between key tiles, and a
     // rescaling that went wrong would overflow or zero whole rows.
     let (batch, tokens, heads, head_dim) = (1, 100, 1, 16);
-    let qkv = matrix(7, batch * tokens, 3 * heads * head_dim, 6.0);
-    let expected = reference(&qkv, batch, tokens, heads);
+    let qkv = seeded_matrix(7, batch * tokens, 3 * heads * head_dim, 6.0);
+    let expected = attention_reference(&qkv, batch, tokens, heads);
     for precision in FAST {
         let err = max_abs_diff(
             "large scores",
@@ -186,9 +163,9 @@ fn nan_lands_where_the_reference_puts_it() {
     // (row, column) of the NaN: a query of head 0, a key of head 1 in the second key tile, a
     // value feature of head 0 in the last (partial) n8 feature tile.
     for (row, col) in [(5, 3), (tokens + 40, d + head_dim + 7), (17, 2 * d + 70)] {
-        let mut qkv = matrix(11, batch * tokens, 3 * d, 1.5);
+        let mut qkv = seeded_matrix(11, batch * tokens, 3 * d, 1.5);
         qkv[[row, col]] = f32::NAN;
-        let expected = reference(&qkv, batch, tokens, heads);
+        let expected = attention_reference(&qkv, batch, tokens, heads);
         let nans = expected.iter().filter(|v| v.is_nan()).count();
         assert!(
             nans > 0 && nans < expected.len(),
@@ -329,8 +306,8 @@ impl ThreadCtx for SwappedA<'_, '_> {
 #[test]
 fn a_wrong_fragment_index_fails_the_attention_test() {
     let (batch, tokens, heads, head_dim) = (1, 40, 2, 72);
-    let qkv = matrix(13, batch * tokens, 3 * heads * head_dim, 1.5);
-    let expected = reference(&qkv, batch, tokens, heads);
+    let qkv = seeded_matrix(13, batch * tokens, 3 * heads * head_dim, 1.5);
+    let expected = attention_reference(&qkv, batch, tokens, heads);
     let flat = qkv.as_standard_layout();
     let run = |mutated: bool| {
         let mut out = vec![0.0f32; batch * tokens * heads * head_dim];

@@ -827,7 +827,8 @@ pub fn gemm_tc_gated_residual<D: Device>(
     }
 }
 
-/// Multi-head attention: `qkv` (B N, 3 H hd) to `out` (B N, H hd), scale `1/sqrt(hd)`.
+/// Multi-head attention: `qkv` (B N, 3 H hd) to `out` (B N, H hd), scale `1/sqrt(hd)`, in exact
+/// FP32 (`flash_attention`).
 pub fn attention<D: Device>(
     dev: &mut D,
     qkv: Slice<f32>,
@@ -837,33 +838,7 @@ pub fn attention<D: Device>(
     heads: usize,
     head_dim: usize,
 ) -> Result<(), DeviceError> {
-    let k = Kernel::FlashAttention;
-    if head_dim > attention::ATTN_MAX_HEAD_DIM as usize || head_dim == 0 {
-        return Err(DeviceError::Invalid(format!(
-            "kernel `flash_attention`: head_dim {head_dim} outside 1..={}",
-            attention::ATTN_MAX_HEAD_DIM
-        )));
-    }
-    if batch == 0 || tokens == 0 || heads == 0 {
-        return Ok(());
-    }
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let (b, n, h) = (
-        size(k, "batch", batch)?,
-        size(k, "tokens", tokens)?,
-        size(k, "heads", heads)?,
-    );
-    let args = args::FlashAttention {
-        qkv,
-        out,
-        tokens: n,
-        heads: h,
-        head_dim: size(k, "head_dim", head_dim)?,
-        scale,
-    };
-    let dims = attention::attention_dims(b, n, h);
-    attention_grid(k, &dims)?;
-    launch(dev, dims, args)
+    attention_in(dev, Precision::Exact, qkv, out, batch, tokens, heads, head_dim)
 }
 
 /// Multi-head attention on tensor cores in a fast `precision` (`flash_attention_tf32`,
@@ -878,20 +853,37 @@ pub fn attention_tc<D: Device>(
     heads: usize,
     head_dim: usize,
 ) -> Result<(), DeviceError> {
+    if precision == Precision::Exact {
+        return Err(DeviceError::Invalid(
+            "the exact precision has no tensor-core attention (use `attention`)".to_string(),
+        ));
+    }
+    attention_in(dev, precision, qkv, out, batch, tokens, heads, head_dim)
+}
+
+/// Multi-head attention in `precision`: the exact kernel (`flash_attention`) or, in the fast
+/// modes, its tensor-core form. They differ only in the kernel, its largest head dimension and
+/// its launch geometry.
+pub fn attention_in<D: Device>(
+    dev: &mut D,
+    precision: Precision,
+    qkv: Slice<f32>,
+    out: Slice<f32>,
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<(), DeviceError> {
     use resca_gpu_kernels::attention_tc::{ATTN_TC_MAX_HEAD_DIM, attention_tc_dims};
-    let k = match precision {
-        Precision::Tf32 => Kernel::FlashAttentionTf32,
-        Precision::Tf32x3 => Kernel::FlashAttentionTf32X3,
-        Precision::Bf16 => Kernel::FlashAttentionBf16,
-        Precision::Exact => {
-            return Err(DeviceError::Invalid(
-                "the exact precision has no tensor-core attention (use `attention`)".to_string(),
-            ));
-        }
+    let (k, max_head_dim) = match precision {
+        Precision::Exact => (Kernel::FlashAttention, attention::ATTN_MAX_HEAD_DIM),
+        Precision::Tf32 => (Kernel::FlashAttentionTf32, ATTN_TC_MAX_HEAD_DIM),
+        Precision::Tf32x3 => (Kernel::FlashAttentionTf32X3, ATTN_TC_MAX_HEAD_DIM),
+        Precision::Bf16 => (Kernel::FlashAttentionBf16, ATTN_TC_MAX_HEAD_DIM),
     };
-    if head_dim > ATTN_TC_MAX_HEAD_DIM as usize || head_dim == 0 {
+    if head_dim > max_head_dim as usize || head_dim == 0 {
         return Err(DeviceError::Invalid(format!(
-            "kernel `{}`: head_dim {head_dim} outside 1..={ATTN_TC_MAX_HEAD_DIM}",
+            "kernel `{}`: head_dim {head_dim} outside 1..={max_head_dim}",
             k.name()
         )));
     }
@@ -913,27 +905,12 @@ pub fn attention_tc<D: Device>(
         head_dim: hd,
         scale,
     };
-    let dims = attention_tc_dims(b, n, h, hd);
+    let dims = match precision {
+        Precision::Exact => attention::attention_dims(b, n, h),
+        _ => attention_tc_dims(b, n, h, hd),
+    };
     attention_grid(k, &dims)?;
     launch_as(dev, k, dims, args)
-}
-
-/// Multi-head attention in `precision`: [`attention`] (exact) or [`attention_tc`] (the fast
-/// modes, tensor cores).
-pub fn attention_in<D: Device>(
-    dev: &mut D,
-    precision: Precision,
-    qkv: Slice<f32>,
-    out: Slice<f32>,
-    batch: usize,
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-) -> Result<(), DeviceError> {
-    match precision {
-        Precision::Exact => attention(dev, qkv, out, batch, tokens, heads, head_dim),
-        _ => attention_tc(dev, precision, qkv, out, batch, tokens, heads, head_dim),
-    }
 }
 
 /// Final-layer tokens (B N, p p C_out) to images (B, C_out, S, S).

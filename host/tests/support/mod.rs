@@ -10,7 +10,7 @@ pub mod kernels;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 
-use ndarray::{Array4, Ix4};
+use ndarray::{Array2, Array4, ArrayView2, Ix4, s};
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError};
 use resca_gpu_kernels::taylor::TaylorCoefficients;
 use resca_host::cuda::CudaDevice;
@@ -24,6 +24,28 @@ use resca_reference::ddim::DdimSchedule;
 use resca_reference::flow::FlowSchedule;
 use resca_reference::safetensors_file::SafetensorsFile;
 use resca_reference::{Dit, DitConfig, Sampler};
+
+/// Deterministic uniform values in [-scale, scale] (xorshift64*), as a (rows, cols) matrix.
+pub fn seeded_matrix(seed: u64, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    Array2::from_shape_fn((rows, cols), |_| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+        (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+    })
+}
+
+/// The reference's attention of each sample of `qkv` (batch tokens, 3D), concatenated.
+pub fn attention_reference(qkv: &Array2<f32>, batch: usize, tokens: usize, heads: usize) -> Vec<f32> {
+    let mut expected = Vec::new();
+    for row in 0..batch {
+        let part: ArrayView2<f32> = qkv.slice(s![row * tokens..(row + 1) * tokens, ..]);
+        expected.extend(resca_reference::ops::attention(part, heads).iter().copied());
+    }
+    expected
+}
 
 pub fn vectors(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
