@@ -65,18 +65,33 @@ where
     A: Tensor + ?Sized,
     E: Tensor + ?Sized,
 {
+    largest_difference(what, actual, expected, false)
+}
+
+/// The one comparison loop: the largest difference over the finite pairs; a non-finite value
+/// fails, unless `match_non_finite` and the output has the expected NaN or the same infinity.
+fn largest_difference<A, E>(what: &str, actual: &A, expected: &E, match_non_finite: bool) -> f32
+where
+    A: Tensor + ?Sized,
+    E: Tensor + ?Sized,
+{
     let shape = actual.shape();
     check_shapes(what, &shape, &expected.shape());
     let mut largest = 0.0f32;
     for (flat, (a, e)) in actual.values().zip(expected.values()).enumerate() {
-        if !a.is_finite() || !e.is_finite() {
-            let which = if a.is_finite() { "expected" } else { "output" };
-            panic!(
-                "{what}: non-finite {which} at index {:?}: output {a}, expected {e}",
-                index_of(flat, &shape)
-            );
+        if a.is_finite() && e.is_finite() {
+            largest = largest.max((a - e).abs());
+            continue;
         }
-        largest = largest.max((a - e).abs());
+        let index = index_of(flat, &shape);
+        if !match_non_finite {
+            let which = if a.is_finite() { "expected" } else { "output" };
+            panic!("{what}: non-finite {which} at index {index:?}: output {a}, expected {e}");
+        }
+        let same_non_finite = (a.is_nan() && e.is_nan()) || (a.is_infinite() && a == e);
+        if !same_non_finite {
+            panic!("{what}: at index {index:?}: output {a}, expected {e}");
+        }
     }
     largest
 }
@@ -102,21 +117,7 @@ where
     A: Tensor + ?Sized,
     E: Tensor + ?Sized,
 {
-    let shape = actual.shape();
-    check_shapes(what, &shape, &expected.shape());
-    let mut largest = 0.0f32;
-    for (flat, (a, e)) in actual.values().zip(expected.values()).enumerate() {
-        let same_non_finite = (a.is_nan() && e.is_nan()) || (a.is_infinite() && a == e);
-        if e.is_finite() && a.is_finite() {
-            largest = largest.max((a - e).abs());
-        } else if !same_non_finite {
-            panic!(
-                "{what}: at index {:?}: output {a}, expected {e}",
-                index_of(flat, &shape)
-            );
-        }
-    }
-    largest
+    largest_difference(what, actual, expected, true)
 }
 
 #[cfg(test)]
