@@ -13,7 +13,8 @@ use resca_gpu_kernels::ptx::PtxModule;
 
 use super::params::{ParamLayout, layouts, pack};
 use crate::pipeline::device::{
-    Buffer, DType, Device, DeviceError, Element, Graph, GraphOp, Kernel, KernelCall, Mark, RawSlice, Slice,
+    Buffer, DType, Device, DeviceError, Element, Graph, GraphOp, Kernel, KernelCall, MAX_STATIC_SHARED_BYTES, Mark,
+    RawSlice, Slice,
 };
 
 /// What ptxas/the driver report about a loaded kernel.
@@ -118,10 +119,6 @@ pub struct GpuDevice<D: Driver> {
     /// The operations of the graph being captured ([`Device::begin_capture`]).
     capture: Option<Vec<GraphOp>>,
 }
-
-/// Shared memory a kernel may declare statically; dynamic shared memory above it needs the
-/// function's limit raised.
-const MAX_STATIC_SHARED_BYTES: u32 = 48 * 1024;
 
 fn backend(what: &str) -> impl Fn(String) -> DeviceError + '_ {
     move |e| DeviceError::Backend(format!("{what}: {e}"))

@@ -147,6 +147,10 @@ impl Arg {
 }
 
 /// A launch: which entry point, its geometry (from the kernel module's `*_dims`), its parameters.
+/// Shared memory a block may declare statically (`.shared` buffers): 48 KiB on every CUDA GPU;
+/// more needs dynamic shared memory with the function's limit raised.
+pub const MAX_STATIC_SHARED_BYTES: u32 = 48 * 1024;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelCall {
     pub kernel: Kernel,
@@ -156,10 +160,19 @@ pub struct KernelCall {
 
 impl KernelCall {
     /// Checks the arguments against the entry point's parameters ([`Kernel::params`]): their
-    /// number and each one's kind and element type; and the shared memory of the geometry
-    /// against the kernel's `.shared` buffer, or the most dynamic shared memory the kernel table
-    /// allows it. Slice bounds are the device's to check.
+    /// number and each one's kind and element type; the kernel's `.shared` buffer against the
+    /// static limit (a larger one does not load on a GPU); and the shared memory of the geometry
+    /// against that buffer, or the most dynamic shared memory the kernel table allows it. Slice
+    /// bounds are the device's to check.
     pub fn check(&self) -> Result<(), DeviceError> {
+        if self.kernel.static_shared_bytes() > MAX_STATIC_SHARED_BYTES {
+            return Err(DeviceError::Invalid(format!(
+                "kernel `{}`: its `.shared` buffer of {} bytes exceeds the {MAX_STATIC_SHARED_BYTES} bytes \
+                 a block may declare statically",
+                self.kernel.name(),
+                self.kernel.static_shared_bytes()
+            )));
+        }
         let declared = self
             .kernel
             .static_shared_bytes()
@@ -442,6 +455,19 @@ mod tests {
             "{}",
             error(&call)
         );
+    }
+
+    #[test]
+    fn every_kernel_declares_at_most_the_static_shared_memory_a_block_may_have() {
+        // The check refuses a launch of a kernel past the limit (a GPU would not load it), so
+        // no kernel of the table may be one; attention's 49152 bytes are exactly at it.
+        for &kernel in Kernel::ALL {
+            assert!(
+                kernel.static_shared_bytes() <= MAX_STATIC_SHARED_BYTES,
+                "{}",
+                kernel.name()
+            );
+        }
     }
 
     #[test]

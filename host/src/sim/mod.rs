@@ -65,8 +65,6 @@ pub const MAX_THREADS_PER_BLOCK: u64 = 1024;
 /// which a kernel gets beyond the 48 KiB of static `.shared` declarations only as dynamic shared
 /// memory with its `MAX_DYNAMIC_SHARED_SIZE_BYTES` raised (Ampere's A100 allows 163 KiB).
 pub const MAX_SHARED_BYTES: u32 = 227 * 1024;
-/// Largest static shared memory per block (`.shared` declarations): 48 KiB.
-pub const MAX_STATIC_SHARED_BYTES: u32 = 48 * 1024;
 /// Stack of each simulated thread.
 const STACK_BYTES: usize = 256 * 1024;
 /// What fresh shared memory holds: a quiet NaN with a recognisable payload.
