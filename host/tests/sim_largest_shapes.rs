@@ -8,17 +8,17 @@
 //! - the grid's y and z hold 65535 blocks (a GPU's limit, which the simulator enforces; the
 //!   launches refuse more with an error naming the dimension). At 65535, against the reference:
 //!   attention's heads (y) and batch rows (z), the exact FMA GEMM's row tiles (y; 64- and
-//!   128-row tiles) and K-medoids' batch rows (the medoid update's y), each in both block
-//!   orders; the mul + add GEMM's row tiles in grid order only. One more is refused for each, and
-//!   for the tensor-core GEMMs' row tiles, split-K's splits (z) and the similarity's batch (z).
-//!   The tensor-core GEMMs are not run at the limit: one block order takes 1.5 minutes (BF16)
-//!   to 5 minutes (3xTF32) of the simulator.
+//!   128-row tiles), K-medoids' batch rows (the medoid update's y), split-K's splits (z) and the
+//!   similarity's batch (z), each in both block orders; the mul + add GEMM's and the BF16
+//!   tensor-core GEMM's row tiles in grid order (the three tensor-core modes share the row
+//!   indexing; one block order of 3xTF32 would take 5 minutes). One more is refused for each,
+//!   and for every tensor-core mode.
 //!
-//! The runs at the limit take 3.5 to 3.7 minutes of CPU on an Intel Xeon (family 6 model 167):
+//! The runs at the limit take about 6 minutes of CPU on an Intel Xeon (family 6 model 167):
 //! attention 24 and 25 s, the FMA GEMM 31 s (64-row tiles) and 81 s (128-row tiles), the mul + add
-//! GEMM 17 s, K-medoids 27 s; 3 min 40 s to 4 min 35 s of wall time for them all on its two
-//! cores shared with other jobs (load 4 to 5). So `cargo test` leaves them out and `.ci/run` runs
-//! them as a step of their own: `cargo test -p resca-host --test sim_largest_shapes -- --ignored`.
+//! GEMM 17 s, the BF16 GEMM about 90 s, K-medoids 27 s, split-K 38 s, the similarity about 35 s.
+//! So `cargo test` leaves them out and `.ci/run` runs them as a step of their own, two at a
+//! time: `cargo test -p resca-host --test sim_largest_shapes -- --ignored`.
 
 mod support;
 
@@ -438,4 +438,83 @@ fn split_k_past_the_largest_split_count_is_an_error() {
         err.contains("`gemm_splitk_partial`: K = 65536 in splits of 1 is 65536 blocks in the grid's z"),
         "{err}"
     );
+}
+
+#[test]
+#[ignore = "65535 row tiles of 128 rows on BF16 tensor cores in grid order: about 90 s of CPU; .ci/run runs it with --ignored"]
+fn the_bf16_tensor_core_gemm_at_the_largest_row_tile_count_is_the_reference() {
+    // The three tensor-core modes share the row-tile indexing (they differ in the mma and the
+    // weights' layout), so BF16, the quickest on the simulator, stands for them at the limit.
+    let gemm = RowTiledGemm::Bf16;
+    let (m, n, k) = (MAX_GRID_YZ * gemm.row_tile(), GEMM_N, GEMM_K);
+    let (a, w, bias) = (values(70, m * k), values(71, n * k), values(72, n));
+    let out = gemm.run(&a, &w, &bias, m, n, k).unwrap();
+    let mut worst = 0.0f64;
+    for (i, &got) in out.iter().enumerate() {
+        let (row, col) = (i / n, i % n);
+        let (mut dot, mut scale) = (bias[col] as f64, bias[col].abs() as f64);
+        for kk in 0..k {
+            let p = a[row * k + kk] as f64 * w[col * k + kk] as f64;
+            dot += p;
+            scale += p.abs();
+        }
+        assert!(got.is_finite(), "output {i}: {got}");
+        worst = worst.max((got as f64 - dot).abs() / scale);
+    }
+    // Two BF16 roundings (2^-8 each) per product, as in `sim_precision`'s BF16 budget (8e-3);
+    // measured 4.9e-3.
+    assert!(worst < 8e-3, "worst relative error {worst}");
+}
+
+#[test]
+#[ignore = "65535 splits of one k, one block each, in two block orders: about 40 s of CPU; .ci/run runs it with --ignored"]
+fn split_k_at_the_largest_split_count_is_the_reference() {
+    // K = 65535 in splits of one k: 65535 blocks in the grid's z, then the ordered reduction.
+    let (m, n, k) = (2, 3, MAX_GRID_YZ);
+    let (a, w, bias) = (values(90, m * k), values(91, n * k), values(92, n));
+    // The kernels' sum: each split's one product, added in split order to the bias.
+    let expected: Vec<f32> = (0..m * n)
+        .map(|i| {
+            let (row, col) = (i / n, i % n);
+            (0..k).fold(0.0f32, |acc, kk| acc + a[row * k + kk] * w[col * k + kk]) + bias[col]
+        })
+        .collect();
+    in_every_block_order(|| {
+        let dev = &mut SimDevice::new();
+        let (ga, gw, gb) = (up(dev, &a), up(dev, &w), up(dev, &bias));
+        let partials = up(dev, &vec![f32::NAN; k * m * n]);
+        let out = up(dev, &vec![f32::NAN; m * n]);
+        launch::gemm_splitk_partial(dev, ga, gw, partials, m, n, k, 1).unwrap();
+        launch::gemm_splitk_reduce(dev, partials, gb, out, m, n, k, Epilogue::Bias).unwrap();
+        let err = max_abs_diff("split-K at the grid's limit", &down(dev, out), &expected);
+        // The products summed in split order, then the bias: the expectation's order, so the
+        // same bits (measured 0).
+        prop_assert_eq!(err, 0.0, "max |kernel - sum| {}", err);
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "65535 blocks of the similarity in two block orders: about 20 s of CPU; .ci/run runs it with --ignored"]
+fn the_similarity_at_the_largest_batch_is_the_reference() {
+    let (batch, n, dim) = (MAX_GRID_YZ, 3, 4);
+    let x = Array3::from_shape_vec((batch, n, dim), values(95, batch * n * dim)).unwrap();
+    let expected: Vec<f32> = (0..batch)
+        .flat_map(|b| flat(&tetc::cosine_similarity_matrix(x.index_axis(Axis(0), b))))
+        .collect();
+    in_every_block_order(|| {
+        let dev = &mut SimDevice::new();
+        let xi = up(dev, &flat(&x));
+        let xn = up(dev, &vec![f32::NAN; batch * n * dim]);
+        let s = up(dev, &vec![f32::NAN; batch * n * n]);
+        launch::row_normalize(dev, xi, xn, batch * n, dim).unwrap();
+        launch::similarity(dev, xn, s, batch, n, dim).unwrap();
+        let err = max_abs_diff("similarity at the grid's limit", &down(dev, s), &expected);
+        // Cosines in [-1, 1], as `sim_cache_kernels`' property (budget 2e-6 there); measured
+        // 4.8e-7.
+        prop_assert!(err <= 2e-6, "max |kernel - reference| {}", err);
+        Ok(())
+    })
+    .unwrap();
 }
