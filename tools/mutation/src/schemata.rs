@@ -781,6 +781,17 @@ mod tests {
             .collect()
     }
 
+    /// `source` rewritten with every one of `mutants`, each of which must find its syntax.
+    fn rewrite_every(source: &str, mutants: &[NumberedMutant]) -> RewrittenFile {
+        let out = rewrite("k.rs", source, mutants, &HashMap::new(), &HashSet::new()).unwrap();
+        assert!(
+            out.placements.iter().all(|(_, p)| *p == Placement::Rewritten),
+            "{:?}",
+            out.placements
+        );
+        out
+    }
+
     #[test]
     fn nested_binary_operators_rewrite_inside_out_and_keep_the_order_of_evaluation() {
         let source = "fn f(a: u32, b: u32) -> u32 {\n    a * b + 1\n}\n";
@@ -789,12 +800,7 @@ mod tests {
             listed("* to +", "BinaryOperator", "+", 2, 7),
             listed("f -> 0", "FnValue", "0", 2, 5),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
-        assert!(
-            out.placements.iter().all(|(_, p)| *p == Placement::Rewritten),
-            "{:?}",
-            out.placements
-        );
+        let out = rewrite_every(source, &mutants);
         let expected = "fn f(a: u32, b: u32) -> u32 {\n    if crate::mutant_schemata::active(2) { return 0; } \
             (match (((match ((a), (b)) { (mutant_l, mutant_r) => if crate::mutant_schemata::active(1) { mutant_l + mutant_r } else { mutant_l * mutant_r } })), (1)) \
             { (mutant_l, mutant_r) => if crate::mutant_schemata::active(0) { mutant_l - mutant_r } else { mutant_l + mutant_r } })\n}\n";
@@ -874,12 +880,7 @@ mod tests {
             listed("guard false", "MatchArmGuard", "false", 2, 20),
             listed("arm 1", "MatchArm", "", 2, 15),
         ]);
-        let out = rewrite("k.rs", source, &mutants, &HashMap::new(), &HashSet::new()).unwrap();
-        assert!(
-            out.placements.iter().all(|(_, p)| *p == Placement::Rewritten),
-            "{:?}",
-            out.placements
-        );
+        let out = rewrite_every(source, &mutants);
         // Only one mutant is on at a time, so either edit may enclose the other.
         let expected = "fn f(k: u8, b: bool) -> i32 {\n    match k { 1 if (if crate::mutant_schemata::active(0) { true } \
             else if crate::mutant_schemata::active(1) { false } else { (!crate::mutant_schemata::active(2) && (b)) }) => 2, _ => 3 }\n}\n";

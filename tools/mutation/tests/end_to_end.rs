@@ -120,15 +120,18 @@ fn each_mutant_gets_the_verdict_of_its_own_build() {
         "--out",
         &path("coverage.json"),
     ]);
-    tool(&[
-        "run",
-        "--schemata",
-        &path("schemata.json"),
-        "--coverage",
-        &path("coverage.json"),
-        "--out",
-        &path("outcomes.jsonl"),
-    ]);
+    let judge = || {
+        tool(&[
+            "run",
+            "--schemata",
+            &path("schemata.json"),
+            "--coverage",
+            &path("coverage.json"),
+            "--out",
+            &path("outcomes.jsonl"),
+        ])
+    };
+    judge();
     let outcomes = std::fs::read_to_string(path("outcomes.jsonl")).unwrap();
     let verdict = |name: &str| -> String {
         let line = outcomes
@@ -151,14 +154,6 @@ fn each_mutant_gets_the_verdict_of_its_own_build() {
     assert_eq!(verdict("never_called -> 1"), "unreached");
 
     // A second run resumes: every mutant is judged, nothing is added.
-    tool(&[
-        "run",
-        "--schemata",
-        &path("schemata.json"),
-        "--coverage",
-        &path("coverage.json"),
-        "--out",
-        &path("outcomes.jsonl"),
-    ]);
+    judge();
     assert_eq!(std::fs::read_to_string(path("outcomes.jsonl")).unwrap(), outcomes);
 }
