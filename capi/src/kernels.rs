@@ -958,7 +958,7 @@ pub fn rule(kernel: Kernel) -> Rule {
         },
         K::TaylorUpdate => Rule {
             geometry: || threads_1d("taylor_dims(len)", taylor::TAYLOR_THREADS),
-            lengths: "new ≥ len, factors ≥ (min(stored, max_order) + 1) len",
+            lengths: "new ≥ len, factors ≥ (min(stored, max_order) + 1) len; max_order ≤ 4, stored ≤ 5",
             plan: |dev, p| {
                 let (len, stored, max_order) = (p.u("len"), p.u("stored"), p.u("max_order"));
                 p.need("new", len as u128, "len")?;
@@ -969,7 +969,7 @@ pub fn rule(kernel: Kernel) -> Rule {
         },
         K::TaylorPredict => Rule {
             geometry: || threads_1d("taylor_dims(len)", taylor::TAYLOR_THREADS),
-            lengths: "out ≥ len, factors ≥ clamp(stored, 1, 5) len",
+            lengths: "out ≥ len, factors ≥ clamp(stored, 1, 5) len; stored ≤ 5",
             plan: |dev, p| {
                 let (len, stored) = (p.u("len"), p.u("stored"));
                 p.need("out", len as u128, "len")?;
@@ -985,7 +985,7 @@ pub fn rule(kernel: Kernel) -> Rule {
             geometry: || threads_1d("taylor_dims(rows hidden)", taylor::TAYLOR_THREADS),
             lengths: "x ≥ rows hidden, factors ≥ clamp(stored, 1, 5) rows hidden, gate ≥ ((rows - 1)/tokens) \
                       gate_stride + gate_offset + hidden, coef = 8 (the fields of TaylorCoefficients in order); \
-                      tokens ≥ 1",
+                      tokens ≥ 1; stored ≤ 5",
             plan: |dev, p| {
                 let (rows, hidden, stored) = (p.u("rows"), p.u("hidden"), p.u("stored"));
                 let (tokens, stride, offset) = p.gate((rows, "rows"), (hidden, "hidden"))?;
@@ -1213,7 +1213,7 @@ pub fn rule(kernel: Kernel) -> Rule {
         K::PddsProxyResiduals => Rule {
             geometry: || threads_1d("proxy_residuals_dims(batch clusters hidden)", pdds::PDDS_THREADS),
             lengths: "fresh ≥ batch clusters hidden, proxies ≥ batch clusters, residuals ≥ order batch clusters \
-                      hidden, cache ≥ min(order, stored) batch tokens hidden (every proxy < tokens); order ≤ 4; sign 1 or -1",
+                      hidden, cache ≥ min(order, stored) batch tokens hidden (every proxy < tokens); order ≤ 4; stored ≤ 5; sign 1 or -1",
             plan: |dev, p| {
                 let (batch, tokens, clusters, hidden) = (p.u("batch"), p.u("tokens"), p.u("clusters"), p.u("hidden"));
                 let (order, stored, sign) = (p.u("order"), p.u("stored"), p.f("sign"));
@@ -1241,7 +1241,7 @@ pub fn rule(kernel: Kernel) -> Rule {
                       gate_offset + hidden, labels ≥ batch tokens, proxies ≥ batch clusters, fresh ≥ batch \
                       clusters hidden, residuals ≥ order \
                       batch clusters hidden (BDF2: batch clusters hidden), cache ≥ min(order + 1, stored) batch \
-                      tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2); order ≤ 4; sign 1 or -1",
+                      tokens hidden (BDF2: min(2, stored) ...); solver 0 (Taylor) or 1 (BDF2); order ≤ 4; stored ≤ 5; sign 1 or -1",
             plan: |dev, p| {
                 let (batch, tokens, clusters, hidden) = (p.u("batch"), p.u("tokens"), p.u("clusters"), p.u("hidden"));
                 let (order, stored, sign) = (p.u("order"), p.u("stored"), p.f("sign"));

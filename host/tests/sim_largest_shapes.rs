@@ -518,3 +518,33 @@ fn the_similarity_at_the_largest_batch_is_the_reference() {
     })
     .unwrap();
 }
+
+#[test]
+fn taylor_kernels_past_the_largest_order_are_an_error() {
+    let (len, order) = (6, MAX_TAYLOR_ORDER as usize);
+    let dev = &mut SimDevice::new();
+    let factors = up(dev, &vec![0.0f32; (order + 2) * len]);
+    let (fresh, out) = (up(dev, &vec![1.0f32; len]), up(dev, &vec![0.0f32; len]));
+    let coef = taylor_coefficients(1.0);
+    let refused = [
+        (
+            "taylor_update",
+            "order 5 exceeds 4",
+            launch::taylor_update(dev, factors, fresh, len, 1, order + 1, -1.0),
+        ),
+        (
+            "taylor_update",
+            "stored 6 exceeds 5",
+            launch::taylor_update(dev, factors, fresh, len, order + 2, order, -1.0),
+        ),
+        (
+            "taylor_predict",
+            "stored 6 exceeds 5",
+            launch::taylor_predict(dev, factors, out, len, order + 2, coef),
+        ),
+    ];
+    for (kernel, what, result) in refused {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains(&format!("`{kernel}`: {what}")), "{kernel}: {err}");
+    }
+}

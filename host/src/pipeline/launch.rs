@@ -1071,8 +1071,8 @@ pub fn taylor_update<D: Device>(
         factors,
         new,
         len,
-        stored: size(k, "stored", stored)?,
-        max_order: size(k, "max_order", max_order)?,
+        stored: stored_factors(k, stored)?,
+        max_order: cache_order(k, max_order)?,
         gap,
     };
     launch(dev, taylor::taylor_dims(len), args)
@@ -1096,7 +1096,7 @@ pub fn taylor_predict<D: Device>(
         factors,
         out,
         len,
-        stored: size(k, "stored", stored)?,
+        stored: stored_factors(k, stored)?,
         coef,
     };
     launch(dev, taylor::taylor_dims(len), args)
@@ -1139,7 +1139,7 @@ pub fn taylor_predict_gated_add<D: Device>(
         tokens: size(k, "tokens", tokens)?,
         gate_stride: size(k, "gate_stride", gate_stride)?,
         gate_offset: size(k, "gate_offset", gate_offset)?,
-        stored: size(k, "stored", stored)?,
+        stored: stored_factors(k, stored)?,
         coef,
     };
     launch(dev, taylor::taylor_dims(total), args)
@@ -1538,10 +1538,10 @@ fn pdds_sign(kernel: Kernel, sign: f32) -> Result<f32, DeviceError> {
     )))
 }
 
-/// The PDDS `order` as a u32, at most [`taylor::MAX_TAYLOR_ORDER`]: PDDS reads a Taylor cache,
-/// which holds the factors of orders 0..=4 (`taylor_update`; `taylor_predict`'s coefficients hold
-/// four powers), so an order past it would read a slot no cache writes.
-fn pdds_order(kernel: Kernel, order: usize) -> Result<u32, DeviceError> {
+/// A Taylor cache's `order` as a u32, at most [`taylor::MAX_TAYLOR_ORDER`]: the cache holds the
+/// factors of orders 0..=4 (`taylor_update`; `taylor_predict`'s coefficients hold four powers),
+/// so an order past it would read or write a slot no cache has.
+fn cache_order(kernel: Kernel, order: usize) -> Result<u32, DeviceError> {
     if order > taylor::MAX_TAYLOR_ORDER as usize {
         return Err(DeviceError::Invalid(format!(
             "kernel `{}`: order {order} exceeds {}, the largest Taylor order a cache holds",
@@ -1550,6 +1550,19 @@ fn pdds_order(kernel: Kernel, order: usize) -> Result<u32, DeviceError> {
         )));
     }
     size(kernel, "order", order)
+}
+
+/// The number of `stored` Taylor factors as a u32, at most [`taylor::MAX_TAYLOR_ORDER`] + 1 (the
+/// factors of orders 0..=4).
+fn stored_factors(kernel: Kernel, stored: usize) -> Result<u32, DeviceError> {
+    let most = taylor::MAX_TAYLOR_ORDER as usize + 1;
+    if stored > most {
+        return Err(DeviceError::Invalid(format!(
+            "kernel `{}`: stored {stored} exceeds {most}, the most factors a Taylor cache holds",
+            kernel.name()
+        )));
+    }
+    size(kernel, "stored", stored)
 }
 
 /// The proxies' residuals of orders 1..=`order` (`order` slots of B K D), `order` at most
@@ -1582,8 +1595,8 @@ pub fn pdds_proxy_residuals<D: Device>(
         tokens: size(k, "tokens", tokens)?,
         clusters: size(k, "clusters", clusters)?,
         hidden: size(k, "hidden", hidden)?,
-        order: pdds_order(k, order)?,
-        stored: size(k, "stored", stored)?,
+        order: cache_order(k, order)?,
+        stored: stored_factors(k, stored)?,
         sign: pdds_sign(k, sign)?,
     };
     launch(dev, pdds::proxy_residuals_dims(size(k, "total", total)?), args)
@@ -1632,8 +1645,8 @@ pub fn pdds_update<D: Device>(
         tokens: size(k, "tokens", tokens)?,
         clusters: size(k, "clusters", clusters)?,
         hidden: size(k, "hidden", hidden)?,
-        order: pdds_order(k, order)?,
-        stored: size(k, "stored", stored)?,
+        order: cache_order(k, order)?,
+        stored: stored_factors(k, stored)?,
         sign: pdds_sign(k, sign)?,
         solver: if bdf2 { pdds::SOLVER_BDF2 } else { pdds::SOLVER_TAYLOR },
         gate_stride: size(k, "gate_stride", gate_stride)?,
