@@ -401,37 +401,35 @@ fn edits_of(site: &Site, mutants: &[(usize, String)]) -> Vec<Edit> {
             form,
         } => {
             let (head, l, r) = match form {
-                BinaryForm::Value => (
-                    vec![
-                        text("(match (("),
-                        Piece::Hole(0),
-                        text("), ("),
-                        Piece::Hole(1),
-                        text(")) { (mutant_l, mutant_r) => "),
-                    ],
-                    "mutant_l",
-                    "mutant_r",
-                ),
-                BinaryForm::Compare => (
-                    vec![
-                        text("(match (&("),
-                        Piece::Hole(0),
-                        text("), &("),
-                        Piece::Hole(1),
-                        text(")) { (mutant_l, mutant_r) => "),
-                    ],
-                    "*mutant_l",
-                    "*mutant_r",
-                ),
+                // Comparisons borrow their operands, as the operators do; the others take them
+                // by value.
+                BinaryForm::Value | BinaryForm::Compare => {
+                    let (borrow, deref) = if *form == BinaryForm::Compare {
+                        ("&", "*")
+                    } else {
+                        ("", "")
+                    };
+                    (
+                        vec![
+                            text(format!("(match ({borrow}(")),
+                            Piece::Hole(0),
+                            text(format!("), {borrow}(")),
+                            Piece::Hole(1),
+                            text(")) { (mutant_l, mutant_r) => "),
+                        ],
+                        format!("{deref}mutant_l"),
+                        format!("{deref}mutant_r"),
+                    )
+                }
                 BinaryForm::Lazy => (
                     vec![text("(match ("), Piece::Hole(0), text(") { mutant_l => ")],
-                    "mutant_l",
-                    "",
+                    "mutant_l".to_string(),
+                    String::new(),
                 ),
                 BinaryForm::Assign => (
                     vec![text("(match ("), Piece::Hole(1), text(") { mutant_r => ")],
-                    "",
-                    "mutant_r",
+                    String::new(),
+                    "mutant_r".to_string(),
                 ),
             };
             let operation = |operator: &str| -> Vec<Piece> {
