@@ -419,12 +419,15 @@ impl TestDevice for CudaDevice {
 /// ```
 #[allow(unused_macros)] // each test file uses a part
 macro_rules! on_every_device {
-    ($($test:ident),+ $(,)?) => {$(
+    // The module of one test: `sim`, the `extra` tests, then `cuda`.
+    (@module $test:ident { $($extra:item)* }) => {
         mod $test {
             #[test]
             fn sim() {
                 super::$test::<resca_host::sim::SimDevice>();
             }
+
+            $($extra)*
 
             #[test]
             fn cuda() {
@@ -433,6 +436,9 @@ macro_rules! on_every_device {
                 }
             }
         }
+    };
+    ($($test:ident),+ $(,)?) => {$(
+        $crate::support::on_every_device!(@module $test {});
     )+};
 }
 #[allow(unused_imports)]
@@ -444,12 +450,7 @@ pub(crate) use on_every_device;
 #[allow(unused_macros)]
 macro_rules! on_every_device_in_every_block_order {
     ($($test:ident),+ $(,)?) => {$(
-        mod $test {
-            #[test]
-            fn sim() {
-                super::$test::<resca_host::sim::SimDevice>();
-            }
-
+        $crate::support::on_every_device!(@module $test {
             #[test]
             fn sim_reversed() {
                 resca_host::sim::with_block_order(
@@ -457,14 +458,7 @@ macro_rules! on_every_device_in_every_block_order {
                     super::$test::<resca_host::sim::SimDevice>,
                 );
             }
-
-            #[test]
-            fn cuda() {
-                if $crate::support::gpu_or_skip(concat!(stringify!($test), " on cuda")) {
-                    super::$test::<resca_host::cuda::CudaDevice>();
-                }
-            }
-        }
+        });
     )+};
 }
 #[allow(unused_imports)]
